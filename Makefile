@@ -1,0 +1,53 @@
+# Everything runs from a virtualenv under the repo, created on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+GEN_DIR := services/tenantry/v1
+PROTOS := $(wildcard proto/tenantry/v1/*.proto)
+
+.PHONY: help install proto proto-check lint test dev bench clean
+
+help:
+	@echo "make dev    run the whole stack locally (embedded PostgreSQL + Temporal dev server)"
+	@echo "make test   run the test suite"
+	@echo "make lint   buf lint, ruff, mypy, generated-code check"
+	@echo "make proto  regenerate Python code from proto/"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Regenerates messages, .pyi stubs and typed gRPC stubs into the shared package.
+proto: $(STAMP)
+	rm -f $(GEN_DIR)/*_pb2*.py $(GEN_DIR)/*_pb2*.pyi
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I proto \
+		--python_out=services --pyi_out=services \
+		--grpc_python_out=services --mypy_grpc_out=services \
+		$(PROTOS)
+
+# Fails when the committed generated code is not what `make proto` produces.
+proto-check: proto
+	@git diff --exit-code --stat -- $(GEN_DIR) || \
+		{ echo "generated protobuf code is stale: run 'make proto' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- $(GEN_DIR))" || \
+		{ echo "untracked generated files: run 'make proto' and commit"; git status --porcelain -- $(GEN_DIR); exit 1; }
+
+lint: $(STAMP) proto-check
+	$(BIN)/buf lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+dev: $(STAMP)
+	$(BIN)/tenantry-dev
+
+clean:
+	rm -rf $(VENV) .tenantry .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""provisioner-worker: the Temporal worker that provisions, deletes and reconciles tenants."""

@@ -1,0 +1,206 @@
+"""Activities: every one is idempotent and does its database work in one
+transaction, so a retry after a crash at any point converges.
+
+State changes are conditional on the expected state, and steps that create
+anything first take a shared lock on the tenant row and check it is still
+CREATING: DeleteTenant's soft delete (an UPDATE of that row) therefore either
+happens before such a step, which then refuses, or waits for it to commit, in
+which case the deletion workflow cleans up what it created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from tenantry.db.models import Tenant, TenantMembership, WorkflowExecution
+from tenantry.migrations import upgrade_tenant_schema
+from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, pg_error
+from tenantry.schema_names import quote_schema, schema_name_for
+from tenantry.states import OperationState, TenantState
+from tenantry.workflow_contract import delete_workflow_id, provision_workflow_id
+
+log = logging.getLogger(__name__)
+
+# Error types the workflows branch on.
+TENANT_NOT_PROVISIONABLE = "TenantNotProvisionable"
+TENANT_NOT_FOUND = "TenantNotFound"
+MEMBERSHIP_REFERENCE_MISSING = "MembershipReferenceMissing"
+
+_OPEN_OPERATION_STATES = (OperationState.PENDING, OperationState.RUNNING)
+
+
+@dataclass(frozen=True)
+class TenantActivityInput:
+    tenant_id: str
+
+
+@dataclass(frozen=True)
+class MembershipInput:
+    tenant_id: str
+    user_id: str
+
+
+@dataclass(frozen=True)
+class FailProvisioningInput:
+    tenant_id: str
+    error_message: str
+
+
+async def _lock_tenant_state(conn: AsyncConnection, tenant_id: uuid.UUID, *, exclusive: bool) -> str:
+    row = await conn.execute(select(Tenant.state).where(Tenant.id == tenant_id).with_for_update(read=not exclusive))
+    state = row.scalar_one_or_none()
+    if state is None:
+        raise ApplicationError(f"tenant {tenant_id} not found", type=TENANT_NOT_FOUND, non_retryable=True)
+    return state
+
+
+async def _require_creating(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
+    state = await _lock_tenant_state(conn, tenant_id, exclusive=False)
+    if state != TenantState.CREATING:
+        raise ApplicationError(
+            f"tenant {tenant_id} is {state}, not CREATING", type=TENANT_NOT_PROVISIONABLE, non_retryable=True
+        )
+
+
+async def _finish_operation(
+    conn: AsyncConnection, workflow_id: str, state: OperationState, error_message: str = ""
+) -> None:
+    await conn.execute(
+        update(WorkflowExecution)
+        .where(WorkflowExecution.workflow_id == workflow_id)
+        .where(WorkflowExecution.state.in_(_OPEN_OPERATION_STATES))
+        .values(state=state, error_message=error_message, end_time=text("now()"), update_time=text("now()"))
+    )
+
+
+class ProvisioningActivities:
+    """Activities for provisioning and deletion; holds the engine and the Temporal client."""
+
+    def __init__(self, engine: AsyncEngine, client: Client) -> None:
+        self._engine = engine
+        self._client = client
+
+    @activity.defn(name="provision_tenant_schema")
+    async def provision_tenant_schema(self, input: TenantActivityInput) -> None:
+        """Schema, tenant lineage and its version stamp in one transaction."""
+        tenant_id = uuid.UUID(input.tenant_id)
+        schema = schema_name_for(tenant_id)
+        async with self._engine.begin() as conn:
+            await _require_creating(conn, tenant_id)
+            # Two concurrent CREATE SCHEMA IF NOT EXISTS can still collide on
+            # pg_namespace; serialise attempts for the same tenant instead.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema})
+            await conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_schema(schema)}"))
+            await conn.run_sync(upgrade_tenant_schema, schema)
+
+    @activity.defn(name="create_admin_membership")
+    async def create_admin_membership(self, input: MembershipInput) -> None:
+        tenant_id, user_id = uuid.UUID(input.tenant_id), uuid.UUID(input.user_id)
+        try:
+            async with self._engine.begin() as conn:
+                await _require_creating(conn, tenant_id)
+                await conn.execute(insert(TenantMembership).values(tenant_id=tenant_id, user_id=user_id, role="admin"))
+        except IntegrityError as exc:
+            error = pg_error(exc)
+            if error.sqlstate == UNIQUE_VIOLATION:
+                return  # an earlier attempt (or a concurrent one) already created it
+            if error.sqlstate == FOREIGN_KEY_VIOLATION:
+                raise ApplicationError(
+                    f"membership references a missing row ({error.constraint_name})",
+                    type=MEMBERSHIP_REFERENCE_MISSING,
+                    non_retryable=True,
+                ) from exc
+            raise
+
+    @activity.defn(name="activate_tenant")
+    async def activate_tenant(self, input: TenantActivityInput) -> None:
+        tenant_id = uuid.UUID(input.tenant_id)
+        async with self._engine.begin() as conn:
+            state = await _lock_tenant_state(conn, tenant_id, exclusive=True)
+            if state == TenantState.CREATING:
+                await conn.execute(
+                    update(Tenant)
+                    .where(Tenant.id == tenant_id)
+                    .values(state=TenantState.ACTIVE, update_time=text("now()"), version=Tenant.version + 1)
+                )
+            elif state != TenantState.ACTIVE:
+                raise ApplicationError(
+                    f"tenant {tenant_id} is {state}", type=TENANT_NOT_PROVISIONABLE, non_retryable=True
+                )
+            await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.SUCCEEDED)
+
+    @activity.defn(name="fail_provisioning")
+    async def fail_provisioning(self, input: FailProvisioningInput) -> None:
+        """Compensation: drop what was created, tenant FAILED, operation FAILED."""
+        tenant_id = uuid.UUID(input.tenant_id)
+        async with self._engine.begin() as conn:
+            state = await _lock_tenant_state(conn, tenant_id, exclusive=True)
+            if state != TenantState.CREATING:
+                return  # deleted meanwhile: the deletion workflow owns the cleanup
+            await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_schema(schema_name_for(tenant_id))} CASCADE"))
+            await conn.execute(delete(TenantMembership).where(TenantMembership.tenant_id == tenant_id))
+            await conn.execute(
+                update(Tenant)
+                .where(Tenant.id == tenant_id)
+                .values(
+                    state=TenantState.FAILED,
+                    state_message=input.error_message,
+                    update_time=text("now()"),
+                    version=Tenant.version + 1,
+                )
+            )
+            await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.FAILED, input.error_message)
+
+    @activity.defn(name="cancel_provisioning")
+    async def cancel_provisioning(self, input: TenantActivityInput) -> None:
+        """Cancels a still-running provisioning workflow and waits until it closed."""
+        tenant_id = uuid.UUID(input.tenant_id)
+        handle = self._client.get_workflow_handle(provision_workflow_id(tenant_id))
+        cancel_requested = False
+        while True:
+            try:
+                description = await handle.describe()
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                break
+            if description.status != WorkflowExecutionStatus.RUNNING:
+                break
+            if not cancel_requested:
+                await handle.cancel()
+                cancel_requested = True
+            activity.heartbeat()
+            await asyncio.sleep(0.2)
+        async with self._engine.begin() as conn:
+            await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.CANCELLED)
+
+    @activity.defn(name="purge_tenant")
+    async def purge_tenant(self, input: TenantActivityInput) -> None:
+        """Drop the schema, revoke memberships, tenant DELETED, operation SUCCEEDED."""
+        tenant_id = uuid.UUID(input.tenant_id)
+        async with self._engine.begin() as conn:
+            state = await _lock_tenant_state(conn, tenant_id, exclusive=True)
+            if state not in (TenantState.DELETING, TenantState.DELETED):
+                raise ApplicationError(f"tenant {tenant_id} is {state}, not DELETING", non_retryable=True)
+            # Waits for in-flight tenant queries, but never forever.
+            await conn.execute(text("SET LOCAL lock_timeout = '10s'"))
+            await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_schema(schema_name_for(tenant_id))} CASCADE"))
+            await conn.execute(delete(TenantMembership).where(TenantMembership.tenant_id == tenant_id))
+            if state == TenantState.DELETING:
+                await conn.execute(
+                    update(Tenant)
+                    .where(Tenant.id == tenant_id)
+                    .values(state=TenantState.DELETED, update_time=text("now()"), version=Tenant.version + 1)
+                )
+            await _finish_operation(conn, delete_workflow_id(tenant_id), OperationState.SUCCEEDED)

@@ -1,0 +1,145 @@
+"""The reconciler: finishes what a crash, an outage or a lost start left behind.
+
+Run by a Temporal Schedule (see `schedule.py`); each run is one activity that
+compares the database's record of operations with Temporal's.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from tenantry.db.models import Tenant, WorkflowExecution
+from tenantry.operation_starter import OperationRef, OperationStarter
+from tenantry.schema_names import is_tenant_schema_name
+from tenantry.states import OperationKind, OperationState, TenantState
+from tenantry.workflow_contract import ReconcileInput
+
+log = logging.getLogger(__name__)
+
+# Tenant states whose schema may legitimately exist.
+_SCHEMA_OWNING_STATES = (TenantState.CREATING, TenantState.ACTIVE, TenantState.DELETING)
+
+
+@dataclass
+class ReconcileReport:
+    started: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    marked_failed: list[str] = field(default_factory=list)
+    orphan_schemas: list[str] = field(default_factory=list)
+    orphan_schema_count: int = 0
+
+
+class ReconcilerActivities:
+    def __init__(self, engine: AsyncEngine, client: Client, starter: OperationStarter) -> None:
+        self._engine = engine
+        self._client = client
+        self._starter = starter
+
+    @activity.defn(name="reconcile")
+    async def reconcile(self, input: ReconcileInput) -> ReconcileReport:
+        report = ReconcileReport()
+        await self._start_stale_pending(input, report)
+        await self._recover_lost_running(report)
+        await self._find_orphan_schemas(report)
+        if report.started or report.restarted or report.cancelled or report.marked_failed or report.orphan_schemas:
+            log.warning(
+                "reconciler: started=%d restarted=%d cancelled=%d marked_failed=%d orphan_schemas=%d %s",
+                len(report.started),
+                len(report.restarted),
+                len(report.cancelled),
+                len(report.marked_failed),
+                len(report.orphan_schemas),
+                report.orphan_schemas[:20],
+            )
+        return report
+
+    async def _open_operations(
+        self, state: OperationState, older_than_seconds: float
+    ) -> list[tuple[OperationRef, str]]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(
+                    WorkflowExecution.workflow_id,
+                    WorkflowExecution.kind,
+                    WorkflowExecution.tenant_id,
+                    Tenant.admin_user_id,
+                    Tenant.state,
+                )
+                .join(Tenant, Tenant.id == WorkflowExecution.tenant_id)
+                .where(WorkflowExecution.state == state)
+                .where(WorkflowExecution.update_time < text("now() - make_interval(secs => :age)"))
+                .order_by(WorkflowExecution.create_time)
+                .limit(500),
+                {"age": older_than_seconds},
+            )
+            return [(OperationRef(r.workflow_id, r.kind, r.tenant_id, r.admin_user_id), r.state) for r in rows]
+
+    def _still_wanted(self, operation: OperationRef, tenant_state: str) -> bool:
+        if operation.kind == OperationKind.PROVISION:
+            return tenant_state == TenantState.CREATING
+        return tenant_state in (TenantState.DELETING, TenantState.DELETED)
+
+    async def _set_state(
+        self, workflow_id: str, from_state: OperationState, to_state: OperationState, error: str = ""
+    ) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(WorkflowExecution)
+                .where(WorkflowExecution.workflow_id == workflow_id)
+                .where(WorkflowExecution.state == from_state)
+                .values(state=to_state, error_message=error, end_time=text("now()"), update_time=text("now()"))
+            )
+
+    async def _start_stale_pending(self, input: ReconcileInput, report: ReconcileReport) -> None:
+        for operation, tenant_state in await self._open_operations(
+            OperationState.PENDING, input.pending_threshold_seconds
+        ):
+            if not self._still_wanted(operation, tenant_state):
+                await self._set_state(operation.workflow_id, OperationState.PENDING, OperationState.CANCELLED)
+                report.cancelled.append(operation.workflow_id)
+            elif await self._starter.start(operation):
+                report.started.append(operation.workflow_id)
+
+    async def _recover_lost_running(self, report: ReconcileReport) -> None:
+        """RUNNING operations whose workflow is gone or closed without finishing them."""
+        for operation, tenant_state in await self._open_operations(OperationState.RUNNING, 30.0):
+            try:
+                description = await self._client.get_workflow_handle(operation.workflow_id).describe()
+                status = description.status
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                status = None
+            if status == WorkflowExecutionStatus.RUNNING:
+                continue
+            if self._still_wanted(operation, tenant_state):
+                # Every step is idempotent, so running the workflow again is safe.
+                await self._set_state(operation.workflow_id, OperationState.RUNNING, OperationState.PENDING)
+                if await self._starter.start(operation):
+                    report.restarted.append(operation.workflow_id)
+            else:
+                reason = "workflow no longer exists" if status is None else f"workflow closed as {status.name}"
+                await self._set_state(operation.workflow_id, OperationState.RUNNING, OperationState.FAILED, reason)
+                report.marked_failed.append(operation.workflow_id)
+
+    async def _find_orphan_schemas(self, report: ReconcileReport) -> None:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT n.nspname FROM pg_catalog.pg_namespace n "
+                    "WHERE n.nspname ~ '^t_[0-9a-f]{32}$' "
+                    "AND NOT EXISTS (SELECT 1 FROM tenants t WHERE t.schema_name = n.nspname "
+                    "AND t.state = ANY(:live)) ORDER BY 1"
+                ),
+                {"live": [str(s) for s in _SCHEMA_OWNING_STATES]},
+            )
+            report.orphan_schemas = [name for (name,) in rows if is_tenant_schema_name(name)]
+            report.orphan_schema_count = len(report.orphan_schemas)

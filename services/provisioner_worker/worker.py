@@ -1,0 +1,48 @@
+"""Assembling the worker: which workflows and activities it serves."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from provisioner_worker.activities import ProvisioningActivities
+from provisioner_worker.reconciler import ReconcilerActivities
+from provisioner_worker.workflows import WORKFLOWS
+from tenantry.operation_starter import OperationStarter
+
+
+def activities_for(engine: AsyncEngine, client: Client, task_queue: str) -> list[Callable[..., Any]]:
+    provisioning = ProvisioningActivities(engine, client)
+    reconciler = ReconcilerActivities(engine, client, OperationStarter(client, engine, task_queue))
+    return [
+        provisioning.provision_tenant_schema,
+        provisioning.create_admin_membership,
+        provisioning.activate_tenant,
+        provisioning.fail_provisioning,
+        provisioning.cancel_provisioning,
+        provisioning.purge_tenant,
+        reconciler.reconcile,
+    ]
+
+
+def build_worker(
+    client: Client,
+    engine: AsyncEngine,
+    task_queue: str,
+    *,
+    graceful_shutdown: timedelta = timedelta(seconds=30),
+    activities: list[Callable[..., Any]] | None = None,
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=WORKFLOWS,
+        activities=activities if activities is not None else activities_for(engine, client, task_queue),
+        graceful_shutdown_timeout=graceful_shutdown,
+        max_concurrent_activities=50,
+    )

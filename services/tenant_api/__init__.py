@@ -1,0 +1,1 @@
+"""tenant-api: the gRPC front of Tenantry."""

@@ -1,0 +1,82 @@
+"""Database rows to protobuf messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tenantry.db.models import Project, Tenant, WorkflowExecution
+from tenantry.states import DONE_OPERATION_STATES, OperationKind, OperationState, TenantState
+from tenantry.v1 import operation_pb2, project_service_pb2, tenant_pb2
+
+_TENANT_STATES = {
+    TenantState.CREATING: tenant_pb2.TENANT_STATE_CREATING,
+    TenantState.ACTIVE: tenant_pb2.TENANT_STATE_ACTIVE,
+    TenantState.FAILED: tenant_pb2.TENANT_STATE_FAILED,
+    TenantState.DELETING: tenant_pb2.TENANT_STATE_DELETING,
+    TenantState.DELETED: tenant_pb2.TENANT_STATE_DELETED,
+}
+_OPERATION_STATES = {
+    OperationState.PENDING: operation_pb2.OPERATION_STATE_PENDING,
+    OperationState.RUNNING: operation_pb2.OPERATION_STATE_RUNNING,
+    OperationState.SUCCEEDED: operation_pb2.OPERATION_STATE_SUCCEEDED,
+    OperationState.FAILED: operation_pb2.OPERATION_STATE_FAILED,
+    OperationState.CANCELLED: operation_pb2.OPERATION_STATE_CANCELLED,
+}
+OPERATION_STATE_FROM_PROTO = {v: k for k, v in _OPERATION_STATES.items()}
+_OPERATION_KINDS = {
+    OperationKind.PROVISION: operation_pb2.OPERATION_KIND_PROVISION,
+    OperationKind.DELETE: operation_pb2.OPERATION_KIND_DELETE,
+}
+OPERATION_NAME_PREFIX = "operations/"
+
+
+def _timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def tenant_to_proto(tenant: Tenant, admin_email: str) -> tenant_pb2.Tenant:
+    return tenant_pb2.Tenant(
+        id=str(tenant.id),
+        slug=tenant.slug,
+        display_name=tenant.display_name,
+        admin_email=admin_email,
+        state=_TENANT_STATES[TenantState(tenant.state)],
+        state_message=tenant.state_message,
+        create_time=_timestamp(tenant.create_time),
+        update_time=_timestamp(tenant.update_time),
+        delete_time=_timestamp(tenant.delete_time),
+        purge_time=_timestamp(tenant.purge_time),
+        schema_name=tenant.schema_name,
+        etag=f'W/"{tenant.version}"',
+    )
+
+
+def operation_to_proto(operation: WorkflowExecution) -> operation_pb2.Operation:
+    state = OperationState(operation.state)
+    return operation_pb2.Operation(
+        name=OPERATION_NAME_PREFIX + operation.workflow_id,
+        tenant_id=str(operation.tenant_id),
+        kind=_OPERATION_KINDS[OperationKind(operation.kind)],
+        state=_OPERATION_STATES[state],
+        done=state in DONE_OPERATION_STATES,
+        error_message=operation.error_message,
+        create_time=_timestamp(operation.create_time),
+        start_time=_timestamp(operation.start_time),
+        end_time=_timestamp(operation.end_time),
+    )
+
+
+def project_to_proto(project: Project) -> project_service_pb2.Project:
+    return project_service_pb2.Project(
+        id=str(project.id),
+        name=project.name,
+        description=project.description,
+        create_time=_timestamp(project.create_time),
+        update_time=_timestamp(project.update_time),
+    )

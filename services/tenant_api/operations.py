@@ -1,0 +1,146 @@
+"""OperationService logic, and waiting for operations without polling.
+
+The database notifies `tenantry_operation_done` when an operation reaches a
+final state (a trigger in the control-plane migration). One listening
+connection per process wakes the waiters; a slow periodic re-read covers a
+dropped listener connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import defaultdict
+
+import asyncpg
+from sqlalchemy import select, tuple_
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tenant_api import pagination
+from tenant_api.convert import OPERATION_NAME_PREFIX
+from tenant_api.errors import FieldViolation, invalid_fields, not_found
+from tenantry.db.models import WorkflowExecution
+from tenantry.states import DONE_OPERATION_STATES, OperationState
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "tenantry_operation_done"
+# Re-read at least this often even without a notification.
+RECHECK_SECONDS = 5.0
+
+
+def workflow_id_from_name(name: str) -> str:
+    workflow_id = name.removeprefix(OPERATION_NAME_PREFIX)
+    if not name.startswith(OPERATION_NAME_PREFIX) or not workflow_id or len(workflow_id) > 200:
+        raise invalid_fields([FieldViolation("name", "must be operations/{workflow_id}")])
+    return workflow_id
+
+
+class OperationNotifications:
+    """Fans PostgreSQL notifications out to in-process waiters."""
+
+    def __init__(self, database_url: str) -> None:
+        url = make_url(database_url).set(drivername="postgresql")
+        self._dsn = url.render_as_string(hide_password=False)
+        self._waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        self._connection: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def ensure_listening(self) -> None:
+        async with self._lock:
+            if self._connection is not None and not self._connection.is_closed():
+                return
+            try:
+                self._connection = await asyncpg.connect(self._dsn, timeout=5)
+                await self._connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("operation notifications unavailable, falling back to re-reads: %s", exc)
+                self._connection = None
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, workflow_id: str) -> None:
+        for future in self._waiters.pop(workflow_id, set()):
+            if not future.done():
+                future.set_result(None)
+
+    def subscribe(self, workflow_id: str) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[workflow_id].add(future)
+        return future
+
+    def unsubscribe(self, workflow_id: str, future: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(workflow_id)
+        if waiters is not None:
+            waiters.discard(future)
+            if not waiters:
+                del self._waiters[workflow_id]
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close(timeout=2)
+            self._connection = None
+
+
+class OperationService:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], notifications: OperationNotifications) -> None:
+        self._sessions = sessions
+        self._notifications = notifications
+
+    async def get(self, name: str) -> WorkflowExecution:
+        workflow_id = workflow_id_from_name(name)
+        async with self._sessions() as session:
+            operation = (
+                await session.scalars(select(WorkflowExecution).where(WorkflowExecution.workflow_id == workflow_id))
+            ).one_or_none()
+        if operation is None:
+            raise not_found("OPERATION_NOT_FOUND", f"operation {name} not found", name=name)
+        return operation
+
+    async def list(
+        self, tenant_id: uuid.UUID | None, state: OperationState | None, size: int, token: str
+    ) -> tuple[list[WorkflowExecution], str]:
+        query_key = f"operations:{tenant_id or ''}:{state or ''}"
+        after = pagination.decode_token(token, query_key, str)
+        query = (
+            select(WorkflowExecution)
+            .order_by(WorkflowExecution.create_time.desc(), WorkflowExecution.workflow_id.desc())
+            .limit(size + 1)
+        )
+        if tenant_id is not None:
+            query = query.where(WorkflowExecution.tenant_id == tenant_id)
+        if state is not None:
+            query = query.where(WorkflowExecution.state == state)
+        if after is not None:
+            query = query.where(
+                tuple_(WorkflowExecution.create_time, WorkflowExecution.workflow_id) < tuple_(after[0], after[1])
+            )
+        async with self._sessions() as session:
+            operations = list((await session.scalars(query)).all())
+        next_token = ""
+        if len(operations) > size:
+            operations = operations[:size]
+            last = operations[-1]
+            next_token = pagination.encode_token(last.create_time, last.workflow_id, query_key)
+        return operations, next_token
+
+    async def wait(self, name: str, timeout_seconds: float) -> WorkflowExecution:
+        workflow_id = workflow_id_from_name(name)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_seconds
+        await self._notifications.ensure_listening()
+        while True:
+            # Subscribe before reading, so a notification between the read and
+            # the wait is not lost.
+            fired = self._notifications.subscribe(workflow_id)
+            try:
+                operation = await self.get(name)
+                remaining = deadline - loop.time()
+                if OperationState(operation.state) in DONE_OPERATION_STATES or remaining <= 0:
+                    return operation
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(fired, min(remaining, RECHECK_SECONDS))
+            finally:
+                self._notifications.unsubscribe(workflow_id, fired)

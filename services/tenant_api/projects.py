@@ -1,0 +1,76 @@
+"""ProjectService logic: data in the tenant's own schema.
+
+The schema is named per statement through `schema_translate_map` on the
+session's bind, never through `search_path`, so pooled connections carry no
+tenant state between requests and prepared statements are per-schema.
+"""
+
+from __future__ import annotations
+
+import uuid
+from functools import lru_cache
+
+from sqlalchemy import delete, insert, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from tenant_api import pagination
+from tenant_api.errors import already_exists, not_found
+from tenant_api.tenant_gate import TenantScope
+from tenantry.db.models import Project
+from tenantry.pg_errors import UNIQUE_VIOLATION, pg_error
+
+
+class ProjectService:
+    def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+        @lru_cache(maxsize=4096)
+        def bind_for(schema_name: str) -> AsyncEngine:
+            return engine.execution_options(schema_translate_map={None: schema_name})
+
+        self._bind_for = bind_for
+
+    def _session(self, scope: TenantScope) -> AsyncSession:
+        return self._sessions(bind=self._bind_for(scope.schema_name))
+
+    async def create(self, scope: TenantScope, name: str, description: str) -> Project:
+        try:
+            async with self._session(scope) as session, session.begin():
+                return (
+                    await session.scalars(
+                        insert(Project).values(id=uuid.uuid4(), name=name, description=description).returning(Project)
+                    )
+                ).one()
+        except IntegrityError as exc:
+            if pg_error(exc).sqlstate == UNIQUE_VIOLATION:
+                raise already_exists("PROJECT_NAME_TAKEN", f"project {name!r} exists", name=name) from exc
+            raise
+
+    async def get(self, scope: TenantScope, project_id: uuid.UUID) -> Project:
+        async with self._session(scope) as session:
+            project = (await session.scalars(select(Project).where(Project.id == project_id))).one_or_none()
+        if project is None:
+            raise not_found("PROJECT_NOT_FOUND", f"project {project_id} not found", project_id=str(project_id))
+        return project
+
+    async def list(self, scope: TenantScope, size: int, token: str) -> tuple[list[Project], str]:
+        after = pagination.decode_token(token, "projects", uuid.UUID)
+        query = select(Project).order_by(Project.create_time, Project.id).limit(size + 1)
+        if after is not None:
+            query = query.where(tuple_(Project.create_time, Project.id) > tuple_(after[0], after[1]))
+        async with self._session(scope) as session:
+            projects = list((await session.scalars(query)).all())
+        next_token = ""
+        if len(projects) > size:
+            projects = projects[:size]
+            next_token = pagination.encode_token(projects[-1].create_time, str(projects[-1].id), "projects")
+        return projects, next_token
+
+    async def delete(self, scope: TenantScope, project_id: uuid.UUID) -> None:
+        async with self._session(scope) as session, session.begin():
+            deleted = (
+                await session.execute(delete(Project).where(Project.id == project_id).returning(Project.id))
+            ).one_or_none()
+        if deleted is None:
+            raise not_found("PROJECT_NOT_FOUND", f"project {project_id} not found", project_id=str(project_id))

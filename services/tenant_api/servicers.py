@@ -1,0 +1,160 @@
+"""Thin servicers: validate, delegate to the service layer, convert."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import grpc
+
+from tenant_api import pagination
+from tenant_api.convert import OPERATION_STATE_FROM_PROTO, operation_to_proto, project_to_proto, tenant_to_proto
+from tenant_api.errors import FieldViolation, invalid_field, invalid_fields
+from tenant_api.operations import OperationService
+from tenant_api.projects import ProjectService
+from tenant_api.tenant_gate import current_tenant
+from tenant_api.tenants import TenantService
+from tenant_api.validation import optional_uuid, require_uuid, slug_problem, validate_project, validate_registration
+from tenantry.v1 import (
+    operation_pb2,
+    operation_service_pb2,
+    operation_service_pb2_grpc,
+    project_service_pb2,
+    project_service_pb2_grpc,
+    tenant_service_pb2,
+    tenant_service_pb2_grpc,
+)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+DEFAULT_WAIT = timedelta(seconds=30)
+MAX_WAIT = timedelta(minutes=10)
+
+
+class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
+    def __init__(self, tenants: TenantService) -> None:
+        self._tenants = tenants
+
+    async def RegisterTenant(
+        self, request: tenant_service_pb2.RegisterTenantRequest, context: Context
+    ) -> tenant_service_pb2.RegisterTenantResponse:
+        registration = validate_registration(
+            request.slug, request.display_name, request.admin_email, request.admin_display_name, request.request_id
+        )
+        result = await self._tenants.register(registration)
+        return tenant_service_pb2.RegisterTenantResponse(
+            tenant=tenant_to_proto(result.tenant, result.admin_email), operation=operation_to_proto(result.operation)
+        )
+
+    async def GetTenant(
+        self, request: tenant_service_pb2.GetTenantRequest, context: Context
+    ) -> tenant_service_pb2.GetTenantResponse:
+        which = request.WhichOneof("tenant_ref")
+        if which == "tenant_id":
+            tenant, email = await self._tenants.get(require_uuid("tenant_id", request.tenant_id), None)
+        elif which == "slug":
+            if slug_problem(request.slug) is not None:
+                raise invalid_field("slug", "is not a valid slug")
+            tenant, email = await self._tenants.get(None, request.slug)
+        else:
+            raise invalid_field("tenant_ref", "set tenant_id or slug")
+        return tenant_service_pb2.GetTenantResponse(tenant=tenant_to_proto(tenant, email))
+
+    async def ListTenants(
+        self, request: tenant_service_pb2.ListTenantsRequest, context: Context
+    ) -> tenant_service_pb2.ListTenantsResponse:
+        rows, next_token = await self._tenants.list(
+            pagination.page_size(request.page_size), request.page_token, request.show_deleted
+        )
+        return tenant_service_pb2.ListTenantsResponse(
+            tenants=[tenant_to_proto(tenant, email) for tenant, email in rows], next_page_token=next_token
+        )
+
+    async def DeleteTenant(
+        self, request: tenant_service_pb2.DeleteTenantRequest, context: Context
+    ) -> tenant_service_pb2.DeleteTenantResponse:
+        tenant_id = require_uuid("tenant_id", request.tenant_id)
+        request_id = optional_uuid("request_id", request.request_id)
+        result = await self._tenants.delete(tenant_id, request_id)
+        return tenant_service_pb2.DeleteTenantResponse(
+            tenant=tenant_to_proto(result.tenant, result.admin_email), operation=operation_to_proto(result.operation)
+        )
+
+
+class OperationServicer(operation_service_pb2_grpc.OperationServiceServicer):
+    def __init__(self, operations: OperationService) -> None:
+        self._operations = operations
+
+    async def GetOperation(
+        self, request: operation_service_pb2.GetOperationRequest, context: Context
+    ) -> operation_service_pb2.GetOperationResponse:
+        operation = await self._operations.get(request.name)
+        return operation_service_pb2.GetOperationResponse(operation=operation_to_proto(operation))
+
+    async def ListOperations(
+        self, request: operation_service_pb2.ListOperationsRequest, context: Context
+    ) -> operation_service_pb2.ListOperationsResponse:
+        tenant_id = optional_uuid("tenant_id", request.tenant_id)
+        state = None
+        if request.state != operation_pb2.OPERATION_STATE_UNSPECIFIED:
+            state = OPERATION_STATE_FROM_PROTO.get(request.state)
+            if state is None:
+                raise invalid_field("state", "is not an OperationState")
+        operations, next_token = await self._operations.list(
+            tenant_id, state, pagination.page_size(request.page_size), request.page_token
+        )
+        return operation_service_pb2.ListOperationsResponse(
+            operations=[operation_to_proto(op) for op in operations], next_page_token=next_token
+        )
+
+    async def WaitOperation(
+        self, request: operation_service_pb2.WaitOperationRequest, context: Context
+    ) -> operation_service_pb2.WaitOperationResponse:
+        wait = DEFAULT_WAIT
+        if request.HasField("timeout"):
+            if request.timeout.seconds < 0 or request.timeout.nanos < 0:
+                raise invalid_fields([FieldViolation("timeout", "must not be negative")])
+            wait = min(request.timeout.ToTimedelta(), MAX_WAIT)
+        seconds = wait.total_seconds()
+        remaining = context.time_remaining()
+        if remaining is not None:
+            # Answer with the latest state just before the caller's deadline.
+            seconds = min(seconds, max(remaining - 0.5, 0.0))
+        operation = await self._operations.wait(request.name, seconds)
+        return operation_service_pb2.WaitOperationResponse(operation=operation_to_proto(operation))
+
+
+class ProjectServicer(project_service_pb2_grpc.ProjectServiceServicer):
+    """Tenant-scoped: the gate interceptor has admitted the tenant in `current_tenant`."""
+
+    def __init__(self, projects: ProjectService) -> None:
+        self._projects = projects
+
+    async def CreateProject(
+        self, request: project_service_pb2.CreateProjectRequest, context: Context
+    ) -> project_service_pb2.CreateProjectResponse:
+        name, description = validate_project(request.name, request.description)
+        project = await self._projects.create(current_tenant.get(), name, description)
+        return project_service_pb2.CreateProjectResponse(project=project_to_proto(project))
+
+    async def GetProject(
+        self, request: project_service_pb2.GetProjectRequest, context: Context
+    ) -> project_service_pb2.GetProjectResponse:
+        project = await self._projects.get(current_tenant.get(), require_uuid("project_id", request.project_id))
+        return project_service_pb2.GetProjectResponse(project=project_to_proto(project))
+
+    async def ListProjects(
+        self, request: project_service_pb2.ListProjectsRequest, context: Context
+    ) -> project_service_pb2.ListProjectsResponse:
+        projects, next_token = await self._projects.list(
+            current_tenant.get(), pagination.page_size(request.page_size), request.page_token
+        )
+        return project_service_pb2.ListProjectsResponse(
+            projects=[project_to_proto(p) for p in projects], next_page_token=next_token
+        )
+
+    async def DeleteProject(
+        self, request: project_service_pb2.DeleteProjectRequest, context: Context
+    ) -> project_service_pb2.DeleteProjectResponse:
+        await self._projects.delete(current_tenant.get(), require_uuid("project_id", request.project_id))
+        return project_service_pb2.DeleteProjectResponse()

@@ -1,0 +1,124 @@
+"""The tenant gate: which tenant a tenant-scoped call is for, and whether it may
+run now. Which services are tenant-scoped is declared in the proto contract
+(`option (tenantry.v1.tenant_scoped) = true`), nowhere else."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import cache
+
+import grpc
+from google.protobuf import descriptor_pool
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tenant_api.errors import ApiError, failed_precondition, not_found
+from tenant_api.validation import parse_uuid, slug_problem
+from tenantry.db.models import Tenant
+from tenantry.pg_errors import SCHEMA_GONE_SQLSTATES, pg_error
+from tenantry.states import TenantState
+from tenantry.v1 import options_pb2
+
+log = logging.getLogger(__name__)
+
+TENANT_ID_HEADER = "x-tenant-id"
+TENANT_SLUG_HEADER = "x-tenant-slug"
+
+
+@dataclass(frozen=True)
+class TenantScope:
+    tenant_id: uuid.UUID
+    schema_name: str
+
+
+current_tenant: ContextVar[TenantScope] = ContextVar("current_tenant")
+
+
+@cache
+def is_tenant_scoped(method: str) -> bool:
+    """`method` is the gRPC path, `/package.Service/Method`."""
+    service_name = method.lstrip("/").partition("/")[0]
+    try:
+        service = descriptor_pool.Default().FindServiceByName(service_name)
+    except KeyError:
+        return False
+    return bool(service.GetOptions().Extensions[options_pb2.tenant_scoped])  # type: ignore[index]
+
+
+def _header(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:
+    for name, value in metadata or ():
+        if name == key:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return None
+
+
+def _invalid(reason: str, message: str, **metadata: str) -> ApiError:
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, metadata)
+
+
+class TenantGate:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def admit(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> TenantScope:
+        raw_id = _header(metadata, TENANT_ID_HEADER)
+        slug = _header(metadata, TENANT_SLUG_HEADER)
+        query = select(Tenant.id, Tenant.state, Tenant.schema_name)
+        if raw_id:
+            tenant_id = parse_uuid(raw_id)
+            if tenant_id is None:
+                raise _invalid("INVALID_TENANT_ID", f"{TENANT_ID_HEADER} must be a UUID", header=TENANT_ID_HEADER)
+            query, ref = query.where(Tenant.id == tenant_id), str(tenant_id)
+        elif slug:
+            if slug_problem(slug) is not None:
+                raise _invalid(
+                    "INVALID_TENANT_ID", f"{TENANT_SLUG_HEADER} is not a valid slug", header=TENANT_SLUG_HEADER
+                )
+            query, ref = query.where(Tenant.slug == slug), slug
+        else:
+            raise _invalid("TENANT_REQUIRED", f"name the tenant in {TENANT_ID_HEADER} or {TENANT_SLUG_HEADER} metadata")
+        async with self._sessions() as session:
+            row = (await session.execute(query)).one_or_none()
+        if row is None:
+            raise not_found("TENANT_NOT_FOUND", f"tenant {ref} not found", tenant=ref)
+        tenant_id, state, schema_name = row
+        _raise_unless_active(str(tenant_id), state)
+        return TenantScope(tenant_id=tenant_id, schema_name=schema_name)
+
+    async def explain_failure(self, scope: TenantScope, exc: DBAPIError) -> ApiError | None:
+        """A database error inside a tenant-scoped call: if the tenant is being
+        deleted under it (schema dropped mid-request), the caller sees
+        TENANT_DELETED; None when the tenant is fine and the error is another matter."""
+        if pg_error(exc).sqlstate in SCHEMA_GONE_SQLSTATES:
+            return _tenant_deleted(str(scope.tenant_id))
+        try:
+            async with self._sessions() as session:
+                state = (await session.scalars(select(Tenant.state).where(Tenant.id == scope.tenant_id))).one_or_none()
+        except DBAPIError:
+            return None
+        if state != TenantState.ACTIVE:
+            return _tenant_deleted(str(scope.tenant_id))
+        return None
+
+
+def _tenant_deleted(tenant_id: str) -> ApiError:
+    return not_found("TENANT_DELETED", f"tenant {tenant_id} was deleted", tenant_id=tenant_id)
+
+
+def _raise_unless_active(tenant_id: str, state: str) -> None:
+    if state == TenantState.ACTIVE:
+        return
+    if state == TenantState.CREATING:
+        raise failed_precondition(
+            "TENANT_NOT_READY", f"tenant {tenant_id} is still being provisioned", tenant_id=tenant_id
+        )
+    if state == TenantState.FAILED:
+        raise failed_precondition("TENANT_FAILED", f"tenant {tenant_id} failed to provision", tenant_id=tenant_id)
+    if state == TenantState.DELETING:
+        raise failed_precondition("TENANT_DELETING", f"tenant {tenant_id} is being deleted", tenant_id=tenant_id)
+    raise _tenant_deleted(tenant_id)

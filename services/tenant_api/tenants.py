@@ -1,0 +1,209 @@
+"""TenantService logic: registration, lookup, listing and soft deletion.
+
+Discipline shared by RegisterTenant and DeleteTenant: write the change and its
+PENDING operation in one transaction, commit, and only then start the
+workflow. A start that fails leaves a PENDING operation the reconciler picks up.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Select, insert, select, text, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tenant_api import pagination
+from tenant_api.errors import already_exists, invalid_field, not_found
+from tenant_api.validation import RegistrationInput
+from tenantry.db.models import Tenant, User, WorkflowExecution
+from tenantry.operation_starter import OperationRef, OperationStarter
+from tenantry.pg_errors import UNIQUE_VIOLATION, pg_error
+from tenantry.schema_names import schema_name_for
+from tenantry.states import DELETABLE_TENANT_STATES, OperationKind, OperationState, TenantState
+from tenantry.workflow_contract import delete_workflow_id, provision_workflow_id
+
+_UPSERT_USER = text(
+    "INSERT INTO users (id, email, display_name) VALUES (:id, :email, :display_name) "
+    # A no-op update so RETURNING yields the existing row's id too; it also
+    # waits for a concurrent insert of the same email instead of failing.
+    "ON CONFLICT ((lower(email))) DO UPDATE SET email = users.email RETURNING id, email"
+)
+
+
+@dataclass(frozen=True)
+class TenantWithOperation:
+    tenant: Tenant
+    admin_email: str
+    operation: WorkflowExecution
+
+
+def _tenant_query() -> Select[Tenant, str]:
+    return select(Tenant, User.email).join(User, User.id == Tenant.admin_user_id)
+
+
+class TenantService:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], starter: OperationStarter) -> None:
+        self._sessions = sessions
+        self._starter = starter
+
+    async def register(self, request: RegistrationInput) -> TenantWithOperation:
+        if request.request_id is not None:
+            earlier = await self._by_request_id(request.request_id, OperationKind.PROVISION)
+            if earlier is not None:
+                return await self._ensure_started(earlier)
+        tenant_id = uuid.uuid4()
+        try:
+            async with self._sessions() as session, session.begin():
+                user_id, admin_email = (
+                    await session.execute(
+                        _UPSERT_USER,
+                        {"id": uuid.uuid4(), "email": request.admin_email, "display_name": request.admin_display_name},
+                    )
+                ).one()
+                tenant = (
+                    await session.scalars(
+                        insert(Tenant)
+                        .values(
+                            id=tenant_id,
+                            slug=request.slug,
+                            display_name=request.display_name,
+                            admin_user_id=user_id,
+                            state=TenantState.CREATING,
+                            schema_name=schema_name_for(tenant_id),
+                        )
+                        .returning(Tenant)
+                    )
+                ).one()
+                operation = (
+                    await session.scalars(
+                        insert(WorkflowExecution)
+                        .values(
+                            workflow_id=provision_workflow_id(tenant_id),
+                            tenant_id=tenant_id,
+                            kind=OperationKind.PROVISION,
+                            state=OperationState.PENDING,
+                            request_id=request.request_id,
+                        )
+                        .returning(WorkflowExecution)
+                    )
+                ).one()
+        except IntegrityError as exc:
+            # A concurrent call with the same request_id may have won the slug.
+            if request.request_id is not None:
+                earlier = await self._by_request_id(request.request_id, OperationKind.PROVISION)
+                if earlier is not None:
+                    return await self._ensure_started(earlier)
+            error = pg_error(exc)
+            if error.sqlstate == UNIQUE_VIOLATION and error.constraint_name == "uq_tenants_slug":
+                raise already_exists("TENANT_SLUG_TAKEN", f"slug {request.slug!r} is taken", slug=request.slug) from exc
+            raise
+        return await self._ensure_started(TenantWithOperation(tenant, admin_email, operation))
+
+    async def get(self, tenant_id: uuid.UUID | None, slug: str | None) -> tuple[Tenant, str]:
+        query = _tenant_query()
+        query = query.where(Tenant.id == tenant_id) if tenant_id is not None else query.where(Tenant.slug == slug)
+        async with self._sessions() as session:
+            row = (await session.execute(query)).one_or_none()
+        if row is None:
+            ref = str(tenant_id) if tenant_id is not None else str(slug)
+            raise not_found("TENANT_NOT_FOUND", f"tenant {ref} not found", tenant=ref)
+        return row[0], row[1]
+
+    async def list(self, size: int, token: str, show_deleted: bool) -> tuple[list[tuple[Tenant, str]], str]:
+        query_key = f"tenants:{int(show_deleted)}"
+        after = pagination.decode_token(token, query_key, uuid.UUID)
+        query = _tenant_query().order_by(Tenant.create_time, Tenant.id).limit(size + 1)
+        if not show_deleted:
+            query = query.where(Tenant.state.not_in((TenantState.DELETING, TenantState.DELETED)))
+        if after is not None:
+            position, key = after
+            query = query.where(tuple_(Tenant.create_time, Tenant.id) > tuple_(position, key))
+        async with self._sessions() as session:
+            rows = [(r[0], r[1]) for r in (await session.execute(query)).all()]
+        next_token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            last = rows[-1][0]
+            next_token = pagination.encode_token(last.create_time, str(last.id), query_key)
+        return rows, next_token
+
+    async def delete(self, tenant_id: uuid.UUID, request_id: uuid.UUID | None) -> TenantWithOperation:
+        workflow_id = delete_workflow_id(tenant_id)
+        async with self._sessions() as session, session.begin():
+            row = (
+                await session.execute(_tenant_query().where(Tenant.id == tenant_id).with_for_update(of=Tenant))
+            ).one_or_none()
+            if row is None:
+                raise not_found("TENANT_NOT_FOUND", f"tenant {tenant_id} not found", tenant_id=str(tenant_id))
+            tenant, admin_email = row[0], row[1]
+            if tenant.state == TenantState.DELETED:
+                raise not_found("TENANT_DELETED", f"tenant {tenant_id} was deleted", tenant_id=str(tenant_id))
+            if tenant.state == TenantState.DELETING:
+                operation = (
+                    await session.scalars(select(WorkflowExecution).where(WorkflowExecution.workflow_id == workflow_id))
+                ).one()
+                result = TenantWithOperation(tenant, admin_email, operation)
+            else:
+                assert tenant.state in DELETABLE_TENANT_STATES
+                tenant = (
+                    await session.scalars(
+                        update(Tenant)
+                        .where(Tenant.id == tenant_id)
+                        .values(
+                            state=TenantState.DELETING,
+                            delete_time=text("now()"),
+                            # Data is purged right away by the deletion workflow.
+                            purge_time=text("now()"),
+                            update_time=text("now()"),
+                            version=Tenant.version + 1,
+                        )
+                        .returning(Tenant),
+                        execution_options={"synchronize_session": False},
+                    )
+                ).one()
+                try:
+                    async with session.begin_nested():
+                        operation = (
+                            await session.scalars(
+                                insert(WorkflowExecution)
+                                .values(
+                                    workflow_id=workflow_id,
+                                    tenant_id=tenant_id,
+                                    kind=OperationKind.DELETE,
+                                    state=OperationState.PENDING,
+                                    request_id=request_id,
+                                )
+                                .returning(WorkflowExecution)
+                            )
+                        ).one()
+                except IntegrityError as exc:
+                    raise invalid_field("request_id", "was already used for another request") from exc
+                result = TenantWithOperation(tenant, admin_email, operation)
+        return await self._ensure_started(result)
+
+    async def _by_request_id(self, request_id: uuid.UUID, kind: OperationKind) -> TenantWithOperation | None:
+        async with self._sessions() as session:
+            operation = (
+                await session.scalars(select(WorkflowExecution).where(WorkflowExecution.request_id == request_id))
+            ).one_or_none()
+            if operation is None:
+                return None
+            if operation.kind != kind:
+                raise invalid_field("request_id", "was already used for another kind of request")
+            tenant, admin_email = (await session.execute(_tenant_query().where(Tenant.id == operation.tenant_id))).one()
+        return TenantWithOperation(tenant, admin_email, operation)
+
+    async def _ensure_started(self, result: TenantWithOperation) -> TenantWithOperation:
+        operation = result.operation
+        if operation.state != OperationState.PENDING:
+            return result
+        started = await self._starter.start(
+            OperationRef(operation.workflow_id, operation.kind, operation.tenant_id, result.tenant.admin_user_id)
+        )
+        if started:
+            operation.state = OperationState.RUNNING
+            operation.start_time = datetime.now(UTC)
+        return result

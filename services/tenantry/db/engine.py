@@ -1,0 +1,31 @@
+"""Engine and session factories shared by both services."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+# Each PostgreSQL backend keeps the catalog entries of every tenant table it has
+# touched; recycling pooled connections bounds that memory.
+POOL_RECYCLE_SECONDS = 300
+# Deadline for any single statement, so one stuck query cannot pin a caller.
+COMMAND_TIMEOUT_SECONDS = 30
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_recycle=POOL_RECYCLE_SECONDS,
+        pool_pre_ping=True,
+        pool_timeout=10,
+        connect_args={
+            "command_timeout": COMMAND_TIMEOUT_SECONDS,
+            "timeout": CONNECT_TIMEOUT_SECONDS,
+        },
+    )
+
+
+def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)

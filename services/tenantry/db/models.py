@@ -1,0 +1,133 @@
+"""Typed ORM models.
+
+Two metadata collections: the control plane (public schema, alembic lineage
+`migrations/control_plane`) and the per-tenant tables (schema-less here, placed
+in the tenant's schema with `schema_translate_map`; lineage `migrations/tenant`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from tenantry.states import OperationKind, OperationState, TenantState
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _in(column: str, values: type[TenantState] | type[OperationState] | type[OperationKind]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: DateTime(timezone=True)}
+
+
+class TenantBase(DeclarativeBase):
+    """Tables that live in every tenant's schema."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: DateTime(timezone=True)}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    email: Mapped[str] = mapped_column(String(320))
+    display_name: Mapped[str] = mapped_column(String(100))
+    create_time: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+# Case-insensitive uniqueness lives in the database, not in a check-then-insert.
+Index("uq_users_lower_email", func.lower(User.email), unique=True)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint(_in("state", TenantState), name="state"),
+        CheckConstraint("schema_name = 't_' || replace(id::text, '-', '')", name="schema_name_from_id"),
+        Index("ix_tenants_create_time_id", "create_time", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(40), unique=True)
+    display_name: Mapped[str] = mapped_column(String(100))
+    # The admin membership intent: the provisioning workflow creates the
+    # membership for this user.
+    admin_user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    state_message: Mapped[str] = mapped_column(Text, server_default="")
+    schema_name: Mapped[str] = mapped_column(String(63), unique=True)
+    # Bumped by every update; the API's etag.
+    version: Mapped[int] = mapped_column(server_default=text("1"))
+    create_time: Mapped[datetime] = mapped_column(server_default=func.now())
+    update_time: Mapped[datetime] = mapped_column(server_default=func.now())
+    delete_time: Mapped[datetime | None]
+    purge_time: Mapped[datetime | None]
+
+
+class TenantMembership(Base):
+    __tablename__ = "tenant_memberships"
+    __table_args__ = (CheckConstraint("role IN ('admin', 'member')", name="role"),)
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    create_time: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class WorkflowExecution(Base):
+    """The database record of a workflow: an Operation in the API."""
+
+    __tablename__ = "workflow_executions"
+    __table_args__ = (
+        CheckConstraint(_in("state", OperationState), name="state"),
+        CheckConstraint(_in("kind", OperationKind), name="kind"),
+        Index("ix_workflow_executions_tenant_id_create_time", "tenant_id", "create_time"),
+        Index("ix_workflow_executions_state_create_time", "state", "create_time"),
+    )
+
+    workflow_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    error_message: Mapped[str] = mapped_column(Text, server_default="")
+    # Client-supplied idempotency key (AIP-155) of the call that created it.
+    request_id: Mapped[uuid.UUID | None] = mapped_column(unique=True)
+    create_time: Mapped[datetime] = mapped_column(server_default=func.now())
+    update_time: Mapped[datetime] = mapped_column(server_default=func.now())
+    start_time: Mapped[datetime | None]
+    end_time: Mapped[datetime | None]
+
+
+class Project(TenantBase):
+    __tablename__ = "projects"
+    __table_args__ = (Index("ix_projects_create_time_id", "create_time", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    description: Mapped[str] = mapped_column(Text, server_default="")
+    create_time: Mapped[datetime] = mapped_column(server_default=func.now())
+    update_time: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -1,0 +1,48 @@
+"""Running the two alembic lineages: control plane and tenant schemas."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+
+
+def migrations_dir() -> Path:
+    configured = os.environ.get("TENANTRY_MIGRATIONS_DIR")
+    if configured:
+        return Path(configured)
+    # services/tenantry/migrations.py -> repository root
+    return Path(__file__).resolve().parents[2] / "migrations"
+
+
+def _config(lineage: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir() / lineage))
+    return config
+
+
+def upgrade_control_plane(database_url: str) -> None:
+    """Blocking; runs its own event loop (call from a thread inside async code)."""
+    config = _config("control_plane")
+    config.attributes["database_url"] = database_url
+    command.upgrade(config, "head")
+
+
+@cache
+def tenant_head_revision() -> str:
+    head = ScriptDirectory.from_config(_config("tenant")).get_current_head()
+    assert head is not None
+    return head
+
+
+def upgrade_tenant_schema(connection: Connection, schema: str) -> None:
+    """Brings one tenant schema to head on `connection`, inside its transaction."""
+    config = _config("tenant")
+    config.attributes["connection"] = connection
+    config.attributes["tenant_schema"] = schema
+    command.upgrade(config, "head")

@@ -1,0 +1,94 @@
+"""Starting an operation's workflow after its row was committed.
+
+Used by the API right after its commit and by the reconciler for operations
+whose start never got through. A start is harmless to repeat (conflict policy
+USE_EXISTING), and a failed or slow start only leaves the operation PENDING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
+
+from tenantry.db.models import WorkflowExecution
+from tenantry.states import OperationKind, OperationState
+from tenantry.workflow_contract import (
+    DELETE_WORKFLOW,
+    PROVISION_WORKFLOW,
+    WORKFLOW_START_TIMEOUT,
+    DeleteTenantInput,
+    ProvisionTenantInput,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OperationRef:
+    workflow_id: str
+    kind: str
+    tenant_id: uuid.UUID
+    admin_user_id: uuid.UUID
+
+
+class OperationStarter:
+    def __init__(
+        self,
+        client: Client,
+        engine: AsyncEngine,
+        task_queue: str,
+        timeout: timedelta = WORKFLOW_START_TIMEOUT,
+    ) -> None:
+        self._client = client
+        self._engine = engine
+        self._task_queue = task_queue
+        self._timeout = timeout
+
+    async def start(self, operation: OperationRef) -> bool:
+        """Starts the workflow and marks the operation RUNNING; False if Temporal
+        did not accept the start in time (the operation stays PENDING)."""
+        try:
+            workflow_name, workflow_input = _workflow_for(operation)
+            await asyncio.wait_for(
+                self._client.start_workflow(
+                    workflow_name,
+                    workflow_input,
+                    id=operation.workflow_id,
+                    task_queue=self._task_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    rpc_timeout=self._timeout,
+                ),
+                self._timeout.total_seconds(),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure here is handled the same way
+            log.warning(
+                "workflow start failed after commit, the reconciler will start it: workflow_id=%s error=%s",
+                operation.workflow_id,
+                f"{type(exc).__name__}: {exc}",
+            )
+            return False
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(WorkflowExecution)
+                .where(WorkflowExecution.workflow_id == operation.workflow_id)
+                .where(WorkflowExecution.state == OperationState.PENDING)
+                .values(state=OperationState.RUNNING, start_time=text("now()"), update_time=text("now()"))
+            )
+        return True
+
+
+def _workflow_for(operation: OperationRef) -> tuple[str, object]:
+    tenant_id = str(operation.tenant_id)
+    if operation.kind == OperationKind.DELETE:
+        return DELETE_WORKFLOW, DeleteTenantInput(tenant_id=tenant_id)
+    return PROVISION_WORKFLOW, ProvisionTenantInput(tenant_id=tenant_id, admin_user_id=str(operation.admin_user_id))

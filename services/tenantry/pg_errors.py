@@ -1,0 +1,27 @@
+"""Reading PostgreSQL error details through SQLAlchemy's asyncpg adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.exc import DBAPIError
+
+UNIQUE_VIOLATION = "23505"
+FOREIGN_KEY_VIOLATION = "23503"
+INVALID_SCHEMA_NAME = "3F000"
+UNDEFINED_TABLE = "42P01"
+# A tenant schema dropped under a running query surfaces as one of these.
+SCHEMA_GONE_SQLSTATES = frozenset({INVALID_SCHEMA_NAME, UNDEFINED_TABLE})
+
+
+@dataclass(frozen=True)
+class PgError:
+    sqlstate: str | None
+    constraint_name: str | None
+
+
+def pg_error(exc: DBAPIError) -> PgError:
+    original = exc.orig
+    driver_error = original.__cause__ if original is not None else None
+    sqlstate = getattr(driver_error, "sqlstate", None) or getattr(original, "sqlstate", None)
+    return PgError(sqlstate=sqlstate, constraint_name=getattr(driver_error, "constraint_name", None))

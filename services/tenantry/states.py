@@ -1,0 +1,31 @@
+"""State values stored in the database (and enforced there by CHECK constraints)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TenantState(StrEnum):
+    CREATING = "CREATING"
+    ACTIVE = "ACTIVE"
+    FAILED = "FAILED"
+    DELETING = "DELETING"
+    DELETED = "DELETED"
+
+
+class OperationKind(StrEnum):
+    PROVISION = "PROVISION"
+    DELETE = "DELETE"
+
+
+class OperationState(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+DONE_OPERATION_STATES = frozenset({OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED})
+# States from which DeleteTenant may soft-delete a tenant.
+DELETABLE_TENANT_STATES = frozenset({TenantState.CREATING, TenantState.ACTIVE, TenantState.FAILED})

