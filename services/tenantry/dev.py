@@ -198,6 +198,7 @@ class DevStack:
 def _banner(env: dict[str, str]) -> str:
     api = env["TENANTRY_GRPC_ADDRESS"]
     grpcurl = _bin("grpcurl")
+    body = '{"slug":"acme","display_name":"Acme","admin_email":"ada@acme.test","admin_display_name":"Ada"}'
     return f"""
 Tenantry is running.
   gRPC API     {api}
@@ -206,7 +207,7 @@ Tenantry is running.
 
 Try it:
   {grpcurl} -plaintext {api} list
-  {grpcurl} -plaintext -d '{{"slug":"acme","display_name":"Acme","admin_email":"ada@acme.test","admin_display_name":"Ada"}}' \\
+  {grpcurl} -plaintext -d '{body}' \\
       {api} tenantry.v1.TenantService/RegisterTenant
 
 Ctrl-C stops everything.
