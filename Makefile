@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 GEN_DIR := services/tenantry/v1
 PROTOS := $(wildcard proto/tenantry/v1/*.proto)
 
-.PHONY: help install proto proto-check lint test dev bench clean
+.PHONY: help install proto proto-check buf-breaking lint test dev bench clean
 
 help:
 	@echo "make dev    run the whole stack locally (embedded PostgreSQL + Temporal dev server)"
@@ -37,8 +37,15 @@ proto-check: proto
 	@test -z "$$(git status --porcelain -- $(GEN_DIR))" || \
 		{ echo "untracked generated files: run 'make proto' and commit"; git status --porcelain -- $(GEN_DIR); exit 1; }
 
-lint: $(STAMP) proto-check
+# The contract must not break against the previous commit that had one.
+buf-breaking: $(STAMP)
+	@if git cat-file -e HEAD~1:proto/tenantry/v1 2>/dev/null; then \
+		$(BIN)/buf breaking --against '.git#ref=HEAD~1'; \
+	else echo "buf breaking: no earlier contract to compare with"; fi
+
+lint: $(STAMP) proto-check buf-breaking
 	$(BIN)/buf lint
+	$(BIN)/hadolint services/tenant_api/Dockerfile services/provisioner_worker/Dockerfile
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -1,30 +1,57 @@
-"""`provisioner-worker`: serves the provisioning task queue until SIGTERM/SIGINT."""
+"""`provisioner-worker`: serves the provisioning task queue until SIGTERM/SIGINT,
+then stops polling and lets running activities finish within the grace period."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
+from datetime import timedelta
 
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
+from provisioner_worker.liveness import keep_alive, liveness_file
 from provisioner_worker.schedule import ensure_reconcile_schedule
 from provisioner_worker.worker import build_worker
 from tenantry.db.engine import create_engine
-from tenantry.settings import Settings, load_or_exit
+from tenantry.observability import configure_logging, serve_metrics
+from tenantry.settings import (
+    Settings,
+    SettingsError,
+    exit_with_config_error,
+    load_or_exit,
+    metrics_address_from,
+    shutdown_grace_from,
+)
 
 log = logging.getLogger("provisioner_worker")
 
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9466"
+DEFAULT_SDK_METRICS_ADDRESS = "127.0.0.1:9465"
 
-async def serve(settings: Settings) -> None:
+
+def _sdk_runtime() -> Runtime | None:
+    """Temporal SDK metrics (task latencies, slots, polls) on their own endpoint."""
+    address = os.environ.get("TENANTRY_SDK_METRICS_ADDRESS", DEFAULT_SDK_METRICS_ADDRESS).strip()
+    if address.lower() == "off":
+        return None
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
+
+
+async def serve(settings: Settings, grace_seconds: float) -> None:
     engine = create_engine(settings.database_url)
     try:
-        client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+        client = await Client.connect(
+            settings.temporal_address, namespace=settings.temporal_namespace, runtime=_sdk_runtime()
+        )
     except RuntimeError as exc:
         print(f"provisioner-worker: cannot reach Temporal at {settings.temporal_address}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    worker = build_worker(client, engine, settings.task_queue)
+    worker = build_worker(client, engine, settings.task_queue, graceful_shutdown=timedelta(seconds=grace_seconds))
     await ensure_reconcile_schedule(client, settings.task_queue, settings.reconcile_interval_seconds)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -32,17 +59,31 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with worker:
-            log.info("provisioner-worker polling task queue %s", settings.task_queue)
+            alive = asyncio.create_task(keep_alive(liveness_file()))
+            log.info("provisioner-worker polling", extra={"task_queue": settings.task_queue})
             await stop.wait()
-            log.info("provisioner-worker stopping: finishing running activities")
+            log.info("provisioner-worker stopping: finishing running activities for up to %.0fs", grace_seconds)
+            alive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await alive
     finally:
         await engine.dispose()
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging("provisioner-worker")
     settings = load_or_exit()
-    asyncio.run(serve(settings))
+    try:
+        metrics_address = metrics_address_from(os.environ, DEFAULT_METRICS_ADDRESS)
+        grace_seconds = shutdown_grace_from(os.environ)
+    except SettingsError as exc:
+        exit_with_config_error(str(exc))
+    try:
+        serve_metrics(metrics_address)
+    except OSError as exc:
+        print(f"provisioner-worker: cannot serve metrics on {metrics_address}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    asyncio.run(serve(settings, grace_seconds))
 
 
 if __name__ == "__main__":

@@ -12,15 +12,22 @@ from temporalio.client import Client
 
 from tenant_api.server import start_api
 from tenantry.db.engine import create_engine
-from tenantry.settings import Settings, load_or_exit
+from tenantry.observability import configure_logging, serve_metrics
+from tenantry.settings import (
+    Settings,
+    SettingsError,
+    exit_with_config_error,
+    load_or_exit,
+    metrics_address_from,
+    shutdown_grace_from,
+)
 
 log = logging.getLogger("tenant_api")
 
-# Seconds in-flight RPCs get to finish after SIGTERM.
-SHUTDOWN_GRACE_SECONDS = float(os.environ.get("TENANTRY_SHUTDOWN_GRACE_SECONDS", "10"))
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, grace_seconds: float) -> None:
     engine = create_engine(settings.database_url)
     # Lazy: the API serves (and records intents) even while Temporal is down.
     client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace, lazy=True)
@@ -41,15 +48,25 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("tenant-api stopping: draining in-flight calls for up to %.0fs", SHUTDOWN_GRACE_SECONDS)
-    await api.stop(SHUTDOWN_GRACE_SECONDS)
+    log.info("tenant-api stopping: draining in-flight calls for up to %.0fs", grace_seconds)
+    await api.stop(grace_seconds)
     await engine.dispose()
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging("tenant-api")
     settings = load_or_exit()
-    asyncio.run(serve(settings))
+    try:
+        metrics_address = metrics_address_from(os.environ, DEFAULT_METRICS_ADDRESS)
+        grace_seconds = shutdown_grace_from(os.environ)
+    except SettingsError as exc:
+        exit_with_config_error(str(exc))
+    try:
+        serve_metrics(metrics_address)
+    except OSError as exc:
+        print(f"tenant-api: cannot serve metrics on {metrics_address}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    asyncio.run(serve(settings, grace_seconds))
 
 
 if __name__ == "__main__":

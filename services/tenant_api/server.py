@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
+from tenant_api.access_log import AccessLogInterceptor
 from tenant_api.interceptors import ErrorMappingInterceptor, TenantGateInterceptor
 from tenant_api.operations import OperationNotifications, OperationService
 from tenant_api.projects import ProjectService
@@ -47,16 +51,46 @@ SERVER_OPTIONS = [
 ]
 
 
+DATABASE_PROBE_INTERVAL_SECONDS = 2.0
+DATABASE_PROBE_TIMEOUT_SECONDS = 2.0
+
+
+async def watch_database(engine: AsyncEngine, health_servicer: health_aio.HealthServicer) -> None:
+    """Health follows the database: NOT_SERVING while it cannot be reached."""
+    serving: bool | None = None
+    while True:
+        try:
+            async with asyncio.timeout(DATABASE_PROBE_TIMEOUT_SECONDS), engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            reachable = True
+        except Exception:  # noqa: BLE001 - any failure means "not reachable now"
+            reachable = False
+        if reachable != serving:
+            if serving is not None:
+                log.warning("database %s", "reachable again: SERVING" if reachable else "unreachable: NOT_SERVING")
+            status = health_pb2.HealthCheckResponse.SERVING if reachable else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", *SERVICE_NAMES):
+                await health_servicer.set(name, status)
+            serving = reachable
+        await asyncio.sleep(DATABASE_PROBE_INTERVAL_SECONDS)
+
+
 @dataclass
 class RunningApi:
     server: grpc.aio.Server
     port: int
     health: health_aio.HealthServicer
     notifications: OperationNotifications
+    background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float) -> None:
+        """Stops accepting calls, lets in-flight ones finish within `grace` seconds."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        for task in self.background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.notifications.close()
 
 
@@ -66,7 +100,7 @@ async def start_api(
     sessions = create_session_factory(engine)
     notifications = OperationNotifications(database_url)
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor(), TenantGateInterceptor(TenantGate(sessions))],
+        interceptors=[AccessLogInterceptor(), ErrorMappingInterceptor(), TenantGateInterceptor(TenantGate(sessions))],
         options=SERVER_OPTIONS,
     )
     starter = OperationStarter(client, engine, task_queue)
@@ -88,4 +122,7 @@ async def start_api(
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningApi(server=server, port=port, health=health_servicer, notifications=notifications)
+    watcher = asyncio.create_task(watch_database(engine, health_servicer), name="watch-database")
+    return RunningApi(
+        server=server, port=port, health=health_servicer, notifications=notifications, background=[watcher]
+    )

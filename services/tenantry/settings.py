@@ -98,3 +98,16 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     if not value > 0:
         raise SettingsError(f"{name} must be positive, got {raw!r}")
     return value
+
+
+def metrics_address_from(env: Mapping[str, str], default: str) -> str:
+    """TENANTRY_METRICS_ADDRESS: host:port of the Prometheus endpoint, "off" to disable."""
+    value = env.get("TENANTRY_METRICS_ADDRESS", "").strip()
+    if value.lower() == "off":
+        return ""
+    return _address(env, "TENANTRY_METRICS_ADDRESS", default)
+
+
+def shutdown_grace_from(env: Mapping[str, str]) -> float:
+    """TENANTRY_SHUTDOWN_GRACE_SECONDS: how long in-flight work may finish after SIGTERM."""
+    return _positive_float(env, "TENANTRY_SHUTDOWN_GRACE_SECONDS", 10.0)

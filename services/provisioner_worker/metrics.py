@@ -1,0 +1,26 @@
+"""The worker's own Prometheus metrics (Temporal SDK metrics are served by the
+SDK runtime on a separate endpoint)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+PROVISIONING_SECONDS = Histogram(
+    "tenantry_provisioning_duration_seconds",
+    "Registration to ACTIVE (or FAILED), by outcome",
+    ["outcome"],
+    buckets=_DURATION_BUCKETS,
+)
+DELETION_SECONDS = Histogram(
+    "tenantry_deletion_duration_seconds",
+    "Soft delete to DELETED",
+    ["outcome"],
+    buckets=_DURATION_BUCKETS,
+)
+RECONCILER_FINDINGS = Counter(
+    "tenantry_reconciler_findings_total",
+    "What reconciliation runs found and did, by kind",
+    ["kind"],
+)

@@ -1,0 +1,82 @@
+"""One log line and one metric sample per RPC, with the status it ended with."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+from prometheus_client import Counter, Histogram
+
+from tenant_api.tenant_gate import TENANT_ID_HEADER
+from tenantry.observability import log_context
+
+if TYPE_CHECKING:
+    from tenant_api.interceptors import Behavior, Continuation, Handler, ServerInterceptor
+else:
+    from tenant_api.interceptors import ServerInterceptor
+
+log = logging.getLogger("tenant_api.rpc")
+
+REQUEST_ID_HEADER = "x-request-id"
+
+RPC_REQUESTS = Counter("tenantry_rpc_requests_total", "RPCs handled, by method and status code", ["method", "code"])
+RPC_LATENCY = Histogram(
+    "tenantry_rpc_duration_seconds",
+    "RPC latency, by method and status code",
+    ["method", "code"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+def _metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
+            return value if isinstance(value, str) else None
+    return None
+
+
+class AccessLogInterceptor(ServerInterceptor):
+    """Outermost interceptor: sees the final status of every unary call."""
+
+    async def intercept_service(  # type: ignore[override]  # grpc allows None: "no such method"
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = cast("Behavior", handler.unary_unary)
+        method = handler_call_details.method
+
+        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            fields = {
+                "rpc_method": method,
+                "request_id": _metadata_value(context, REQUEST_ID_HEADER) or str(uuid.uuid4()),
+            }
+            tenant_id = _metadata_value(context, TENANT_ID_HEADER)
+            if tenant_id:
+                fields["tenant_id"] = tenant_id[:64]
+            token = log_context.set(fields)
+            started = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                response = await inner(request, context)
+                code = grpc.StatusCode.OK
+                return response
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                elapsed = time.perf_counter() - started
+                RPC_REQUESTS.labels(method, code.name).inc()
+                RPC_LATENCY.labels(method, code.name).observe(elapsed)
+                log.info("rpc", extra={"code": code.name, "duration_ms": round(elapsed * 1000, 2)})
+                log_context.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
