@@ -39,6 +39,11 @@ MEMBERSHIP_REFERENCE_MISSING = "MembershipReferenceMissing"
 
 _OPEN_OPERATION_STATES = (OperationState.PENDING, OperationState.RUNNING)
 
+# Alembic's `op` and `context` are process-global proxies: two tenant upgrades
+# interleaving on this event loop would run one tenant's DDL on the other's
+# connection. Upgrades run one at a time per process (each is short).
+_TENANT_UPGRADE_LOCK = asyncio.Lock()
+
 
 @dataclass(frozen=True)
 class TenantActivityInput:
@@ -102,7 +107,8 @@ class ProvisioningActivities:
             # pg_namespace; serialise attempts for the same tenant instead.
             await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema})
             await conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_schema(schema)}"))
-            await conn.run_sync(upgrade_tenant_schema, schema)
+            async with _TENANT_UPGRADE_LOCK:
+                await conn.run_sync(upgrade_tenant_schema, schema)
 
     @activity.defn(name="create_admin_membership")
     async def create_admin_membership(self, input: MembershipInput) -> None:
