@@ -161,7 +161,10 @@ class TenantService:
                             version=Tenant.version + 1,
                         )
                         .returning(Tenant),
-                        execution_options={"synchronize_session": False},
+                        # The row is already in the identity map (locked above):
+                        # without populate_existing RETURNING hands back the stale
+                        # pre-update object (state ACTIVE, old etag).
+                        execution_options={"synchronize_session": False, "populate_existing": True},
                     )
                 ).one()
                 try:
