@@ -43,11 +43,13 @@ def _sdk_runtime() -> Runtime | None:
 
 
 async def serve(settings: Settings, grace_seconds: float) -> None:
+    try:
+        runtime = _sdk_runtime()
+    except ValueError as exc:  # the SDK refuses the bind address
+        exit_with_config_error(f"TENANTRY_SDK_METRICS_ADDRESS is not a listen address: {exc}")
     engine = create_engine(settings.database_url)
     try:
-        client = await Client.connect(
-            settings.temporal_address, namespace=settings.temporal_namespace, runtime=_sdk_runtime()
-        )
+        client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace, runtime=runtime)
     except RuntimeError as exc:
         print(f"provisioner-worker: cannot reach Temporal at {settings.temporal_address}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -34,7 +34,14 @@ RECHECK_SECONDS = 5.0
 
 def workflow_id_from_name(name: str) -> str:
     workflow_id = name.removeprefix(OPERATION_NAME_PREFIX)
-    if not name.startswith(OPERATION_NAME_PREFIX) or not workflow_id or len(workflow_id) > 200:
+    # Not printable (NUL, control characters): never one of our ids, and NUL
+    # cannot even be sent to PostgreSQL.
+    if (
+        not name.startswith(OPERATION_NAME_PREFIX)
+        or not workflow_id
+        or len(workflow_id) > 200
+        or not workflow_id.isprintable()
+    ):
         raise invalid_fields([FieldViolation("name", "must be operations/{workflow_id}")])
     return workflow_id
 

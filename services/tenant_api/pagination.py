@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from tenant_api.errors import ApiError, FieldViolation, invalid_fields
@@ -37,11 +37,17 @@ def decode_token(token: str, query: str, parse_key: Callable[[str], Key]) -> tup
         data: Any = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
         if data["q"] != query or not isinstance(data["k"], str):
             raise ValueError("token belongs to another query")
+        if not data["k"].isprintable():
+            # NUL or lone surrogates cannot even be sent to PostgreSQL.
+            raise ValueError("key is not printable")
         position = datetime.fromisoformat(data["p"])
         if position.tzinfo is None:
             raise ValueError("naive timestamp")
+        # UTC, as we encode them; a forged extreme offset overflows here, not in the driver.
+        position = position.astimezone(UTC)
         return position, parse_key(data["k"])
-    except (ValueError, KeyError, TypeError, UnicodeError, binascii.Error) as exc:
+    # RecursionError: deeply nested JSON in a forged token.
+    except (ValueError, KeyError, TypeError, UnicodeError, binascii.Error, RecursionError, OverflowError) as exc:
         raise _bad_token() from exc
 
 

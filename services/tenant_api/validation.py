@@ -28,9 +28,15 @@ def slug_problem(slug: str) -> str | None:
     return None
 
 
+# Line/paragraph separators and the Unicode Bidi_Control characters (marks,
+# embeddings, overrides, isolates): invisible, and able to make a name display
+# as something else ("Trojan Source").
+_INVISIBLE_CONTROLS = frozenset("\u2028\u2029\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _has_control_characters(text: str, allowed: str = "") -> bool:
-    return any((ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0) and c not in allowed for c in text) or any(
-        c in text for c in ("\u2028", "\u2029")
+    return any(
+        ((ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0) and c not in allowed) or c in _INVISIBLE_CONTROLS for c in text
     )
 
 

@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import NoReturn
 
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
@@ -75,7 +76,8 @@ def _address(env: Mapping[str, str], name: str, default: str | None) -> str:
     if value is None:
         raise SettingsError(f"{name} is required but not set")
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    # isascii: "²".isdigit() is true but int("²") raises.
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise SettingsError(f"{name} must be host:port, got {value!r}")
     return value
 
@@ -93,9 +95,11 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
         return default
     try:
         value = float(raw)
-    except ValueError:
+        # inf, nan and huge values parse as floats but break timedelta later.
+        as_delta = timedelta(seconds=value)
+    except (ValueError, OverflowError):
         raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not value > 0:
+    if not as_delta > timedelta(0):
         raise SettingsError(f"{name} must be positive, got {raw!r}")
     return value
 
