@@ -1,0 +1,540 @@
+"""Pure unit tests of the input rules: validation, page sizes and tokens, schema names."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+
+from tenant_api import pagination
+from tenant_api.errors import ApiError
+from tenant_api.operations import workflow_id_from_name
+from tenant_api.validation import (
+    display_text_problem,
+    email_problem,
+    optional_uuid,
+    parse_uuid,
+    require_uuid,
+    slug_problem,
+    validate_project,
+    validate_registration,
+)
+from tenantry.schema_names import is_tenant_schema_name, quote_schema, schema_name_for
+
+VALID = {
+    "slug": "acme-corp",
+    "display_name": "Acme Corp",
+    "admin_email": "ada@acme.example.com",
+    "admin_display_name": "Ada Lovelace",
+    "request_id": "",
+}
+
+
+def _violated_fields(error: ApiError) -> set[str]:
+    return {v.field for v in error.violations}
+
+
+def _assert_invalid(error: ApiError, *fields: str) -> None:
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.reason == "INVALID_FIELD"
+    assert _violated_fields(error) == set(fields)
+
+
+# --- slugs -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "slug",
+    [
+        "abc",
+        "a1b",
+        "acme",
+        "acme-corp",
+        "a-b-c",
+        "a1-2b-c3",
+        "x" * 40,
+        "publicity",
+        "administrator",
+        "apis",
+        "www2",
+        "systems",
+        "gp-tenant",
+        "p-g",
+        "apg",
+    ],
+)
+def test_valid_slugs(slug: str) -> None:
+    assert slug_problem(slug) is None
+
+
+@pytest.mark.parametrize(
+    "slug",
+    [
+        "",
+        "a",
+        "ab",
+        "x" * 41,
+        "x" * 10_000,
+        "1abc",
+        "-abc",
+        "abc-",
+        "a--b",
+        "Acme",
+        "ACME",
+        "ac_me",
+        "ac.me",
+        "ac me",
+        " acme",
+        "acme ",
+        "acme\n",
+        "acme\x00",
+        "\x00acme",
+        "ac\x00me",
+        "a'; DROP TABLE tenants;--",
+        "acme;",
+        "ac/me",
+        "../etc",
+        "\u0430cme",  # Cyrillic a
+        "acm\u0435",  # Cyrillic e
+        "\uff41\uff43\uff4d\uff45",  # fullwidth acme
+        "acme\u202e",  # right-to-left override
+        "ac\u200bme",  # zero width space
+        "acm\u00e9",  # e with acute
+        "a\u0301cme",  # combining accent
+        "\u0661\u0662\u0663",  # Arabic-Indic digits
+        "\uff41bc",
+        "ß-tenant",
+    ],
+)
+def test_invalid_slugs(slug: str) -> None:
+    assert slug_problem(slug) is not None
+
+
+@pytest.mark.parametrize("slug", ["public", "admin", "api", "www", "system", "pg-tenant", "pgx", "pg1", "pgadmin"])
+def test_reserved_slugs(slug: str) -> None:
+    assert slug_problem(slug) == "is reserved"
+
+
+def test_slug_length_bounds_are_exact() -> None:
+    assert slug_problem("abc") is None
+    assert slug_problem("ab") is not None
+    assert slug_problem("a" * 40) is None
+    assert slug_problem("a" * 41) is not None
+
+
+# --- display names -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "A",
+        "Acme Corp",
+        "  Acme  ",
+        "x" * 100,
+        " " + "x" * 100 + " ",  # 100 after trimming
+        "Ünïcödé GmbH",
+        "株式会社アクメ",
+        "\uff21\uff43\uff4d\uff45",  # fullwidth letters are legitimate text
+        "O'Brien; DROP TABLE tenants;--",  # harmless as data: parameters are bound
+        "emoji \U0001f680",
+    ],
+)
+def test_valid_display_text(text: str) -> None:
+    assert display_text_problem(text) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "\t \n",
+        "\u3000",  # ideographic space only
+        "x" * 101,
+        "x" * 10_000,
+        "Acme\x00",
+        "Ac\x00me",
+        "Acme\x07",
+        "Acme\x1b[31m",
+        "Acme\nCorp",
+        "Acme\rCorp",
+        "Acme\tCorp",
+        "Acme\x7f",
+        "Acme\x85",
+        "Acme\x9f",
+        "Acme\u2028Corp",
+        "Acme\u2029Corp",
+        "Acme\u202eproC",  # right-to-left override
+        "Acme\u202a",  # left-to-right embedding
+        "Acme\u2066x\u2069",  # isolates
+        "Acme\u200f",  # right-to-left mark
+    ],
+)
+def test_invalid_display_text(text: str) -> None:
+    assert display_text_problem(text) is not None
+
+
+def test_display_text_custom_max_length() -> None:
+    assert display_text_problem("x" * 5, max_length=5) is None
+    assert display_text_problem("x" * 6, max_length=5) == "must be 1-5 characters after trimming"
+
+
+# --- emails ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "a@b.co",
+        "ada@example.com",
+        "Ada.Lovelace+tenantry@Example.COM",
+        "o'brien@example.ie",
+        "x_y-z@sub.domain.example.org",
+        "a" * 64 + "@example.com",
+        "user@xn--bcher-kva.example",
+    ],
+)
+def test_valid_emails(email: str) -> None:
+    assert email_problem(email) is None
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "",
+        "plain",
+        "@example.com",
+        "ada@",
+        "ada@example",
+        "ada@@example.com",
+        "ada@exa mple.com",
+        " ada@example.com",
+        "ada@example.com ",
+        "ada@example.com\n",
+        "ada\x00@example.com",
+        "ada@example.com\x00",
+        "a" * 65 + "@example.com",
+        "ada@" + "a" * 64 + ".com",
+        "ada@-example.com",
+        "ada@example-.com",
+        "ada@example..com",
+        "ada@.example.com",
+        "\uff41da@example.com",  # fullwidth a
+        "ad\u0430@example.com",  # Cyrillic a
+        "ada@ex\u0430mple.com",
+        "ada@b\u00fccher.example",
+        "ada@example.com\u202e",
+        "a'; DROP TABLE users;--@example.com",
+        "x@" + ("a" * 60 + ".") * 6 + "com",  # over 320 characters
+        "ada@[127.0.0.1]",
+        '"ada"@example.com',
+    ],
+)
+def test_invalid_emails(email: str) -> None:
+    assert email_problem(email) is not None
+
+
+# --- UUIDs -------------------------------------------------------------------
+
+
+def test_parse_uuid_accepts_canonical_forms() -> None:
+    value = uuid.uuid4()
+    assert parse_uuid(str(value)) == value
+    assert parse_uuid(str(value).upper()) == value
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "not-a-uuid",
+        "12345",
+        "00000000000000000000000000000000",  # hex without dashes
+        "{00000000-0000-0000-0000-000000000000}",
+        "urn:uuid:00000000-0000-0000-0000-000000000000",
+        " 00000000-0000-0000-0000-000000000000",
+        "00000000-0000-0000-0000-000000000000 ",
+        "00000000-0000-0000-0000-000000000000\x00",
+        "00000000-0000-0000-0000-00000000000g",
+        "0000000-00000-0000-0000-000000000000",
+        "\uff10" * 8 + "-0000-0000-0000-000000000000",
+        "x" * 10_000,
+    ],
+)
+def test_parse_uuid_rejects_non_canonical(text: str) -> None:
+    assert parse_uuid(text) is None
+
+
+def test_require_and_optional_uuid() -> None:
+    value = uuid.uuid4()
+    assert require_uuid("tenant_id", str(value)) == value
+    assert optional_uuid("request_id", "") is None
+    assert optional_uuid("request_id", str(value)) == value
+    with pytest.raises(ApiError) as caught:
+        require_uuid("tenant_id", "")
+    _assert_invalid(caught.value, "tenant_id")
+    with pytest.raises(ApiError) as caught:
+        optional_uuid("request_id", "nope")
+    _assert_invalid(caught.value, "request_id")
+
+
+# --- whole registrations -----------------------------------------------------
+
+
+def test_validate_registration_trims_and_parses() -> None:
+    request_id = uuid.uuid4()
+    result = validate_registration(
+        "acme-corp", "  Acme Corp  ", "Ada@Acme.example.com", " Ada ", str(request_id).upper()
+    )
+    assert result.slug == "acme-corp"
+    assert result.display_name == "Acme Corp"
+    assert result.admin_email == "Ada@Acme.example.com"
+    assert result.admin_display_name == "Ada"
+    assert result.request_id == request_id
+    assert validate_registration(**VALID).request_id is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("slug", "pg-admin"),
+        ("slug", "a\x00b"),
+        ("slug", ""),
+        ("display_name", ""),
+        ("display_name", "x\x00"),
+        ("display_name", "x" * 101),
+        ("admin_email", "nope"),
+        ("admin_email", ""),
+        ("admin_display_name", "   "),
+        ("admin_display_name", "Ada\u202e"),
+        ("request_id", "not-a-uuid"),
+        ("request_id", "\x00"),
+    ],
+)
+def test_validate_registration_names_the_bad_field(field: str, value: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        validate_registration(**{**VALID, field: value})
+    _assert_invalid(caught.value, field)
+    assert caught.value.metadata == {"fields": field}
+
+
+def test_validate_registration_reports_every_bad_field() -> None:
+    with pytest.raises(ApiError) as caught:
+        validate_registration("", "", "", "", "x")
+    _assert_invalid(caught.value, "slug", "display_name", "admin_email", "admin_display_name", "request_id")
+
+
+def test_validate_project() -> None:
+    assert validate_project("  Apollo ", "line one\n\tline two") == ("Apollo", "line one\n\tline two")
+    assert validate_project("Apollo", "") == ("Apollo", "")
+    with pytest.raises(ApiError) as caught:
+        validate_project("", "d" * 2001)
+    _assert_invalid(caught.value, "name", "description")
+    with pytest.raises(ApiError) as caught:
+        validate_project("Apollo", "bad\x00byte")
+    _assert_invalid(caught.value, "description")
+
+
+# --- page sizes --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("requested", "expected"), [(0, 50), (1, 1), (2, 2), (50, 50), (499, 499), (500, 500), (501, 500), (2**31 - 1, 500)]
+)
+def test_page_size(requested: int, expected: int) -> None:
+    assert pagination.page_size(requested) == expected
+
+
+@pytest.mark.parametrize("requested", [-1, -50, -(2**31)])
+def test_negative_page_size_is_invalid(requested: int) -> None:
+    with pytest.raises(ApiError) as caught:
+        pagination.page_size(requested)
+    _assert_invalid(caught.value, "page_size")
+
+
+# --- page tokens -------------------------------------------------------------
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _json_token(data: object) -> str:
+    return _b64(json.dumps(data).encode())
+
+
+POSITION = datetime(2024, 5, 17, 12, 30, 45, 123456, tzinfo=UTC)
+
+
+def test_page_token_round_trip() -> None:
+    key = uuid.uuid4()
+    token = pagination.encode_token(POSITION, str(key), "tenants:0")
+    assert pagination.decode_token(token, "tenants:0", uuid.UUID) == (POSITION, key)
+    # URL-safe, unpadded, and it does not spell out its content.
+    assert token.replace("-", "").replace("_", "").isalnum()
+    assert "=" not in token
+    assert str(key) not in token
+
+
+def test_empty_token_means_first_page() -> None:
+    assert pagination.decode_token("", "tenants:0", uuid.UUID) is None
+
+
+def test_token_cannot_be_replayed_on_another_query() -> None:
+    token = pagination.encode_token(POSITION, str(uuid.uuid4()), "tenants:0")
+    with pytest.raises(ApiError) as caught:
+        pagination.decode_token(token, "tenants:1", uuid.UUID)
+    _assert_invalid(caught.value, "page_token")
+    op_token = pagination.encode_token(POSITION, "tenant-provision-x", "operations::")
+    with pytest.raises(ApiError) as caught:
+        pagination.decode_token(op_token, "operations::SUCCEEDED", str)
+    _assert_invalid(caught.value, "page_token")
+
+
+GOOD = {"p": POSITION.isoformat(), "k": str(uuid.UUID(int=1)), "q": "tenants:0"}
+
+GARBAGE_TOKENS = [
+    "x",
+    "!!!!",
+    "====",
+    "not a token",
+    "\u00e9\u00e9\u00e9\u00e9",
+    "\x00\x00\x00\x00",
+    _b64(b"\xff\xfe\xfd\xfc"),
+    _b64(b"{"),
+    _b64(b"null"),
+    _b64(b"42"),
+    _b64(b'"string"'),
+    _b64(b"[]"),
+    _b64(b"{}"),
+    _b64(b"[" * 100_000),  # deeply nested JSON must not blow the stack
+    _b64(b'{"p":' * 50_000),
+    _json_token({**GOOD, "q": "tenants:1"}),
+    _json_token({k: v for k, v in GOOD.items() if k != "q"}),
+    _json_token({k: v for k, v in GOOD.items() if k != "p"}),
+    _json_token({k: v for k, v in GOOD.items() if k != "k"}),
+    _json_token({**GOOD, "k": "not-a-uuid"}),
+    _json_token({**GOOD, "k": 7}),
+    _json_token({**GOOD, "k": None}),
+    _json_token({**GOOD, "k": [str(uuid.UUID(int=1))]}),
+    _json_token({**GOOD, "p": "yesterday"}),
+    _json_token({**GOOD, "p": 1715949045}),
+    _json_token({**GOOD, "p": None}),
+    _json_token({**GOOD, "p": "2024-05-17T12:30:45"}),  # naive timestamp
+    _json_token({**GOOD, "q": None}),
+    # Well-formed but forged: would reach the database and break there.
+    _json_token({**GOOD, "p": "0001-01-01T00:00:00+14:00"}),
+    _json_token({**GOOD, "p": "9999-12-31T23:59:59.999999-14:00"}),
+]
+
+OPERATION_GARBAGE_TOKENS = [
+    _json_token({"p": POSITION.isoformat(), "k": key, "q": "operations::"})
+    for key in ("\x00", "tenant-provision-\x00", "\ud800", "a\nb", "\x1b[2J")
+]
+
+
+@pytest.mark.parametrize("token", GARBAGE_TOKENS)
+def test_garbage_tokens_are_invalid_argument(token: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        pagination.decode_token(token, "tenants:0", uuid.UUID)
+    _assert_invalid(caught.value, "page_token")
+
+
+@pytest.mark.parametrize("token", OPERATION_GARBAGE_TOKENS)
+def test_operation_tokens_with_unprintable_keys_are_invalid(token: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        pagination.decode_token(token, "operations::", str)
+    _assert_invalid(caught.value, "page_token")
+
+
+def test_token_positions_come_back_in_utc() -> None:
+    token = _json_token({**GOOD, "p": "2024-05-17T14:30:45.123456+02:00"})
+    decoded = pagination.decode_token(token, "tenants:0", uuid.UUID)
+    assert decoded is not None
+    assert decoded[0] == POSITION
+    assert decoded[0].utcoffset() == timedelta(0)
+
+
+def test_well_formed_foreign_token_is_accepted() -> None:
+    # The control for GARBAGE_TOKENS: the same construction with nothing wrong decodes.
+    assert pagination.decode_token(_json_token(GOOD), "tenants:0", uuid.UUID) == (POSITION, uuid.UUID(int=1))
+
+
+# --- schema names ------------------------------------------------------------
+
+
+def test_schema_name_is_derived_from_the_id() -> None:
+    tenant_id = uuid.uuid4()
+    name = schema_name_for(tenant_id)
+    assert name == "t_" + tenant_id.hex
+    assert len(name.encode()) == 34 < 63
+    assert is_tenant_schema_name(name)
+    assert quote_schema(name) == f'"{name}"'
+    assert schema_name_for(uuid.UUID(int=0)) == "t_" + "0" * 32
+
+
+def test_distinct_ids_give_distinct_schema_names() -> None:
+    ids = [uuid.uuid4() for _ in range(1000)]
+    assert len({schema_name_for(i) for i in ids}) == len(ids)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "public",
+        "pg_catalog",
+        "information_schema",
+        "t_",
+        "t_" + "0" * 31,
+        "t_" + "0" * 33,
+        "t_" + "A" * 32,
+        "T_" + "0" * 32,
+        "t-" + "0" * 32,
+        "t_" + "g" * 32,
+        "t_" + "0" * 32 + "\n",
+        "t_" + "0" * 32 + '"; DROP SCHEMA public CASCADE; --',
+        '"t_' + "0" * 32 + '"',
+        "t_" + "0" * 31 + "\x00",
+        "t_" + "\uff10" * 32,
+        "acme-corp",
+    ],
+)
+def test_quote_schema_refuses_non_tenant_names(name: str) -> None:
+    assert not is_tenant_schema_name(name)
+    with pytest.raises(ValueError, match="not a tenant schema name"):
+        quote_schema(name)
+
+
+# --- operation names ---------------------------------------------------------
+
+
+def test_operation_name_round_trip() -> None:
+    assert workflow_id_from_name("operations/tenant-provision-abc") == "tenant-provision-abc"
+    assert workflow_id_from_name("operations/" + "x" * 200) == "x" * 200
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "operations/",
+        "tenant-provision-abc",
+        "operation/tenant-provision-abc",
+        "Operations/tenant-provision-abc",
+        "operations/" + "x" * 201,
+        "operations/\x00",
+        "operations/tenant-provision-\x00",
+        "operations/a\nb",
+        "operations/\x7f",
+    ],
+)
+def test_bad_operation_names(name: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        workflow_id_from_name(name)
+    _assert_invalid(caught.value, "name")
