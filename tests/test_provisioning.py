@@ -1,0 +1,403 @@
+"""Provisioning activities and workflows against the real PostgreSQL and Temporal.
+
+The committed histories in tests/histories/ guard workflow determinism. To
+regenerate them after an intentional, versioned workflow change:
+
+    TENANTRY_WRITE_HISTORIES=1 .venv/bin/python -m pytest -q tests/test_provisioning.py -k replay
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio import activity
+from temporalio.client import Client, WorkflowHistory
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+from temporalio.worker import Replayer
+
+from provisioner_worker import workflows as workflows_module
+from provisioner_worker.activities import (
+    MEMBERSHIP_REFERENCE_MISSING,
+    TENANT_NOT_FOUND,
+    TENANT_NOT_PROVISIONABLE,
+    FailProvisioningInput,
+    MembershipInput,
+    ProvisioningActivities,
+    TenantActivityInput,
+)
+from provisioner_worker.reconciler import ReconcileReport
+from provisioner_worker.worker import activities_for
+from provisioner_worker.workflows import WORKFLOWS
+from tenantry.migrations import tenant_head_revision
+from tenantry.schema_names import schema_name_for
+from tenantry.v1 import operation_pb2, tenant_pb2, tenant_service_pb2
+from tenantry.workflow_contract import DELETE_WORKFLOW, PROVISION_WORKFLOW, RECONCILE_WORKFLOW, ReconcileInput
+from tests.stack import REPO_ROOT, Stack, registration, running_stack, wait_done
+
+HISTORIES_DIR = Path(__file__).resolve().parent / "histories"
+WORKFLOWS_SOURCE = REPO_ROOT / "services" / "provisioner_worker" / "workflows.py"
+_TIMEOUT = timedelta(seconds=90)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def idle_stack(engine: AsyncEngine, database_url: str, client: Client) -> AsyncIterator[Stack]:
+    """API with a real Temporal client but no worker: started workflows never run.
+    They are terminated on exit so nothing is left behind in Temporal."""
+    async with running_stack(engine=engine, database_url=database_url, client=client, with_worker=False) as stack:
+        try:
+            yield stack
+        finally:
+            async for execution in client.list_workflows(f"TaskQueue = '{stack.task_queue}'"):
+                if execution.status is not None and execution.status.name == "RUNNING":
+                    with contextlib.suppress(RPCError):
+                        await client.get_workflow_handle(execution.id).terminate("test cleanup")
+
+
+async def register_idle(stack: Stack, engine: AsyncEngine) -> tuple[uuid.UUID, uuid.UUID, str]:
+    """Registers a tenant whose workflow never runs: (tenant_id, admin_user_id, schema)."""
+    response = await stack.stubs.tenants.RegisterTenant(registration())
+    assert response.tenant.state == tenant_pb2.TENANT_STATE_CREATING
+    tenant_id = uuid.UUID(response.tenant.id)
+    async with engine.connect() as conn:
+        admin = (
+            await conn.execute(text("SELECT admin_user_id FROM tenants WHERE id = :id"), {"id": tenant_id})
+        ).scalar_one()
+    assert isinstance(admin, uuid.UUID)
+    return tenant_id, admin, response.tenant.schema_name
+
+
+async def schema_count(engine: AsyncEngine, schema: str) -> int:
+    async with engine.connect() as conn:
+        count = (
+            await conn.execute(text("SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = :s"), {"s": schema})
+        ).scalar_one()
+    assert isinstance(count, int)
+    return count
+
+
+async def membership_count(engine: AsyncEngine, tenant_id: uuid.UUID) -> int:
+    async with engine.connect() as conn:
+        count = (
+            await conn.execute(text("SELECT count(*) FROM tenant_memberships WHERE tenant_id = :t"), {"t": tenant_id})
+        ).scalar_one()
+    assert isinstance(count, int)
+    return count
+
+
+async def tenant_row(engine: AsyncEngine, tenant_id: uuid.UUID) -> tuple[str, str]:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(text("SELECT state, state_message FROM tenants WHERE id = :id"), {"id": tenant_id})
+        ).one()
+    return row[0], row[1]
+
+
+async def expect_application_error(call: Any, error_type: str) -> ApplicationError:
+    try:
+        await call
+    except ApplicationError as err:
+        assert err.type == error_type, (err.type, str(err))
+        assert err.non_retryable, f"{error_type} must be non-retryable"
+        return err
+    raise AssertionError(f"expected ApplicationError {error_type}")
+
+
+def definition_name(fn: Callable[..., Any]) -> str:
+    definition = activity._Definition.from_callable(fn)
+    assert definition is not None and definition.name, f"{fn!r} is not an activity"
+    return definition.name
+
+
+# --- idempotency of the steps -------------------------------------------------------------------
+
+
+async def test_provision_tenant_schema_is_idempotent_and_safe_concurrently(
+    engine: AsyncEngine, database_url: str, temporal_client: Client
+) -> None:
+    activities = ProvisioningActivities(engine, temporal_client)
+    async with idle_stack(engine, database_url, temporal_client) as stack:
+        tenant_id, _, schema = await register_idle(stack, engine)
+    assert schema == schema_name_for(tenant_id)
+    step = TenantActivityInput(tenant_id=str(tenant_id))
+
+    await activities.provision_tenant_schema(step)
+    await activities.provision_tenant_schema(step)
+    await asyncio.gather(*(activities.provision_tenant_schema(step) for _ in range(5)))
+
+    assert await schema_count(engine, schema) == 1
+    async with engine.connect() as conn:
+        versions = list((await conn.execute(text(f'SELECT version_num FROM "{schema}".alembic_version'))).scalars())
+        tables = set(
+            (
+                await conn.execute(
+                    text("SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = :s"), {"s": schema}
+                )
+            ).scalars()
+        )
+    assert versions == [tenant_head_revision()]
+    assert tables == {"projects", "alembic_version"}
+    assert (await tenant_row(engine, tenant_id))[0] == "CREATING"
+
+
+async def test_provision_tenant_schema_concurrently_for_different_tenants(
+    engine: AsyncEngine, database_url: str, temporal_client: Client
+) -> None:
+    """Regression: alembic's process-global proxies once made concurrent upgrades
+    run one tenant's DDL on another tenant's connection."""
+    activities = ProvisioningActivities(engine, temporal_client)
+    async with idle_stack(engine, database_url, temporal_client) as stack:
+        tenants = [await register_idle(stack, engine) for _ in range(8)]
+    await asyncio.gather(
+        *(activities.provision_tenant_schema(TenantActivityInput(tenant_id=str(t))) for t, _, _ in tenants)
+    )
+    async with engine.connect() as conn:
+        for _, _, schema in tenants:
+            versions = list((await conn.execute(text(f'SELECT version_num FROM "{schema}".alembic_version'))).scalars())
+            assert versions == [tenant_head_revision()], schema
+
+
+async def test_create_admin_membership_is_idempotent_and_rejects_missing_user(
+    engine: AsyncEngine, database_url: str, temporal_client: Client
+) -> None:
+    activities = ProvisioningActivities(engine, temporal_client)
+    async with idle_stack(engine, database_url, temporal_client) as stack:
+        tenant_id, user_id, _ = await register_idle(stack, engine)
+    membership = MembershipInput(tenant_id=str(tenant_id), user_id=str(user_id))
+
+    await activities.create_admin_membership(membership)
+    await activities.create_admin_membership(membership)
+    await asyncio.gather(*(activities.create_admin_membership(membership) for _ in range(5)))
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text("SELECT user_id, role FROM tenant_memberships WHERE tenant_id = :t"), {"t": tenant_id}
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [(user_id, "admin")]
+
+    missing_user = MembershipInput(tenant_id=str(tenant_id), user_id=str(uuid.uuid4()))
+    await expect_application_error(activities.create_admin_membership(missing_user), MEMBERSHIP_REFERENCE_MISSING)
+    assert await membership_count(engine, tenant_id) == 1
+
+    missing_tenant = MembershipInput(tenant_id=str(uuid.uuid4()), user_id=str(user_id))
+    await expect_application_error(activities.create_admin_membership(missing_tenant), TENANT_NOT_FOUND)
+
+
+async def test_activate_tenant_is_idempotent(engine: AsyncEngine, database_url: str, temporal_client: Client) -> None:
+    activities = ProvisioningActivities(engine, temporal_client)
+    async with idle_stack(engine, database_url, temporal_client) as stack:
+        tenant_id, _, _ = await register_idle(stack, engine)
+        step = TenantActivityInput(tenant_id=str(tenant_id))
+        await activities.activate_tenant(step)
+        await asyncio.gather(*(activities.activate_tenant(step) for _ in range(3)))
+        tenant = (
+            await stack.stubs.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id=str(tenant_id)))
+        ).tenant
+    assert tenant.state == tenant_pb2.TENANT_STATE_ACTIVE
+    assert tenant.etag == 'W/"2"', "activation must bump the version exactly once"
+    async with engine.connect() as conn:
+        state = (
+            await conn.execute(text("SELECT state FROM workflow_executions WHERE tenant_id = :t"), {"t": tenant_id})
+        ).scalar_one()
+    assert state == "SUCCEEDED"
+
+
+# --- a late step cannot resurrect a deleted tenant ----------------------------------------------
+
+
+async def test_late_steps_cannot_resurrect_a_deleted_tenant(
+    engine: AsyncEngine, database_url: str, temporal_client: Client
+) -> None:
+    activities = ProvisioningActivities(engine, temporal_client)
+    async with idle_stack(engine, database_url, temporal_client) as stack:
+        tenant_id, user_id, schema = await register_idle(stack, engine)
+        deleted = await stack.stubs.tenants.DeleteTenant(
+            tenant_service_pb2.DeleteTenantRequest(tenant_id=str(tenant_id))
+        )
+        assert deleted.tenant.state == tenant_pb2.TENANT_STATE_DELETING
+
+    step = TenantActivityInput(tenant_id=str(tenant_id))
+    membership = MembershipInput(tenant_id=str(tenant_id), user_id=str(user_id))
+    await expect_application_error(activities.provision_tenant_schema(step), TENANT_NOT_PROVISIONABLE)
+    await expect_application_error(activities.create_admin_membership(membership), TENANT_NOT_PROVISIONABLE)
+    await expect_application_error(activities.activate_tenant(step), TENANT_NOT_PROVISIONABLE)
+    # Compensation after a delete leaves the cleanup to the deletion workflow.
+    await activities.fail_provisioning(FailProvisioningInput(tenant_id=str(tenant_id), error_message="late"))
+
+    assert (await tenant_row(engine, tenant_id))[0] == "DELETING"
+    assert await schema_count(engine, schema) == 0
+    assert await membership_count(engine, tenant_id) == 0
+
+
+# --- compensation -------------------------------------------------------------------------------
+
+
+@activity.defn(name="provision_tenant_schema")
+async def exploding_provision_tenant_schema(input: TenantActivityInput) -> None:
+    raise ApplicationError("boom", type="Boom", non_retryable=True)
+
+
+@asynccontextmanager
+async def exploding_stack(engine: AsyncEngine, database_url: str, client: Client) -> AsyncIterator[Stack]:
+    queue = f"test-boom-{uuid.uuid4().hex[:12]}"
+    activities = [
+        exploding_provision_tenant_schema if definition_name(fn) == "provision_tenant_schema" else fn
+        for fn in activities_for(engine, client, queue)
+    ]
+    assert exploding_provision_tenant_schema in activities
+    async with running_stack(
+        engine=engine, database_url=database_url, client=client, task_queue=queue, activities=activities
+    ) as stack:
+        yield stack
+
+
+async def test_failed_step_compensates_and_fails_tenant_and_operation(
+    engine: AsyncEngine, database_url: str, temporal_client: Client
+) -> None:
+    async with exploding_stack(engine, database_url, temporal_client) as stack:
+        response = await stack.stubs.tenants.RegisterTenant(registration())
+        operation = await wait_done(stack.stubs, response.operation.name)
+        tenant = (
+            await stack.stubs.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id=response.tenant.id))
+        ).tenant
+
+    assert operation.state == operation_pb2.OPERATION_STATE_FAILED
+    assert "boom" in operation.error_message
+    assert tenant.state == tenant_pb2.TENANT_STATE_FAILED
+    assert "boom" in tenant.state_message
+    tenant_id = uuid.UUID(response.tenant.id)
+    assert await schema_count(engine, schema_name_for(tenant_id)) == 0
+    assert await membership_count(engine, tenant_id) == 0
+
+
+# --- determinism: replaying real histories ------------------------------------------------------
+
+
+async def _replay(history: WorkflowHistory) -> None:
+    await Replayer(workflows=WORKFLOWS).replay_workflow(history)
+
+
+async def test_replay_of_fresh_histories(
+    stack: Stack, engine: AsyncEngine, database_url: str, temporal_client: Client
+) -> None:
+    histories: dict[str, WorkflowHistory] = {}
+
+    registered = await stack.stubs.tenants.RegisterTenant(registration())
+    assert (await wait_done(stack.stubs, registered.operation.name)).state == operation_pb2.OPERATION_STATE_SUCCEEDED
+    deleted = await stack.stubs.tenants.DeleteTenant(
+        tenant_service_pb2.DeleteTenantRequest(tenant_id=registered.tenant.id)
+    )
+    assert (await wait_done(stack.stubs, deleted.operation.name)).state == operation_pb2.OPERATION_STATE_SUCCEEDED
+    histories["provision-succeeded"] = await _history(temporal_client, registered.operation.name)
+    histories["delete-succeeded"] = await _history(temporal_client, deleted.operation.name)
+
+    async with exploding_stack(engine, database_url, temporal_client) as boom:
+        failed = await boom.stubs.tenants.RegisterTenant(registration())
+        assert (await wait_done(boom.stubs, failed.operation.name)).state == operation_pb2.OPERATION_STATE_FAILED
+    histories["provision-compensated"] = await _history(temporal_client, failed.operation.name)
+
+    reconcile_id = f"test-reconcile-{uuid.uuid4().hex}"
+    await temporal_client.execute_workflow(
+        RECONCILE_WORKFLOW,
+        ReconcileInput(pending_threshold_seconds=3600),
+        id=reconcile_id,
+        task_queue=stack.task_queue,
+        result_type=ReconcileReport,
+        execution_timeout=_TIMEOUT,
+    )
+    histories["reconcile"] = await temporal_client.get_workflow_handle(reconcile_id).fetch_history()
+
+    for history in histories.values():
+        await _replay(history)
+        # And through the JSON form the committed fixtures use.
+        await _replay(WorkflowHistory.from_json(history.workflow_id, history.to_json()))
+
+    if os.environ.get("TENANTRY_WRITE_HISTORIES") == "1":
+        HISTORIES_DIR.mkdir(exist_ok=True)
+        for old in HISTORIES_DIR.glob("*.json"):
+            old.unlink()
+        for label, history in histories.items():
+            (HISTORIES_DIR / f"{label}__{history.workflow_id}.json").write_text(history.to_json() + "\n")
+
+
+async def _history(client: Client, operation_name: str) -> WorkflowHistory:
+    return await client.get_workflow_handle(operation_name.removeprefix("operations/")).fetch_history()
+
+
+def _committed_histories() -> list[Path]:
+    return sorted(HISTORIES_DIR.glob("*.json"))
+
+
+async def test_replay_of_committed_histories() -> None:
+    files = _committed_histories()
+    labels = {path.name.split("__", 1)[0] for path in files}
+    assert labels >= {"provision-succeeded", "provision-compensated", "delete-succeeded", "reconcile"}, labels
+    workflow_types = set()
+    for path in files:
+        workflow_id = path.name.split("__", 1)[1].removesuffix(".json")
+        history = WorkflowHistory.from_json(workflow_id, path.read_text())
+        started = history.events[0].workflow_execution_started_event_attributes
+        workflow_types.add(started.workflow_type.name)
+        await _replay(history)
+    assert workflow_types == {PROVISION_WORKFLOW, DELETE_WORKFLOW, RECONCILE_WORKFLOW}
+
+
+# --- registration completeness ------------------------------------------------------------------
+
+
+def _activity_references() -> set[tuple[str, str]]:
+    tree = ast.parse(WORKFLOWS_SOURCE.read_text())
+    return {
+        (node.value.id, node.attr)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in ("ProvisioningActivities", "ReconcilerActivities")
+    }
+
+
+def _workflow_class_names() -> set[str]:
+    tree = ast.parse(WORKFLOWS_SOURCE.read_text())
+    return {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+        and any(
+            "defn" in ast.unparse(decorator) and "workflow" in ast.unparse(decorator)
+            for decorator in node.decorator_list
+        )
+    }
+
+
+async def test_every_referenced_activity_and_workflow_is_registered(
+    engine: AsyncEngine, temporal_client: Client
+) -> None:
+    references = _activity_references()
+    assert len(references) >= 7, references
+    referenced = {definition_name(getattr(getattr(workflows_module, cls), attr)) for cls, attr in references}
+
+    registered_fns = activities_for(engine, temporal_client, "completeness-check")
+    registered = [definition_name(fn) for fn in registered_fns]
+    assert len(registered) == len(set(registered)), f"duplicate activity names: {registered}"
+    assert referenced <= set(registered), f"not registered: {referenced - set(registered)}"
+
+    classes = _workflow_class_names()
+    assert classes, "no workflow classes found"
+    assert classes == {cls.__name__ for cls in WORKFLOWS}
+    workflow_names = {getattr(cls, "__temporal_workflow_definition").name for cls in WORKFLOWS}
+    assert workflow_names == {PROVISION_WORKFLOW, DELETE_WORKFLOW, RECONCILE_WORKFLOW}

@@ -1,0 +1,218 @@
+"""The reconciler and its schedule against the real PostgreSQL and Temporal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client, ScheduleActionStartWorkflow, ScheduleOverlapPolicy
+from temporalio.service import RPCError
+
+from provisioner_worker.reconciler import ReconcileReport
+from provisioner_worker.schedule import ensure_reconcile_schedule
+from tenantry.v1 import operation_pb2, tenant_pb2, tenant_service_pb2
+from tenantry.workflow_contract import RECONCILE_WORKFLOW, ReconcileInput
+from tests.stack import Stack, registration, running_stack, wait_done
+
+_TIMEOUT = timedelta(seconds=90)
+# Leaves other tests' PENDING operations alone: only the RUNNING and orphan checks act.
+_NO_PENDING = ReconcileInput(pending_threshold_seconds=3600)
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@asynccontextmanager
+async def stack_without_temporal(engine: AsyncEngine, database_url: str) -> AsyncIterator[Stack]:
+    """API whose real Temporal client points at a closed port: operations stay PENDING."""
+    client = await Client.connect(f"127.0.0.1:{_closed_port()}", lazy=True)
+    async with running_stack(engine=engine, database_url=database_url, client=client, with_worker=False) as stack:
+        yield stack
+
+
+async def reconcile(client: Client, stack: Stack, input: ReconcileInput) -> ReconcileReport:
+    """One ReconcileWorkflow run served by the stack's worker, whose starter uses the same queue."""
+    report: ReconcileReport = await client.execute_workflow(
+        RECONCILE_WORKFLOW,
+        input,
+        id=f"test-reconcile-{uuid.uuid4().hex}",
+        task_queue=stack.task_queue,
+        result_type=ReconcileReport,
+        execution_timeout=_TIMEOUT,
+    )
+    return report
+
+
+async def _states(engine: AsyncEngine, workflow_id: str) -> tuple[str, str, str]:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT t.state, w.state, w.error_message FROM workflow_executions w "
+                    "JOIN tenants t ON t.id = w.tenant_id WHERE w.workflow_id = :w"
+                ),
+                {"w": workflow_id},
+            )
+        ).one()
+    return row[0], row[1], row[2]
+
+
+async def _age_as_running(engine: AsyncEngine, workflow_id: str) -> None:
+    async with engine.begin() as conn:
+        updated = await conn.execute(
+            text(
+                "UPDATE workflow_executions SET state = 'RUNNING', start_time = now() - interval '1 minute', "
+                "update_time = now() - interval '1 minute' WHERE workflow_id = :w AND state = 'PENDING'"
+            ),
+            {"w": workflow_id},
+        )
+        assert updated.rowcount == 1
+
+
+# --- the schedule -------------------------------------------------------------------------------
+
+
+async def test_ensure_reconcile_schedule_is_idempotent_and_converges(temporal_client: Client) -> None:
+    schedule_id = f"test-reconciler-{uuid.uuid4().hex[:12]}"
+    # No worker polls this queue; long intervals so nothing fires during the test.
+    queue = f"test-schedule-{uuid.uuid4().hex[:12]}"
+    handle = temporal_client.get_schedule_handle(schedule_id)
+    try:
+        await ensure_reconcile_schedule(temporal_client, queue, 3600, schedule_id=schedule_id)
+        await ensure_reconcile_schedule(temporal_client, queue, 3600, schedule_id=schedule_id)
+        description = await handle.describe()
+        assert [i.every for i in description.schedule.spec.intervals] == [timedelta(seconds=3600)]
+        action = description.schedule.action
+        assert isinstance(action, ScheduleActionStartWorkflow)
+        assert action.workflow == RECONCILE_WORKFLOW
+        assert action.task_queue == queue
+        assert description.schedule.policy.overlap == ScheduleOverlapPolicy.SKIP
+
+        # A restarted worker with another interval updates the one schedule.
+        await ensure_reconcile_schedule(temporal_client, queue, 7200, schedule_id=schedule_id)
+        description = await handle.describe()
+        assert [i.every for i in description.schedule.spec.intervals] == [timedelta(seconds=7200)]
+
+        # Several workers starting at once converge without errors.
+        await asyncio.gather(
+            *(ensure_reconcile_schedule(temporal_client, queue, 5400, schedule_id=schedule_id) for _ in range(4))
+        )
+        description = await handle.describe()
+        assert [i.every for i in description.schedule.spec.intervals] == [timedelta(seconds=5400)]
+        matching = [s.id async for s in await temporal_client.list_schedules() if s.id == schedule_id]
+        assert matching in ([schedule_id], []), matching  # list is eventually consistent
+    finally:
+        with contextlib.suppress(RPCError):
+            await handle.delete()
+        with contextlib.suppress(RPCError):
+            await temporal_client.get_workflow_handle(f"{schedule_id}-run").terminate("test cleanup")
+
+
+# --- orphan schemas -----------------------------------------------------------------------------
+
+
+async def test_schema_without_live_tenant_is_reported_as_orphan(
+    stack: Stack, engine: AsyncEngine, temporal_client: Client
+) -> None:
+    live = await stack.stubs.tenants.RegisterTenant(registration())
+    assert (await wait_done(stack.stubs, live.operation.name)).state == operation_pb2.OPERATION_STATE_SUCCEEDED
+
+    orphan = "t_" + uuid.uuid4().hex
+    not_tenant_like = f"t_{uuid.uuid4().hex[:8]}_scratch"
+    async with engine.begin() as conn:
+        await conn.execute(text(f'CREATE SCHEMA "{orphan}"'))
+        await conn.execute(text(f'CREATE SCHEMA "{not_tenant_like}"'))
+    try:
+        report = await reconcile(temporal_client, stack, _NO_PENDING)
+        assert report.orphan_schema_count >= 1
+        assert report.orphan_schema_count == len(report.orphan_schemas)
+        assert orphan in report.orphan_schemas
+        assert live.tenant.schema_name not in report.orphan_schemas
+        assert not_tenant_like not in report.orphan_schemas
+        # Reporting only: the reconciler never drops a schema it did not create.
+        async with engine.connect() as conn:
+            count = (
+                await conn.execute(
+                    text("SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = :s"), {"s": orphan}
+                )
+            ).scalar_one()
+        assert count == 1
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{orphan}"'))
+            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{not_tenant_like}"'))
+
+
+# --- lost RUNNING operations --------------------------------------------------------------------
+
+
+async def test_running_operation_without_workflow_is_restarted_to_completion(
+    engine: AsyncEngine, database_url: str, temporal_client: Client
+) -> None:
+    async with stack_without_temporal(engine, database_url) as dead:
+        response = await dead.stubs.tenants.RegisterTenant(registration(), timeout=30)
+    workflow_id = response.operation.name.removeprefix("operations/")
+    # The database says RUNNING for a minute, but Temporal never heard of it.
+    await _age_as_running(engine, workflow_id)
+    assert await _states(engine, workflow_id) == ("CREATING", "RUNNING", "")
+
+    async with running_stack(engine=engine, database_url=database_url, client=temporal_client) as live:
+        report = await reconcile(temporal_client, live, _NO_PENDING)
+        assert workflow_id in report.restarted
+        assert workflow_id not in report.marked_failed
+        operation = await wait_done(live.stubs, response.operation.name)
+        tenant = (
+            await live.stubs.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id=response.tenant.id))
+        ).tenant
+    assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED
+    assert tenant.state == tenant_pb2.TENANT_STATE_ACTIVE
+
+
+async def test_unwanted_lost_operation_is_failed_and_pending_deletion_is_driven(
+    engine: AsyncEngine, database_url: str, temporal_client: Client
+) -> None:
+    async with stack_without_temporal(engine, database_url) as dead:
+        registered = await dead.stubs.tenants.RegisterTenant(registration(), timeout=30)
+        deleted = await dead.stubs.tenants.DeleteTenant(
+            tenant_service_pb2.DeleteTenantRequest(tenant_id=registered.tenant.id), timeout=30
+        )
+    provision_id = registered.operation.name.removeprefix("operations/")
+    delete_id = deleted.operation.name.removeprefix("operations/")
+    assert deleted.operation.state == operation_pb2.OPERATION_STATE_PENDING
+    # Provisioning "was running" when the tenant got deleted, and its workflow is gone.
+    await _age_as_running(engine, provision_id)
+
+    async with running_stack(engine=engine, database_url=database_url, client=temporal_client) as live:
+        # First pass: only the lost RUNNING operation is looked at.
+        report = await reconcile(temporal_client, live, _NO_PENDING)
+        assert provision_id in report.marked_failed
+        assert provision_id not in report.restarted
+        assert delete_id not in report.started
+        assert await _states(engine, provision_id) == ("DELETING", "FAILED", "workflow no longer exists")
+        # Second pass: the stale PENDING deletion gets its workflow started.
+        report = await reconcile(temporal_client, live, ReconcileInput(pending_threshold_seconds=0))
+        assert delete_id in report.started
+        assert provision_id not in report.marked_failed
+        operation = await wait_done(live.stubs, deleted.operation.name)
+    assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED
+    assert await _states(engine, provision_id) == ("DELETED", "FAILED", "workflow no longer exists")
+    assert await _states(engine, delete_id) == ("DELETED", "SUCCEEDED", "")
+    async with engine.connect() as conn:
+        schemas = (
+            await conn.execute(
+                text("SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = :s"),
+                {"s": registered.tenant.schema_name},
+            )
+        ).scalar_one()
+    assert schemas == 0
