@@ -1,0 +1,459 @@
+"""The tenant gate on tenant-scoped RPCs, and ProjectService CRUD inside a tenant.
+
+Every row of the design's gate table is driven over real gRPC against a real
+PostgreSQL and Temporal; each expected error is checked by code and ErrorInfo reason.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+
+from provisioner_worker.activities import TenantActivityInput
+from provisioner_worker.worker import activities_for
+from tenant_api.tenant_gate import TENANT_ID_HEADER, TENANT_SLUG_HEADER, is_tenant_scoped
+from tenantry.v1 import (
+    operation_pb2,
+    operation_service_pb2,
+    options_pb2,
+    project_service_pb2,
+    tenant_pb2,
+    tenant_service_pb2,
+)
+from tests.stack import BUG_CODES, Stack, Stubs, error_info, field_violations, registration, running_stack, wait_done
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+async def register_active(stubs: Stubs) -> tenant_pb2.Tenant:
+    response = await stubs.tenants.RegisterTenant(registration(), timeout=30)
+    operation = await wait_done(stubs, response.operation.name)
+    assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, operation
+    tenant = (await stubs.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id=response.tenant.id))).tenant
+    assert tenant.state == tenant_pb2.TENANT_STATE_ACTIVE
+    return tenant
+
+
+def by_id(tenant_id: str) -> Metadata:
+    return ((TENANT_ID_HEADER, tenant_id),)
+
+
+async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    error = caught.value
+    assert error.code() not in BUG_CODES, f"{error.code()}: {error.details()}"
+    return error
+
+
+async def expect_error(call: Awaitable[Any], code: grpc.StatusCode, reason: str) -> grpc.aio.AioRpcError:
+    error = await rpc_error(call)
+    assert error.code() == code, f"expected {code}, got {error.code()}: {error.details()}"
+    assert error_info(error).reason == reason
+    return error
+
+
+def every_project_rpc(stubs: Stubs, metadata: Metadata | None) -> list[Callable[[], Awaitable[Any]]]:
+    """One call of each ProjectService RPC, all with valid bodies."""
+    projects = stubs.projects
+    some_id = str(uuid.uuid4())
+    return [
+        lambda: projects.ListProjects(project_service_pb2.ListProjectsRequest(), metadata=metadata, timeout=10),
+        lambda: projects.CreateProject(
+            project_service_pb2.CreateProjectRequest(name=f"p-{uuid.uuid4().hex[:8]}"), metadata=metadata, timeout=10
+        ),
+        lambda: projects.GetProject(project_service_pb2.GetProjectRequest(project_id=some_id), metadata=metadata),
+        lambda: projects.DeleteProject(
+            project_service_pb2.DeleteProjectRequest(project_id=some_id), metadata=metadata, timeout=10
+        ),
+    ]
+
+
+async def assert_gate(stubs: Stubs, metadata: Metadata | None, code: grpc.StatusCode, reason: str) -> None:
+    for call in every_project_rpc(stubs, metadata):
+        await expect_error(call(), code, reason)
+
+
+@pytest.fixture(scope="module")
+async def idle_stack(engine: AsyncEngine, database_url: str, temporal_client: Client) -> AsyncIterator[Stack]:
+    """An API whose task queue has no worker: workflows it starts never run."""
+    async with running_stack(
+        engine=engine, database_url=database_url, client=temporal_client, with_worker=False
+    ) as idle:
+        yield idle
+
+
+# --- the gate table ---------------------------------------------------------------
+
+
+async def test_no_tenant_metadata_is_tenant_required(stack: Stack) -> None:
+    await assert_gate(stack.stubs, None, grpc.StatusCode.INVALID_ARGUMENT, "TENANT_REQUIRED")
+    # Unrelated metadata and an empty value do not name a tenant either.
+    await assert_gate(stack.stubs, (("x-other", "1"),), grpc.StatusCode.INVALID_ARGUMENT, "TENANT_REQUIRED")
+    await assert_gate(stack.stubs, ((TENANT_ID_HEADER, ""),), grpc.StatusCode.INVALID_ARGUMENT, "TENANT_REQUIRED")
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        ((TENANT_ID_HEADER, "not-a-uuid"),),
+        ((TENANT_ID_HEADER, "1' OR '1'='1"),),
+        ((TENANT_ID_HEADER, str(uuid.uuid4()) + "x"),),
+        ((TENANT_ID_HEADER, uuid.uuid4().hex),),  # not the canonical form
+        ((TENANT_SLUG_HEADER, "Not A Slug"),),
+        ((TENANT_SLUG_HEADER, "x"),),
+        ((TENANT_SLUG_HEADER, "a" * 41),),
+        ((TENANT_SLUG_HEADER, "public"),),
+    ],
+)
+async def test_malformed_tenant_metadata_is_invalid_tenant_id(stack: Stack, metadata: Metadata) -> None:
+    await assert_gate(stack.stubs, metadata, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TENANT_ID")
+
+
+async def test_unknown_tenant_is_not_found(stack: Stack) -> None:
+    await assert_gate(stack.stubs, by_id(str(uuid.uuid4())), grpc.StatusCode.NOT_FOUND, "TENANT_NOT_FOUND")
+    unknown_slug = ((TENANT_SLUG_HEADER, f"nobody-{uuid.uuid4().hex[:8]}"),)
+    await assert_gate(stack.stubs, unknown_slug, grpc.StatusCode.NOT_FOUND, "TENANT_NOT_FOUND")
+
+
+async def test_creating_tenant_is_not_ready(idle_stack: Stack) -> None:
+    response = await idle_stack.stubs.tenants.RegisterTenant(registration(), timeout=30)
+    assert response.tenant.state == tenant_pb2.TENANT_STATE_CREATING
+    await assert_gate(
+        idle_stack.stubs, by_id(response.tenant.id), grpc.StatusCode.FAILED_PRECONDITION, "TENANT_NOT_READY"
+    )
+    slug = ((TENANT_SLUG_HEADER, response.tenant.slug),)
+    await assert_gate(idle_stack.stubs, slug, grpc.StatusCode.FAILED_PRECONDITION, "TENANT_NOT_READY")
+
+
+async def test_failed_tenant_is_failed(engine: AsyncEngine, database_url: str, temporal_client: Client) -> None:
+    @activity.defn(name="provision_tenant_schema")
+    async def provision_tenant_schema(input: TenantActivityInput) -> None:
+        raise ApplicationError("disk on fire", type="InjectedFailure", non_retryable=True)
+
+    queue = f"test-fail-{uuid.uuid4().hex[:12]}"
+    activities = [
+        provision_tenant_schema if getattr(a, "__name__", "") == "provision_tenant_schema" else a
+        for a in activities_for(engine, temporal_client, queue)
+    ]
+    async with running_stack(
+        engine=engine, database_url=database_url, client=temporal_client, task_queue=queue, activities=activities
+    ) as failing:
+        response = await failing.stubs.tenants.RegisterTenant(registration(), timeout=30)
+        operation = await wait_done(failing.stubs, response.operation.name)
+        assert operation.state == operation_pb2.OPERATION_STATE_FAILED
+        tenant = (
+            await failing.stubs.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id=response.tenant.id))
+        ).tenant
+        assert tenant.state == tenant_pb2.TENANT_STATE_FAILED
+        assert "disk on fire" in tenant.state_message
+        await assert_gate(failing.stubs, by_id(tenant.id), grpc.StatusCode.FAILED_PRECONDITION, "TENANT_FAILED")
+
+
+async def test_deleting_tenant_is_deleting(stack: Stack, idle_stack: Stack) -> None:
+    tenant = await register_active(stack.stubs)
+    # Deleting through the worker-less API: the tenant stays soft-deleted.
+    deleted = await idle_stack.stubs.tenants.DeleteTenant(
+        tenant_service_pb2.DeleteTenantRequest(tenant_id=tenant.id), timeout=30
+    )
+    assert deleted.tenant.state == tenant_pb2.TENANT_STATE_DELETING
+    await assert_gate(stack.stubs, by_id(tenant.id), grpc.StatusCode.FAILED_PRECONDITION, "TENANT_DELETING")
+    slug = ((TENANT_SLUG_HEADER, tenant.slug),)
+    await assert_gate(stack.stubs, slug, grpc.StatusCode.FAILED_PRECONDITION, "TENANT_DELETING")
+
+
+async def test_deleted_tenant_is_deleted(stack: Stack) -> None:
+    tenant = await register_active(stack.stubs)
+    deleted = await stack.stubs.tenants.DeleteTenant(
+        tenant_service_pb2.DeleteTenantRequest(tenant_id=tenant.id), timeout=30
+    )
+    operation = await wait_done(stack.stubs, deleted.operation.name)
+    assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED
+    await assert_gate(stack.stubs, by_id(tenant.id), grpc.StatusCode.NOT_FOUND, "TENANT_DELETED")
+    slug = ((TENANT_SLUG_HEADER, tenant.slug),)
+    await assert_gate(stack.stubs, slug, grpc.StatusCode.NOT_FOUND, "TENANT_DELETED")
+
+
+async def test_tenant_slug_header_routes_like_tenant_id(stack: Stack) -> None:
+    tenant = await register_active(stack.stubs)
+    slug = ((TENANT_SLUG_HEADER, tenant.slug),)
+    created = await stack.stubs.projects.CreateProject(
+        project_service_pb2.CreateProjectRequest(name="via-slug"), metadata=slug
+    )
+    listed_by_id = await stack.stubs.projects.ListProjects(
+        project_service_pb2.ListProjectsRequest(), metadata=by_id(tenant.id)
+    )
+    assert [p.id for p in listed_by_id.projects] == [created.project.id]
+    fetched = await stack.stubs.projects.GetProject(
+        project_service_pb2.GetProjectRequest(project_id=created.project.id), metadata=slug
+    )
+    assert fetched.project.name == "via-slug"
+
+
+async def test_tenant_id_header_wins_over_slug(stack: Stack) -> None:
+    """Both headers: the id decides; a contradicting slug never reroutes the call."""
+    first, second = await register_active(stack.stubs), await register_active(stack.stubs)
+    metadata = ((TENANT_ID_HEADER, first.id), (TENANT_SLUG_HEADER, second.slug))
+    await stack.stubs.projects.CreateProject(project_service_pb2.CreateProjectRequest(name="first"), metadata=metadata)
+    second_projects = await stack.stubs.projects.ListProjects(
+        project_service_pb2.ListProjectsRequest(), metadata=by_id(second.id)
+    )
+    assert list(second_projects.projects) == []
+
+
+# --- schema vanished mid-request -----------------------------------------------------
+
+
+async def test_schema_dropped_under_active_tenant_is_tenant_deleted(stack: Stack, engine: AsyncEngine) -> None:
+    tenant = await register_active(stack.stubs)
+    metadata = by_id(tenant.id)
+    # Warm the statement caches on pooled connections for this schema first.
+    for _ in range(3):
+        await stack.stubs.projects.CreateProject(
+            project_service_pb2.CreateProjectRequest(name=f"warm-{uuid.uuid4().hex[:6]}"), metadata=metadata
+        )
+        await stack.stubs.projects.ListProjects(project_service_pb2.ListProjectsRequest(), metadata=metadata)
+
+    async with engine.begin() as conn:
+        await conn.execute(text(f'DROP SCHEMA "{tenant.schema_name}" CASCADE'))
+        state = (await conn.execute(text("SELECT state FROM tenants WHERE id = :id"), {"id": tenant.id})).scalar_one()
+    assert state == "ACTIVE"  # the row still says ACTIVE: only the data is gone
+
+    for _ in range(3):
+        await expect_error(
+            stack.stubs.projects.ListProjects(project_service_pb2.ListProjectsRequest(), metadata=metadata),
+            grpc.StatusCode.NOT_FOUND,
+            "TENANT_DELETED",
+        )
+        await expect_error(
+            stack.stubs.projects.CreateProject(
+                project_service_pb2.CreateProjectRequest(name="late"), metadata=metadata
+            ),
+            grpc.StatusCode.NOT_FOUND,
+            "TENANT_DELETED",
+        )
+        await expect_error(
+            stack.stubs.projects.GetProject(
+                project_service_pb2.GetProjectRequest(project_id=str(uuid.uuid4())), metadata=metadata
+            ),
+            grpc.StatusCode.NOT_FOUND,
+            "TENANT_DELETED",
+        )
+        await expect_error(
+            stack.stubs.projects.DeleteProject(
+                project_service_pb2.DeleteProjectRequest(project_id=str(uuid.uuid4())), metadata=metadata
+            ),
+            grpc.StatusCode.NOT_FOUND,
+            "TENANT_DELETED",
+        )
+
+
+# --- the gate is declared in the contract ------------------------------------------
+
+
+def test_gate_is_declared_by_the_proto_option() -> None:
+    assert is_tenant_scoped("/tenantry.v1.ProjectService/ListProjects")
+    assert is_tenant_scoped("/tenantry.v1.ProjectService/CreateProject")
+    assert not is_tenant_scoped("/tenantry.v1.TenantService/RegisterTenant")
+    assert not is_tenant_scoped("/tenantry.v1.TenantService/DeleteTenant")
+    assert not is_tenant_scoped("/tenantry.v1.OperationService/GetOperation")
+    assert not is_tenant_scoped("/grpc.health.v1.Health/Check")
+    assert not is_tenant_scoped("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    assert not is_tenant_scoped("/no.such.Service/Method")
+
+    services = {
+        "ProjectService": project_service_pb2.DESCRIPTOR.services_by_name["ProjectService"],
+        "TenantService": tenant_service_pb2.DESCRIPTOR.services_by_name["TenantService"],
+        "OperationService": operation_service_pb2.DESCRIPTOR.services_by_name["OperationService"],
+    }
+    scoped: dict[str, bool] = {
+        name: service.GetOptions().Extensions[options_pb2.tenant_scoped]  # type: ignore[index]
+        for name, service in services.items()
+    }
+    assert scoped == {"ProjectService": True, "TenantService": False, "OperationService": False}
+
+
+async def test_non_tenant_services_need_no_tenant_metadata(stack: Stack) -> None:
+    listed = await stack.stubs.tenants.ListTenants(tenant_service_pb2.ListTenantsRequest(page_size=1))
+    assert len(listed.tenants) <= 1
+
+
+# --- ProjectService CRUD -------------------------------------------------------------
+
+
+async def test_project_crud_in_a_tenant(stack: Stack) -> None:
+    tenant = await register_active(stack.stubs)
+    metadata = by_id(tenant.id)
+    projects = stack.stubs.projects
+
+    created = (
+        await projects.CreateProject(
+            project_service_pb2.CreateProjectRequest(name="  Apollo  ", description="to the moon\nand back"),
+            metadata=metadata,
+        )
+    ).project
+    assert created.name == "Apollo"
+    assert created.description == "to the moon\nand back"
+    assert uuid.UUID(created.id)
+    assert created.HasField("create_time")
+
+    duplicate = await expect_error(
+        projects.CreateProject(project_service_pb2.CreateProjectRequest(name="Apollo"), metadata=metadata),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "PROJECT_NAME_TAKEN",
+    )
+    assert error_info(duplicate).metadata["name"] == "Apollo"
+
+    fetched = (
+        await projects.GetProject(project_service_pb2.GetProjectRequest(project_id=created.id), metadata=metadata)
+    ).project
+    assert fetched == created
+
+    await expect_error(
+        projects.GetProject(project_service_pb2.GetProjectRequest(project_id=str(uuid.uuid4())), metadata=metadata),
+        grpc.StatusCode.NOT_FOUND,
+        "PROJECT_NOT_FOUND",
+    )
+    bad_id = await expect_error(
+        projects.GetProject(project_service_pb2.GetProjectRequest(project_id="nope"), metadata=metadata),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+    )
+    assert "project_id" in field_violations(bad_id)
+
+    await projects.DeleteProject(project_service_pb2.DeleteProjectRequest(project_id=created.id), metadata=metadata)
+    await expect_error(
+        projects.DeleteProject(project_service_pb2.DeleteProjectRequest(project_id=created.id), metadata=metadata),
+        grpc.StatusCode.NOT_FOUND,
+        "PROJECT_NOT_FOUND",
+    )
+    await expect_error(
+        projects.GetProject(project_service_pb2.GetProjectRequest(project_id=created.id), metadata=metadata),
+        grpc.StatusCode.NOT_FOUND,
+        "PROJECT_NOT_FOUND",
+    )
+    # The name is free again once the project is gone.
+    await projects.CreateProject(project_service_pb2.CreateProjectRequest(name="Apollo"), metadata=metadata)
+
+
+async def test_project_names_are_per_tenant(stack: Stack) -> None:
+    first, second = await register_active(stack.stubs), await register_active(stack.stubs)
+    for tenant in (first, second):
+        await stack.stubs.projects.CreateProject(
+            project_service_pb2.CreateProjectRequest(name="shared-name"), metadata=by_id(tenant.id)
+        )
+    # A project id of one tenant is unknown in the other.
+    first_project = (
+        await stack.stubs.projects.ListProjects(project_service_pb2.ListProjectsRequest(), metadata=by_id(first.id))
+    ).projects[0]
+    await expect_error(
+        stack.stubs.projects.GetProject(
+            project_service_pb2.GetProjectRequest(project_id=first_project.id), metadata=by_id(second.id)
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "PROJECT_NOT_FOUND",
+    )
+
+
+async def test_list_projects_pagination(stack: Stack) -> None:
+    tenant = await register_active(stack.stubs)
+    metadata = by_id(tenant.id)
+    names = [f"project-{i:02d}" for i in range(7)]
+    for name in names:
+        await stack.stubs.projects.CreateProject(project_service_pb2.CreateProjectRequest(name=name), metadata=metadata)
+
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page = await stack.stubs.projects.ListProjects(
+            project_service_pb2.ListProjectsRequest(page_size=3, page_token=token), metadata=metadata
+        )
+        pages += 1
+        assert len(page.projects) <= 3
+        seen.extend(p.name for p in page.projects)
+        token = page.next_page_token
+        if not token:
+            break
+        assert pages < 10
+    assert seen == names  # creation order, no duplicates, none missing
+    assert pages == 3
+
+    everything = await stack.stubs.projects.ListProjects(project_service_pb2.ListProjectsRequest(), metadata=metadata)
+    assert [p.name for p in everything.projects] == names
+    assert everything.next_page_token == ""
+
+    exact = await stack.stubs.projects.ListProjects(
+        project_service_pb2.ListProjectsRequest(page_size=7), metadata=metadata
+    )
+    assert len(exact.projects) == 7 and exact.next_page_token == ""
+
+    for request in (
+        project_service_pb2.ListProjectsRequest(page_size=-1),
+        project_service_pb2.ListProjectsRequest(page_token="garbage!"),
+    ):
+        await expect_error(
+            stack.stubs.projects.ListProjects(request, metadata=metadata),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_FIELD",
+        )
+    # A token of ListTenants is not a token of ListProjects.
+    tenants_page = await stack.stubs.tenants.ListTenants(tenant_service_pb2.ListTenantsRequest(page_size=1))
+    if tenants_page.next_page_token:
+        await expect_error(
+            stack.stubs.projects.ListProjects(
+                project_service_pb2.ListProjectsRequest(page_token=tenants_page.next_page_token), metadata=metadata
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_FIELD",
+        )
+
+
+INVALID_PROJECT_NAMES: Sequence[str] = ("", "   ", "bad\x00name", "tab\tname", "line\nbreak", "x" * 101, "del\x7f")
+
+
+@pytest.fixture(scope="module")
+async def empty_tenant(stack: Stack) -> tenant_pb2.Tenant:
+    """One ACTIVE tenant in which nothing is ever created successfully."""
+    return await register_active(stack.stubs)
+
+
+@pytest.mark.parametrize("name", INVALID_PROJECT_NAMES)
+async def test_invalid_project_name_is_invalid_argument(
+    stack: Stack, empty_tenant: tenant_pb2.Tenant, name: str
+) -> None:
+    tenant = empty_tenant
+    error = await expect_error(
+        stack.stubs.projects.CreateProject(
+            project_service_pb2.CreateProjectRequest(name=name), metadata=by_id(tenant.id)
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+    )
+    assert "name" in field_violations(error)
+    listed = await stack.stubs.projects.ListProjects(
+        project_service_pb2.ListProjectsRequest(), metadata=by_id(tenant.id)
+    )
+    assert list(listed.projects) == []
+
+
+async def test_invalid_description_is_invalid_argument(stack: Stack, empty_tenant: tenant_pb2.Tenant) -> None:
+    tenant = empty_tenant
+    for description in ("x" * 2001, "bell\x07"):
+        error = await expect_error(
+            stack.stubs.projects.CreateProject(
+                project_service_pb2.CreateProjectRequest(name="ok", description=description), metadata=by_id(tenant.id)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_FIELD",
+        )
+        assert "description" in field_violations(error)
