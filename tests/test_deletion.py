@@ -247,7 +247,9 @@ async def test_delete_right_after_register(stack: Stack, engine: AsyncEngine, te
         await get_tenant(stack.stubs, tenant.id, tenant_pb2.TENANT_STATE_DELETED)
         await assert_purged(engine, tenant)
         description = await temporal_client.get_workflow_handle(provision_workflow_id(uuid.UUID(tenant.id))).describe()
-        assert description.status != WorkflowExecutionStatus.RUNNING
+        # Cancelled mid-step, or finished as "abandoned" when it met DELETING:
+        # never FAILED, which would page someone for a healthy deletion.
+        assert description.status in (WorkflowExecutionStatus.CANCELED, WorkflowExecutionStatus.COMPLETED)
 
     await asyncio.sleep(2.0)
     for tenant, provision_name, _ in results:

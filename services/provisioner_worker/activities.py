@@ -15,7 +15,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
@@ -23,6 +23,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from provisioner_worker.metrics import DELETION_SECONDS, PROVISIONING_SECONDS
 from tenantry.db.models import Tenant, TenantMembership, WorkflowExecution
 from tenantry.migrations import upgrade_tenant_schema
 from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, pg_error
@@ -38,6 +39,8 @@ TENANT_NOT_FOUND = "TenantNotFound"
 MEMBERSHIP_REFERENCE_MISSING = "MembershipReferenceMissing"
 
 _OPEN_OPERATION_STATES = (OperationState.PENDING, OperationState.RUNNING)
+_SECONDS_SINCE_CREATE = func.extract("epoch", func.now() - Tenant.create_time)
+_SECONDS_SINCE_DELETE = func.extract("epoch", func.now() - Tenant.delete_time)
 
 # Alembic's `op` and `context` are process-global proxies: two tenant upgrades
 # interleaving on this event loop would run one tenant's DDL on the other's
@@ -132,19 +135,23 @@ class ProvisioningActivities:
     @activity.defn(name="activate_tenant")
     async def activate_tenant(self, input: TenantActivityInput) -> None:
         tenant_id = uuid.UUID(input.tenant_id)
+        elapsed = None
         async with self._engine.begin() as conn:
             state = await _lock_tenant_state(conn, tenant_id, exclusive=True)
             if state == TenantState.CREATING:
-                await conn.execute(
+                elapsed = await conn.scalar(
                     update(Tenant)
                     .where(Tenant.id == tenant_id)
                     .values(state=TenantState.ACTIVE, update_time=text("now()"), version=Tenant.version + 1)
+                    .returning(_SECONDS_SINCE_CREATE)
                 )
             elif state != TenantState.ACTIVE:
                 raise ApplicationError(
                     f"tenant {tenant_id} is {state}", type=TENANT_NOT_PROVISIONABLE, non_retryable=True
                 )
             await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.SUCCEEDED)
+        if elapsed is not None:
+            PROVISIONING_SECONDS.labels("succeeded").observe(float(elapsed))
 
     @activity.defn(name="fail_provisioning")
     async def fail_provisioning(self, input: FailProvisioningInput) -> None:
@@ -156,7 +163,7 @@ class ProvisioningActivities:
                 return  # deleted meanwhile: the deletion workflow owns the cleanup
             await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_schema(schema_name_for(tenant_id))} CASCADE"))
             await conn.execute(delete(TenantMembership).where(TenantMembership.tenant_id == tenant_id))
-            await conn.execute(
+            elapsed = await conn.scalar(
                 update(Tenant)
                 .where(Tenant.id == tenant_id)
                 .values(
@@ -165,8 +172,10 @@ class ProvisioningActivities:
                     update_time=text("now()"),
                     version=Tenant.version + 1,
                 )
+                .returning(_SECONDS_SINCE_CREATE)
             )
             await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.FAILED, input.error_message)
+        PROVISIONING_SECONDS.labels("failed").observe(float(elapsed or 0))
 
     @activity.defn(name="cancel_provisioning")
     async def cancel_provisioning(self, input: TenantActivityInput) -> None:
@@ -186,7 +195,6 @@ class ProvisioningActivities:
             if not cancel_requested:
                 await handle.cancel()
                 cancel_requested = True
-            activity.heartbeat()
             await asyncio.sleep(0.2)
         async with self._engine.begin() as conn:
             await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.CANCELLED)
@@ -195,6 +203,7 @@ class ProvisioningActivities:
     async def purge_tenant(self, input: TenantActivityInput) -> None:
         """Drop the schema, revoke memberships, tenant DELETED, operation SUCCEEDED."""
         tenant_id = uuid.UUID(input.tenant_id)
+        elapsed = None
         async with self._engine.begin() as conn:
             state = await _lock_tenant_state(conn, tenant_id, exclusive=True)
             if state not in (TenantState.DELETING, TenantState.DELETED):
@@ -204,9 +213,12 @@ class ProvisioningActivities:
             await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_schema(schema_name_for(tenant_id))} CASCADE"))
             await conn.execute(delete(TenantMembership).where(TenantMembership.tenant_id == tenant_id))
             if state == TenantState.DELETING:
-                await conn.execute(
+                elapsed = await conn.scalar(
                     update(Tenant)
                     .where(Tenant.id == tenant_id)
                     .values(state=TenantState.DELETED, update_time=text("now()"), version=Tenant.version + 1)
+                    .returning(_SECONDS_SINCE_DELETE)
                 )
             await _finish_operation(conn, delete_workflow_id(tenant_id), OperationState.SUCCEEDED)
+        if elapsed is not None:
+            DELETION_SECONDS.labels("succeeded").observe(float(elapsed))

@@ -11,6 +11,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from provisioner_worker.activities import ProvisioningActivities
+from provisioner_worker.heartbeat import HeartbeatInterceptor
 from provisioner_worker.reconciler import ReconcilerActivities
 from provisioner_worker.workflows import WORKFLOWS
 from tenantry.operation_starter import OperationStarter
@@ -45,4 +46,5 @@ def build_worker(
         activities=activities if activities is not None else activities_for(engine, client, task_queue),
         graceful_shutdown_timeout=graceful_shutdown,
         max_concurrent_activities=50,
+        interceptors=[HeartbeatInterceptor()],
     )

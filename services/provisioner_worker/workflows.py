@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 from tenantry.workflow_contract import (
     DELETE_WORKFLOW,
@@ -42,6 +42,9 @@ UNTIL_DONE_RETRY = RetryPolicy(
     maximum_attempts=0,
 )
 STEP_TIMEOUT = timedelta(seconds=60)
+# Activities heartbeat every 2 s while they run (see heartbeat.py): a step on a
+# worker that died is retried after this, not after the whole STEP_TIMEOUT.
+HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 
 
 @workflow.defn(name=PROVISION_WORKFLOW)
@@ -54,21 +57,27 @@ class TenantProvisioningWorkflow:
                 ProvisioningActivities.provision_tenant_schema,
                 tenant,
                 start_to_close_timeout=STEP_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=PROVISION_RETRY,
             )
             await workflow.execute_activity_method(
                 ProvisioningActivities.create_admin_membership,
                 MembershipInput(tenant_id=input.tenant_id, user_id=input.admin_user_id),
                 start_to_close_timeout=STEP_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=PROVISION_RETRY,
             )
             await workflow.execute_activity_method(
                 ProvisioningActivities.activate_tenant,
                 tenant,
                 start_to_close_timeout=STEP_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=PROVISION_RETRY,
             )
         except ActivityError as err:
+            if is_cancelled_exception(err):
+                # Cancelled by a deletion: close as cancelled, deletion cleans up.
+                raise
             cause = err.cause
             if isinstance(cause, ApplicationError) and cause.type == TENANT_NOT_PROVISIONABLE:
                 # Deleted meanwhile: the deletion workflow owns the cleanup.
@@ -78,6 +87,7 @@ class TenantProvisioningWorkflow:
                 ProvisioningActivities.fail_provisioning,
                 FailProvisioningInput(tenant_id=input.tenant_id, error_message=message),
                 start_to_close_timeout=STEP_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=UNTIL_DONE_RETRY,
             )
             raise ApplicationError(f"provisioning failed: {message}", type="ProvisioningFailed") from err
@@ -93,13 +103,14 @@ class TenantDeletionWorkflow:
             ProvisioningActivities.cancel_provisioning,
             tenant,
             start_to_close_timeout=timedelta(minutes=2),
-            heartbeat_timeout=timedelta(seconds=10),
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
             retry_policy=UNTIL_DONE_RETRY,
         )
         await workflow.execute_activity_method(
             ProvisioningActivities.purge_tenant,
             tenant,
             start_to_close_timeout=STEP_TIMEOUT,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
             retry_policy=UNTIL_DONE_RETRY,
         )
         return "deleted"
@@ -113,6 +124,7 @@ class ReconcileWorkflow:
             ReconcilerActivities.reconcile,
             input,
             start_to_close_timeout=timedelta(minutes=5),
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
             retry_policy=RetryPolicy(maximum_attempts=3),
         )
 
