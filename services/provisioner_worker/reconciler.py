@@ -15,10 +15,11 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from provisioner_worker.metrics import RECONCILER_FINDINGS
 from tenantry.db.models import Tenant, WorkflowExecution
 from tenantry.operation_starter import OperationRef, OperationStarter
 from tenantry.schema_names import is_tenant_schema_name
-from tenantry.states import OperationKind, OperationState, TenantState
+from tenantry.states import DONE_OPERATION_STATES, OperationKind, OperationState, TenantState
 from tenantry.workflow_contract import ReconcileInput
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,14 @@ class ReconcilerActivities:
         await self._start_stale_pending(input, report)
         await self._recover_lost_running(report)
         await self._find_orphan_schemas(report)
+        for kind, found in (
+            ("started", report.started),
+            ("restarted", report.restarted),
+            ("cancelled", report.cancelled),
+            ("marked_failed", report.marked_failed),
+            ("orphan_schema", report.orphan_schemas),
+        ):
+            RECONCILER_FINDINGS.labels(kind).inc(len(found))
         if report.started or report.restarted or report.cancelled or report.marked_failed or report.orphan_schemas:
             log.warning(
                 "reconciler: started=%d restarted=%d cancelled=%d marked_failed=%d orphan_schemas=%d %s",
@@ -89,22 +98,25 @@ class ReconcilerActivities:
 
     async def _set_state(
         self, workflow_id: str, from_state: OperationState, to_state: OperationState, error: str = ""
-    ) -> None:
+    ) -> bool:
+        """Conditional transition; False when another path moved the operation first."""
+        end_time = text("now()") if to_state in DONE_OPERATION_STATES else None
         async with self._engine.begin() as conn:
-            await conn.execute(
+            result = await conn.execute(
                 update(WorkflowExecution)
                 .where(WorkflowExecution.workflow_id == workflow_id)
                 .where(WorkflowExecution.state == from_state)
-                .values(state=to_state, error_message=error, end_time=text("now()"), update_time=text("now()"))
+                .values(state=to_state, error_message=error, end_time=end_time, update_time=text("now()"))
             )
+        return bool(result.rowcount)
 
     async def _start_stale_pending(self, input: ReconcileInput, report: ReconcileReport) -> None:
         for operation, tenant_state in await self._open_operations(
             OperationState.PENDING, input.pending_threshold_seconds
         ):
             if not self._still_wanted(operation, tenant_state):
-                await self._set_state(operation.workflow_id, OperationState.PENDING, OperationState.CANCELLED)
-                report.cancelled.append(operation.workflow_id)
+                if await self._set_state(operation.workflow_id, OperationState.PENDING, OperationState.CANCELLED):
+                    report.cancelled.append(operation.workflow_id)
             elif await self._starter.start(operation):
                 report.started.append(operation.workflow_id)
 
@@ -122,13 +134,15 @@ class ReconcilerActivities:
                 continue
             if self._still_wanted(operation, tenant_state):
                 # Every step is idempotent, so running the workflow again is safe.
-                await self._set_state(operation.workflow_id, OperationState.RUNNING, OperationState.PENDING)
-                if await self._starter.start(operation):
+                back_to_pending = await self._set_state(
+                    operation.workflow_id, OperationState.RUNNING, OperationState.PENDING
+                )
+                if back_to_pending and await self._starter.start(operation):
                     report.restarted.append(operation.workflow_id)
             else:
                 reason = "workflow no longer exists" if status is None else f"workflow closed as {status.name}"
-                await self._set_state(operation.workflow_id, OperationState.RUNNING, OperationState.FAILED, reason)
-                report.marked_failed.append(operation.workflow_id)
+                if await self._set_state(operation.workflow_id, OperationState.RUNNING, OperationState.FAILED, reason):
+                    report.marked_failed.append(operation.workflow_id)
 
     async def _find_orphan_schemas(self, report: ReconcileReport) -> None:
         async with self._engine.connect() as conn:
