@@ -30,7 +30,7 @@ from provisioner_worker.worker import build_worker
 from tenantry.db.engine import create_engine
 from tenantry.migrations import tenant_head_revision, upgrade_control_plane
 from tenantry.v1 import operation_pb2, operation_service_pb2, tenant_pb2, tenant_service_pb2
-from tenantry.workflow_contract import RECONCILE_SCHEDULE_ID, RECONCILE_WORKFLOW, ReconcileInput
+from tenantry.workflow_contract import RECONCILE_WORKFLOW, ReconcileInput, reconcile_schedule_id
 from tests.stack import Stack, registration, running_stack, tool_path, wait_done
 
 pytestmark = pytest.mark.slow
@@ -109,18 +109,13 @@ def _worker_env(
 
 
 async def _delete_schedule_if_ours(client: Client, task_queue: str) -> None:
-    """The worker process (re)points the global reconcile schedule at its queue;
-    leave no schedule behind that targets a queue nobody polls any more."""
-    handle = client.get_schedule_handle(RECONCILE_SCHEDULE_ID)
+    """The worker process creates a reconcile schedule for its queue; leave none
+    behind that targets a queue nobody polls any more."""
     try:
-        description = await handle.describe()
+        await client.get_schedule_handle(reconcile_schedule_id(task_queue)).delete()
     except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return
-        raise
-    action = description.schedule.action
-    if getattr(action, "task_queue", None) == task_queue:
-        await handle.delete()
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
 
 
 # --- database helpers --------------------------------------------------------------------------

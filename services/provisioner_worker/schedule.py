@@ -17,7 +17,7 @@ from temporalio.client import (
     ScheduleUpdateInput,
 )
 
-from tenantry.workflow_contract import RECONCILE_SCHEDULE_ID, RECONCILE_WORKFLOW, ReconcileInput
+from tenantry.workflow_contract import RECONCILE_WORKFLOW, ReconcileInput, reconcile_schedule_id
 
 
 def reconcile_schedule(task_queue: str, interval_seconds: float, schedule_id: str) -> Schedule:
@@ -36,8 +36,9 @@ def reconcile_schedule(task_queue: str, interval_seconds: float, schedule_id: st
 
 
 async def ensure_reconcile_schedule(
-    client: Client, task_queue: str, interval_seconds: float, schedule_id: str = RECONCILE_SCHEDULE_ID
+    client: Client, task_queue: str, interval_seconds: float, schedule_id: str | None = None
 ) -> None:
+    schedule_id = schedule_id or reconcile_schedule_id(task_queue)
     schedule = reconcile_schedule(task_queue, interval_seconds, schedule_id)
     try:
         await client.create_schedule(schedule_id, schedule)

@@ -13,11 +13,16 @@ from datetime import timedelta
 PROVISION_WORKFLOW = "TenantProvisioningWorkflow"
 DELETE_WORKFLOW = "TenantDeletionWorkflow"
 RECONCILE_WORKFLOW = "ReconcileWorkflow"
-RECONCILE_SCHEDULE_ID = "tenantry-reconciler"
 
 # Bounds how long an RPC waits for Temporal after its commit: the database
 # already holds the intent, and the reconciler starts what could not be started.
 WORKFLOW_START_TIMEOUT = timedelta(seconds=3)
+
+
+def reconcile_schedule_id(task_queue: str) -> str:
+    """One reconciler schedule per task queue, so deployments on other queues
+    of the same namespace do not take each other's schedule over."""
+    return f"tenantry-reconciler-{task_queue}"
 
 
 def provision_workflow_id(tenant_id: uuid.UUID) -> str:
