@@ -1,0 +1,118 @@
+"""The compose topology as plain OS processes: two tenant-api and two
+provisioner-worker processes against one PostgreSQL and one Temporal server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import tempfile
+import urllib.request
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from tenantry.v1 import operation_pb2, project_service_pb2, tenant_pb2, tenant_service_pb2
+from tenantry.workflow_contract import reconcile_schedule_id
+from tests.processes import free_port, service_env, spawn, spawn_api, stopping, wait_serving
+from tests.stack import BUG_CODES, Stubs, error_info, registration, stubs_for, wait_done
+
+pytestmark = pytest.mark.slow
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+async def _register_spread(apis: list[Stubs], count: int) -> list[tenant_service_pb2.RegisterTenantResponse]:
+    return list(
+        await asyncio.gather(*(apis[i % len(apis)].tenants.RegisterTenant(registration()) for i in range(count)))
+    )
+
+
+async def test_two_apis_two_workers_one_killed(database_url: str, engine: AsyncEngine, temporal_client: Client) -> None:
+    queue = f"topology-{uuid.uuid4().hex[:8]}"
+    logs = Path(tempfile.mkdtemp(prefix="tenantry-topology-"))
+    env = service_env(
+        database_url,
+        temporal_client.service_client.config.target_host,
+        queue,
+        TENANTRY_RECONCILE_INTERVAL_SECONDS="3600",
+    )
+    metrics_port, sdk_metrics_port = free_port(), free_port()
+    api_a, api_b = spawn_api(env, logs, "api-a"), spawn_api(env, logs, "api-b")
+    worker_a = spawn("worker-a", "provisioner_worker", {**env, "TENANTRY_WORKER_LIVENESS_FILE": str(logs / "a")}, logs)
+    worker_b = spawn(
+        "worker-b",
+        "provisioner_worker",
+        {
+            **env,
+            "TENANTRY_WORKER_LIVENESS_FILE": str(logs / "b"),
+            "TENANTRY_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
+            "TENANTRY_SDK_METRICS_ADDRESS": f"127.0.0.1:{sdk_metrics_port}",
+        },
+        logs,
+    )
+    try:
+        with stopping(api_a, api_b, worker_a, worker_b):
+            await asyncio.gather(wait_serving(api_a), wait_serving(api_b))
+            async with (
+                grpc.aio.insecure_channel(api_a.address) as channel_a,
+                grpc.aio.insecure_channel(api_b.address) as channel_b,
+            ):
+                a, b = stubs_for(channel_a), stubs_for(channel_b)
+
+                # Registrations spread over both APIs all reach ACTIVE.
+                first = await _register_spread([a, b], 10)
+                for i, response in enumerate(first):
+                    await wait_done([b, a][i % 2], response.operation.name)
+
+                # One worker dies with work in flight; the other finishes it.
+                second = await _register_spread([a, b], 6)
+                worker_a.process.send_signal(signal.SIGKILL)
+                for response in second:
+                    operation = await wait_done(a, response.operation.name, timeout=90)
+                    assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, operation
+                for response in first + second:
+                    got = await b.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id=response.tenant.id))
+                    assert got.tenant.state == tenant_pb2.TENANT_STATE_ACTIVE
+
+                # A deletion through one API is seen by the other at once.
+                target = first[0].tenant
+                await a.tenants.DeleteTenant(tenant_service_pb2.DeleteTenantRequest(tenant_id=target.id))
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await b.projects.ListProjects(
+                        project_service_pb2.ListProjectsRequest(), metadata=(("x-tenant-id", target.id),)
+                    )
+                assert raised.value.code() not in BUG_CODES
+                assert error_info(raised.value).reason in ("TENANT_DELETING", "TENANT_DELETED")
+                seen = await b.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id=target.id))
+                assert seen.tenant.state in (tenant_pb2.TENANT_STATE_DELETING, tenant_pb2.TENANT_STATE_DELETED)
+
+            metrics = await asyncio.to_thread(_scrape, metrics_port)
+            sdk_metrics = await asyncio.to_thread(_scrape, sdk_metrics_port)
+    finally:
+        with contextlib.suppress(RPCError):
+            await temporal_client.get_schedule_handle(reconcile_schedule_id(queue)).delete()
+
+    # Every tenant: exactly one schema and one admin membership.
+    ids = [r.tenant.id for r in first + second if r.tenant.id != target.id]
+    async with engine.connect() as conn:
+        memberships = await conn.scalar(
+            text("SELECT count(*) FROM tenant_memberships WHERE tenant_id::text = ANY(:ids)"), {"ids": ids}
+        )
+        schemas = await conn.scalar(
+            text("SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = ANY(:names)"),
+            {"names": ["t_" + i.replace("-", "") for i in ids]},
+        )
+    assert memberships == len(ids) and schemas == len(ids)
+    assert 'tenantry_provisioning_duration_seconds_count{outcome="succeeded"}' in metrics
+    assert "temporal_" in sdk_metrics
