@@ -29,7 +29,7 @@ from tenantry.migrations import upgrade_tenant_schema
 from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, pg_error
 from tenantry.schema_names import quote_schema, schema_name_for
 from tenantry.states import OperationState, TenantState
-from tenantry.workflow_contract import delete_workflow_id, provision_workflow_id
+from tenantry.workflow_contract import TEMPORAL_CALL_TIMEOUT, delete_workflow_id, provision_workflow_id
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class ProvisioningActivities:
         cancel_requested = False
         while True:
             try:
-                description = await handle.describe()
+                description = await handle.describe(rpc_timeout=TEMPORAL_CALL_TIMEOUT)
             except RPCError as exc:
                 if exc.status != RPCStatusCode.NOT_FOUND:
                     raise
@@ -193,7 +193,7 @@ class ProvisioningActivities:
             if description.status != WorkflowExecutionStatus.RUNNING:
                 break
             if not cancel_requested:
-                await handle.cancel()
+                await handle.cancel(rpc_timeout=TEMPORAL_CALL_TIMEOUT)
                 cancel_requested = True
             await asyncio.sleep(0.2)
         async with self._engine.begin() as conn:

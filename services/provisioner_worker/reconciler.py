@@ -20,7 +20,7 @@ from tenantry.db.models import Tenant, WorkflowExecution
 from tenantry.operation_starter import OperationRef, OperationStarter
 from tenantry.schema_names import is_tenant_schema_name
 from tenantry.states import DONE_OPERATION_STATES, OperationKind, OperationState, TenantState
-from tenantry.workflow_contract import ReconcileInput
+from tenantry.workflow_contract import TEMPORAL_CALL_TIMEOUT, ReconcileInput
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ class ReconcilerActivities:
         """RUNNING operations whose workflow is gone or closed without finishing them."""
         for operation, tenant_state in await self._open_operations(OperationState.RUNNING, 30.0):
             try:
-                description = await self._client.get_workflow_handle(operation.workflow_id).describe()
+                handle = self._client.get_workflow_handle(operation.workflow_id)
+                description = await handle.describe(rpc_timeout=TEMPORAL_CALL_TIMEOUT)
                 status = description.status
             except RPCError as exc:
                 if exc.status != RPCStatusCode.NOT_FOUND:

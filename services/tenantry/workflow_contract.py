@@ -17,6 +17,8 @@ RECONCILE_WORKFLOW = "ReconcileWorkflow"
 # Bounds how long an RPC waits for Temporal after its commit: the database
 # already holds the intent, and the reconciler starts what could not be started.
 WORKFLOW_START_TIMEOUT = timedelta(seconds=3)
+# Deadline for any other single call to Temporal (describe, cancel).
+TEMPORAL_CALL_TIMEOUT = timedelta(seconds=10)
 
 
 def reconcile_schedule_id(task_queue: str) -> str:
