@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import start_http_server
+from temporalio import activity
 
 # Fields every log line of the current request (or workflow step) carries.
 log_context: ContextVar[dict[str, str]] = ContextVar("log_context", default={})  # noqa: B039 - never mutated
@@ -31,6 +32,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             **log_context.get(),
         }
+        if activity.in_activity():
+            info = activity.info()
+            entry.update(workflow_id=info.workflow_id, activity=info.activity_type, attempt=info.attempt)
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRIBUTES})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

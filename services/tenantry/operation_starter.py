@@ -72,9 +72,8 @@ class OperationStarter:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure here is handled the same way
             log.warning(
-                "workflow start failed after commit, the reconciler will start it: workflow_id=%s error=%s",
-                operation.workflow_id,
-                f"{type(exc).__name__}: {exc}",
+                "workflow start failed after commit; the reconciler will start it",
+                extra={"workflow_id": operation.workflow_id, "error": f"{type(exc).__name__}: {exc}"},
             )
             return False
         async with self._engine.begin() as conn:
