@@ -47,6 +47,8 @@ def configure_logging(service: str, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Alembic narrates every tenant upgrade at INFO; keep its warnings only.
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
 
 
 def serve_metrics(address: str) -> None:
