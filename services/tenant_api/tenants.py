@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from sqlalchemy import Select, insert, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
@@ -50,10 +49,8 @@ class TenantService:
         self._starter = starter
 
     async def register(self, request: RegistrationInput) -> TenantWithOperation:
-        if request.request_id is not None:
-            earlier = await self._by_request_id(request.request_id, OperationKind.PROVISION)
-            if earlier is not None:
-                return await self._ensure_started(earlier)
+        # No pre-read of request_id: a replay collides on the slug (or the
+        # request_id) and is resolved below, so first attempts pay nothing.
         tenant_id = uuid.uuid4()
         try:
             async with self._sessions() as session, session.begin():
@@ -91,7 +88,7 @@ class TenantService:
                     )
                 ).one()
         except IntegrityError as exc:
-            # A concurrent call with the same request_id may have won the slug.
+            # A replay, or a concurrent call with the same request_id, won the slug.
             if request.request_id is not None:
                 earlier = await self._by_request_id(request.request_id, OperationKind.PROVISION)
                 if earlier is not None:
@@ -108,8 +105,8 @@ class TenantService:
         async with self._sessions() as session:
             row = (await session.execute(query)).one_or_none()
         if row is None:
-            ref = str(tenant_id) if tenant_id is not None else str(slug)
-            raise not_found("TENANT_NOT_FOUND", f"tenant {ref} not found", tenant=ref)
+            ref = {"tenant_id": str(tenant_id)} if tenant_id is not None else {"slug": str(slug)}
+            raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
         return row[0], row[1]
 
     async def list(self, size: int, token: str, show_deleted: bool) -> tuple[list[tuple[Tenant, str]], str]:
@@ -168,20 +165,19 @@ class TenantService:
                     )
                 ).one()
                 try:
-                    async with session.begin_nested():
-                        operation = (
-                            await session.scalars(
-                                insert(WorkflowExecution)
-                                .values(
-                                    workflow_id=workflow_id,
-                                    tenant_id=tenant_id,
-                                    kind=OperationKind.DELETE,
-                                    state=OperationState.PENDING,
-                                    request_id=request_id,
-                                )
-                                .returning(WorkflowExecution)
+                    operation = (
+                        await session.scalars(
+                            insert(WorkflowExecution)
+                            .values(
+                                workflow_id=workflow_id,
+                                tenant_id=tenant_id,
+                                kind=OperationKind.DELETE,
+                                state=OperationState.PENDING,
+                                request_id=request_id,
                             )
-                        ).one()
+                            .returning(WorkflowExecution)
+                        )
+                    ).one()
                 except IntegrityError as exc:
                     raise invalid_field("request_id", "was already used for another request") from exc
                 result = TenantWithOperation(tenant, admin_email, operation)
@@ -203,10 +199,10 @@ class TenantService:
         operation = result.operation
         if operation.state != OperationState.PENDING:
             return result
-        started = await self._starter.start(
+        start_time = await self._starter.start(
             OperationRef(operation.workflow_id, operation.kind, operation.tenant_id, result.tenant.admin_user_id)
         )
-        if started:
+        if start_time is not None:
             operation.state = OperationState.RUNNING
-            operation.start_time = datetime.now(UTC)
+            operation.start_time = start_time
         return result

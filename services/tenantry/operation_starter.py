@@ -11,7 +11,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -52,9 +52,12 @@ class OperationStarter:
         self._task_queue = task_queue
         self._timeout = timeout
 
-    async def start(self, operation: OperationRef) -> bool:
-        """Starts the workflow and marks the operation RUNNING; False if Temporal
-        did not accept the start in time (the operation stays PENDING)."""
+    async def start(self, operation: OperationRef) -> datetime | None:
+        """Starts the workflow and marks the operation RUNNING, returning its
+        start time. None when the operation is not (yet) RUNNING: Temporal did
+        not accept the start in time, or the bookkeeping failed; it stays
+        PENDING and the reconciler starts it again (a repeat is harmless).
+        Never raises for either: the caller's change is already committed."""
         try:
             workflow_name, workflow_input = _workflow_for(operation)
             await asyncio.wait_for(
@@ -75,15 +78,25 @@ class OperationStarter:
                 "workflow start failed after commit; the reconciler will start it",
                 extra={"workflow_id": operation.workflow_id, "error": f"{type(exc).__name__}: {exc}"},
             )
-            return False
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(WorkflowExecution)
-                .where(WorkflowExecution.workflow_id == operation.workflow_id)
-                .where(WorkflowExecution.state == OperationState.PENDING)
-                .values(state=OperationState.RUNNING, start_time=text("now()"), update_time=text("now()"))
+            return None
+        try:
+            # One statement: autocommit saves the BEGIN/COMMIT round trips.
+            async with self._engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                started: datetime | None = await conn.scalar(
+                    update(WorkflowExecution)
+                    .where(WorkflowExecution.workflow_id == operation.workflow_id)
+                    .where(WorkflowExecution.state == OperationState.PENDING)
+                    .values(state=OperationState.RUNNING, start_time=text("now()"), update_time=text("now()"))
+                    .returning(WorkflowExecution.start_time)
+                )
+        except Exception as exc:  # noqa: BLE001 - the workflow runs; only the bookkeeping lags
+            log.warning(
+                "workflow started but the operation could not be marked RUNNING",
+                extra={"workflow_id": operation.workflow_id, "error": f"{type(exc).__name__}: {exc}"},
             )
-        return True
+            return None
+        return started
 
 
 def _workflow_for(operation: OperationRef) -> tuple[str, object]:
