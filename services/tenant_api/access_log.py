@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from prometheus_client import Counter, Histogram
 
-from tenant_api.tenant_gate import TENANT_ID_HEADER
+from tenant_api.tenant_gate import TENANT_ID_HEADER, metadata_value
 from tenantry.observability import log_context
 
 if TYPE_CHECKING:
@@ -31,13 +31,6 @@ RPC_LATENCY = Histogram(
 )
 
 
-def _metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
-    for name, value in context.invocation_metadata() or ():
-        if name == key:
-            return value if isinstance(value, str) else None
-    return None
-
-
 class AccessLogInterceptor(ServerInterceptor):
     """Outermost interceptor: sees the final status of every unary call."""
 
@@ -51,11 +44,12 @@ class AccessLogInterceptor(ServerInterceptor):
         method = handler_call_details.method
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            metadata = context.invocation_metadata()
             fields = {
                 "rpc_method": method,
-                "request_id": _metadata_value(context, REQUEST_ID_HEADER) or str(uuid.uuid4()),
+                "request_id": metadata_value(metadata, REQUEST_ID_HEADER) or str(uuid.uuid4()),
             }
-            tenant_id = _metadata_value(context, TENANT_ID_HEADER)
+            tenant_id = metadata_value(metadata, TENANT_ID_HEADER)
             if tenant_id:
                 fields["tenant_id"] = tenant_id[:64]
             token = log_context.set(fields)

@@ -26,6 +26,8 @@ else:
 
 # SQLSTATE classes that mean "the database is not there right now", not a bug.
 _UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57")
+# Lost a race with another transaction: safe for the client to retry.
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 
 
 class _MalformedRequest:
@@ -60,6 +62,8 @@ def _database_error(exc: DBAPIError) -> ApiError | None:
     sqlstate = getattr(exc.orig, "sqlstate", None) or ""
     if exc.connection_invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
         return unavailable("DATABASE_UNAVAILABLE", "the database is unavailable, retry later")
+    if sqlstate in _CONFLICT_SQLSTATES:
+        return ApiError(grpc.StatusCode.ABORTED, "CONCURRENT_UPDATE", "conflicting concurrent change, retry")
     return None
 
 

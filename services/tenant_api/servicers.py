@@ -112,9 +112,11 @@ class OperationServicer(operation_service_pb2_grpc.OperationServiceServicer):
     ) -> operation_service_pb2.WaitOperationResponse:
         wait = DEFAULT_WAIT
         if request.HasField("timeout"):
-            if request.timeout.seconds < 0 or request.timeout.nanos < 0:
-                raise invalid_fields([FieldViolation("timeout", "must not be negative")])
-            wait = min(request.timeout.ToTimedelta(), MAX_WAIT)
+            timeout = request.timeout
+            if timeout.seconds < 0 or not 0 <= timeout.nanos <= 999_999_999:
+                raise invalid_fields([FieldViolation("timeout", "must be a non-negative duration")])
+            # Clamp before converting: huge durations overflow timedelta.
+            wait = MAX_WAIT if timeout.seconds >= MAX_WAIT.total_seconds() else timeout.ToTimedelta()
         seconds = wait.total_seconds()
         remaining = context.time_remaining()
         if remaining is not None:

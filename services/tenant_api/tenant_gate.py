@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tenant_api.errors import ApiError, failed_precondition, not_found
+from tenant_api.errors import ApiError, FieldViolation, failed_precondition, not_found
 from tenant_api.validation import parse_uuid, slug_problem
 from tenantry.db.models import Tenant
 from tenantry.pg_errors import SCHEMA_GONE_SQLSTATES, pg_error
@@ -50,15 +50,17 @@ def is_tenant_scoped(method: str) -> bool:
     return bool(service.GetOptions().Extensions[options_pb2.tenant_scoped])  # type: ignore[index]
 
 
-def _header(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:
+def metadata_value(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:
     for name, value in metadata or ():
         if name == key:
             return value if isinstance(value, str) else value.decode("utf-8", "replace")
     return None
 
 
-def _invalid(reason: str, message: str, **metadata: str) -> ApiError:
-    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, metadata)
+def _invalid(reason: str, header: str, message: str) -> ApiError:
+    return ApiError(
+        grpc.StatusCode.INVALID_ARGUMENT, reason, message, {"header": header}, [FieldViolation(header, message)]
+    )
 
 
 class TenantGate:
@@ -66,59 +68,62 @@ class TenantGate:
         self._sessions = sessions
 
     async def admit(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> TenantScope:
-        raw_id = _header(metadata, TENANT_ID_HEADER)
-        slug = _header(metadata, TENANT_SLUG_HEADER)
+        raw_id = metadata_value(metadata, TENANT_ID_HEADER)
+        slug = metadata_value(metadata, TENANT_SLUG_HEADER)
         query = select(Tenant.id, Tenant.state, Tenant.schema_name)
         if raw_id:
             tenant_id = parse_uuid(raw_id)
             if tenant_id is None:
-                raise _invalid("INVALID_TENANT_ID", f"{TENANT_ID_HEADER} must be a UUID", header=TENANT_ID_HEADER)
-            query, ref = query.where(Tenant.id == tenant_id), str(tenant_id)
+                raise _invalid("INVALID_TENANT_ID", TENANT_ID_HEADER, f"{TENANT_ID_HEADER} must be a UUID")
+            query, ref = query.where(Tenant.id == tenant_id), {"tenant_id": str(tenant_id)}
         elif slug:
             if slug_problem(slug) is not None:
-                raise _invalid(
-                    "INVALID_TENANT_ID", f"{TENANT_SLUG_HEADER} is not a valid slug", header=TENANT_SLUG_HEADER
-                )
-            query, ref = query.where(Tenant.slug == slug), slug
+                raise _invalid("INVALID_TENANT_ID", TENANT_SLUG_HEADER, f"{TENANT_SLUG_HEADER} is not a valid slug")
+            query, ref = query.where(Tenant.slug == slug), {"slug": slug}
         else:
-            raise _invalid("TENANT_REQUIRED", f"name the tenant in {TENANT_ID_HEADER} or {TENANT_SLUG_HEADER} metadata")
+            raise _invalid(
+                "TENANT_REQUIRED", TENANT_ID_HEADER, f"name the tenant in {TENANT_ID_HEADER} or {TENANT_SLUG_HEADER}"
+            )
         async with self._sessions() as session:
             row = (await session.execute(query)).one_or_none()
         if row is None:
-            raise not_found("TENANT_NOT_FOUND", f"tenant {ref} not found", tenant=ref)
+            raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
         tenant_id, state, schema_name = row
-        _raise_unless_active(str(tenant_id), state)
+        refused = gate_error(str(tenant_id), state)
+        if refused is not None:
+            raise refused
         return TenantScope(tenant_id=tenant_id, schema_name=schema_name)
 
     async def explain_failure(self, scope: TenantScope, exc: DBAPIError) -> ApiError | None:
-        """A database error inside a tenant-scoped call: if the tenant is being
-        deleted under it (schema dropped mid-request), the caller sees
-        TENANT_DELETED; None when the tenant is fine and the error is another matter."""
+        """A database error inside an admitted tenant-scoped call. A schema that
+        vanished mid-request means the tenant was deleted under it; otherwise the
+        tenant's current state explains the error, or None when the tenant is
+        still ACTIVE and the error is another matter."""
+        tenant_id = str(scope.tenant_id)
         if pg_error(exc).sqlstate in SCHEMA_GONE_SQLSTATES:
-            return _tenant_deleted(str(scope.tenant_id))
+            return _tenant_deleted(tenant_id)
         try:
             async with self._sessions() as session:
                 state = (await session.scalars(select(Tenant.state).where(Tenant.id == scope.tenant_id))).one_or_none()
         except DBAPIError:
             return None
-        if state != TenantState.ACTIVE:
-            return _tenant_deleted(str(scope.tenant_id))
-        return None
+        return _tenant_deleted(tenant_id) if state is None else gate_error(tenant_id, state)
 
 
 def _tenant_deleted(tenant_id: str) -> ApiError:
     return not_found("TENANT_DELETED", f"tenant {tenant_id} was deleted", tenant_id=tenant_id)
 
 
-def _raise_unless_active(tenant_id: str, state: str) -> None:
+def gate_error(tenant_id: str, state: str) -> ApiError | None:
+    """Why a tenant in `state` may not serve tenant-scoped calls (None: it may)."""
     if state == TenantState.ACTIVE:
-        return
+        return None
     if state == TenantState.CREATING:
-        raise failed_precondition(
+        return failed_precondition(
             "TENANT_NOT_READY", f"tenant {tenant_id} is still being provisioned", tenant_id=tenant_id
         )
     if state == TenantState.FAILED:
-        raise failed_precondition("TENANT_FAILED", f"tenant {tenant_id} failed to provision", tenant_id=tenant_id)
+        return failed_precondition("TENANT_FAILED", f"tenant {tenant_id} failed to provision", tenant_id=tenant_id)
     if state == TenantState.DELETING:
-        raise failed_precondition("TENANT_DELETING", f"tenant {tenant_id} is being deleted", tenant_id=tenant_id)
-    raise _tenant_deleted(tenant_id)
+        return failed_precondition("TENANT_DELETING", f"tenant {tenant_id} is being deleted", tenant_id=tenant_id)
+    return _tenant_deleted(tenant_id)
