@@ -392,7 +392,7 @@ async def _register_during_outage_and_recover(
             assert workflow_id in report.started
             # Its own database: nothing else to start, cancel, fail or report.
             assert report.started == [workflow_id]
-            assert (report.restarted, report.cancelled, report.marked_failed, report.orphan_schemas) == ([], [], [], [])
+            assert (report.restarted, report.cancelled, report.orphan_schemas) == ([], [], [])
             operation = await wait_done(stack.stubs, response.operation.name, timeout=60)
             assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED
             await _assert_provisioned(engine, [response.tenant.id])

@@ -170,7 +170,7 @@ async def test_running_operation_without_workflow_is_restarted_to_completion(
     async with running_stack(engine=engine, database_url=database_url, client=temporal_client) as live:
         report = await reconcile(temporal_client, live, _NO_PENDING)
         assert workflow_id in report.restarted
-        assert workflow_id not in report.marked_failed
+        assert workflow_id not in report.cancelled
         operation = await wait_done(live.stubs, response.operation.name)
         tenant = (
             await live.stubs.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id=response.tenant.id))
@@ -179,7 +179,7 @@ async def test_running_operation_without_workflow_is_restarted_to_completion(
     assert tenant.state == tenant_pb2.TENANT_STATE_ACTIVE
 
 
-async def test_unwanted_lost_operation_is_failed_and_pending_deletion_is_driven(
+async def test_unwanted_lost_operation_is_cancelled_and_pending_deletion_is_driven(
     engine: AsyncEngine, database_url: str, temporal_client: Client
 ) -> None:
     async with stack_without_temporal(engine, database_url) as dead:
@@ -196,17 +196,17 @@ async def test_unwanted_lost_operation_is_failed_and_pending_deletion_is_driven(
     async with running_stack(engine=engine, database_url=database_url, client=temporal_client) as live:
         # First pass: only the lost RUNNING operation is looked at.
         report = await reconcile(temporal_client, live, _NO_PENDING)
-        assert provision_id in report.marked_failed
+        assert provision_id in report.cancelled
         assert provision_id not in report.restarted
         assert delete_id not in report.started
-        assert await _states(engine, provision_id) == ("DELETING", "FAILED", "workflow no longer exists")
+        assert await _states(engine, provision_id) == ("DELETING", "CANCELLED", "workflow no longer exists")
         # Second pass: the stale PENDING deletion gets its workflow started.
         report = await reconcile(temporal_client, live, ReconcileInput(pending_threshold_seconds=0))
         assert delete_id in report.started
-        assert provision_id not in report.marked_failed
+        assert provision_id not in report.cancelled
         operation = await wait_done(live.stubs, deleted.operation.name)
     assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED
-    assert await _states(engine, provision_id) == ("DELETED", "FAILED", "workflow no longer exists")
+    assert await _states(engine, provision_id) == ("DELETED", "CANCELLED", "workflow no longer exists")
     assert await _states(engine, delete_id) == ("DELETED", "SUCCEEDED", "")
     async with engine.connect() as conn:
         schemas = (

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 TENANT_NOT_PROVISIONABLE = "TenantNotProvisionable"
 TENANT_NOT_FOUND = "TenantNotFound"
 MEMBERSHIP_REFERENCE_MISSING = "MembershipReferenceMissing"
+TENANT_NOT_DELETABLE = "TenantNotDeletable"
 
 _OPEN_OPERATION_STATES = (OperationState.PENDING, OperationState.RUNNING)
 _SECONDS_SINCE_CREATE = func.extract("epoch", func.now() - Tenant.create_time)
@@ -207,7 +208,9 @@ class ProvisioningActivities:
         async with self._engine.begin() as conn:
             state = await _lock_tenant_state(conn, tenant_id, exclusive=True)
             if state not in (TenantState.DELETING, TenantState.DELETED):
-                raise ApplicationError(f"tenant {tenant_id} is {state}, not DELETING", non_retryable=True)
+                raise ApplicationError(
+                    f"tenant {tenant_id} is {state}, not DELETING", type=TENANT_NOT_DELETABLE, non_retryable=True
+                )
             # Waits for in-flight tenant queries, but never forever.
             await conn.execute(text("SET LOCAL lock_timeout = '10s'"))
             await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_schema(schema_name_for(tenant_id))} CASCADE"))

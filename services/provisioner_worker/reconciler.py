@@ -6,7 +6,9 @@ compares the database's record of operations with Temporal's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import select, text, update
@@ -33,7 +35,6 @@ class ReconcileReport:
     started: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
-    marked_failed: list[str] = field(default_factory=list)
     orphan_schemas: list[str] = field(default_factory=list)
     orphan_schema_count: int = 0
 
@@ -54,17 +55,15 @@ class ReconcilerActivities:
             ("started", report.started),
             ("restarted", report.restarted),
             ("cancelled", report.cancelled),
-            ("marked_failed", report.marked_failed),
             ("orphan_schema", report.orphan_schemas),
         ):
             RECONCILER_FINDINGS.labels(kind).inc(len(found))
-        if report.started or report.restarted or report.cancelled or report.marked_failed or report.orphan_schemas:
+        if report.started or report.restarted or report.cancelled or report.orphan_schemas:
             log.warning(
-                "reconciler: started=%d restarted=%d cancelled=%d marked_failed=%d orphan_schemas=%d %s",
+                "reconciler: started=%d restarted=%d cancelled=%d orphan_schemas=%d %s",
                 len(report.started),
                 len(report.restarted),
                 len(report.cancelled),
-                len(report.marked_failed),
                 len(report.orphan_schemas),
                 report.orphan_schemas[:20],
             )
@@ -114,36 +113,50 @@ class ReconcilerActivities:
         for operation, tenant_state in await self._open_operations(
             OperationState.PENDING, input.pending_threshold_seconds
         ):
-            if not self._still_wanted(operation, tenant_state):
-                if await self._set_state(operation.workflow_id, OperationState.PENDING, OperationState.CANCELLED):
-                    report.cancelled.append(operation.workflow_id)
-            elif await self._starter.start(operation):
-                report.started.append(operation.workflow_id)
+            async with self._isolated(operation):
+                if not self._still_wanted(operation, tenant_state):
+                    if await self._set_state(operation.workflow_id, OperationState.PENDING, OperationState.CANCELLED):
+                        report.cancelled.append(operation.workflow_id)
+                elif await self._starter.start(operation):
+                    report.started.append(operation.workflow_id)
 
     async def _recover_lost_running(self, report: ReconcileReport) -> None:
         """RUNNING operations whose workflow is gone or closed without finishing them."""
         for operation, tenant_state in await self._open_operations(OperationState.RUNNING, 30.0):
-            try:
-                handle = self._client.get_workflow_handle(operation.workflow_id)
-                description = await handle.describe(rpc_timeout=TEMPORAL_CALL_TIMEOUT)
-                status = description.status
-            except RPCError as exc:
-                if exc.status != RPCStatusCode.NOT_FOUND:
-                    raise
-                status = None
-            if status == WorkflowExecutionStatus.RUNNING:
-                continue
-            if self._still_wanted(operation, tenant_state):
-                # Every step is idempotent, so running the workflow again is safe.
-                back_to_pending = await self._set_state(
-                    operation.workflow_id, OperationState.RUNNING, OperationState.PENDING
-                )
-                if back_to_pending and await self._starter.start(operation):
-                    report.restarted.append(operation.workflow_id)
-            else:
-                reason = "workflow no longer exists" if status is None else f"workflow closed as {status.name}"
-                if await self._set_state(operation.workflow_id, OperationState.RUNNING, OperationState.FAILED, reason):
-                    report.marked_failed.append(operation.workflow_id)
+            async with self._isolated(operation):
+                await self._recover(operation, tenant_state, report)
+
+    async def _recover(self, operation: OperationRef, tenant_state: str, report: ReconcileReport) -> None:
+        try:
+            handle = self._client.get_workflow_handle(operation.workflow_id)
+            status = (await handle.describe(rpc_timeout=TEMPORAL_CALL_TIMEOUT)).status
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            status = None
+        if status == WorkflowExecutionStatus.RUNNING:
+            return
+        if self._still_wanted(operation, tenant_state):
+            # Every step is idempotent, so running the workflow again is safe.
+            if await self._set_state(
+                operation.workflow_id, OperationState.RUNNING, OperationState.PENDING
+            ) and await self._starter.start(operation):
+                report.restarted.append(operation.workflow_id)
+        else:
+            # Only provisioning of a tenant deleted meanwhile ends up here: the
+            # deletion made it moot, as cancel_provisioning records it too.
+            reason = "workflow no longer exists" if status is None else f"workflow closed as {status.name}"
+            if await self._set_state(operation.workflow_id, OperationState.RUNNING, OperationState.CANCELLED, reason):
+                report.cancelled.append(operation.workflow_id)
+
+    @contextlib.asynccontextmanager
+    async def _isolated(self, operation: OperationRef) -> AsyncIterator[None]:
+        """One operation's trouble (Temporal or the database timing out) must not
+        stop the pass: log it; the next run tries again."""
+        try:
+            yield
+        except Exception:
+            log.exception("reconciler: could not reconcile operation", extra={"workflow_id": operation.workflow_id})
 
     async def _find_orphan_schemas(self, report: ReconcileReport) -> None:
         async with self._engine.connect() as conn:
