@@ -29,7 +29,9 @@ async def run_async_migrations() -> None:
 
 
 if context.is_offline_mode():
-    context.configure(url=context.config.attributes["database_url"], literal_binds=True)
+    # target_metadata carries the naming convention: offline SQL must name
+    # constraints exactly as online runs do (the API matches uq_tenants_slug).
+    context.configure(url=context.config.attributes["database_url"], target_metadata=Base.metadata, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 else:

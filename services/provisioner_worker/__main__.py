@@ -13,10 +13,11 @@ from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.service import RPCError
 
 from provisioner_worker.liveness import keep_alive, liveness_file
 from provisioner_worker.schedule import ensure_reconcile_schedule
-from provisioner_worker.worker import build_worker
+from provisioner_worker.worker import MAX_CONCURRENT_ACTIVITIES, build_worker
 from tenantry.db.engine import create_engine
 from tenantry.observability import configure_logging, serve_metrics
 from tenantry.settings import (
@@ -47,14 +48,19 @@ async def serve(settings: Settings, grace_seconds: float) -> None:
         runtime = _sdk_runtime()
     except ValueError as exc:  # the SDK refuses the bind address
         exit_with_config_error(f"TENANTRY_SDK_METRICS_ADDRESS is not a listen address: {exc}")
-    engine = create_engine(settings.database_url)
+    # One connection per concurrent activity, plus headroom for the reconciler.
+    engine = create_engine(settings.database_url, pool_size=10, max_overflow=MAX_CONCURRENT_ACTIVITIES)
     try:
         client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace, runtime=runtime)
     except RuntimeError as exc:
         print(f"provisioner-worker: cannot reach Temporal at {settings.temporal_address}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     worker = build_worker(client, engine, settings.task_queue, graceful_shutdown=timedelta(seconds=grace_seconds))
-    await ensure_reconcile_schedule(client, settings.task_queue, settings.reconcile_interval_seconds)
+    try:
+        await ensure_reconcile_schedule(client, settings.task_queue, settings.reconcile_interval_seconds)
+    except RPCError as exc:
+        print(f"provisioner-worker: cannot create the reconciler schedule: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

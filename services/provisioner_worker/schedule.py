@@ -17,7 +17,7 @@ from temporalio.client import (
     ScheduleUpdateInput,
 )
 
-from tenantry.workflow_contract import RECONCILE_WORKFLOW, ReconcileInput, reconcile_schedule_id
+from tenantry.workflow_contract import RECONCILE_WORKFLOW, TEMPORAL_CALL_TIMEOUT, ReconcileInput, reconcile_schedule_id
 
 
 def reconcile_schedule(task_queue: str, interval_seconds: float, schedule_id: str) -> Schedule:
@@ -41,10 +41,10 @@ async def ensure_reconcile_schedule(
     schedule_id = schedule_id or reconcile_schedule_id(task_queue)
     schedule = reconcile_schedule(task_queue, interval_seconds, schedule_id)
     try:
-        await client.create_schedule(schedule_id, schedule)
+        await client.create_schedule(schedule_id, schedule, rpc_timeout=TEMPORAL_CALL_TIMEOUT)
     except ScheduleAlreadyRunningError:
         # Several workers start concurrently: converge on the configured schedule.
         def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
             return ScheduleUpdate(schedule=schedule)
 
-        await client.get_schedule_handle(schedule_id).update(replace)
+        await client.get_schedule_handle(schedule_id).update(replace, rpc_timeout=TEMPORAL_CALL_TIMEOUT)

@@ -16,6 +16,10 @@ from provisioner_worker.reconciler import ReconcilerActivities
 from provisioner_worker.workflows import WORKFLOWS
 from tenantry.operation_starter import OperationStarter
 
+# Each running activity holds at most one pooled connection (the worker's
+# engine is sized for this in __main__), so activities never wait on the pool.
+MAX_CONCURRENT_ACTIVITIES = 20
+
 
 def activities_for(engine: AsyncEngine, client: Client, task_queue: str) -> list[Callable[..., Any]]:
     provisioning = ProvisioningActivities(engine, client)
@@ -45,6 +49,6 @@ def build_worker(
         workflows=WORKFLOWS,
         activities=activities if activities is not None else activities_for(engine, client, task_queue),
         graceful_shutdown_timeout=graceful_shutdown,
-        max_concurrent_activities=50,
+        max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
         interceptors=[HeartbeatInterceptor()],
     )

@@ -18,7 +18,9 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> A
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_recycle=POOL_RECYCLE_SECONDS,
-        pool_pre_ping=True,
+        # No pre-ping: with asyncpg it costs three round trips per checkout. A
+        # connection found dead invalidates the pool, and the one call that hit
+        # it answers UNAVAILABLE.
         pool_timeout=10,
         connect_args={
             "command_timeout": COMMAND_TIMEOUT_SECONDS,

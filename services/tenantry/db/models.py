@@ -107,6 +107,7 @@ class WorkflowExecution(Base):
         CheckConstraint(_in("kind", OperationKind), name="kind"),
         Index("ix_workflow_executions_tenant_id_create_time", "tenant_id", "create_time"),
         Index("ix_workflow_executions_state_create_time", "state", "create_time"),
+        Index("ix_workflow_executions_create_time_workflow_id", "create_time", "workflow_id"),
     )
 
     workflow_id: Mapped[str] = mapped_column(String(200), primary_key=True)
