@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from temporalio.client import Client
 
 from tenantry.migrations import upgrade_control_plane
-from tenantry.settings import DEFAULT_GRPC_ADDRESS, SettingsError, exit_with_config_error
+from tenantry.settings import DEFAULT_GRPC_ADDRESS, Settings, SettingsError, exit_with_config_error
 
 DEV_DIR_NAME = ".tenantry"
 TEMPORAL_ADDRESS = "127.0.0.1:7233"
@@ -214,7 +214,20 @@ Ctrl-C stops everything.
 """
 
 
+def _validate_environment() -> None:
+    """Malformed settings stop us before anything starts. Unset servers are
+    fine: the embedded ones fill in (placeholders stand in for them here)."""
+    probe = dict(os.environ)
+    probe["TENANTRY_DATABASE_URL"] = probe.get("TENANTRY_DATABASE_URL") or "postgresql+asyncpg://embedded"
+    probe["TENANTRY_TEMPORAL_ADDRESS"] = probe.get("TENANTRY_TEMPORAL_ADDRESS") or TEMPORAL_ADDRESS
+    Settings.from_env(probe)
+
+
 def main() -> None:
+    try:
+        _validate_environment()
+    except SettingsError as exc:
+        exit_with_config_error(str(exc))
     stack = DevStack(Path.cwd())
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -228,8 +241,6 @@ def main() -> None:
         print(_banner(env), flush=True)
         stack.run_until_stopped()
         print("tenantry-dev: stopping", flush=True)
-    except SettingsError as exc:
-        exit_with_config_error(str(exc))
     except DevStackError as exc:
         print(f"tenantry-dev: {exc}", file=sys.stderr)
         code = 1
