@@ -3,16 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The benchmark's extras (the chart) go on top of the dev install, never into `make test`.
+BENCH_STAMP := $(VENV)/.installed-bench
+BENCH_SMOKE_OUTPUT ?= /tmp/tenantry-bench-smoke
 GEN_DIR := services/tenantry/v1
 PROTOS := $(wildcard proto/tenantry/v1/*.proto)
 
-.PHONY: help install proto proto-check buf-breaking lint test dev bench clean
+.PHONY: help install proto proto-check buf-breaking lint test dev bench bench-smoke clean
 
 help:
 	@echo "make dev    run the whole stack locally (embedded PostgreSQL + Temporal dev server)"
 	@echo "make test   run the test suite"
 	@echo "make lint   buf lint, ruff, mypy, generated-code check"
 	@echo "make proto  regenerate Python code from proto/"
+	@echo "make bench  benchmark against the floors: bench/results/latest.{json,md,png} (minutes)"
+	@echo "make bench-smoke  a tiny benchmark run that checks the benchmark works"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +26,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
 
 # Regenerates messages, .pyi stubs and typed gRPC stubs into the shared package.
 proto: $(STAMP)
@@ -55,6 +64,13 @@ test: $(STAMP)
 
 dev: $(STAMP)
 	$(BIN)/tenantry-dev
+
+# Starts its own stack on embedded defaults in a temporary directory.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench
+
+bench-smoke: $(BENCH_STAMP)
+	$(BIN)/python -m bench --smoke --output $(BENCH_SMOKE_OUTPUT)
 
 clean:
 	rm -rf $(VENV) .tenantry .pytest_cache .mypy_cache .ruff_cache

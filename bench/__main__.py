@@ -1,0 +1,150 @@
+"""`python -m bench [--smoke] [--output DIR]`: starts the stack on embedded
+defaults in a temporary directory, runs every scenario with its floors, writes
+DIR/latest.json, latest.md and latest.png, and stops everything it started."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench import report
+from bench.config import FULL, SMOKE, BenchConfig
+from bench.scenarios import (
+    Bench,
+    growth_level,
+    postgres_settings,
+    scenario_deletion,
+    scenario_provisioning,
+    scenario_reads,
+    scenario_register,
+    warmup,
+)
+from bench.stack import REPO_ROOT, BenchStack, tool_path
+from bench.stats import progress
+
+DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results"
+
+
+def _temporal_version() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([tool_path("temporal"), "--version"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+    return "unknown"
+
+
+def _left_running(pids: dict[str, int]) -> list[str]:
+    left = []
+    for name, pid in pids.items():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{name} ({pid})")
+    return left
+
+
+async def run(config: BenchConfig, stack: BenchStack) -> dict[str, Any]:
+    started_at = datetime.now(UTC)
+    t0 = time.monotonic()
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    scenarios: dict[str, Any] = {}
+    await stack.start()
+    pids = stack.pids()
+    pids["postgres"] = int(stack.postgres.get_pid())
+    bench = await Bench.connect(config, stack)
+    try:
+        pg = await postgres_settings(bench)
+        await warmup(bench)
+        growth = [await growth_level(bench, config.growth_levels[0])]
+        scenarios["register"] = await scenario_register(bench)
+        scenarios["reads"] = await scenario_reads(bench)
+        scenarios["provisioning"] = await scenario_provisioning(bench)
+        scenarios["deletion"] = await scenario_deletion(bench)
+        for level in config.growth_levels[1:]:
+            growth.append(await growth_level(bench, level))
+        scenarios["growth"] = {
+            "description": "Per-tenant provisioning cost (a batch of registrations, each waited until ACTIVE, at "
+            "fixed concurrency: wall time / batch) and ListProjects latency spread over random ACTIVE tenants, "
+            "with 0 and more existing ACTIVE tenants. The first level runs right after the warmup; the others "
+            "after the other scenarios, topped up to their count by a raw-SQL fast path (tenant rows + schemas).",
+            "levels": growth,
+        }
+        stack.check_alive()
+    finally:
+        await bench.close()
+        scenarios["rss"] = {
+            "description": "Resident set size sampled every 100 ms for the whole run (psutil).",
+            **bench.rss.summary(),
+        }
+        progress("stopping the stack")
+        stack.stop()
+    results: dict[str, Any] = {
+        "meta": {
+            "started_at": started_at.isoformat(timespec="seconds"),
+            "duration_s": round(time.monotonic() - t0, 1),
+            "mode": config.mode,
+            "config": config.as_dict(),
+            "host": {
+                "cpus": os.cpu_count(),
+                "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+            },
+            "postgres": pg,
+            "temporal": _temporal_version(),
+            "processes": pids,
+            "processes_left_running": _left_running(pids),
+        },
+        "scenarios": scenarios,
+    }
+    results["goals"] = report.goals(results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="a tiny run that only checks the benchmark works")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="directory for latest.{json,md,png}")
+    args = parser.parse_args(argv)
+    config = SMOKE if args.smoke else FULL
+    output: Path = args.output
+    output.mkdir(parents=True, exist_ok=True)
+    stack = BenchStack.create()
+    progress(f"tenantry benchmark, mode {config.mode}, results to {output}")
+    try:
+        results = asyncio.run(run(config, stack))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("bench: interrupted, stack stopped", file=sys.stderr)
+        return 130
+    finally:
+        stack.stop()
+    written = [report.write_json(results, output), report.write_markdown(results, output)]
+    chart = report.write_chart(results, output)
+    if chart is None:
+        progress("matplotlib not installed: no chart (pip install -e '.[bench]')")
+    else:
+        written.append(chart)
+    print()
+    print(report.markdown(results).split("\n## 1.")[0].strip())
+    print()
+    progress(f"done in {results['meta']['duration_s']:.0f}s: " + ", ".join(str(p) for p in written))
+    if results["meta"]["processes_left_running"]:
+        print(f"bench: still running: {results['meta']['processes_left_running']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

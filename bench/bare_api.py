@@ -1,0 +1,79 @@
+"""The read floor: the same ProjectServicer and ProjectService as tenant-api,
+with no interceptors at all (no access log, no error mapping, no tenant gate),
+run as an OS process like tenant-api (`python -m bench.bare_api`). The tenant
+scope comes straight from the `x-tenant-id` header, without a database lookup."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from typing import Any
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tenant_api.projects import ProjectService
+from tenant_api.server import SERVER_OPTIONS
+from tenant_api.servicers import ProjectServicer
+from tenant_api.tenant_gate import TENANT_ID_HEADER, TenantScope, current_tenant
+from tenantry.db.engine import create_engine, create_session_factory
+from tenantry.schema_names import schema_name_for
+from tenantry.v1 import project_service_pb2, project_service_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def scope_from(context: Context) -> TenantScope:
+    for key, value in context.invocation_metadata() or ():
+        if key == TENANT_ID_HEADER:
+            tenant_id = uuid.UUID(value if isinstance(value, str) else value.decode())
+            return TenantScope(tenant_id=tenant_id, schema_name=schema_name_for(tenant_id))
+    raise ValueError(f"{TENANT_ID_HEADER} is required")
+
+
+class UngatedProjectServicer(ProjectServicer):
+    """Sets `current_tenant` itself, as the gate interceptor would, then delegates."""
+
+    async def GetProject(
+        self, request: project_service_pb2.GetProjectRequest, context: Context
+    ) -> project_service_pb2.GetProjectResponse:
+        token = current_tenant.set(scope_from(context))
+        try:
+            return await super().GetProject(request, context)
+        finally:
+            current_tenant.reset(token)
+
+    async def ListProjects(
+        self, request: project_service_pb2.ListProjectsRequest, context: Context
+    ) -> project_service_pb2.ListProjectsResponse:
+        token = current_tenant.set(scope_from(context))
+        try:
+            return await super().ListProjects(request, context)
+        finally:
+            current_tenant.reset(token)
+
+
+async def serve() -> None:
+    engine = create_engine(os.environ["TENANTRY_DATABASE_URL"])
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    servicer = UngatedProjectServicer(ProjectService(engine, create_session_factory(engine)))
+    project_service_pb2_grpc.add_ProjectServiceServicer_to_server(servicer, server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    server.add_insecure_port(os.environ["BENCH_GRPC_ADDRESS"])
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1)
+    await engine.dispose()
+
+
+if __name__ == "__main__":
+    asyncio.run(serve())

