@@ -21,7 +21,6 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 
-from provisioner_worker.activities import TenantActivityInput
 from provisioner_worker.worker import activities_for
 from tenant_api.tenant_gate import TENANT_ID_HEADER
 from tenantry.v1 import (
@@ -31,7 +30,7 @@ from tenantry.v1 import (
     tenant_pb2,
     tenant_service_pb2,
 )
-from tenantry.workflow_contract import delete_workflow_id, provision_workflow_id
+from tenantry.workflow_contract import ProvisionTenantInput, delete_workflow_id, provision_workflow_id
 from tests.stack import BUG_CODES, Stack, Stubs, error_info, eventually, field_violations, registration, running_stack
 from tests.stack import wait_done as _wait_done
 
@@ -104,13 +103,13 @@ async def idle_stack(engine: AsyncEngine, database_url: str, temporal_client: Cl
 async def failing_stack(engine: AsyncEngine, database_url: str, temporal_client: Client) -> AsyncIterator[Stack]:
     """A worker whose schema step fails for good: provisioning ends FAILED."""
 
-    @activity.defn(name="provision_tenant_schema")
-    async def provision_tenant_schema(input: TenantActivityInput) -> None:
+    @activity.defn(name="provision_tenant")
+    async def provision_tenant(input: ProvisionTenantInput) -> None:
         raise ApplicationError("injected: cannot create schema", type="InjectedFailure", non_retryable=True)
 
     queue = f"test-fail-{uuid.uuid4().hex[:12]}"
     activities = [
-        provision_tenant_schema if getattr(a, "__name__", "") == "provision_tenant_schema" else a
+        provision_tenant if getattr(a, "__name__", "") == "provision_tenant" else a
         for a in activities_for(engine, temporal_client, queue)
     ]
     async with running_stack(

@@ -169,13 +169,13 @@ async def _assert_provisioned(engine: AsyncEngine, tenant_ids: list[str]) -> Non
 
 
 async def _schema_step_attempts(client: Client, workflow_id: str) -> list[int]:
-    """Attempt numbers of the completed provision_tenant_schema activities."""
+    """Attempt numbers of the completed provision_tenant activities."""
     history = await client.get_workflow_handle(workflow_id).fetch_history()
     scheduled = {
         event.event_id
         for event in history.events
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        and event.activity_task_scheduled_event_attributes.activity_type.name == "provision_tenant_schema"
+        and event.activity_task_scheduled_event_attributes.activity_type.name == "provision_tenant"
     }
     return [
         event.activity_task_started_event_attributes.attempt

@@ -18,7 +18,6 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from provisioner_worker.activities import TenantActivityInput
 from provisioner_worker.worker import activities_for
 from tenant_api.tenant_gate import TENANT_ID_HEADER, TENANT_SLUG_HEADER, is_tenant_scoped
 from tenantry.v1 import (
@@ -29,6 +28,7 @@ from tenantry.v1 import (
     tenant_pb2,
     tenant_service_pb2,
 )
+from tenantry.workflow_contract import ProvisionTenantInput
 from tests.stack import BUG_CODES, Stack, Stubs, error_info, field_violations, registration, running_stack, wait_done
 
 Metadata = tuple[tuple[str, str], ...]
@@ -136,13 +136,13 @@ async def test_creating_tenant_is_not_ready(idle_stack: Stack) -> None:
 
 
 async def test_failed_tenant_is_failed(engine: AsyncEngine, database_url: str, temporal_client: Client) -> None:
-    @activity.defn(name="provision_tenant_schema")
-    async def provision_tenant_schema(input: TenantActivityInput) -> None:
+    @activity.defn(name="provision_tenant")
+    async def provision_tenant(input: ProvisionTenantInput) -> None:
         raise ApplicationError("disk on fire", type="InjectedFailure", non_retryable=True)
 
     queue = f"test-fail-{uuid.uuid4().hex[:12]}"
     activities = [
-        provision_tenant_schema if getattr(a, "__name__", "") == "provision_tenant_schema" else a
+        provision_tenant if getattr(a, "__name__", "") == "provision_tenant" else a
         for a in activities_for(engine, temporal_client, queue)
     ]
     async with running_stack(

@@ -1,11 +1,11 @@
 """Activities: every one is idempotent and does its database work in one
 transaction, so a retry after a crash at any point converges.
 
-State changes are conditional on the expected state, and steps that create
-anything first take a shared lock on the tenant row and check it is still
-CREATING: DeleteTenant's soft delete (an UPDATE of that row) therefore either
-happens before such a step, which then refuses, or waits for it to commit, in
-which case the deletion workflow cleans up what it created.
+State changes are conditional on the expected state, and the step that
+creates anything first locks the tenant row and checks it is still CREATING:
+DeleteTenant's soft delete (an UPDATE of that row) therefore either happens
+before that step, which then refuses, or waits for it to commit, in which case
+the deletion workflow cleans up what it created.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
@@ -26,10 +27,15 @@ from temporalio.service import RPCError, RPCStatusCode
 from provisioner_worker.metrics import DELETION_SECONDS, PROVISIONING_SECONDS
 from tenantry.db.models import Tenant, TenantMembership, WorkflowExecution
 from tenantry.migrations import upgrade_tenant_schema
-from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, UNIQUE_VIOLATION, pg_error
+from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, pg_error
 from tenantry.schema_names import quote_schema, schema_name_for
 from tenantry.states import OperationState, TenantState
-from tenantry.workflow_contract import TEMPORAL_CALL_TIMEOUT, delete_workflow_id, provision_workflow_id
+from tenantry.workflow_contract import (
+    TEMPORAL_CALL_TIMEOUT,
+    ProvisionTenantInput,
+    delete_workflow_id,
+    provision_workflow_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +58,6 @@ _TENANT_UPGRADE_LOCK = asyncio.Lock()
 @dataclass(frozen=True)
 class TenantActivityInput:
     tenant_id: str
-
-
-@dataclass(frozen=True)
-class MembershipInput:
-    tenant_id: str
-    user_id: str
 
 
 @dataclass(frozen=True)
@@ -100,31 +100,48 @@ class ProvisioningActivities:
         self._engine = engine
         self._client = client
 
-    @activity.defn(name="provision_tenant_schema")
-    async def provision_tenant_schema(self, input: TenantActivityInput) -> None:
-        """Schema, tenant lineage and its version stamp in one transaction."""
-        tenant_id = uuid.UUID(input.tenant_id)
+    @activity.defn(name="provision_tenant")
+    async def provision_tenant(self, input: ProvisionTenantInput) -> None:
+        """Everything provisioning creates, in one transaction: the schema, the
+        tenant lineage with its version stamp, the admin membership, ACTIVE and
+        the operation SUCCEEDED. PostgreSQL DDL is transactional, so a crash at
+        any point leaves nothing behind and the retry starts clean."""
+        tenant_id, user_id = uuid.UUID(input.tenant_id), uuid.UUID(input.admin_user_id)
         schema = schema_name_for(tenant_id)
-        async with self._engine.begin() as conn:
-            await _require_creating(conn, tenant_id)
-            # Two concurrent CREATE SCHEMA IF NOT EXISTS can still collide on
-            # pg_namespace; serialise attempts for the same tenant instead.
-            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema})
-            await conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_schema(schema)}"))
-            async with _TENANT_UPGRADE_LOCK:
-                await conn.run_sync(upgrade_tenant_schema, schema)
-
-    @activity.defn(name="create_admin_membership")
-    async def create_admin_membership(self, input: MembershipInput) -> None:
-        tenant_id, user_id = uuid.UUID(input.tenant_id), uuid.UUID(input.user_id)
         try:
             async with self._engine.begin() as conn:
-                await _require_creating(conn, tenant_id)
-                await conn.execute(insert(TenantMembership).values(tenant_id=tenant_id, user_id=user_id, role="admin"))
+                # The row lock serialises concurrent attempts for this tenant
+                # (two CREATE SCHEMA IF NOT EXISTS can otherwise collide on
+                # pg_namespace) and orders us against DeleteTenant's soft delete.
+                state = await _lock_tenant_state(conn, tenant_id, exclusive=True)
+                if state == TenantState.ACTIVE:
+                    # An earlier attempt committed; only its acknowledgement was lost.
+                    await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.SUCCEEDED)
+                    return
+                if state != TenantState.CREATING:
+                    raise ApplicationError(
+                        f"tenant {tenant_id} is {state}, not CREATING",
+                        type=TENANT_NOT_PROVISIONABLE,
+                        non_retryable=True,
+                    )
+                await conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_schema(schema)}"))
+                async with _TENANT_UPGRADE_LOCK:
+                    await conn.run_sync(upgrade_tenant_schema, schema)
+                # A membership that already exists is success (retries, races).
+                await conn.execute(
+                    pg_insert(TenantMembership)
+                    .values(tenant_id=tenant_id, user_id=user_id, role="admin")
+                    .on_conflict_do_nothing(index_elements=["tenant_id", "user_id"])
+                )
+                elapsed = await conn.scalar(
+                    update(Tenant)
+                    .where(Tenant.id == tenant_id)
+                    .values(state=TenantState.ACTIVE, update_time=text("now()"), version=Tenant.version + 1)
+                    .returning(_SECONDS_SINCE_CREATE)
+                )
+                await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.SUCCEEDED)
         except IntegrityError as exc:
             error = pg_error(exc)
-            if error.sqlstate == UNIQUE_VIOLATION:
-                return  # an earlier attempt (or a concurrent one) already created it
             if error.sqlstate == FOREIGN_KEY_VIOLATION:
                 raise ApplicationError(
                     f"membership references a missing row ({error.constraint_name})",
@@ -132,27 +149,7 @@ class ProvisioningActivities:
                     non_retryable=True,
                 ) from exc
             raise
-
-    @activity.defn(name="activate_tenant")
-    async def activate_tenant(self, input: TenantActivityInput) -> None:
-        tenant_id = uuid.UUID(input.tenant_id)
-        elapsed = None
-        async with self._engine.begin() as conn:
-            state = await _lock_tenant_state(conn, tenant_id, exclusive=True)
-            if state == TenantState.CREATING:
-                elapsed = await conn.scalar(
-                    update(Tenant)
-                    .where(Tenant.id == tenant_id)
-                    .values(state=TenantState.ACTIVE, update_time=text("now()"), version=Tenant.version + 1)
-                    .returning(_SECONDS_SINCE_CREATE)
-                )
-            elif state != TenantState.ACTIVE:
-                raise ApplicationError(
-                    f"tenant {tenant_id} is {state}", type=TENANT_NOT_PROVISIONABLE, non_retryable=True
-                )
-            await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.SUCCEEDED)
-        if elapsed is not None:
-            PROVISIONING_SECONDS.labels("succeeded").observe(float(elapsed))
+        PROVISIONING_SECONDS.labels("succeeded").observe(float(elapsed or 0))
 
     @activity.defn(name="fail_provisioning")
     async def fail_provisioning(self, input: FailProvisioningInput) -> None:

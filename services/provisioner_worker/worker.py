@@ -25,9 +25,7 @@ def activities_for(engine: AsyncEngine, client: Client, task_queue: str) -> list
     provisioning = ProvisioningActivities(engine, client)
     reconciler = ReconcilerActivities(engine, client, OperationStarter(client, engine, task_queue))
     return [
-        provisioning.provision_tenant_schema,
-        provisioning.create_admin_membership,
-        provisioning.activate_tenant,
+        provisioning.provision_tenant,
         provisioning.fail_provisioning,
         provisioning.cancel_provisioning,
         provisioning.purge_tenant,

@@ -21,7 +21,6 @@ with workflow.unsafe.imports_passed_through():
     from provisioner_worker.activities import (
         TENANT_NOT_PROVISIONABLE,
         FailProvisioningInput,
-        MembershipInput,
         ProvisioningActivities,
         TenantActivityInput,
     )
@@ -51,25 +50,10 @@ HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 class TenantProvisioningWorkflow:
     @workflow.run
     async def run(self, input: ProvisionTenantInput) -> str:
-        tenant = TenantActivityInput(tenant_id=input.tenant_id)
         try:
             await workflow.execute_activity_method(
-                ProvisioningActivities.provision_tenant_schema,
-                tenant,
-                start_to_close_timeout=STEP_TIMEOUT,
-                heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=PROVISION_RETRY,
-            )
-            await workflow.execute_activity_method(
-                ProvisioningActivities.create_admin_membership,
-                MembershipInput(tenant_id=input.tenant_id, user_id=input.admin_user_id),
-                start_to_close_timeout=STEP_TIMEOUT,
-                heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=PROVISION_RETRY,
-            )
-            await workflow.execute_activity_method(
-                ProvisioningActivities.activate_tenant,
-                tenant,
+                ProvisioningActivities.provision_tenant,
+                input,
                 start_to_close_timeout=STEP_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=PROVISION_RETRY,
