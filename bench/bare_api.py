@@ -1,7 +1,8 @@
 """The read floor: the same ProjectServicer and ProjectService as tenant-api,
 with no interceptors at all (no access log, no error mapping, no tenant gate),
 run as an OS process like tenant-api (`python -m bench.bare_api`). The tenant
-scope comes straight from the `x-tenant-id` header, without a database lookup."""
+scope comes straight from the `x-tenant-id` header, without a database lookup,
+on one pooled connection set up exactly as the gate sets up an admitted call."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import asyncio
 import os
 import signal
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenant_api.projects import ProjectService
 from tenant_api.server import SERVER_OPTIONS
 from tenant_api.servicers import ProjectServicer
-from tenant_api.tenant_gate import TENANT_ID_HEADER, TenantScope, current_tenant
+from tenant_api.tenant_gate import TENANT_ID_HEADER, TenantScope, current_tenant, tenant_session
 from tenantry.db.engine import create_engine, create_session_factory
 from tenantry.schema_names import schema_name_for
 from tenantry.v1 import project_service_pb2, project_service_pb2_grpc
@@ -26,40 +30,49 @@ from tenantry.v1 import project_service_pb2, project_service_pb2_grpc
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def scope_from(context: Context) -> TenantScope:
+def tenant_id_from(context: Context) -> uuid.UUID:
     for key, value in context.invocation_metadata() or ():
         if key == TENANT_ID_HEADER:
-            tenant_id = uuid.UUID(value if isinstance(value, str) else value.decode())
-            return TenantScope(tenant_id=tenant_id, schema_name=schema_name_for(tenant_id))
+            return uuid.UUID(value if isinstance(value, str) else value.decode())
     raise ValueError(f"{TENANT_ID_HEADER} is required")
 
 
 class UngatedProjectServicer(ProjectServicer):
     """Sets `current_tenant` itself, as the gate interceptor would, then delegates."""
 
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(ProjectService())
+        self._engine = engine
+        self._sessions = create_session_factory(engine)
+
+    @asynccontextmanager
+    async def _scoped(self, context: Context) -> AsyncIterator[None]:
+        tenant_id = tenant_id_from(context)
+        schema_name = schema_name_for(tenant_id)
+        async with self._engine.connect() as conn, tenant_session(self._sessions, conn, schema_name) as session:
+            token = current_tenant.set(TenantScope(tenant_id=tenant_id, schema_name=schema_name, session=session))
+            try:
+                yield
+            finally:
+                current_tenant.reset(token)
+
     async def GetProject(
         self, request: project_service_pb2.GetProjectRequest, context: Context
     ) -> project_service_pb2.GetProjectResponse:
-        token = current_tenant.set(scope_from(context))
-        try:
+        async with self._scoped(context):
             return await super().GetProject(request, context)
-        finally:
-            current_tenant.reset(token)
 
     async def ListProjects(
         self, request: project_service_pb2.ListProjectsRequest, context: Context
     ) -> project_service_pb2.ListProjectsResponse:
-        token = current_tenant.set(scope_from(context))
-        try:
+        async with self._scoped(context):
             return await super().ListProjects(request, context)
-        finally:
-            current_tenant.reset(token)
 
 
 async def serve() -> None:
     engine = create_engine(os.environ["TENANTRY_DATABASE_URL"])
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    servicer = UngatedProjectServicer(ProjectService(engine, create_session_factory(engine)))
+    servicer = UngatedProjectServicer(engine)
     project_service_pb2_grpc.add_ProjectServiceServicer_to_server(servicer, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -129,16 +129,16 @@ class TenantGateInterceptor(ServerInterceptor):
         gate = self._gate
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            scope = await gate.admit(context.invocation_metadata())
-            token = current_tenant.set(scope)
-            try:
-                return await inner(request, context)
-            except DBAPIError as exc:
-                explained = await gate.explain_failure(scope, exc)
-                if explained is None:
-                    raise
-                raise explained from exc
-            finally:
-                current_tenant.reset(token)
+            async with gate.admitted(context.invocation_metadata()) as scope:
+                token = current_tenant.set(scope)
+                try:
+                    return await inner(request, context)
+                except DBAPIError as exc:
+                    explained = await gate.explain_failure(scope, exc)
+                    if explained is None:
+                        raise
+                    raise explained from exc
+                finally:
+                    current_tenant.reset(token)
 
         return _replace_unary(handler, behavior)

@@ -1,18 +1,17 @@
 """ProjectService logic: data in the tenant's own schema.
 
-The schema is named per statement through `schema_translate_map` on the
-session's bind, never through `search_path`, so pooled connections carry no
-tenant state between requests and prepared statements are per-schema.
+Every method works in the session of the admitted call (`TenantScope.session`),
+whose connection names the tenant's schema per statement through
+`schema_translate_map`, never through `search_path`: pooled connections carry
+no tenant state between requests and prepared statements are per-schema.
 """
 
 from __future__ import annotations
 
 import uuid
-from functools import lru_cache
 
 from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tenant_api import pagination
 from tenant_api.errors import already_exists, not_found
@@ -22,23 +21,11 @@ from tenantry.pg_errors import UNIQUE_VIOLATION, pg_error
 
 
 class ProjectService:
-    def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self._sessions = sessions
-
-        @lru_cache(maxsize=4096)
-        def bind_for(schema_name: str) -> AsyncEngine:
-            return engine.execution_options(schema_translate_map={None: schema_name})
-
-        self._bind_for = bind_for
-
-    def _session(self, scope: TenantScope) -> AsyncSession:
-        return self._sessions(bind=self._bind_for(scope.schema_name))
-
     async def create(self, scope: TenantScope, name: str, description: str) -> Project:
         try:
-            async with self._session(scope) as session, session.begin():
+            async with scope.session.begin():
                 return (
-                    await session.scalars(
+                    await scope.session.scalars(
                         insert(Project).values(id=uuid.uuid4(), name=name, description=description).returning(Project)
                     )
                 ).one()
@@ -48,8 +35,7 @@ class ProjectService:
             raise
 
     async def get(self, scope: TenantScope, project_id: uuid.UUID) -> Project:
-        async with self._session(scope) as session:
-            project = (await session.scalars(select(Project).where(Project.id == project_id))).one_or_none()
+        project = (await scope.session.scalars(select(Project).where(Project.id == project_id))).one_or_none()
         if project is None:
             raise not_found("PROJECT_NOT_FOUND", f"project {project_id} not found", project_id=str(project_id))
         return project
@@ -59,8 +45,7 @@ class ProjectService:
         query = select(Project).order_by(Project.create_time, Project.id).limit(size + 1)
         if after is not None:
             query = query.where(tuple_(Project.create_time, Project.id) > tuple_(after[0], after[1]))
-        async with self._session(scope) as session:
-            projects = list((await session.scalars(query)).all())
+        projects = list((await scope.session.scalars(query)).all())
         next_token = ""
         if len(projects) > size:
             projects = projects[:size]
@@ -68,9 +53,9 @@ class ProjectService:
         return projects, next_token
 
     async def delete(self, scope: TenantScope, project_id: uuid.UUID) -> None:
-        async with self._session(scope) as session, session.begin():
+        async with scope.session.begin():
             deleted = (
-                await session.execute(delete(Project).where(Project.id == project_id).returning(Project.id))
+                await scope.session.execute(delete(Project).where(Project.id == project_id).returning(Project.id))
             ).one_or_none()
         if deleted is None:
             raise not_found("PROJECT_NOT_FOUND", f"project {project_id} not found", project_id=str(project_id))

@@ -100,7 +100,11 @@ async def start_api(
     sessions = create_session_factory(engine)
     notifications = OperationNotifications(database_url)
     server = grpc.aio.server(
-        interceptors=[AccessLogInterceptor(), ErrorMappingInterceptor(), TenantGateInterceptor(TenantGate(sessions))],
+        interceptors=[
+            AccessLogInterceptor(),
+            ErrorMappingInterceptor(),
+            TenantGateInterceptor(TenantGate(engine, sessions)),
+        ],
         options=SERVER_OPTIONS,
     )
     starter = OperationStarter(client, engine, task_queue)
@@ -110,9 +114,7 @@ async def start_api(
     operation_service_pb2_grpc.add_OperationServiceServicer_to_server(
         OperationServicer(OperationService(sessions, notifications)), server
     )
-    project_service_pb2_grpc.add_ProjectServiceServicer_to_server(
-        ProjectServicer(ProjectService(engine, sessions)), server
-    )
+    project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(ProjectService()), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

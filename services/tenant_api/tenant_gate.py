@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
@@ -15,7 +16,7 @@ import grpc
 from google.protobuf import descriptor_pool
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from tenant_api.errors import ApiError, FieldViolation, failed_precondition, not_found
 from tenant_api.validation import parse_uuid, slug_problem
@@ -34,6 +35,26 @@ TENANT_SLUG_HEADER = "x-tenant-slug"
 class TenantScope:
     tenant_id: uuid.UUID
     schema_name: str
+    # On the connection that admitted the call, with the tenant's schema in its
+    # schema_translate_map: the call needs one pooled connection, not two.
+    session: AsyncSession
+
+
+@asynccontextmanager
+async def tenant_session(
+    sessions: async_sessionmaker[AsyncSession], conn: AsyncConnection, schema_name: str
+) -> AsyncIterator[AsyncSession]:
+    """A session on `conn` whose schema-less tables resolve to `schema_name`.
+    Execution options live on this Connection object only, never on the pooled
+    DBAPI connection, so nothing carries over to the next checkout."""
+    await conn.execution_options(schema_translate_map={None: schema_name})
+    # control_fully: the session commits or rolls back the transaction the
+    # admission query began, as if it were its own.
+    session = sessions(bind=conn, join_transaction_mode="control_fully")
+    try:
+        yield session
+    finally:
+        await session.close()
 
 
 current_tenant: ContextVar[TenantScope] = ContextVar("current_tenant")
@@ -64,10 +85,14 @@ def _invalid(reason: str, header: str, message: str) -> ApiError:
 
 
 class TenantGate:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._engine = engine
         self._sessions = sessions
 
-    async def admit(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> TenantScope:
+    @asynccontextmanager
+    async def admitted(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> AsyncIterator[TenantScope]:
+        """Admits the call for an ACTIVE tenant and yields its scope for the
+        call's duration; raises the gate's error otherwise."""
         raw_id = metadata_value(metadata, TENANT_ID_HEADER)
         slug = metadata_value(metadata, TENANT_SLUG_HEADER)
         query = select(Tenant.id, Tenant.state, Tenant.schema_name)
@@ -84,15 +109,16 @@ class TenantGate:
             raise _invalid(
                 "TENANT_REQUIRED", TENANT_ID_HEADER, f"name the tenant in {TENANT_ID_HEADER} or {TENANT_SLUG_HEADER}"
             )
-        async with self._sessions() as session:
-            row = (await session.execute(query)).one_or_none()
-        if row is None:
-            raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
-        tenant_id, state, schema_name = row
-        refused = gate_error(str(tenant_id), state)
-        if refused is not None:
-            raise refused
-        return TenantScope(tenant_id=tenant_id, schema_name=schema_name)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).one_or_none()
+            if row is None:
+                raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
+            tenant_id, state, schema_name = row
+            refused = gate_error(str(tenant_id), state)
+            if refused is not None:
+                raise refused
+            async with tenant_session(self._sessions, conn, schema_name) as session:
+                yield TenantScope(tenant_id=tenant_id, schema_name=schema_name, session=session)
 
     async def explain_failure(self, scope: TenantScope, exc: DBAPIError) -> ApiError | None:
         """A database error inside an admitted tenant-scoped call. A schema that
