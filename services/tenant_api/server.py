@@ -109,7 +109,7 @@ async def start_api(
     )
     starter = OperationStarter(client, engine, task_queue)
     tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(
-        TenantServicer(TenantService(sessions, starter)), server
+        TenantServicer(TenantService(engine, sessions, starter)), server
     )
     operation_service_pb2_grpc.add_OperationServiceServicer_to_server(
         OperationServicer(OperationService(sessions, notifications)), server

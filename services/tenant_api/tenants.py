@@ -1,8 +1,8 @@
 """TenantService logic: registration, lookup, listing and soft deletion.
 
 Discipline shared by RegisterTenant and DeleteTenant: write the change and its
-PENDING operation in one transaction, commit, and only then start the
-workflow. A start that fails leaves a PENDING operation the reconciler picks up.
+PENDING operation atomically (one transaction, or one statement), commit, and
+only then start the workflow. A start that fails leaves a PENDING operation the reconciler picks up.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Select, insert, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tenant_api import pagination
 from tenant_api.errors import already_exists, invalid_field, not_found
@@ -24,11 +24,63 @@ from tenantry.schema_names import schema_name_for
 from tenantry.states import DELETABLE_TENANT_STATES, OperationKind, OperationState, TenantState
 from tenantry.workflow_contract import delete_workflow_id, provision_workflow_id
 
-_UPSERT_USER = text(
-    "INSERT INTO users (id, email, display_name) VALUES (:id, :email, :display_name) "
-    # A no-op update so RETURNING yields the existing row's id too; it also
-    # waits for a concurrent insert of the same email instead of failing.
-    "ON CONFLICT ((lower(email))) DO UPDATE SET email = users.email RETURNING id, email"
+_TENANT_COLUMNS = [
+    "id",
+    "slug",
+    "display_name",
+    "admin_user_id",
+    "state",
+    "state_message",
+    "schema_name",
+    "version",
+    "create_time",
+    "update_time",
+    "delete_time",
+    "purge_time",
+]
+_OPERATION_COLUMNS = [
+    "workflow_id",
+    "tenant_id",
+    "kind",
+    "state",
+    "error_message",
+    "request_id",
+    "create_time",
+    "update_time",
+    "start_time",
+    "end_time",
+]
+
+# Registration as one statement: a data-modifying CTE is atomic on its own, so
+# it runs in autocommit with a single round trip. Uniqueness stays with the
+# database: a taken slug fails on uq_tenants_slug, a replayed request_id on
+# uq_workflow_executions_request_id.
+_REGISTER = text(
+    f"""
+    WITH admin AS (
+        INSERT INTO users (id, email, display_name) VALUES (:user_id, :email, :admin_display_name)
+        -- A no-op update so RETURNING yields an existing user's id too; it also
+        -- waits for a concurrent insert of the same email instead of failing.
+        ON CONFLICT ((lower(email))) DO UPDATE SET email = users.email
+        RETURNING id, email
+    ), tenant AS (
+        INSERT INTO tenants (id, slug, display_name, admin_user_id, state, schema_name)
+        SELECT CAST(:tenant_id AS uuid), CAST(:slug AS varchar), CAST(:display_name AS varchar), admin.id,
+               '{TenantState.CREATING}', CAST(:schema_name AS varchar)
+        FROM admin
+        RETURNING {", ".join(_TENANT_COLUMNS)}
+    ), operation AS (
+        INSERT INTO workflow_executions (workflow_id, tenant_id, kind, state, request_id)
+        SELECT CAST(:workflow_id AS varchar), tenant.id, '{OperationKind.PROVISION}', '{OperationState.PENDING}',
+               CAST(:request_id AS uuid)
+        FROM tenant
+        RETURNING {", ".join(_OPERATION_COLUMNS)}
+    )
+    SELECT admin.email AS admin_email,
+           {", ".join(f"tenant.{c} AS t_{c}" for c in _TENANT_COLUMNS)},
+           {", ".join(f"operation.{c} AS o_{c}" for c in _OPERATION_COLUMNS)}
+    FROM admin, tenant, operation
+    """
 )
 
 
@@ -44,7 +96,10 @@ def _tenant_query() -> Select[Tenant, str]:
 
 
 class TenantService:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], starter: OperationStarter) -> None:
+    def __init__(
+        self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], starter: OperationStarter
+    ) -> None:
+        self._engine = engine
         self._sessions = sessions
         self._starter = starter
 
@@ -52,41 +107,24 @@ class TenantService:
         # No pre-read of request_id: a replay collides on the slug (or the
         # request_id) and is resolved below, so first attempts pay nothing.
         tenant_id = uuid.uuid4()
+        params = {
+            "user_id": uuid.uuid4(),
+            "email": request.admin_email,
+            "admin_display_name": request.admin_display_name,
+            "tenant_id": tenant_id,
+            "slug": request.slug,
+            "display_name": request.display_name,
+            "schema_name": schema_name_for(tenant_id),
+            "workflow_id": provision_workflow_id(tenant_id),
+            "request_id": request.request_id,
+        }
         try:
-            async with self._sessions() as session, session.begin():
-                user_id, admin_email = (
-                    await session.execute(
-                        _UPSERT_USER,
-                        {"id": uuid.uuid4(), "email": request.admin_email, "display_name": request.admin_display_name},
-                    )
-                ).one()
-                tenant = (
-                    await session.scalars(
-                        insert(Tenant)
-                        .values(
-                            id=tenant_id,
-                            slug=request.slug,
-                            display_name=request.display_name,
-                            admin_user_id=user_id,
-                            state=TenantState.CREATING,
-                            schema_name=schema_name_for(tenant_id),
-                        )
-                        .returning(Tenant)
-                    )
-                ).one()
-                operation = (
-                    await session.scalars(
-                        insert(WorkflowExecution)
-                        .values(
-                            workflow_id=provision_workflow_id(tenant_id),
-                            tenant_id=tenant_id,
-                            kind=OperationKind.PROVISION,
-                            state=OperationState.PENDING,
-                            request_id=request.request_id,
-                        )
-                        .returning(WorkflowExecution)
-                    )
-                ).one()
+            async with self._engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                row = (await conn.execute(_REGISTER, params)).one()._mapping
+            tenant = Tenant(**{c: row[f"t_{c}"] for c in _TENANT_COLUMNS})
+            operation = WorkflowExecution(**{c: row[f"o_{c}"] for c in _OPERATION_COLUMNS})
+            admin_email = row["admin_email"]
         except IntegrityError as exc:
             # A replay, or a concurrent call with the same request_id, won the slug.
             if request.request_id is not None:
