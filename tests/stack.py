@@ -6,20 +6,23 @@ import asyncio
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from provisioner_worker.worker import build_worker
+from provisioner_worker.worker import activities_for, build_worker
 from tenant_api.server import RunningApi, start_api
 from tenantry.v1 import (
     operation_pb2,
@@ -29,6 +32,7 @@ from tenantry.v1 import (
     tenant_service_pb2,
     tenant_service_pb2_grpc,
 )
+from tenantry.workflow_contract import ProvisionTenantInput
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
@@ -157,3 +161,42 @@ def embedded_postgres_url(data_dir: Path) -> tuple[str, Any]:
     server = get_server(data_dir, cleanup_mode="stop")
     socket_dir = server.get_postmaster_info().socket_dir
     return f"postgresql+asyncpg://postgres@/postgres?host={socket_dir}", server
+
+
+async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    """The error a call must fail with; never a bug-class code."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    error = caught.value
+    assert error.code() not in BUG_CODES, f"{error.code()}: {error.details()}"
+    return error
+
+
+async def expect_error(call: Awaitable[Any], code: grpc.StatusCode, reason: str) -> grpc.aio.AioRpcError:
+    error = await rpc_error(call)
+    assert error.code() == code, f"expected {code}, got {error.code()}: {error.details()}"
+    assert error_info(error).reason == reason
+    return error
+
+
+@asynccontextmanager
+async def failing_provisioning_stack(
+    *, engine: AsyncEngine, database_url: str, client: Client, message: str
+) -> AsyncIterator[Stack]:
+    """A stack whose provisioning step fails for good with `message`: every
+    tenant registered through it ends FAILED."""
+
+    @activity.defn(name="provision_tenant")
+    async def provision_tenant(input: ProvisionTenantInput) -> None:
+        raise ApplicationError(message, type="InjectedFailure", non_retryable=True)
+
+    queue = f"test-fail-{uuid.uuid4().hex[:12]}"
+    activities = [
+        provision_tenant if getattr(a, "__name__", "") == "provision_tenant" else a
+        for a in activities_for(engine, client, queue)
+    ]
+    assert provision_tenant in activities
+    async with running_stack(
+        engine=engine, database_url=database_url, client=client, task_queue=queue, activities=activities
+    ) as stack:
+        yield stack

@@ -9,19 +9,15 @@ import itertools
 import random
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.exceptions import ApplicationError
 
-from provisioner_worker.worker import activities_for
 from tenant_api.tenant_gate import TENANT_ID_HEADER
 from tenantry.v1 import (
     operation_pb2,
@@ -30,8 +26,19 @@ from tenantry.v1 import (
     tenant_pb2,
     tenant_service_pb2,
 )
-from tenantry.workflow_contract import ProvisionTenantInput, delete_workflow_id, provision_workflow_id
-from tests.stack import BUG_CODES, Stack, Stubs, error_info, eventually, field_violations, registration, running_stack
+from tenantry.workflow_contract import delete_workflow_id, provision_workflow_id
+from tests.stack import (
+    BUG_CODES,
+    Stack,
+    Stubs,
+    error_info,
+    eventually,
+    expect_error,
+    failing_provisioning_stack,
+    field_violations,
+    registration,
+    running_stack,
+)
 from tests.stack import wait_done as _wait_done
 
 OK = grpc.StatusCode.OK
@@ -59,16 +66,6 @@ async def get_tenant(stubs: Stubs, tenant_id: str, expected: int | None = None) 
 
 async def delete(stubs: Stubs, tenant_id: str) -> tenant_service_pb2.DeleteTenantResponse:
     return await stubs.tenants.DeleteTenant(tenant_service_pb2.DeleteTenantRequest(tenant_id=tenant_id), timeout=30)
-
-
-async def expect_error(call: Awaitable[Any], code: grpc.StatusCode, reason: str) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    error = caught.value
-    assert error.code() not in BUG_CODES, f"{error.code()}: {error.details()}"
-    assert error.code() == code, f"expected {code}, got {error.code()}: {error.details()}"
-    assert error_info(error).reason == reason
-    return error
 
 
 async def schema_exists(engine: AsyncEngine, schema_name: str) -> bool:
@@ -101,19 +98,8 @@ async def idle_stack(engine: AsyncEngine, database_url: str, temporal_client: Cl
 
 @pytest.fixture(scope="module")
 async def failing_stack(engine: AsyncEngine, database_url: str, temporal_client: Client) -> AsyncIterator[Stack]:
-    """A worker whose schema step fails for good: provisioning ends FAILED."""
-
-    @activity.defn(name="provision_tenant")
-    async def provision_tenant(input: ProvisionTenantInput) -> None:
-        raise ApplicationError("injected: cannot create schema", type="InjectedFailure", non_retryable=True)
-
-    queue = f"test-fail-{uuid.uuid4().hex[:12]}"
-    activities = [
-        provision_tenant if getattr(a, "__name__", "") == "provision_tenant" else a
-        for a in activities_for(engine, temporal_client, queue)
-    ]
-    async with running_stack(
-        engine=engine, database_url=database_url, client=temporal_client, task_queue=queue, activities=activities
+    async with failing_provisioning_stack(
+        engine=engine, database_url=database_url, client=temporal_client, message="injected: cannot create schema"
     ) as failing:
         yield failing
 

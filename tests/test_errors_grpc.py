@@ -25,7 +25,7 @@ from tenantry.v1 import (
     tenant_pb2,
     tenant_service_pb2,
 )
-from tests.stack import BUG_CODES, Stack, error_info, field_violations, registration, wait_done
+from tests.stack import BUG_CODES, Stack, error_info, expect_error, field_violations, registration, wait_done
 
 TIMEOUT = 30.0
 TENANT_SERVICE = "tenantry.v1.TenantService"
@@ -41,21 +41,6 @@ EXPECTED_METHODS = {
     OPERATION_SERVICE: {"GetOperation", "ListOperations", "WaitOperation"},
     PROJECT_SERVICE: {"CreateProject", "GetProject", "ListProjects", "DeleteProject"},
 }
-
-
-async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    error = caught.value
-    assert error.code() not in BUG_CODES, f"{error.code()}: {error.details()}"
-    return error
-
-
-async def expect_error(call: Awaitable[Any], code: grpc.StatusCode, reason: str) -> grpc.aio.AioRpcError:
-    error = await rpc_error(call)
-    assert error.code() == code, f"expected {code}, got {error.code()}: {error.details()}"
-    assert error_info(error).reason == reason
-    return error
 
 
 async def expect_invalid_field(call: Awaitable[Any], *fields: str) -> grpc.aio.AioRpcError:

@@ -48,7 +48,7 @@ from tenantry.workflow_contract import (
     ProvisionTenantInput,
     ReconcileInput,
 )
-from tests.stack import REPO_ROOT, Stack, registration, running_stack, wait_done
+from tests.stack import REPO_ROOT, Stack, failing_provisioning_stack, registration, running_stack, wait_done
 
 HISTORIES_DIR = Path(__file__).resolve().parent / "histories"
 WORKFLOWS_SOURCE = REPO_ROOT / "services" / "provisioner_worker" / "workflows.py"
@@ -268,29 +268,12 @@ async def test_late_steps_cannot_resurrect_a_deleted_tenant(
 # --- compensation -------------------------------------------------------------------------------
 
 
-@activity.defn(name="provision_tenant")
-async def exploding_provision_tenant(input: ProvisionTenantInput) -> None:
-    raise ApplicationError("boom", type="Boom", non_retryable=True)
-
-
-@asynccontextmanager
-async def exploding_stack(engine: AsyncEngine, database_url: str, client: Client) -> AsyncIterator[Stack]:
-    queue = f"test-boom-{uuid.uuid4().hex[:12]}"
-    activities = [
-        exploding_provision_tenant if definition_name(fn) == "provision_tenant" else fn
-        for fn in activities_for(engine, client, queue)
-    ]
-    assert exploding_provision_tenant in activities
-    async with running_stack(
-        engine=engine, database_url=database_url, client=client, task_queue=queue, activities=activities
-    ) as stack:
-        yield stack
-
-
 async def test_failed_step_compensates_and_fails_tenant_and_operation(
     engine: AsyncEngine, database_url: str, temporal_client: Client
 ) -> None:
-    async with exploding_stack(engine, database_url, temporal_client) as stack:
+    async with failing_provisioning_stack(
+        engine=engine, database_url=database_url, client=temporal_client, message="boom"
+    ) as stack:
         response = await stack.stubs.tenants.RegisterTenant(registration())
         operation = await wait_done(stack.stubs, response.operation.name)
         tenant = (
@@ -327,7 +310,9 @@ async def test_replay_of_fresh_histories(
     histories["provision-succeeded"] = await _history(temporal_client, registered.operation.name)
     histories["delete-succeeded"] = await _history(temporal_client, deleted.operation.name)
 
-    async with exploding_stack(engine, database_url, temporal_client) as boom:
+    async with failing_provisioning_stack(
+        engine=engine, database_url=database_url, client=temporal_client, message="boom"
+    ) as boom:
         failed = await boom.stubs.tenants.RegisterTenant(registration())
         assert (await wait_done(boom.stubs, failed.operation.name)).state == operation_pb2.OPERATION_STATE_FAILED
     histories["provision-compensated"] = await _history(temporal_client, failed.operation.name)

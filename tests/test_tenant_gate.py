@@ -14,11 +14,8 @@ import grpc
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio import activity
 from temporalio.client import Client
-from temporalio.exceptions import ApplicationError
 
-from provisioner_worker.worker import activities_for
 from tenant_api.tenant_gate import TENANT_ID_HEADER, TENANT_SLUG_HEADER, is_tenant_scoped
 from tenantry.v1 import (
     operation_pb2,
@@ -28,8 +25,17 @@ from tenantry.v1 import (
     tenant_pb2,
     tenant_service_pb2,
 )
-from tenantry.workflow_contract import ProvisionTenantInput
-from tests.stack import BUG_CODES, Stack, Stubs, error_info, field_violations, registration, running_stack, wait_done
+from tests.stack import (
+    Stack,
+    Stubs,
+    error_info,
+    expect_error,
+    failing_provisioning_stack,
+    field_violations,
+    registration,
+    running_stack,
+    wait_done,
+)
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -45,21 +51,6 @@ async def register_active(stubs: Stubs) -> tenant_pb2.Tenant:
 
 def by_id(tenant_id: str) -> Metadata:
     return ((TENANT_ID_HEADER, tenant_id),)
-
-
-async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    error = caught.value
-    assert error.code() not in BUG_CODES, f"{error.code()}: {error.details()}"
-    return error
-
-
-async def expect_error(call: Awaitable[Any], code: grpc.StatusCode, reason: str) -> grpc.aio.AioRpcError:
-    error = await rpc_error(call)
-    assert error.code() == code, f"expected {code}, got {error.code()}: {error.details()}"
-    assert error_info(error).reason == reason
-    return error
 
 
 def every_project_rpc(stubs: Stubs, metadata: Metadata | None) -> list[Callable[[], Awaitable[Any]]]:
@@ -136,17 +127,8 @@ async def test_creating_tenant_is_not_ready(idle_stack: Stack) -> None:
 
 
 async def test_failed_tenant_is_failed(engine: AsyncEngine, database_url: str, temporal_client: Client) -> None:
-    @activity.defn(name="provision_tenant")
-    async def provision_tenant(input: ProvisionTenantInput) -> None:
-        raise ApplicationError("disk on fire", type="InjectedFailure", non_retryable=True)
-
-    queue = f"test-fail-{uuid.uuid4().hex[:12]}"
-    activities = [
-        provision_tenant if getattr(a, "__name__", "") == "provision_tenant" else a
-        for a in activities_for(engine, temporal_client, queue)
-    ]
-    async with running_stack(
-        engine=engine, database_url=database_url, client=temporal_client, task_queue=queue, activities=activities
+    async with failing_provisioning_stack(
+        engine=engine, database_url=database_url, client=temporal_client, message="disk on fire"
     ) as failing:
         response = await failing.stubs.tenants.RegisterTenant(registration(), timeout=30)
         operation = await wait_done(failing.stubs, response.operation.name)

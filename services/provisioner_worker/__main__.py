@@ -19,15 +19,8 @@ from provisioner_worker.liveness import keep_alive, liveness_file
 from provisioner_worker.schedule import ensure_reconcile_schedule
 from provisioner_worker.worker import MAX_CONCURRENT_ACTIVITIES, build_worker
 from tenantry.db.engine import create_engine
-from tenantry.observability import configure_logging, serve_metrics
-from tenantry.settings import (
-    Settings,
-    SettingsError,
-    exit_with_config_error,
-    load_or_exit,
-    metrics_address_from,
-    shutdown_grace_from,
-)
+from tenantry.process import start_process
+from tenantry.settings import Settings, exit_with_config_error
 
 log = logging.getLogger("provisioner_worker")
 
@@ -79,19 +72,8 @@ async def serve(settings: Settings, grace_seconds: float) -> None:
 
 
 def main() -> None:
-    configure_logging("provisioner-worker")
-    settings = load_or_exit()
-    try:
-        metrics_address = metrics_address_from(os.environ, DEFAULT_METRICS_ADDRESS)
-        grace_seconds = shutdown_grace_from(os.environ)
-    except SettingsError as exc:
-        exit_with_config_error(str(exc))
-    try:
-        serve_metrics(metrics_address)
-    except OSError as exc:
-        print(f"provisioner-worker: cannot serve metrics on {metrics_address}: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    asyncio.run(serve(settings, grace_seconds))
+    config = start_process("provisioner-worker", DEFAULT_METRICS_ADDRESS)
+    asyncio.run(serve(config.settings, config.grace_seconds))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 
@@ -12,15 +11,8 @@ from temporalio.client import Client
 
 from tenant_api.server import start_api
 from tenantry.db.engine import create_engine
-from tenantry.observability import configure_logging, serve_metrics
-from tenantry.settings import (
-    Settings,
-    SettingsError,
-    exit_with_config_error,
-    load_or_exit,
-    metrics_address_from,
-    shutdown_grace_from,
-)
+from tenantry.process import start_process
+from tenantry.settings import Settings
 
 log = logging.getLogger("tenant_api")
 
@@ -54,19 +46,8 @@ async def serve(settings: Settings, grace_seconds: float) -> None:
 
 
 def main() -> None:
-    configure_logging("tenant-api")
-    settings = load_or_exit()
-    try:
-        metrics_address = metrics_address_from(os.environ, DEFAULT_METRICS_ADDRESS)
-        grace_seconds = shutdown_grace_from(os.environ)
-    except SettingsError as exc:
-        exit_with_config_error(str(exc))
-    try:
-        serve_metrics(metrics_address)
-    except OSError as exc:
-        print(f"tenant-api: cannot serve metrics on {metrics_address}: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    asyncio.run(serve(settings, grace_seconds))
+    config = start_process("tenant-api", DEFAULT_METRICS_ADDRESS)
+    asyncio.run(serve(config.settings, config.grace_seconds))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from prometheus_client import Counter, Histogram
 
+from tenant_api.interceptors import ServerInterceptor, replace_unary
 from tenant_api.tenant_gate import TENANT_ID_HEADER, metadata_value
 from tenantry.observability import log_context
 
 if TYPE_CHECKING:
-    from tenant_api.interceptors import Behavior, Continuation, Handler, ServerInterceptor
-else:
-    from tenant_api.interceptors import ServerInterceptor
+    from tenant_api.interceptors import Behavior, Continuation, Handler
 
 log = logging.getLogger("tenant_api.rpc")
 
@@ -69,8 +68,4 @@ class AccessLogInterceptor(ServerInterceptor):
                 log.info("rpc", extra={"code": code.name, "duration_ms": round(elapsed * 1000, 2)})
                 log_context.reset(token)
 
-        return grpc.unary_unary_rpc_method_handler(
-            behavior,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return replace_unary(handler, behavior)

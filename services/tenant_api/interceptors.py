@@ -50,7 +50,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
-def _replace_unary(handler: Handler, behavior: Behavior, *, tolerant: bool = False) -> Handler:
+def replace_unary(handler: Handler, behavior: Behavior, *, tolerant: bool = False) -> Handler:
     return grpc.unary_unary_rpc_method_handler(
         behavior,
         request_deserializer=_tolerant(handler.request_deserializer) if tolerant else handler.request_deserializer,
@@ -104,7 +104,7 @@ class ErrorMappingInterceptor(ServerInterceptor):
             status = error.to_status()
             await context.abort(status.code, status.details, status.trailing_metadata)
 
-        return _replace_unary(handler, behavior, tolerant=True)
+        return replace_unary(handler, behavior, tolerant=True)
 
 
 class TenantGateInterceptor(ServerInterceptor):
@@ -141,4 +141,4 @@ class TenantGateInterceptor(ServerInterceptor):
                 finally:
                     current_tenant.reset(token)
 
-        return _replace_unary(handler, behavior)
+        return replace_unary(handler, behavior)
