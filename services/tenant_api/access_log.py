@@ -31,16 +31,27 @@ RPC_LATENCY = Histogram(
 
 
 class AccessLogInterceptor(ServerInterceptor):
-    """Outermost interceptor: sees the final status of every unary call."""
+    """Outermost interceptor: sees the final status of every unary call.
+
+    grpc asks the interceptors for a handler on every call, but a method's
+    handler (with every inner interceptor's wrapping baked in) never changes
+    once the server runs: it is built once per method and reused."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler | None] = {}
 
     async def intercept_service(  # type: ignore[override]  # grpc allows None: "no such method"
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
-        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if method not in self._handlers:
+            self._handlers[method] = self._wrap(await continuation(handler_call_details), method)
+        return self._handlers[method]
+
+    def _wrap(self, handler: Handler | None, method: str) -> Handler | None:
         if handler is None or handler.unary_unary is None:
             return handler
         inner = cast("Behavior", handler.unary_unary)
-        method = handler_call_details.method
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             metadata = context.invocation_metadata()
