@@ -66,20 +66,13 @@ class FailProvisioningInput:
     error_message: str
 
 
-async def _lock_tenant_state(conn: AsyncConnection, tenant_id: uuid.UUID, *, exclusive: bool) -> str:
-    row = await conn.execute(select(Tenant.state).where(Tenant.id == tenant_id).with_for_update(read=not exclusive))
+async def _lock_tenant_state(conn: AsyncConnection, tenant_id: uuid.UUID) -> str:
+    """The tenant's state, with its row locked until the transaction ends."""
+    row = await conn.execute(select(Tenant.state).where(Tenant.id == tenant_id).with_for_update())
     state = row.scalar_one_or_none()
     if state is None:
         raise ApplicationError(f"tenant {tenant_id} not found", type=TENANT_NOT_FOUND, non_retryable=True)
     return state
-
-
-async def _require_creating(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
-    state = await _lock_tenant_state(conn, tenant_id, exclusive=False)
-    if state != TenantState.CREATING:
-        raise ApplicationError(
-            f"tenant {tenant_id} is {state}, not CREATING", type=TENANT_NOT_PROVISIONABLE, non_retryable=True
-        )
 
 
 async def _finish_operation(
@@ -113,7 +106,7 @@ class ProvisioningActivities:
                 # The row lock serialises concurrent attempts for this tenant
                 # (two CREATE SCHEMA IF NOT EXISTS can otherwise collide on
                 # pg_namespace) and orders us against DeleteTenant's soft delete.
-                state = await _lock_tenant_state(conn, tenant_id, exclusive=True)
+                state = await _lock_tenant_state(conn, tenant_id)
                 if state == TenantState.ACTIVE:
                     # An earlier attempt committed; only its acknowledgement was lost.
                     await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.SUCCEEDED)
@@ -156,7 +149,7 @@ class ProvisioningActivities:
         """Compensation: drop what was created, tenant FAILED, operation FAILED."""
         tenant_id = uuid.UUID(input.tenant_id)
         async with self._engine.begin() as conn:
-            state = await _lock_tenant_state(conn, tenant_id, exclusive=True)
+            state = await _lock_tenant_state(conn, tenant_id)
             if state != TenantState.CREATING:
                 return  # deleted meanwhile: the deletion workflow owns the cleanup
             await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_schema(schema_name_for(tenant_id))} CASCADE"))
@@ -203,7 +196,7 @@ class ProvisioningActivities:
         tenant_id = uuid.UUID(input.tenant_id)
         elapsed = None
         async with self._engine.begin() as conn:
-            state = await _lock_tenant_state(conn, tenant_id, exclusive=True)
+            state = await _lock_tenant_state(conn, tenant_id)
             if state not in (TenantState.DELETING, TenantState.DELETED):
                 raise ApplicationError(
                     f"tenant {tenant_id} is {state}, not DELETING", type=TENANT_NOT_DELETABLE, non_retryable=True
