@@ -14,7 +14,7 @@ from functools import cache
 
 import grpc
 from google.protobuf import descriptor_pool
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -84,6 +84,12 @@ def _invalid(reason: str, header: str, message: str) -> ApiError:
     )
 
 
+# Built once: SQLAlchemy memoizes a statement's cache key, so the hot path
+# neither constructs nor re-keys the admission query.
+_ADMIT_BY_ID = select(Tenant.id, Tenant.state, Tenant.schema_name).where(Tenant.id == bindparam("key"))
+_ADMIT_BY_SLUG = select(Tenant.id, Tenant.state, Tenant.schema_name).where(Tenant.slug == bindparam("key"))
+
+
 class TenantGate:
     def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._engine = engine
@@ -95,22 +101,23 @@ class TenantGate:
         call's duration; raises the gate's error otherwise."""
         raw_id = metadata_value(metadata, TENANT_ID_HEADER)
         slug = metadata_value(metadata, TENANT_SLUG_HEADER)
-        query = select(Tenant.id, Tenant.state, Tenant.schema_name)
         if raw_id:
             tenant_id = parse_uuid(raw_id)
             if tenant_id is None:
                 raise _invalid("INVALID_TENANT_ID", TENANT_ID_HEADER, f"{TENANT_ID_HEADER} must be a UUID")
-            query, ref = query.where(Tenant.id == tenant_id), {"tenant_id": str(tenant_id)}
+            params: dict[str, uuid.UUID | str] = {"key": tenant_id}
+            query, ref = _ADMIT_BY_ID, {"tenant_id": str(tenant_id)}
         elif slug:
             if slug_problem(slug) is not None:
                 raise _invalid("INVALID_TENANT_ID", TENANT_SLUG_HEADER, f"{TENANT_SLUG_HEADER} is not a valid slug")
-            query, ref = query.where(Tenant.slug == slug), {"slug": slug}
+            params = {"key": slug}
+            query, ref = _ADMIT_BY_SLUG, {"slug": slug}
         else:
             raise _invalid(
                 "TENANT_REQUIRED", TENANT_ID_HEADER, f"name the tenant in {TENANT_ID_HEADER} or {TENANT_SLUG_HEADER}"
             )
         async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).one_or_none()
+            row = (await conn.execute(query, params)).one_or_none()
             if row is None:
                 raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
             tenant_id, state, schema_name = row
