@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 from temporalio.client import Client
 
 from bench.stats import progress
+from tenantry.dev import temporal_dev_server_command
 from tenantry.migrations import upgrade_control_plane
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -155,18 +156,7 @@ class BenchStack:
         port = free_port()
         self.temporal_address = f"127.0.0.1:{port}"
         progress(f"starting Temporal dev server on {self.temporal_address}")
-        command = [
-            tool_path("temporal"),
-            "server",
-            "start-dev",
-            "--headless",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "error",
-        ]
+        command = temporal_dev_server_command("127.0.0.1", port)
         self._popen("temporal", command, dict(os.environ))
 
     async def _wait_for_temporal(self) -> None:

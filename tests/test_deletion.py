@@ -37,7 +37,6 @@ from tests.stack import (
     failing_provisioning_stack,
     field_violations,
     registration,
-    running_stack,
 )
 from tests.stack import wait_done as _wait_done
 
@@ -85,15 +84,6 @@ async def membership_count(engine: AsyncEngine, tenant_id: str) -> int:
 async def assert_purged(engine: AsyncEngine, tenant: tenant_pb2.Tenant) -> None:
     assert not await schema_exists(engine, tenant.schema_name)
     assert await membership_count(engine, tenant.id) == 0
-
-
-@pytest.fixture(scope="module")
-async def idle_stack(engine: AsyncEngine, database_url: str, temporal_client: Client) -> AsyncIterator[Stack]:
-    """An API whose task queue has no worker: a deletion started here stays DELETING."""
-    async with running_stack(
-        engine=engine, database_url=database_url, client=temporal_client, with_worker=False
-    ) as idle:
-        yield idle
 
 
 @pytest.fixture(scope="module")

@@ -28,10 +28,11 @@ from temporalio.service import RPCError, RPCStatusCode
 from provisioner_worker.reconciler import ReconcileReport
 from provisioner_worker.worker import build_worker
 from tenantry.db.engine import create_engine
+from tenantry.dev import temporal_dev_server_command
 from tenantry.migrations import tenant_head_revision, upgrade_control_plane
 from tenantry.v1 import operation_pb2, operation_service_pb2, tenant_pb2, tenant_service_pb2
 from tenantry.workflow_contract import RECONCILE_WORKFLOW, ReconcileInput, reconcile_schedule_id
-from tests.stack import Stack, registration, running_stack, tool_path, wait_done
+from tests.stack import Stack, registration, running_stack, wait_done
 
 pytestmark = pytest.mark.slow
 
@@ -210,20 +211,7 @@ async def _isolated_database(database_url: str) -> AsyncIterator[str]:
 
 
 def _dev_server_argv(port: int, db_file: Path) -> list[str]:
-    return [
-        tool_path("temporal"),
-        "server",
-        "start-dev",
-        "--headless",
-        "--ip",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--db-filename",
-        str(db_file),
-        "--log-level",
-        "error",
-    ]
+    return temporal_dev_server_command("127.0.0.1", port, db_file)
 
 
 async def _connect_when_up(address: str, timeout: float = 60.0) -> Client:

@@ -7,7 +7,7 @@ PostgreSQL and Temporal; each expected error is checked by code and ErrorInfo re
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -33,7 +33,6 @@ from tests.stack import (
     failing_provisioning_stack,
     field_violations,
     registration,
-    running_stack,
     wait_done,
 )
 
@@ -72,15 +71,6 @@ def every_project_rpc(stubs: Stubs, metadata: Metadata | None) -> list[Callable[
 async def assert_gate(stubs: Stubs, metadata: Metadata | None, code: grpc.StatusCode, reason: str) -> None:
     for call in every_project_rpc(stubs, metadata):
         await expect_error(call(), code, reason)
-
-
-@pytest.fixture(scope="module")
-async def idle_stack(engine: AsyncEngine, database_url: str, temporal_client: Client) -> AsyncIterator[Stack]:
-    """An API whose task queue has no worker: workflows it starts never run."""
-    async with running_stack(
-        engine=engine, database_url=database_url, client=temporal_client, with_worker=False
-    ) as idle:
-        yield idle
 
 
 # --- the gate table ---------------------------------------------------------------

