@@ -13,6 +13,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from tenant_api.errors import ApiError, unavailable
 from tenant_api.tenant_gate import TenantGate, current_tenant, is_tenant_scoped
+from tenantry.pg_errors import UNAVAILABLE_SQLSTATE_PREFIXES
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
 else:
     ServerInterceptor = grpc.aio.ServerInterceptor
 
-# SQLSTATE classes that mean "the database is not there right now", not a bug.
-_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57")
 # Lost a race with another transaction: safe for the client to retry.
 _CONFLICT_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 
@@ -60,7 +59,7 @@ def replace_unary(handler: Handler, behavior: Behavior, *, tolerant: bool = Fals
 
 def _database_error(exc: DBAPIError) -> ApiError | None:
     sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-    if exc.connection_invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
+    if exc.connection_invalidated or sqlstate.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
         return unavailable("DATABASE_UNAVAILABLE", "the database is unavailable, retry later")
     if sqlstate in _CONFLICT_SQLSTATES:
         return ApiError(grpc.StatusCode.ABORTED, "CONCURRENT_UPDATE", "conflicting concurrent change, retry")

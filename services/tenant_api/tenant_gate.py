@@ -11,17 +11,19 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
+from typing import cast
 
+import asyncpg
 import grpc
 from google.protobuf import descriptor_pool
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from tenant_api.errors import ApiError, FieldViolation, failed_precondition, not_found
+from tenant_api.errors import ApiError, FieldViolation, failed_precondition, not_found, unavailable
 from tenant_api.validation import parse_uuid, slug_problem
 from tenantry.db.models import Tenant
-from tenantry.pg_errors import SCHEMA_GONE_SQLSTATES, pg_error
+from tenantry.pg_errors import SCHEMA_GONE_SQLSTATES, UNAVAILABLE_SQLSTATE_PREFIXES, pg_error
 from tenantry.states import TenantState
 from tenantry.v1 import options_pb2
 
@@ -48,8 +50,8 @@ async def tenant_session(
     Execution options live on this Connection object only, never on the pooled
     DBAPI connection, so nothing carries over to the next checkout."""
     await conn.execution_options(schema_translate_map={None: schema_name})
-    # control_fully: the session commits or rolls back the transaction the
-    # admission query began, as if it were its own.
+    # control_fully: the session commits or rolls back the connection's
+    # transaction as if it were its own.
     session = sessions(bind=conn, join_transaction_mode="control_fully")
     try:
         yield session
@@ -84,8 +86,6 @@ def _invalid(reason: str, header: str, message: str) -> ApiError:
     )
 
 
-# Built once: SQLAlchemy memoizes a statement's cache key, so the hot path
-# neither constructs nor re-keys the admission query.
 _ADMIT_BY_ID = select(Tenant.id, Tenant.state, Tenant.schema_name).where(Tenant.id == bindparam("key"))
 _ADMIT_BY_SLUG = select(Tenant.id, Tenant.state, Tenant.schema_name).where(Tenant.slug == bindparam("key"))
 
@@ -94,6 +94,12 @@ class TenantGate:
     def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._engine = engine
         self._sessions = sessions
+        # The admission query runs on every tenant-scoped call, so it skips
+        # SQLAlchemy's execution layer (and the transaction it would begin):
+        # SQL rendered once from the model, run as the driver's own prepared
+        # statement. Never cached: every call reads the tenant's state anew.
+        self._admit_by_id = str(_ADMIT_BY_ID.compile(dialect=engine.dialect))
+        self._admit_by_slug = str(_ADMIT_BY_SLUG.compile(dialect=engine.dialect))
 
     @asynccontextmanager
     async def admitted(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> AsyncIterator[TenantScope]:
@@ -105,19 +111,19 @@ class TenantGate:
             tenant_id = parse_uuid(raw_id)
             if tenant_id is None:
                 raise _invalid("INVALID_TENANT_ID", TENANT_ID_HEADER, f"{TENANT_ID_HEADER} must be a UUID")
-            params: dict[str, uuid.UUID | str] = {"key": tenant_id}
-            query, ref = _ADMIT_BY_ID, {"tenant_id": str(tenant_id)}
+            key: uuid.UUID | str = tenant_id
+            query, ref = self._admit_by_id, {"tenant_id": str(tenant_id)}
         elif slug:
             if slug_problem(slug) is not None:
                 raise _invalid("INVALID_TENANT_ID", TENANT_SLUG_HEADER, f"{TENANT_SLUG_HEADER} is not a valid slug")
-            params = {"key": slug}
-            query, ref = _ADMIT_BY_SLUG, {"slug": slug}
+            key = slug
+            query, ref = self._admit_by_slug, {"slug": slug}
         else:
             raise _invalid(
                 "TENANT_REQUIRED", TENANT_ID_HEADER, f"name the tenant in {TENANT_ID_HEADER} or {TENANT_SLUG_HEADER}"
             )
         async with self._engine.connect() as conn:
-            row = (await conn.execute(query, params)).one_or_none()
+            row = await _fetch_one(conn, query, key)
             if row is None:
                 raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
             tenant_id, state, schema_name = row
@@ -141,6 +147,25 @@ class TenantGate:
         except DBAPIError:
             return None
         return _tenant_deleted(tenant_id) if state is None else gate_error(tenant_id, state)
+
+
+async def _fetch_one(conn: AsyncConnection, sql: str, key: object) -> asyncpg.Record | None:
+    """One row from the driver connection under `conn`, outside any transaction.
+    Failures that mean the database is unreachable are UNAVAILABLE, as they
+    would be through SQLAlchemy."""
+    driver = cast("asyncpg.Connection", (await conn.get_raw_connection()).driver_connection)
+    try:
+        return await driver.fetchrow(sql, key)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        if driver.is_closed():
+            # Lost connection: SQLAlchemy, meeting it too, invalidates the whole
+            # pool as on any disconnect and raises DBAPIError (UNAVAILABLE).
+            await conn.exec_driver_sql("SELECT 1")
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        if not (driver.is_closed() or isinstance(exc, OSError) or sqlstate.startswith(UNAVAILABLE_SQLSTATE_PREFIXES)):
+            raise
+        await conn.invalidate(exc)
+        raise unavailable("DATABASE_UNAVAILABLE", "the database is unavailable, retry later") from exc
 
 
 def _tenant_deleted(tenant_id: str) -> ApiError:

@@ -12,6 +12,9 @@ INVALID_SCHEMA_NAME = "3F000"
 UNDEFINED_TABLE = "42P01"
 # A tenant schema dropped under a running query surfaces as one of these.
 SCHEMA_GONE_SQLSTATES = frozenset({INVALID_SCHEMA_NAME, UNDEFINED_TABLE})
+# SQLSTATE classes that mean "the database is not there right now", not a bug:
+# connection exception, insufficient resources, operator intervention.
+UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57")
 
 
 @dataclass(frozen=True)
