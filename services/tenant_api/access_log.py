@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -20,6 +21,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("tenant_api.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
+# Header values are logged, not trusted: bounded like the tenant id.
+MAX_LOGGED_HEADER_CHARS = 64
+
+# Calls without an x-request-id get one unique to this process and call:
+# a random process prefix and a counter (uuid4 per call costs a syscall).
+_PROCESS_PREFIX = os.urandom(6).hex()
+_call_numbers = itertools.count(1)
 
 RPC_REQUESTS = Counter("tenantry_rpc_requests_total", "RPCs handled, by method and status code", ["method", "code"])
 RPC_LATENCY = Histogram(
@@ -39,6 +47,8 @@ class AccessLogInterceptor(ServerInterceptor):
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler | None] = {}
+        # Metric children by (method, code): labels() validates and locks per call.
+        self._samples: dict[tuple[str, grpc.StatusCode], tuple[Counter, Histogram]] = {}
 
     async def intercept_service(  # type: ignore[override]  # grpc allows None: "no such method"
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -55,13 +65,16 @@ class AccessLogInterceptor(ServerInterceptor):
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             metadata = context.invocation_metadata()
+            request_id = metadata_value(metadata, REQUEST_ID_HEADER)
             fields = {
                 "rpc_method": method,
-                "request_id": metadata_value(metadata, REQUEST_ID_HEADER) or str(uuid.uuid4()),
+                "request_id": request_id[:MAX_LOGGED_HEADER_CHARS]
+                if request_id
+                else f"{_PROCESS_PREFIX}-{next(_call_numbers):x}",
             }
             tenant_id = metadata_value(metadata, TENANT_ID_HEADER)
             if tenant_id:
-                fields["tenant_id"] = tenant_id[:64]
+                fields["tenant_id"] = tenant_id[:MAX_LOGGED_HEADER_CHARS]
             token = log_context.set(fields)
             started = time.perf_counter()
             code = grpc.StatusCode.UNKNOWN
@@ -74,9 +87,19 @@ class AccessLogInterceptor(ServerInterceptor):
                 raise
             finally:
                 elapsed = time.perf_counter() - started
-                RPC_REQUESTS.labels(method, code.name).inc()
-                RPC_LATENCY.labels(method, code.name).observe(elapsed)
+                self._observe(method, code, elapsed)
                 log.info("rpc", extra={"code": code.name, "duration_ms": round(elapsed * 1000, 2)})
                 log_context.reset(token)
 
         return replace_unary(handler, behavior)
+
+    def _observe(self, method: str, code: grpc.StatusCode, elapsed: float) -> None:
+        samples = self._samples.get((method, code))
+        if samples is None:
+            samples = self._samples[method, code] = (
+                RPC_REQUESTS.labels(method, code.name),
+                RPC_LATENCY.labels(method, code.name),
+            )
+        requests, latency = samples
+        requests.inc()
+        latency.observe(elapsed)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -15,6 +15,9 @@ from temporalio import activity
 # Fields every log line of the current request (or workflow step) carries.
 log_context: ContextVar[dict[str, str]] = ContextVar("log_context", default={})  # noqa: B039 - never mutated
 
+# One encoder for every line (json.dumps with options builds one per call).
+_encode = json.JSONEncoder(default=str).encode
+
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -22,10 +25,20 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
         self._service = service
+        # Lines come many per second: the date part is formatted once a second.
+        self._second: tuple[int, str] = (-1, "")
+
+    def _timestamp(self, created: float) -> str:
+        second, text = self._second
+        if int(created) != second:
+            second = int(created)
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        return f"{text}.{int((created - second) * 1000):03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self._timestamp(record.created),
             "level": record.levelname.lower(),
             "service": self._service,
             "logger": record.name,
@@ -35,10 +48,12 @@ class JsonFormatter(logging.Formatter):
         if activity.in_activity():
             info = activity.info()
             entry.update(workflow_id=info.workflow_id, activity=info.activity_type, attempt=info.attempt)
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRIBUTES})
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRIBUTES:
+                entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _encode(entry)
 
 
 def configure_logging(service: str, level: int = logging.INFO) -> None:
