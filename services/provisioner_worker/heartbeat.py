@@ -16,9 +16,12 @@ HEARTBEAT_INTERVAL_SECONDS = 2.0
 class _HeartbeatingActivity(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         async def beat() -> None:
+            # Temporal times a missing heartbeat from the activity's start, so
+            # the first one can wait a full interval: most steps are done by
+            # then and never cost the server a heartbeat call.
             while True:
-                activity.heartbeat()
                 await asyncio.sleep(HEARTBEAT_INTERVAL_SECONDS)
+                activity.heartbeat()
 
         beating = asyncio.create_task(beat())
         try:
