@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import asyncpg
 
-from tenantry.migrations import tenant_head_revision
+from tenantry.migrations import tenant_schema_script
 from tenantry.schema_names import quote_schema, schema_name_for
 from tenantry.workflow_contract import delete_workflow_id, provision_workflow_id
 
@@ -29,23 +29,6 @@ INSERT_OPERATION = (
     "INSERT INTO workflow_executions (workflow_id, tenant_id, kind, state, request_id) "
     "VALUES ($1, $2, 'PROVISION', 'PENDING', NULL) RETURNING *"
 )
-
-
-def tenant_ddl(schema: str) -> str:
-    """What the tenant lineage's upgrade creates (migrations/tenant), as plain DDL."""
-    s = quote_schema(schema)
-    return (
-        f"CREATE SCHEMA {s};"
-        f"CREATE TABLE {s}.alembic_version (version_num VARCHAR(32) NOT NULL,"
-        f" CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num));"
-        f"CREATE TABLE {s}.projects (id UUID NOT NULL, name VARCHAR(100) NOT NULL,"
-        f" description TEXT DEFAULT '' NOT NULL,"
-        f" create_time TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,"
-        f" update_time TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,"
-        f" CONSTRAINT pk_projects PRIMARY KEY (id), CONSTRAINT uq_projects_name UNIQUE (name));"
-        f"CREATE INDEX ix_projects_create_time_id ON {s}.projects (create_time, id);"
-        f"INSERT INTO {s}.alembic_version (version_num) VALUES ('{tenant_head_revision()}');"
-    )
 
 
 async def register_floor_once(pool: asyncpg.Pool, tag: str) -> uuid.UUID:
@@ -71,7 +54,7 @@ async def remove_floor_rows(pool: asyncpg.Pool) -> None:
 
 async def ddl_floor_once(pool: asyncpg.Pool, schema: str) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(tenant_ddl(schema))
+        await conn.execute(tenant_schema_script(schema))
 
 
 async def drop_schemas(pool: asyncpg.Pool, schemas: Iterable[str]) -> None:
@@ -106,7 +89,7 @@ async def seed_active_tenants(pool: asyncpg.Pool, count: int, batch: int, first_
                 ids,
                 seed_user,
             )
-            await conn.execute("".join(tenant_ddl(schema_name_for(i)) for i in ids))
+            await conn.execute("".join(tenant_schema_script(schema_name_for(i)) for i in ids))
 
     starts = list(range(0, count, batch))
     # Two at a time: the machine has few cores and PostgreSQL's lock table is finite.

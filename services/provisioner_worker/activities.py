@@ -14,9 +14,10 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+import asyncpg
+from sqlalchemy import column, delete, exists, func, select, table, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
@@ -26,7 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from provisioner_worker.metrics import DELETION_SECONDS, PROVISIONING_SECONDS
 from tenantry.db.models import Tenant, TenantMembership, WorkflowExecution
-from tenantry.migrations import upgrade_tenant_schema
+from tenantry.migrations import tenant_schema_script, upgrade_tenant_schema
 from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, pg_error
 from tenantry.schema_names import quote_schema, schema_name_for
 from tenantry.states import OperationState, TenantState
@@ -51,8 +52,32 @@ _SECONDS_SINCE_DELETE = func.extract("epoch", func.now() - Tenant.delete_time)
 
 # Alembic's `op` and `context` are process-global proxies: two tenant upgrades
 # interleaving on this event loop would run one tenant's DDL on the other's
-# connection. Upgrades run one at a time per process (each is short).
+# connection. Upgrades of existing schemas run one at a time per process (new
+# schemas do not need alembic's proxies, see create_tenant_schema_at_head).
 _TENANT_UPGRADE_LOCK = asyncio.Lock()
+
+_PG_NAMESPACE = table("pg_namespace", column("nspname"), schema="pg_catalog")
+
+# The end of provisioning as one statement (one round trip): the admin
+# membership (one that exists is success, a missing user a foreign-key
+# violation), the operation SUCCEEDED and the tenant ACTIVE.
+_ACTIVATE = text(
+    f"""
+    WITH membership AS (
+        INSERT INTO tenant_memberships (tenant_id, user_id, role)
+        VALUES (CAST(:tenant_id AS uuid), CAST(:user_id AS uuid), 'admin')
+        ON CONFLICT (tenant_id, user_id) DO NOTHING
+    ), operation AS (
+        UPDATE workflow_executions
+        SET state = '{OperationState.SUCCEEDED}', error_message = '', end_time = now(), update_time = now()
+        WHERE workflow_id = CAST(:workflow_id AS varchar)
+          AND state IN ({", ".join(f"'{state}'" for state in _OPEN_OPERATION_STATES)})
+    )
+    UPDATE tenants SET state = '{TenantState.ACTIVE}', update_time = now(), version = version + 1
+    WHERE id = CAST(:tenant_id AS uuid)
+    RETURNING extract(epoch FROM now() - create_time)
+    """
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +111,15 @@ async def _finish_operation(
     )
 
 
+async def _run_script(conn: AsyncConnection, script: str) -> None:
+    """Several statements in one round trip, in `conn`'s transaction: the
+    driver's simple query protocol (SQLAlchemy prepares, one statement at a time)."""
+    driver = cast("asyncpg.Connection", (await conn.get_raw_connection()).driver_connection)
+    if not driver.is_in_transaction():
+        raise RuntimeError("a script must run inside the caller's transaction")
+    await driver.execute(script)
+
+
 class ProvisioningActivities:
     """Activities for provisioning and deletion; holds the engine and the Temporal client."""
 
@@ -106,7 +140,15 @@ class ProvisioningActivities:
                 # The row lock serialises concurrent attempts for this tenant
                 # (two CREATE SCHEMA IF NOT EXISTS can otherwise collide on
                 # pg_namespace) and orders us against DeleteTenant's soft delete.
-                state = await _lock_tenant_state(conn, tenant_id)
+                locked = await conn.execute(
+                    select(Tenant.state, exists().where(_PG_NAMESPACE.c.nspname == Tenant.schema_name))
+                    .where(Tenant.id == tenant_id)
+                    .with_for_update(of=Tenant)
+                )
+                row = locked.one_or_none()
+                if row is None:
+                    raise ApplicationError(f"tenant {tenant_id} not found", type=TENANT_NOT_FOUND, non_retryable=True)
+                state, schema_exists = row
                 if state == TenantState.ACTIVE:
                     # An earlier attempt committed; only its acknowledgement was lost.
                     await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.SUCCEEDED)
@@ -117,22 +159,16 @@ class ProvisioningActivities:
                         type=TENANT_NOT_PROVISIONABLE,
                         non_retryable=True,
                     )
-                await conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_schema(schema)}"))
-                async with _TENANT_UPGRADE_LOCK:
-                    await conn.run_sync(upgrade_tenant_schema, schema)
-                # A membership that already exists is success (retries, races).
-                await conn.execute(
-                    pg_insert(TenantMembership)
-                    .values(tenant_id=tenant_id, user_id=user_id, role="admin")
-                    .on_conflict_do_nothing(index_elements=["tenant_id", "user_id"])
-                )
+                if schema_exists:
+                    # Left by hand or by an older worker: alembic brings it to head.
+                    async with _TENANT_UPGRADE_LOCK:
+                        await conn.run_sync(upgrade_tenant_schema, schema)
+                else:
+                    await _run_script(conn, tenant_schema_script(schema))
                 elapsed = await conn.scalar(
-                    update(Tenant)
-                    .where(Tenant.id == tenant_id)
-                    .values(state=TenantState.ACTIVE, update_time=text("now()"), version=Tenant.version + 1)
-                    .returning(_SECONDS_SINCE_CREATE)
+                    _ACTIVATE,
+                    {"tenant_id": tenant_id, "user_id": user_id, "workflow_id": provision_workflow_id(tenant_id)},
                 )
-                await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.SUCCEEDED)
         except IntegrityError as exc:
             error = pg_error(exc)
             if error.sqlstate == FOREIGN_KEY_VIOLATION:
