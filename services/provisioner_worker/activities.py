@@ -52,8 +52,8 @@ _SECONDS_SINCE_DELETE = func.extract("epoch", func.now() - Tenant.delete_time)
 
 # Alembic's `op` and `context` are process-global proxies: two tenant upgrades
 # interleaving on this event loop would run one tenant's DDL on the other's
-# connection. Upgrades of existing schemas run one at a time per process (new
-# schemas do not need alembic's proxies, see create_tenant_schema_at_head).
+# connection. Upgrades of existing schemas run one at a time per process (a new
+# schema is one script that needs no alembic at all: tenant_schema_script).
 _TENANT_UPGRADE_LOCK = asyncio.Lock()
 
 _PG_NAMESPACE = table("pg_namespace", column("nspname"), schema="pg_catalog")
@@ -138,8 +138,8 @@ class ProvisioningActivities:
         try:
             async with self._engine.begin() as conn:
                 # The row lock serialises concurrent attempts for this tenant
-                # (two CREATE SCHEMA IF NOT EXISTS can otherwise collide on
-                # pg_namespace) and orders us against DeleteTenant's soft delete.
+                # (so whether the schema exists stays true until we commit) and
+                # orders us against DeleteTenant's soft delete.
                 locked = await conn.execute(
                     select(Tenant.state, exists().where(_PG_NAMESPACE.c.nspname == Tenant.schema_name))
                     .where(Tenant.id == tenant_id)
