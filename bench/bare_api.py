@@ -2,7 +2,9 @@
 with no interceptors at all (no access log, no error mapping, no tenant gate),
 run as an OS process like tenant-api (`python -m bench.bare_api`). The tenant
 scope comes straight from the `x-tenant-id` header, without a database lookup,
-on one pooled connection set up exactly as the gate sets up an admitted call."""
+on one pooled connection set up exactly as the gate sets up an admitted call:
+one transaction per call, opened with a plain BEGIN where the gate opens it
+with its admission check."""
 
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tenant_api.call_transaction import call_transaction, open_transaction, unscoped_connection
 from tenant_api.projects import ProjectService
 from tenant_api.server import SERVER_OPTIONS
 from tenant_api.servicers import ProjectServicer
-from tenant_api.tenant_gate import TENANT_ID_HEADER, TenantScope, current_tenant, tenant_session
+from tenant_api.tenant_gate import TENANT_ID_HEADER, TenantScope, current_tenant
 from tenantry.db.engine import create_engine, create_session_factory
 from tenantry.schema_names import schema_name_for
 from tenantry.v1 import project_service_pb2, project_service_pb2_grpc
@@ -49,12 +52,15 @@ class UngatedProjectServicer(ProjectServicer):
     async def _scoped(self, context: Context) -> AsyncIterator[None]:
         tenant_id = tenant_id_from(context)
         schema_name = schema_name_for(tenant_id)
-        async with self._engine.connect() as conn, tenant_session(self._sessions, conn, schema_name) as session:
-            token = current_tenant.set(TenantScope(tenant_id=tenant_id, schema_name=schema_name, session=session))
-            try:
-                yield
-            finally:
-                current_tenant.reset(token)
+        async with self._engine.connect() as conn:
+            driver = await unscoped_connection(conn)
+            await open_transaction(conn, driver)
+            async with call_transaction(self._sessions, conn, driver, schema_name) as session:
+                token = current_tenant.set(TenantScope(tenant_id=tenant_id, schema_name=schema_name, session=session))
+                try:
+                    yield
+                finally:
+                    current_tenant.reset(token)
 
     async def GetProject(
         self, request: project_service_pb2.GetProjectRequest, context: Context

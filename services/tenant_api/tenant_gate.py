@@ -11,19 +11,19 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
-from typing import cast
 
-import asyncpg
 import grpc
 from google.protobuf import descriptor_pool
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from tenant_api.errors import ApiError, FieldViolation, failed_precondition, not_found, unavailable
+from tenant_api.call_transaction import abandon, call_transaction, driver_call, open_transaction, unscoped_connection
+from tenant_api.errors import ApiError, FieldViolation, failed_precondition, not_found
 from tenant_api.validation import parse_uuid, slug_problem
 from tenantry.db.models import Tenant
-from tenantry.pg_errors import SCHEMA_GONE_SQLSTATES, UNAVAILABLE_SQLSTATE_PREFIXES, pg_error
+from tenantry.pg_errors import SCHEMA_GONE_SQLSTATES, pg_error
+from tenantry.schema_names import schema_name_for
 from tenantry.states import TenantState
 from tenantry.v1 import options_pb2
 
@@ -37,26 +37,9 @@ TENANT_SLUG_HEADER = "x-tenant-slug"
 class TenantScope:
     tenant_id: uuid.UUID
     schema_name: str
-    # On the connection that admitted the call, with the tenant's schema in its
-    # schema_translate_map: the call needs one pooled connection, not two.
+    # In the call's transaction, on the connection that admitted the call, with
+    # the tenant's schema in its schema_translate_map (see call_transaction).
     session: AsyncSession
-
-
-@asynccontextmanager
-async def tenant_session(
-    sessions: async_sessionmaker[AsyncSession], conn: AsyncConnection, schema_name: str
-) -> AsyncIterator[AsyncSession]:
-    """A session on `conn` whose schema-less tables resolve to `schema_name`.
-    Execution options live on this Connection object only, never on the pooled
-    DBAPI connection, so nothing carries over to the next checkout."""
-    await conn.execution_options(schema_translate_map={None: schema_name})
-    # control_fully: the session commits or rolls back the connection's
-    # transaction as if it were its own.
-    session = sessions(bind=conn, join_transaction_mode="control_fully")
-    try:
-        yield session
-    finally:
-        await session.close()
 
 
 current_tenant: ContextVar[TenantScope] = ContextVar("current_tenant")
@@ -90,14 +73,24 @@ _ADMIT_BY_ID = select(Tenant.id, Tenant.state, Tenant.schema_name).where(Tenant.
 _ADMIT_BY_SLUG = select(Tenant.id, Tenant.state, Tenant.schema_name).where(Tenant.slug == bindparam("key"))
 
 
+def _begin_if_active(tenant_id: uuid.UUID) -> str:
+    """Opens the call's transaction and checks the tenant is ACTIVE, in one
+    round trip: the simple query protocol takes several statements but no
+    parameters, and its status ("SELECT 1" or "SELECT 0") is the answer. The
+    only value in it is a uuid.UUID's canonical text (hex digits and dashes)."""
+    return (
+        f"BEGIN; SELECT 1 FROM {Tenant.__tablename__} "
+        f"WHERE id = '{uuid.UUID(str(tenant_id))}' AND state = '{TenantState.ACTIVE.value}'"
+    )
+
+
 class TenantGate:
     def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._engine = engine
         self._sessions = sessions
-        # The admission query runs on every tenant-scoped call, so it skips
-        # SQLAlchemy's execution layer (and the transaction it would begin):
-        # SQL rendered once from the model, run as the driver's own prepared
-        # statement. Never cached: every call reads the tenant's state anew.
+        # Admission runs on every tenant-scoped call, so it skips SQLAlchemy's
+        # execution layer: SQL rendered once from the model and run by the
+        # driver. Never cached: every call reads the tenant's state anew.
         self._admit_by_id = str(_ADMIT_BY_ID.compile(dialect=engine.dialect))
         self._admit_by_slug = str(_ADMIT_BY_SLUG.compile(dialect=engine.dialect))
 
@@ -123,15 +116,28 @@ class TenantGate:
                 "TENANT_REQUIRED", TENANT_ID_HEADER, f"name the tenant in {TENANT_ID_HEADER} or {TENANT_SLUG_HEADER}"
             )
         async with self._engine.connect() as conn:
-            row = await _fetch_one(conn, query, key)
-            if row is None:
-                raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
-            tenant_id, state, schema_name = row
-            refused = gate_error(str(tenant_id), state)
-            if refused is not None:
-                raise refused
-            async with tenant_session(self._sessions, conn, schema_name) as session:
-                yield TenantScope(tenant_id=tenant_id, schema_name=schema_name, session=session)
+            driver = await unscoped_connection(conn)
+            admitted_id: uuid.UUID
+            schema_name = None
+            if isinstance(key, uuid.UUID):
+                # The usual case in one round trip: the call's transaction
+                # opens with the admission check ("SELECT 1": ACTIVE).
+                if await open_transaction(conn, driver, _begin_if_active(key)) == "SELECT 1":
+                    admitted_id, schema_name = key, schema_name_for(key)
+                else:
+                    await abandon(conn, driver)
+            if schema_name is None:
+                # By slug, or refused: read the row to admit or to say why not.
+                row = await driver_call(conn, driver, driver.fetchrow(query, key))
+                if row is None:
+                    raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
+                admitted_id, state, schema_name = row
+                refused = gate_error(str(admitted_id), state)
+                if refused is not None:
+                    raise refused
+                await open_transaction(conn, driver)
+            async with call_transaction(self._sessions, conn, driver, schema_name) as session:
+                yield TenantScope(tenant_id=admitted_id, schema_name=schema_name, session=session)
 
     async def explain_failure(self, scope: TenantScope, exc: DBAPIError) -> ApiError | None:
         """A database error inside an admitted tenant-scoped call. A schema that
@@ -147,25 +153,6 @@ class TenantGate:
         except DBAPIError:
             return None
         return _tenant_deleted(tenant_id) if state is None else gate_error(tenant_id, state)
-
-
-async def _fetch_one(conn: AsyncConnection, sql: str, key: object) -> asyncpg.Record | None:
-    """One row from the driver connection under `conn`, outside any transaction.
-    Failures that mean the database is unreachable are UNAVAILABLE, as they
-    would be through SQLAlchemy."""
-    driver = cast("asyncpg.Connection", (await conn.get_raw_connection()).driver_connection)
-    try:
-        return await driver.fetchrow(sql, key)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-        if driver.is_closed():
-            # Lost connection: SQLAlchemy, meeting it too, invalidates the whole
-            # pool as on any disconnect and raises DBAPIError (UNAVAILABLE).
-            await conn.exec_driver_sql("SELECT 1")
-        sqlstate = getattr(exc, "sqlstate", None) or ""
-        if not (driver.is_closed() or isinstance(exc, OSError) or sqlstate.startswith(UNAVAILABLE_SQLSTATE_PREFIXES)):
-            raise
-        await conn.invalidate(exc)
-        raise unavailable("DATABASE_UNAVAILABLE", "the database is unavailable, retry later") from exc
 
 
 def _tenant_deleted(tenant_id: str) -> ApiError:

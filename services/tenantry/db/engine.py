@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 # Each PostgreSQL backend keeps the catalog entries of every tenant table it has
@@ -13,7 +17,7 @@ CONNECT_TIMEOUT_SECONDS = 5
 
 
 def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
@@ -27,6 +31,16 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> A
             "timeout": CONNECT_TIMEOUT_SECONDS,
         },
     )
+    event.listen(engine.sync_engine, "checkout", _refuse_connection_inside_a_transaction)
+    return engine
+
+
+def _refuse_connection_inside_a_transaction(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Belt and braces for transactions opened on the driver directly (a
+    tenant-scoped call's): one that was somehow checked in still open is
+    discarded, and the pool hands out another (SQLAlchemy's checkout protocol)."""
+    if dbapi_connection.driver_connection.is_in_transaction():
+        raise DisconnectionError("connection checked in inside a transaction")
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
