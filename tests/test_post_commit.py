@@ -10,9 +10,11 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
 
+from tenantry.db.engine import create_engine
 from tenantry.v1 import operation_pb2, operation_service_pb2, project_service_pb2, tenant_pb2
-from tests.stack import BUG_CODES, Stack, error_info, field_violations, registration, wait_done
+from tests.stack import BUG_CODES, Stack, error_info, field_violations, registration, running_stack, wait_done
 
 
 async def test_register_is_ok_when_marking_running_fails(stack: Stack, engine: AsyncEngine) -> None:
@@ -48,6 +50,23 @@ async def test_register_is_ok_when_marking_running_fails(stack: Stack, engine: A
     # The workflow runs anyway and its own activities finish the operation.
     operation = await wait_done(stack.stubs, response.operation.name)
     assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED
+
+
+async def test_running_mark_commits_asynchronously_for_itself_only(database_url: str, temporal_client: Client) -> None:
+    """The RUNNING mark turns synchronous_commit off for its own transaction:
+    the connection it ran on (the API's only one here) commits the next
+    registration synchronously again."""
+    small = create_engine(database_url, pool_size=1, max_overflow=0)
+    try:
+        async with running_stack(
+            engine=small, database_url=database_url, client=temporal_client, with_worker=False
+        ) as api:
+            response = await api.stubs.tenants.RegisterTenant(registration(), timeout=30)
+            assert response.operation.state == operation_pb2.OPERATION_STATE_RUNNING
+            async with small.connect() as conn:
+                assert await conn.scalar(text("SHOW synchronous_commit")) == "on"
+    finally:
+        await small.dispose()
 
 
 async def test_wait_operation_clamps_huge_timeouts_and_rejects_bad_nanos(stack: Stack) -> None:
