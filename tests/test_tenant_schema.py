@@ -6,13 +6,14 @@ Compared in PostgreSQL's own catalog, on a real database."""
 from __future__ import annotations
 
 import uuid
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tenantry.db.engine import driver_of
 from tenantry.migrations import tenant_head_revision, tenant_schema_script, upgrade_tenant_schema
 from tenantry.schema_names import quote_schema
 
@@ -49,8 +50,7 @@ async def catalog(conn: AsyncConnection, schema: str) -> dict[str, Any]:
 
 
 async def run_script(conn: AsyncConnection, script: str) -> None:
-    driver = cast("asyncpg.Connection", (await conn.get_raw_connection()).driver_connection)
-    await driver.execute(script)
+    await (await driver_of(conn)).execute(script)
 
 
 def new_schema() -> str:

@@ -14,9 +14,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import cast
 
-import asyncpg
 from sqlalchemy import bindparam, column, delete, exists, func, select, table, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -26,6 +24,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from provisioner_worker.metrics import DELETION_SECONDS, PROVISIONING_SECONDS
+from tenantry.db.engine import driver_of
 from tenantry.db.models import Tenant, TenantMembership, WorkflowExecution
 from tenantry.migrations import tenant_schema_script, upgrade_tenant_schema
 from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, pg_error
@@ -121,7 +120,7 @@ async def _finish_operation(
 async def _run_script(conn: AsyncConnection, script: str) -> None:
     """Several statements in one round trip, in `conn`'s transaction: the
     driver's simple query protocol (SQLAlchemy prepares, one statement at a time)."""
-    driver = cast("asyncpg.Connection", (await conn.get_raw_connection()).driver_connection)
+    driver = await driver_of(conn)
     if not driver.is_in_transaction():
         raise RuntimeError("a script must run inside the caller's transaction")
     await driver.execute(script)

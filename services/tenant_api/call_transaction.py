@@ -13,19 +13,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from tenant_api.errors import unavailable
+from tenantry.db.engine import driver_of
 from tenantry.pg_errors import UNAVAILABLE_SQLSTATE_PREFIXES
 
 T = TypeVar("T")
-
-
-async def driver_of(conn: AsyncConnection) -> asyncpg.Connection:
-    return cast("asyncpg.Connection", (await conn.get_raw_connection()).driver_connection)
 
 
 async def driver_call(conn: AsyncConnection, driver: asyncpg.Connection, call: Awaitable[T]) -> T:

@@ -78,9 +78,10 @@ def _begin_if_active(tenant_id: uuid.UUID) -> str:
     round trip: the simple query protocol takes several statements but no
     parameters, and its status ("SELECT 1" or "SELECT 0") is the answer. The
     only value in it is a uuid.UUID's canonical text (hex digits and dashes)."""
+    if not isinstance(tenant_id, uuid.UUID):
+        raise TypeError("tenant_id must be a uuid.UUID")
     return (
-        f"BEGIN; SELECT 1 FROM {Tenant.__tablename__} "
-        f"WHERE id = '{uuid.UUID(str(tenant_id))}' AND state = '{TenantState.ACTIVE.value}'"
+        f"BEGIN; SELECT 1 FROM {Tenant.__tablename__} WHERE id = '{tenant_id}' AND state = '{TenantState.ACTIVE.value}'"
     )
 
 

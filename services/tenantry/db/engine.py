@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 # Each PostgreSQL backend keeps the catalog entries of every tenant table it has
 # touched; recycling pooled connections bounds that memory.
@@ -45,3 +46,9 @@ def _refuse_connection_inside_a_transaction(dbapi_connection: Any, _record: Any,
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def driver_of(conn: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under `conn`, for what SQLAlchemy cannot do in
+    one round trip (several statements in one message; see its callers)."""
+    return cast("asyncpg.Connection", (await conn.get_raw_connection()).driver_connection)
