@@ -214,6 +214,19 @@ def _dev_server_argv(port: int, db_file: Path) -> list[str]:
     return temporal_dev_server_command("127.0.0.1", port, db_file)
 
 
+async def _reconcile_now(client: Client, task_queue: str) -> ReconcileReport:
+    """One reconciler run that takes every PENDING operation, however recent."""
+    report: ReconcileReport = await client.execute_workflow(
+        RECONCILE_WORKFLOW,
+        ReconcileInput(pending_threshold_seconds=0),
+        id=f"faults-reconcile-{uuid.uuid4().hex[:8]}",
+        task_queue=task_queue,
+        result_type=ReconcileReport,
+        execution_timeout=timedelta(seconds=60),
+    )
+    return report
+
+
 async def _connect_when_up(address: str, timeout: float = 60.0) -> Client:
     deadline = time.monotonic() + timeout
     while True:
@@ -369,14 +382,7 @@ async def _register_during_outage_and_recover(
     async with _process(_dev_server_argv(port, db_file), tmp_path / "temporal-2.log"):
         client = await _connect_when_up(address)
         async with build_worker(client, engine, stack.task_queue):
-            report = await client.execute_workflow(
-                RECONCILE_WORKFLOW,
-                ReconcileInput(pending_threshold_seconds=0),
-                id=f"faults-reconcile-{uuid.uuid4().hex[:8]}",
-                task_queue=stack.task_queue,
-                result_type=ReconcileReport,
-                execution_timeout=timedelta(seconds=60),
-            )
+            report = await _reconcile_now(client, stack.task_queue)
             assert workflow_id in report.started
             # Its own database: nothing else to start, cancel, fail or report.
             assert report.started == [workflow_id]
@@ -389,13 +395,6 @@ async def _register_during_outage_and_recover(
             # start succeeds, RUNNING); if it did not, the reconciler would.
             second = await stack.stubs.tenants.RegisterTenant(registration(), timeout=60)
             if second.operation.state == operation_pb2.OPERATION_STATE_PENDING:
-                await client.execute_workflow(
-                    RECONCILE_WORKFLOW,
-                    ReconcileInput(pending_threshold_seconds=0),
-                    id=f"faults-reconcile-{uuid.uuid4().hex[:8]}",
-                    task_queue=stack.task_queue,
-                    result_type=ReconcileReport,
-                    execution_timeout=timedelta(seconds=60),
-                )
+                await _reconcile_now(client, stack.task_queue)
             operation = await wait_done(stack.stubs, second.operation.name, timeout=60)
             assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED
