@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
@@ -50,16 +51,21 @@ async def test_cancelled_calls_leave_no_connection_inside_a_transaction(
         ) as api:
             projects = api.stubs.projects
             await projects.CreateProject(project_service_pb2.CreateProjectRequest(name="before"), metadata=metadata)
-            for request in (
-                projects.ListProjects(project_service_pb2.ListProjectsRequest(), metadata=metadata, timeout=0.5),
-                projects.CreateProject(
+            # grpc.aio sends a call as soon as it is created: each one is made
+            # only once the lock is held.
+            calls: tuple[Callable[[], Awaitable[object]], ...] = (
+                lambda: projects.ListProjects(
+                    project_service_pb2.ListProjectsRequest(), metadata=metadata, timeout=0.5
+                ),
+                lambda: projects.CreateProject(
                     project_service_pb2.CreateProjectRequest(name="cancelled"), metadata=metadata, timeout=0.5
                 ),
-            ):
+            )
+            for call in calls:
                 async with engine.begin() as blocker:
                     await blocker.execute(text(f'LOCK TABLE "{tenant.schema_name}".projects IN ACCESS EXCLUSIVE MODE'))
                     try:
-                        await request
+                        await call()
                     except grpc.aio.AioRpcError as error:
                         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
                     else:
