@@ -19,10 +19,10 @@ help:
 	@echo "make bench  benchmark against the floors: bench/results/latest.{json,md,png} (minutes)"
 	@echo "make bench-smoke  a tiny benchmark run that checks the benchmark works"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml devtools/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./devtools
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -34,8 +34,8 @@ from sqlalchemy.engine import make_url
 from temporalio.client import Client
 
 from bench.stats import progress
-from tenantry.dev import temporal_dev_server_command
 from tenantry.migrations import upgrade_control_plane
+from tenantry_dev.stack import temporal_dev_server_command
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent

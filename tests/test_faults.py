@@ -28,10 +28,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from provisioner_worker.reconciler import ReconcileReport
 from provisioner_worker.worker import build_worker
 from tenantry.db.engine import create_engine
-from tenantry.dev import temporal_dev_server_command
 from tenantry.migrations import tenant_head_revision, upgrade_control_plane
 from tenantry.v1 import operation_pb2, operation_service_pb2, tenant_pb2, tenant_service_pb2
 from tenantry.workflow_contract import RECONCILE_WORKFLOW, ReconcileInput, reconcile_schedule_id
+from tenantry_dev.stack import temporal_dev_server_command
 from tests.stack import Stack, registration, running_stack, wait_done
 
 pytestmark = pytest.mark.slow

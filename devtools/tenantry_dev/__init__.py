@@ -1,0 +1,6 @@
+"""Development tooling: the all-in-one local stack on embedded servers.
+
+Never installed in the service images: production code must not import it.
+Tests and the benchmark use it to start embedded PostgreSQL and the Temporal
+dev server the same way `tenantry-dev` does.
+"""
