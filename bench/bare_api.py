@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenant_api.call_transaction import call_transaction, open_transaction, unscoped_connection
-from tenant_api.projects import ProjectService
+from tenant_api.projects import Projects
 from tenant_api.server import SERVER_OPTIONS
 from tenant_api.servicers import ProjectServicer
 from tenant_api.tenant_gate import TENANT_ID_HEADER, TenantScope, current_tenant
@@ -44,7 +44,7 @@ class UngatedProjectServicer(ProjectServicer):
     """Sets `current_tenant` itself, as the gate interceptor would, then delegates."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__(ProjectService())
+        super().__init__(Projects())
         self._engine = engine
         self._sessions = create_session_factory(engine)
 

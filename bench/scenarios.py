@@ -387,7 +387,7 @@ async def scenario_reads(bench: Bench) -> dict[str, Any]:
     return {
         "description": "ListProjects (page of "
         f"{page}) and GetProject through tenant-api's full interceptor chain (access log, error mapping, "
-        "tenant gate) vs the same ProjectServicer/ProjectService in a process with no interceptors "
+        "tenant gate) vs the same ProjectServicer/Projects in a process with no interceptors "
         "(bench/bare_api.py: tenant scope from the x-tenant-id header, no lookup). Both are separate OS processes "
         "with the same engine settings.",
         "tenant_id": tenant_id,

@@ -33,7 +33,7 @@ from provisioner_worker.activities import (
     TENANT_NOT_FOUND,
     TENANT_NOT_PROVISIONABLE,
     FailProvisioningInput,
-    ProvisioningActivities,
+    TenantActivities,
 )
 from provisioner_worker.reconciler import ReconcileReport
 from provisioner_worker.worker import activities_for
@@ -162,7 +162,7 @@ async def _provisioned_state(engine: AsyncEngine, tenant_id: uuid.UUID, schema: 
 async def test_provision_tenant_is_idempotent_and_safe_concurrently(
     engine: AsyncEngine, database_url: str, temporal_client: Client
 ) -> None:
-    activities = ProvisioningActivities(engine, temporal_client)
+    activities = TenantActivities(engine, temporal_client)
     async with idle_stack(engine, database_url, temporal_client) as stack:
         tenant_id, user_id, schema = await register_idle(stack, engine)
     assert schema == schema_name_for(tenant_id)
@@ -187,7 +187,7 @@ async def test_provision_tenant_finishes_what_a_crashed_attempt_left(
 ) -> None:
     """Leftovers of a crash midway (by an older split of these steps, or by hand):
     an empty schema and an existing membership. The retry completes."""
-    activities = ProvisioningActivities(engine, temporal_client)
+    activities = TenantActivities(engine, temporal_client)
     async with idle_stack(engine, database_url, temporal_client) as stack:
         tenant_id, user_id, schema = await register_idle(stack, engine)
     async with engine.begin() as conn:
@@ -208,7 +208,7 @@ async def test_provision_tenant_concurrently_for_different_tenants(
 ) -> None:
     """Regression: alembic's process-global proxies once made concurrent upgrades
     run one tenant's DDL on another tenant's connection."""
-    activities = ProvisioningActivities(engine, temporal_client)
+    activities = TenantActivities(engine, temporal_client)
     async with idle_stack(engine, database_url, temporal_client) as stack:
         tenants = [await register_idle(stack, engine) for _ in range(8)]
     await asyncio.gather(
@@ -226,7 +226,7 @@ async def test_provision_tenant_concurrently_for_different_tenants(
 async def test_missing_admin_user_is_non_retryable_and_leaves_nothing(
     engine: AsyncEngine, database_url: str, temporal_client: Client
 ) -> None:
-    activities = ProvisioningActivities(engine, temporal_client)
+    activities = TenantActivities(engine, temporal_client)
     async with idle_stack(engine, database_url, temporal_client) as stack:
         tenant_id, user_id, schema = await register_idle(stack, engine)
 
@@ -247,7 +247,7 @@ async def test_missing_admin_user_is_non_retryable_and_leaves_nothing(
 async def test_late_steps_cannot_resurrect_a_deleted_tenant(
     engine: AsyncEngine, database_url: str, temporal_client: Client
 ) -> None:
-    activities = ProvisioningActivities(engine, temporal_client)
+    activities = TenantActivities(engine, temporal_client)
     async with idle_stack(engine, database_url, temporal_client) as stack:
         tenant_id, user_id, schema = await register_idle(stack, engine)
         deleted = await stack.stubs.tenants.DeleteTenant(
@@ -373,7 +373,7 @@ def _activity_references() -> set[tuple[str, str]]:
         for node in ast.walk(tree)
         if isinstance(node, ast.Attribute)
         and isinstance(node.value, ast.Name)
-        and node.value.id in ("ProvisioningActivities", "ReconcilerActivities")
+        and node.value.id in ("TenantActivities", "ReconcilerActivities")
     }
 
 

@@ -25,7 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from provisioner_worker.metrics import DELETION_SECONDS, PROVISIONING_SECONDS
 from tenantry.db.engine import driver_of
-from tenantry.db.models import Tenant, TenantMembership, WorkflowExecution
+from tenantry.db.models import Operation, Tenant, TenantMembership
 from tenantry.migrations import tenant_schema_script, upgrade_tenant_schema
 from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, pg_error
 from tenantry.schema_names import quote_schema, schema_name_for
@@ -110,9 +110,9 @@ async def _finish_operation(
     conn: AsyncConnection, workflow_id: str, state: OperationState, error_message: str = ""
 ) -> None:
     await conn.execute(
-        update(WorkflowExecution)
-        .where(WorkflowExecution.workflow_id == workflow_id)
-        .where(WorkflowExecution.state.in_(_OPEN_OPERATION_STATES))
+        update(Operation)
+        .where(Operation.workflow_id == workflow_id)
+        .where(Operation.state.in_(_OPEN_OPERATION_STATES))
         .values(state=state, error_message=error_message, end_time=text("now()"), update_time=text("now()"))
     )
 
@@ -126,7 +126,7 @@ async def _run_script(conn: AsyncConnection, script: str) -> None:
     await driver.execute(script)
 
 
-class ProvisioningActivities:
+class TenantActivities:
     """Activities for provisioning and deletion; holds the engine and the Temporal client."""
 
     def __init__(self, engine: AsyncEngine, client: Client) -> None:

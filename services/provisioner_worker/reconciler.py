@@ -18,7 +18,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from provisioner_worker.metrics import RECONCILER_FINDINGS
-from tenantry.db.models import Tenant, WorkflowExecution
+from tenantry.db.models import Operation, Tenant
 from tenantry.operation_starter import OperationRef, OperationStarter
 from tenantry.schema_names import is_tenant_schema_name
 from tenantry.states import DONE_OPERATION_STATES, OperationKind, OperationState, TenantState
@@ -75,16 +75,16 @@ class ReconcilerActivities:
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 select(
-                    WorkflowExecution.workflow_id,
-                    WorkflowExecution.kind,
-                    WorkflowExecution.tenant_id,
+                    Operation.workflow_id,
+                    Operation.kind,
+                    Operation.tenant_id,
                     Tenant.admin_user_id,
                     Tenant.state,
                 )
-                .join(Tenant, Tenant.id == WorkflowExecution.tenant_id)
-                .where(WorkflowExecution.state == state)
-                .where(WorkflowExecution.update_time < text("now() - make_interval(secs => :age)"))
-                .order_by(WorkflowExecution.create_time)
+                .join(Tenant, Tenant.id == Operation.tenant_id)
+                .where(Operation.state == state)
+                .where(Operation.update_time < text("now() - make_interval(secs => :age)"))
+                .order_by(Operation.create_time)
                 .limit(500),
                 {"age": older_than_seconds},
             )
@@ -102,9 +102,9 @@ class ReconcilerActivities:
         end_time = text("now()") if to_state in DONE_OPERATION_STATES else None
         async with self._engine.begin() as conn:
             result = await conn.execute(
-                update(WorkflowExecution)
-                .where(WorkflowExecution.workflow_id == workflow_id)
-                .where(WorkflowExecution.state == from_state)
+                update(Operation)
+                .where(Operation.workflow_id == workflow_id)
+                .where(Operation.state == from_state)
                 .values(state=to_state, error_message=error, end_time=end_time, update_time=text("now()"))
             )
         return bool(result.rowcount)

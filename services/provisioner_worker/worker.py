@@ -11,7 +11,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from provisioner_worker.activities import ProvisioningActivities
+from provisioner_worker.activities import TenantActivities
 from provisioner_worker.heartbeat import HeartbeatInterceptor
 from provisioner_worker.reconciler import ReconcilerActivities
 from provisioner_worker.workflows import WORKFLOWS
@@ -23,7 +23,7 @@ MAX_CONCURRENT_ACTIVITIES = 20
 
 
 def activities_for(engine: AsyncEngine, client: Client, task_queue: str) -> list[Callable[..., Any]]:
-    provisioning = ProvisioningActivities(engine, client)
+    provisioning = TenantActivities(engine, client)
     reconciler = ReconcilerActivities(engine, client, OperationStarter(client, engine, task_queue))
     return [
         provisioning.provision_tenant,

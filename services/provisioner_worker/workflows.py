@@ -21,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from provisioner_worker.activities import (
         TENANT_NOT_PROVISIONABLE,
         FailProvisioningInput,
-        ProvisioningActivities,
+        TenantActivities,
         TenantActivityInput,
     )
     from provisioner_worker.reconciler import ReconcilerActivities, ReconcileReport
@@ -52,7 +52,7 @@ class TenantProvisioningWorkflow:
     async def run(self, input: ProvisionTenantInput) -> str:
         try:
             await workflow.execute_activity_method(
-                ProvisioningActivities.provision_tenant,
+                TenantActivities.provision_tenant,
                 input,
                 start_to_close_timeout=STEP_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
@@ -68,7 +68,7 @@ class TenantProvisioningWorkflow:
                 return "abandoned"
             message = str(cause) if cause is not None else str(err)
             await workflow.execute_activity_method(
-                ProvisioningActivities.fail_provisioning,
+                TenantActivities.fail_provisioning,
                 FailProvisioningInput(tenant_id=input.tenant_id, error_message=message),
                 start_to_close_timeout=STEP_TIMEOUT,
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
@@ -84,14 +84,14 @@ class TenantDeletionWorkflow:
     async def run(self, input: DeleteTenantInput) -> str:
         tenant = TenantActivityInput(tenant_id=input.tenant_id)
         await workflow.execute_activity_method(
-            ProvisioningActivities.cancel_provisioning,
+            TenantActivities.cancel_provisioning,
             tenant,
             start_to_close_timeout=timedelta(minutes=2),
             heartbeat_timeout=HEARTBEAT_TIMEOUT,
             retry_policy=UNTIL_DONE_RETRY,
         )
         await workflow.execute_activity_method(
-            ProvisioningActivities.purge_tenant,
+            TenantActivities.purge_tenant,
             tenant,
             start_to_close_timeout=STEP_TIMEOUT,
             heartbeat_timeout=HEARTBEAT_TIMEOUT,

@@ -6,7 +6,8 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tenantry.db.models import Project, Tenant, WorkflowExecution
+from tenant_api.operations import OPERATION_NAME_PREFIX
+from tenantry.db.models import Operation, Project, Tenant
 from tenantry.states import DONE_OPERATION_STATES, OperationKind, OperationState, TenantState
 from tenantry.v1 import operation_pb2, project_service_pb2, tenant_pb2
 
@@ -29,7 +30,6 @@ _OPERATION_KINDS = {
     OperationKind.PROVISION: operation_pb2.OPERATION_KIND_PROVISION,
     OperationKind.DELETE: operation_pb2.OPERATION_KIND_DELETE,
 }
-OPERATION_NAME_PREFIX = "operations/"
 
 
 def _timestamp(value: datetime | None) -> Timestamp | None:
@@ -57,7 +57,7 @@ def tenant_to_proto(tenant: Tenant, admin_email: str) -> tenant_pb2.Tenant:
     )
 
 
-def operation_to_proto(operation: WorkflowExecution) -> operation_pb2.Operation:
+def operation_to_proto(operation: Operation) -> operation_pb2.Operation:
     state = OperationState(operation.state)
     return operation_pb2.Operation(
         name=OPERATION_NAME_PREFIX + operation.workflow_id,

@@ -20,13 +20,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tenant_api import pagination
-from tenant_api.convert import OPERATION_NAME_PREFIX
 from tenant_api.errors import FieldViolation, invalid_fields, not_found
-from tenantry.db.models import WorkflowExecution
+from tenantry.db.models import Operation
 from tenantry.states import DONE_OPERATION_STATES, OperationState
 
 log = logging.getLogger(__name__)
 
+# An Operation's resource name is this prefix and its workflow id.
+OPERATION_NAME_PREFIX = "operations/"
 NOTIFY_CHANNEL = "tenantry_operation_done"
 # Re-read at least this often even without a notification.
 RECHECK_SECONDS = 5.0
@@ -91,16 +92,16 @@ class OperationNotifications:
             self._connection = None
 
 
-class OperationService:
+class Operations:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], notifications: OperationNotifications) -> None:
         self._sessions = sessions
         self._notifications = notifications
 
-    async def get(self, name: str) -> WorkflowExecution:
+    async def get(self, name: str) -> Operation:
         workflow_id = workflow_id_from_name(name)
         async with self._sessions() as session:
             operation = (
-                await session.scalars(select(WorkflowExecution).where(WorkflowExecution.workflow_id == workflow_id))
+                await session.scalars(select(Operation).where(Operation.workflow_id == workflow_id))
             ).one_or_none()
         if operation is None:
             raise not_found("OPERATION_NOT_FOUND", f"operation {name} not found", name=name)
@@ -108,22 +109,16 @@ class OperationService:
 
     async def list(
         self, tenant_id: uuid.UUID | None, state: OperationState | None, size: int, token: str
-    ) -> tuple[list[WorkflowExecution], str]:
+    ) -> tuple[list[Operation], str]:
         query_key = f"operations:{tenant_id or ''}:{state or ''}"
         after = pagination.decode_token(token, query_key, str)
-        query = (
-            select(WorkflowExecution)
-            .order_by(WorkflowExecution.create_time.desc(), WorkflowExecution.workflow_id.desc())
-            .limit(size + 1)
-        )
+        query = select(Operation).order_by(Operation.create_time.desc(), Operation.workflow_id.desc()).limit(size + 1)
         if tenant_id is not None:
-            query = query.where(WorkflowExecution.tenant_id == tenant_id)
+            query = query.where(Operation.tenant_id == tenant_id)
         if state is not None:
-            query = query.where(WorkflowExecution.state == state)
+            query = query.where(Operation.state == state)
         if after is not None:
-            query = query.where(
-                tuple_(WorkflowExecution.create_time, WorkflowExecution.workflow_id) < tuple_(after[0], after[1])
-            )
+            query = query.where(tuple_(Operation.create_time, Operation.workflow_id) < tuple_(after[0], after[1]))
         async with self._sessions() as session:
             operations = list((await session.scalars(query)).all())
         next_token = ""
@@ -133,7 +128,7 @@ class OperationService:
             next_token = pagination.encode_token(last.create_time, last.workflow_id, query_key)
         return operations, next_token
 
-    async def wait(self, name: str, timeout_seconds: float) -> WorkflowExecution:
+    async def wait(self, name: str, timeout_seconds: float) -> Operation:
         workflow_id = workflow_id_from_name(name)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_seconds

@@ -20,7 +20,7 @@ from tenantry.db.models import Project
 from tenantry.pg_errors import UNIQUE_VIOLATION, pg_error
 
 
-class ProjectService:
+class Projects:
     async def create(self, scope: TenantScope, name: str, description: str) -> Project:
         try:
             async with scope.session.begin():

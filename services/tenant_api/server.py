@@ -17,11 +17,11 @@ from temporalio.client import Client
 
 from tenant_api.access_log import AccessLogInterceptor
 from tenant_api.interceptors import ErrorMappingInterceptor, TenantGateInterceptor
-from tenant_api.operations import OperationNotifications, OperationService
-from tenant_api.projects import ProjectService
+from tenant_api.operations import OperationNotifications, Operations
+from tenant_api.projects import Projects
 from tenant_api.servicers import OperationServicer, ProjectServicer, TenantServicer
 from tenant_api.tenant_gate import TenantGate
-from tenant_api.tenants import TenantService
+from tenant_api.tenants import Tenants
 from tenantry.db.engine import create_session_factory
 from tenantry.operation_starter import OperationStarter
 from tenantry.v1 import (
@@ -109,12 +109,12 @@ async def start_api(
     )
     starter = OperationStarter(client, engine, task_queue)
     tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(
-        TenantServicer(TenantService(engine, sessions, starter)), server
+        TenantServicer(Tenants(engine, sessions, starter)), server
     )
     operation_service_pb2_grpc.add_OperationServiceServicer_to_server(
-        OperationServicer(OperationService(sessions, notifications)), server
+        OperationServicer(Operations(sessions, notifications)), server
     )
-    project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(ProjectService()), server)
+    project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(Projects()), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

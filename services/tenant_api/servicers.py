@@ -10,10 +10,10 @@ import grpc
 from tenant_api import pagination
 from tenant_api.convert import OPERATION_STATE_FROM_PROTO, operation_to_proto, project_to_proto, tenant_to_proto
 from tenant_api.errors import FieldViolation, invalid_field, invalid_fields
-from tenant_api.operations import OperationService
-from tenant_api.projects import ProjectService
+from tenant_api.operations import Operations
+from tenant_api.projects import Projects
 from tenant_api.tenant_gate import current_tenant
-from tenant_api.tenants import TenantService
+from tenant_api.tenants import Tenants
 from tenant_api.validation import optional_uuid, require_uuid, slug_problem, validate_project, validate_registration
 from tenantry.v1 import (
     operation_pb2,
@@ -32,7 +32,7 @@ MAX_WAIT = timedelta(minutes=10)
 
 
 class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
-    def __init__(self, tenants: TenantService) -> None:
+    def __init__(self, tenants: Tenants) -> None:
         self._tenants = tenants
 
     async def RegisterTenant(
@@ -82,7 +82,7 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
 
 
 class OperationServicer(operation_service_pb2_grpc.OperationServiceServicer):
-    def __init__(self, operations: OperationService) -> None:
+    def __init__(self, operations: Operations) -> None:
         self._operations = operations
 
     async def GetOperation(
@@ -129,7 +129,7 @@ class OperationServicer(operation_service_pb2_grpc.OperationServiceServicer):
 class ProjectServicer(project_service_pb2_grpc.ProjectServiceServicer):
     """Tenant-scoped: the gate interceptor has admitted the tenant in `current_tenant`."""
 
-    def __init__(self, projects: ProjectService) -> None:
+    def __init__(self, projects: Projects) -> None:
         self._projects = projects
 
     async def CreateProject(

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from tenant_api import pagination
 from tenant_api.errors import already_exists, invalid_field, not_found
 from tenant_api.validation import RegistrationInput
-from tenantry.db.models import Tenant, User, WorkflowExecution
+from tenantry.db.models import Operation, Tenant, User
 from tenantry.operation_starter import OperationRef, OperationStarter
 from tenantry.pg_errors import UNIQUE_VIOLATION, pg_error
 from tenantry.schema_names import schema_name_for
@@ -88,14 +88,14 @@ _REGISTER = text(
 class TenantWithOperation:
     tenant: Tenant
     admin_email: str
-    operation: WorkflowExecution
+    operation: Operation
 
 
 def _tenant_query() -> Select[Tenant, str]:
     return select(Tenant, User.email).join(User, User.id == Tenant.admin_user_id)
 
 
-class TenantService:
+class Tenants:
     def __init__(
         self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], starter: OperationStarter
     ) -> None:
@@ -123,7 +123,7 @@ class TenantService:
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 row = (await conn.execute(_REGISTER, params)).one()._mapping
             tenant = Tenant(**{c: row[f"t_{c}"] for c in _TENANT_COLUMNS})
-            operation = WorkflowExecution(**{c: row[f"o_{c}"] for c in _OPERATION_COLUMNS})
+            operation = Operation(**{c: row[f"o_{c}"] for c in _OPERATION_COLUMNS})
             admin_email = row["admin_email"]
         except IntegrityError as exc:
             # A replay, or a concurrent call with the same request_id, won the slug.
@@ -177,9 +177,7 @@ class TenantService:
             if tenant.state == TenantState.DELETED:
                 raise not_found("TENANT_DELETED", f"tenant {tenant_id} was deleted", tenant_id=str(tenant_id))
             if tenant.state == TenantState.DELETING:
-                operation = (
-                    await session.scalars(select(WorkflowExecution).where(WorkflowExecution.workflow_id == workflow_id))
-                ).one()
+                operation = (await session.scalars(select(Operation).where(Operation.workflow_id == workflow_id))).one()
                 result = TenantWithOperation(tenant, admin_email, operation)
             else:
                 assert tenant.state in DELETABLE_TENANT_STATES
@@ -205,7 +203,7 @@ class TenantService:
                 try:
                     operation = (
                         await session.scalars(
-                            insert(WorkflowExecution)
+                            insert(Operation)
                             .values(
                                 workflow_id=workflow_id,
                                 tenant_id=tenant_id,
@@ -213,7 +211,7 @@ class TenantService:
                                 state=OperationState.PENDING,
                                 request_id=request_id,
                             )
-                            .returning(WorkflowExecution)
+                            .returning(Operation)
                         )
                     ).one()
                 except IntegrityError as exc:
@@ -224,7 +222,7 @@ class TenantService:
     async def _by_request_id(self, request_id: uuid.UUID, kind: OperationKind) -> TenantWithOperation | None:
         async with self._sessions() as session:
             operation = (
-                await session.scalars(select(WorkflowExecution).where(WorkflowExecution.request_id == request_id))
+                await session.scalars(select(Operation).where(Operation.request_id == request_id))
             ).one_or_none()
             if operation is None:
                 return None

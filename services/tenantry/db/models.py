@@ -98,7 +98,7 @@ class TenantMembership(Base):
     create_time: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
-class WorkflowExecution(Base):
+class Operation(Base):
     """The database record of a workflow: an Operation in the API."""
 
     __tablename__ = "workflow_executions"
