@@ -16,7 +16,7 @@ from tenantry.workflow_contract import delete_workflow_id, provision_workflow_id
 
 NOTIFY_CHANNEL = "tenantry_operation_done"
 
-# The three statements RegisterTenant's transaction runs (tenants.py), as raw SQL.
+# The three inserts of RegisterTenant's one statement (tenantry/db/tenants.py), as raw SQL.
 UPSERT_USER = (
     "INSERT INTO users (id, email, display_name) VALUES ($1, $2, $3) "
     "ON CONFLICT ((lower(email))) DO UPDATE SET email = users.email RETURNING id, email"
