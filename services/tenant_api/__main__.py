@@ -12,21 +12,18 @@ from temporalio.client import Client
 from tenant_api.server import start_api
 from tenantry.db.engine import create_engine
 from tenantry.process import start_process
-from tenantry.settings import Settings
+from tenantry.settings import ApiSettings
 
 log = logging.getLogger("tenant_api")
 
-DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
 
-
-async def serve(settings: Settings, grace_seconds: float) -> None:
+async def serve(settings: ApiSettings) -> None:
     engine = create_engine(settings.database_url)
     # Lazy: the API serves (and records intents) even while Temporal is down.
     client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace, lazy=True)
     try:
         api = await start_api(
             engine=engine,
-            database_url=settings.database_url,
             client=client,
             task_queue=settings.task_queue,
             address=settings.grpc_address,
@@ -40,14 +37,14 @@ async def serve(settings: Settings, grace_seconds: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("tenant-api stopping: draining in-flight calls for up to %.0fs", grace_seconds)
-    await api.stop(grace_seconds)
+    log.info("tenant-api stopping: draining in-flight calls for up to %.0fs", settings.shutdown_grace_seconds)
+    await api.stop(settings.shutdown_grace_seconds)
     await engine.dispose()
 
 
 def main() -> None:
-    config = start_process("tenant-api", DEFAULT_METRICS_ADDRESS)
-    asyncio.run(serve(config.settings, config.grace_seconds))
+    settings = start_process("tenant-api", ApiSettings.from_env)
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

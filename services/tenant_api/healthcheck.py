@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tenantry.settings import grpc_address_from, load_or_exit
+
 
 def main() -> int:
-    port = os.environ.get("TENANTRY_GRPC_ADDRESS", "127.0.0.1:50051").rpartition(":")[2]
+    port = load_or_exit(grpc_address_from).rpartition(":")[2]
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)

@@ -94,11 +94,9 @@ class RunningApi:
         await self.notifications.close()
 
 
-async def start_api(
-    *, engine: AsyncEngine, database_url: str, client: Client, task_queue: str, address: str
-) -> RunningApi:
+async def start_api(*, engine: AsyncEngine, client: Client, task_queue: str, address: str) -> RunningApi:
     sessions = create_session_factory(engine)
-    notifications = OperationNotifications(database_url)
+    notifications = OperationNotifications(engine.url)
     server = grpc.aio.server(
         interceptors=[
             AccessLogInterceptor(),
