@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import http.server
 import json
 import ssl
@@ -235,9 +237,6 @@ async def test_hmac_key_confusion_with_the_rsa_public_key_is_refused(tmp_path: P
     header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "typ": "JWT", "kid": jwk["kid"]}).encode())
     payload = base64.urlsafe_b64encode(json.dumps(claims(scope="tenantry.admin")).encode())
     signing_input = header.rstrip(b"=") + b"." + payload.rstrip(b"=")
-    import hashlib
-    import hmac
-
     signature = base64.urlsafe_b64encode(hmac.new(public_pem, signing_input, hashlib.sha256).digest()).rstrip(b"=")
     forged = (signing_input + b"." + signature).decode()
     await refused(verifier.verify(forged), grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID")

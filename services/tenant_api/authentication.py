@@ -35,6 +35,7 @@ import jwt
 from jwt import PyJWK
 
 from tenant_api.errors import ApiError
+from tenant_api.validation import parse_uuid
 from tenantry.settings import SettingsError
 
 log = logging.getLogger(__name__)
@@ -153,10 +154,7 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     raw_tenant = claims.get("tenant_id")
     tenant_id: uuid.UUID | None = None
     if raw_tenant is not None:
-        try:
-            tenant_id = uuid.UUID(str(raw_tenant)) if isinstance(raw_tenant, str) else None
-        except ValueError:
-            tenant_id = None
+        tenant_id = parse_uuid(raw_tenant) if isinstance(raw_tenant, str) else None
         if tenant_id is None:
             raise token_invalid("'tenant_id' must be a UUID")
     exp = claims.get("exp")
