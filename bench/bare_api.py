@@ -22,10 +22,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenant_api.call_transaction import call_transaction, open_transaction, unscoped_connection
+from tenant_api.headers import TENANT_ID_HEADER
 from tenant_api.projects import Projects
 from tenant_api.server import SERVER_OPTIONS
 from tenant_api.servicers import ProjectServicer
-from tenant_api.tenant_gate import TENANT_ID_HEADER, TenantScope, current_tenant
+from tenant_api.tenant_gate import TenantScope, current_tenant
 from tenantry.db.engine import create_engine, create_session_factory
 from tenantry.schema_names import schema_name_for
 from tenantry.v1 import project_service_pb2, project_service_pb2_grpc

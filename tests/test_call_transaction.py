@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
 from tenant_api.call_transaction import call_transaction, open_transaction, unscoped_connection
-from tenant_api.tenant_gate import TENANT_ID_HEADER
+from tenant_api.headers import TENANT_ID_HEADER
 from tenantry.db.engine import create_engine, create_session_factory, driver_of
 from tenantry.db.models import Project
 from tenantry.v1 import project_service_pb2

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tenant_api.call_transaction import abandon, call_transaction, driver_call, open_transaction, unscoped_connection
 from tenant_api.errors import ApiError, FieldViolation, failed_precondition, not_found
+from tenant_api.headers import TENANT_ID_HEADER, TENANT_SLUG_HEADER, metadata_value
 from tenant_api.validation import parse_uuid, slug_problem
 from tenantry.db.models import Tenant
 from tenantry.pg_errors import SCHEMA_GONE_SQLSTATES, pg_error
@@ -28,9 +29,6 @@ from tenantry.states import TenantState
 from tenantry.v1 import options_pb2
 
 log = logging.getLogger(__name__)
-
-TENANT_ID_HEADER = "x-tenant-id"
-TENANT_SLUG_HEADER = "x-tenant-slug"
 
 
 @dataclass(frozen=True)
@@ -54,13 +52,6 @@ def is_tenant_scoped(method: str) -> bool:
     except KeyError:
         return False
     return bool(service.GetOptions().Extensions[options_pb2.tenant_scoped])  # type: ignore[index]
-
-
-def metadata_value(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:
-    for name, value in metadata or ():
-        if name == key:
-            return value if isinstance(value, str) else value.decode("utf-8", "replace")
-    return None
 
 
 def _invalid(reason: str, header: str, message: str) -> ApiError:

@@ -11,16 +11,15 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from prometheus_client import Counter, Histogram
 
-from tenant_api.interceptors import ServerInterceptor, replace_unary
-from tenant_api.tenant_gate import TENANT_ID_HEADER, metadata_value
+from tenant_api.headers import REQUEST_ID_HEADER, TENANT_ID_HEADER, metadata_value
+from tenant_api.interceptors.handlers import ServerInterceptor, replace_unary
 from tenantry.observability import log_context
 
 if TYPE_CHECKING:
-    from tenant_api.interceptors import Behavior, Continuation, Handler
+    from tenant_api.interceptors.handlers import Behavior, Continuation, Handler
 
 log = logging.getLogger("tenant_api.rpc")
 
-REQUEST_ID_HEADER = "x-request-id"
 # Header values are logged, not trusted: bounded like the tenant id.
 MAX_LOGGED_HEADER_CHARS = 64
 
@@ -39,7 +38,7 @@ RPC_LATENCY = Histogram(
 
 
 class AccessLogInterceptor(ServerInterceptor):
-    """Outermost interceptor: sees the final status of every unary call.
+    """Sees the final status of every unary call.
 
     grpc asks the interceptors for a handler on every call, but a method's
     handler (with every inner interceptor's wrapping baked in) never changes
