@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -42,7 +43,9 @@ SERVICE_NAMES = (
     operation_service_pb2.DESCRIPTOR.services_by_name["OperationService"].full_name,
     project_service_pb2.DESCRIPTOR.services_by_name["ProjectService"].full_name,
 )
-# Everything the server registers: the API, health and reflection.
+# Everything the server registers: the API, health and reflection. Reflection
+# lists these, and the access log serves only their methods: a service
+# registered without being named here answers UNIMPLEMENTED.
 SERVED_SERVICE_NAMES = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SERVER_OPTIONS = [
@@ -55,6 +58,12 @@ SERVER_OPTIONS = [
 ]
 
 
+def method_paths(service_names: tuple[str, ...]) -> list[str]:
+    """The gRPC paths (`/package.Service/Method`) of the named services' methods."""
+    pool = descriptor_pool.Default()
+    return [f"/{name}/{method.name}" for name in service_names for method in pool.FindServiceByName(name).methods]
+
+
 def interceptor_chain(gate: TenantGate) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
     """The interceptors, outermost first; each wraps the ones after it, so a
     call runs through them in this order and its outcome comes back in reverse.
@@ -62,7 +71,8 @@ def interceptor_chain(gate: TenantGate) -> list[grpc.aio.ServerInterceptor[Any, 
     1. Access log: outermost, so it sees every call's final status, including
        the ones the error mapping produced from exceptions, and times all the
        work. It also holds the per-method handler table: each method's chain is
-       built once.
+       built once, and unregistered paths stop here (UNIMPLEMENTED) without
+       reaching anything inside or leaving anything behind.
     2. Error mapping: turns whatever the inner interceptors and the servicer
        raise (domain errors, database failures, unparseable requests) into a
        deliberate status with ErrorInfo; so it must enclose all of them.
@@ -76,7 +86,7 @@ def interceptor_chain(gate: TenantGate) -> list[grpc.aio.ServerInterceptor[Any, 
        nothing else.
     """
     return [
-        AccessLogInterceptor(),
+        AccessLogInterceptor(method_paths(SERVED_SERVICE_NAMES)),
         ErrorMappingInterceptor(),
         TenantGateInterceptor(gate),
     ]

@@ -1,4 +1,14 @@
-"""One log line and one metric sample per RPC, with the status it ended with."""
+"""One log line and one metric sample per RPC, with the status it ended with.
+
+This interceptor also holds the server's per-method handler table. grpc asks
+the interceptors for a handler on every call, but a method's handler (with
+every inner interceptor's wrapping baked in) never changes once the server
+runs: it is built on the method's first call and reused. The table's keys are
+the methods the server registers, fixed when it is made: a call to any other
+path is answered UNIMPLEMENTED here, before the inner interceptors, and leaves
+nothing behind. Nothing here grows per request (a security review found 40,000
+calls to distinct unknown paths growing the process by 400 MiB when it did).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +16,8 @@ import itertools
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import grpc
 from prometheus_client import Counter, Histogram
@@ -37,30 +48,59 @@ RPC_LATENCY = Histogram(
 )
 
 
+class _NotBuilt:
+    """A registered method whose handler is built on its first call."""
+
+
+_NOT_BUILT: Final = _NotBuilt()
+
+
+class _MethodMetrics:
+    """One method's metric children, by status code. `labels()` validates and
+    locks on every call, so each child is looked up once; there are at most as
+    many as there are status codes, whatever the calls send."""
+
+    __slots__ = ("_children", "_method")
+
+    def __init__(self, method: str) -> None:
+        self._method = method
+        self._children: dict[grpc.StatusCode, tuple[Counter, Histogram]] = {}
+
+    def observe(self, code: grpc.StatusCode, elapsed: float) -> None:
+        children = self._children.get(code)
+        if children is None:
+            children = self._children[code] = (
+                RPC_REQUESTS.labels(self._method, code.name),
+                RPC_LATENCY.labels(self._method, code.name),
+            )
+        requests, latency = children
+        requests.inc()
+        latency.observe(elapsed)
+
+
 class AccessLogInterceptor(ServerInterceptor):
-    """Sees the final status of every unary call.
+    """Sees the final status of every unary call to a registered method."""
 
-    grpc asks the interceptors for a handler on every call, but a method's
-    handler (with every inner interceptor's wrapping baked in) never changes
-    once the server runs: it is built once per method and reused."""
-
-    def __init__(self) -> None:
-        self._handlers: dict[str, Handler | None] = {}
-        # Metric children by (method, code): labels() validates and locks per call.
-        self._samples: dict[tuple[str, grpc.StatusCode], tuple[Counter, Histogram]] = {}
+    def __init__(self, methods: Iterable[str]) -> None:
+        """`methods`: the gRPC paths (`/package.Service/Method`) the server
+        registers; a call to any other path is UNIMPLEMENTED."""
+        self._handlers: dict[str, Handler | _NotBuilt | None] = dict.fromkeys(methods, _NOT_BUILT)
 
     async def intercept_service(  # type: ignore[override]  # grpc allows None: "no such method"
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
         method = handler_call_details.method
-        if method not in self._handlers:
-            self._handlers[method] = self._wrap(await continuation(handler_call_details), method)
-        return self._handlers[method]
+        # Unknown: no entry, and none is made (a missing key is never stored).
+        handler = self._handlers.get(method)
+        if isinstance(handler, _NotBuilt):
+            handler = self._handlers[method] = self._wrap(await continuation(handler_call_details), method)
+        return handler
 
     def _wrap(self, handler: Handler | None, method: str) -> Handler | None:
         if handler is None or handler.unary_unary is None:
             return handler
         inner = cast("Behavior", handler.unary_unary)
+        metrics = _MethodMetrics(method)
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             metadata = context.invocation_metadata()
@@ -86,19 +126,8 @@ class AccessLogInterceptor(ServerInterceptor):
                 raise
             finally:
                 elapsed = time.perf_counter() - started
-                self._observe(method, code, elapsed)
+                metrics.observe(code, elapsed)
                 log.info("rpc", extra={"code": code.name, "duration_ms": round(elapsed * 1000, 2)})
                 log_context.reset(token)
 
         return replace_unary(handler, behavior)
-
-    def _observe(self, method: str, code: grpc.StatusCode, elapsed: float) -> None:
-        samples = self._samples.get((method, code))
-        if samples is None:
-            samples = self._samples[method, code] = (
-                RPC_REQUESTS.labels(method, code.name),
-                RPC_LATENCY.labels(method, code.name),
-            )
-        requests, latency = samples
-        requests.inc()
-        latency.observe(elapsed)
