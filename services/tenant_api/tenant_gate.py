@@ -18,7 +18,14 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from tenant_api.call_transaction import abandon, call_transaction, driver_call, open_transaction, unscoped_connection
+from tenant_api.call_transaction import (
+    CallSession,
+    abandon,
+    call_transaction,
+    driver_call,
+    open_transaction,
+    unscoped_connection,
+)
 from tenant_api.errors import ApiError, FieldViolation, failed_precondition, not_found
 from tenant_api.headers import TENANT_ID_HEADER, TENANT_SLUG_HEADER, metadata_value
 from tenant_api.validation import parse_uuid, slug_problem
@@ -36,8 +43,9 @@ class TenantScope:
     tenant_id: uuid.UUID
     schema_name: str
     # In the call's transaction, on the connection that admitted the call, with
-    # the tenant's schema in its schema_translate_map (see call_transaction).
-    session: AsyncSession
+    # the tenant's schema in its schema_translate_map. Use it as it is: never
+    # begin, commit or roll back (it refuses; see call_transaction).
+    session: CallSession
 
 
 current_tenant: ContextVar[TenantScope] = ContextVar("current_tenant")
@@ -128,7 +136,7 @@ class TenantGate:
                 if refused is not None:
                     raise refused
                 await open_transaction(conn, driver)
-            async with call_transaction(self._sessions, conn, driver, schema_name) as session:
+            async with call_transaction(conn, driver, schema_name) as session:
                 yield TenantScope(tenant_id=admitted_id, schema_name=schema_name, session=session)
 
     async def explain_failure(self, scope: TenantScope, exc: DBAPIError) -> ApiError | None:
