@@ -17,7 +17,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
+from tenant_api.authentication import TokenVerifier
 from tenant_api.interceptors.access_log import AccessLogInterceptor
+from tenant_api.interceptors.authentication import AuthenticationInterceptor
 from tenant_api.interceptors.error_mapping import ErrorMappingInterceptor
 from tenant_api.interceptors.tenant_gate import TenantGateInterceptor
 from tenant_api.operations import OperationNotifications, Operations
@@ -64,7 +66,7 @@ def method_paths(service_names: tuple[str, ...]) -> list[str]:
     return [f"/{name}/{method.name}" for name in service_names for method in pool.FindServiceByName(name).methods]
 
 
-def interceptor_chain(gate: TenantGate) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+def interceptor_chain(gate: TenantGate, verifier: TokenVerifier) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
     """The interceptors, outermost first; each wraps the ones after it, so a
     call runs through them in this order and its outcome comes back in reverse.
 
@@ -76,10 +78,11 @@ def interceptor_chain(gate: TenantGate) -> list[grpc.aio.ServerInterceptor[Any, 
     2. Error mapping: turns whatever the inner interceptors and the servicer
        raise (domain errors, database failures, unparseable requests) into a
        deliberate status with ErrorInfo; so it must enclose all of them.
-    3. Authentication (next; `interceptors/authentication.py`, not written yet):
-       inside the error mapping, so its refusals are mapped statuses like any
-       other; outside the gate, so a call without a valid principal is refused
-       before it costs a database round trip or reveals whether a tenant exists.
+    3. Authentication: inside the error mapping, so anything unexpected in it
+       still leaves as a deliberate status; outside the gate, so a call without
+       a valid principal, or with a tenant-bound token naming another tenant, is
+       refused before it costs a database round trip or reveals whether a
+       tenant exists. Health and reflection pass without a token.
     4. Tenant gate: innermost, next to the servicer, because it opens the call's
        transaction (with the admission check, in one round trip) and commits it
        when the servicer returns: the transaction spans the servicer's work and
@@ -88,6 +91,7 @@ def interceptor_chain(gate: TenantGate) -> list[grpc.aio.ServerInterceptor[Any, 
     return [
         AccessLogInterceptor(method_paths(SERVED_SERVICE_NAMES)),
         ErrorMappingInterceptor(),
+        AuthenticationInterceptor(verifier),
         TenantGateInterceptor(gate),
     ]
 
@@ -141,13 +145,16 @@ async def start_api(
     client: Client,
     task_queue: str,
     address: str,
+    verifier: TokenVerifier,
     credentials: grpc.ServerCredentials | None = None,
 ) -> RunningApi:
-    """`credentials`: TLS / mTLS (see tenant_api.transport); None serves plaintext."""
+    """`verifier`: checks every call's bearer token (there is no way to turn
+    that off). `credentials`: TLS / mTLS (see tenant_api.transport); None
+    serves plaintext."""
     sessions = create_session_factory(engine)
     notifications = OperationNotifications(engine.url)
     server = grpc.aio.server(
-        interceptors=interceptor_chain(TenantGate(engine, sessions)),
+        interceptors=interceptor_chain(TenantGate(engine, sessions), verifier),
         options=SERVER_OPTIONS,
     )
     starter = OperationStarter(client, engine, task_queue)

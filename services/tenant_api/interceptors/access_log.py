@@ -16,18 +16,19 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextvars import Token
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import grpc
 from prometheus_client import Counter, Histogram
 
 from tenant_api.headers import REQUEST_ID_HEADER, TENANT_ID_HEADER, metadata_value
-from tenant_api.interceptors.handlers import ServerInterceptor, replace_unary
+from tenant_api.interceptors.handlers import ServerInterceptor, replace_stream, replace_unary
 from tenantry.observability import log_context
 
 if TYPE_CHECKING:
-    from tenant_api.interceptors.handlers import Behavior, Continuation, Handler
+    from tenant_api.interceptors.handlers import Behavior, Continuation, Handler, StreamBehavior
 
 log = logging.getLogger("tenant_api.rpc")
 
@@ -97,25 +98,32 @@ class AccessLogInterceptor(ServerInterceptor):
         return handler
 
     def _wrap(self, handler: Handler | None, method: str) -> Handler | None:
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
+            return handler
+        metrics = _MethodMetrics(method)
+        if handler.unary_stream is not None:
+            inner_stream = cast("StreamBehavior", handler.unary_stream)
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                token, started = _begin(method, context)
+                code = grpc.StatusCode.CANCELLED  # the caller went away mid-stream
+                try:
+                    async for response in inner_stream(request, context):
+                        yield response
+                    code = grpc.StatusCode.OK
+                except grpc.aio.AbortError:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                finally:
+                    _end(metrics, code, started, token)
+
+            return replace_stream(handler, stream)
+        if handler.unary_unary is None:
             return handler
         inner = cast("Behavior", handler.unary_unary)
-        metrics = _MethodMetrics(method)
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            metadata = context.invocation_metadata()
-            request_id = metadata_value(metadata, REQUEST_ID_HEADER)
-            fields = {
-                "rpc_method": method,
-                "request_id": request_id[:MAX_LOGGED_HEADER_CHARS]
-                if request_id
-                else f"{_PROCESS_PREFIX}-{next(_call_numbers):x}",
-            }
-            tenant_id = metadata_value(metadata, TENANT_ID_HEADER)
-            if tenant_id:
-                fields["tenant_id"] = tenant_id[:MAX_LOGGED_HEADER_CHARS]
-            token = log_context.set(fields)
-            started = time.perf_counter()
+            token, started = _begin(method, context)
             code = grpc.StatusCode.UNKNOWN
             try:
                 response = await inner(request, context)
@@ -125,9 +133,29 @@ class AccessLogInterceptor(ServerInterceptor):
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                elapsed = time.perf_counter() - started
-                metrics.observe(code, elapsed)
-                log.info("rpc", extra={"code": code.name, "duration_ms": round(elapsed * 1000, 2)})
-                log_context.reset(token)
+                _end(metrics, code, started, token)
 
         return replace_unary(handler, behavior)
+
+
+def _begin(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[Token[dict[str, str]], float]:
+    """The call's log fields in context, and its start time."""
+    metadata = context.invocation_metadata()
+    request_id = metadata_value(metadata, REQUEST_ID_HEADER)
+    fields = {
+        "rpc_method": method,
+        "request_id": request_id[:MAX_LOGGED_HEADER_CHARS]
+        if request_id
+        else f"{_PROCESS_PREFIX}-{next(_call_numbers):x}",
+    }
+    tenant_id = metadata_value(metadata, TENANT_ID_HEADER)
+    if tenant_id:
+        fields["tenant_id"] = tenant_id[:MAX_LOGGED_HEADER_CHARS]
+    return log_context.set(fields), time.perf_counter()
+
+
+def _end(metrics: _MethodMetrics, code: grpc.StatusCode, started: float, token: Token[dict[str, str]]) -> None:
+    elapsed = time.perf_counter() - started
+    metrics.observe(code, elapsed)
+    log.info("rpc", extra={"code": code.name, "duration_ms": round(elapsed * 1000, 2)})
+    log_context.reset(token)

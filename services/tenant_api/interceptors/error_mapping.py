@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -10,11 +11,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from tenant_api.errors import ApiError, unavailable
-from tenant_api.interceptors.handlers import MALFORMED, ServerInterceptor, replace_unary
+from tenant_api.interceptors.handlers import MALFORMED, ServerInterceptor, replace_stream, replace_unary
 from tenantry.pg_errors import UNAVAILABLE_SQLSTATE_PREFIXES
 
 if TYPE_CHECKING:
-    from tenant_api.interceptors.handlers import Behavior, Continuation, Handler
+    from tenant_api.interceptors.handlers import Behavior, Continuation, Handler, StreamBehavior
 
 log = logging.getLogger(__name__)
 
@@ -31,42 +32,73 @@ def _database_error(exc: DBAPIError) -> ApiError | None:
     return None
 
 
+def _api_error(exc: Exception, method: str) -> ApiError:
+    """The deliberate status for `exc`; INTERNAL (and a log line) for a bug."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, DBAPIError):
+        mapped = _database_error(exc)
+        if mapped is None:
+            log.exception("unmapped database error in %s", method)
+            mapped = ApiError(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error")
+        return mapped
+    if isinstance(exc, OSError | TimeoutError | PoolTimeoutError):
+        log.warning("dependency unavailable in %s: %s", method, exc)
+        return unavailable("DATABASE_UNAVAILABLE", "the database is unavailable, retry later")
+    log.exception("bug: unhandled exception in %s", method)
+    return ApiError(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error")
+
+
+def _malformed() -> ApiError:
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST", "request does not parse")
+
+
 class ErrorMappingInterceptor(ServerInterceptor):
-    """Every failure of a unary call leaves as a deliberate status with
-    ErrorInfo, and a request that does not parse as INVALID_ARGUMENT. Anything
-    unmapped is a bug: logged and sent as INTERNAL."""
+    """Every failure of a call leaves as a deliberate status with ErrorInfo,
+    and a request that does not parse as INVALID_ARGUMENT. Anything unmapped is
+    a bug: logged and sent as INTERNAL."""
 
     async def intercept_service(  # type: ignore[override]  # grpc allows None: "no such method"
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_stream is not None:
+            return replace_stream(
+                handler, _mapped_stream(cast("StreamBehavior", handler.unary_stream), method), tolerant=True
+            )
+        if handler.unary_unary is None:
             return handler
         inner = cast("Behavior", handler.unary_unary)
-        method = handler_call_details.method
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 if request is MALFORMED:
-                    raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST", "request does not parse")
+                    raise _malformed()
                 return await inner(request, context)
             except grpc.aio.AbortError:
                 raise
-            except ApiError as exc:
-                error = exc
-            except DBAPIError as exc:
-                mapped = _database_error(exc)
-                if mapped is None:
-                    log.exception("unmapped database error in %s", method)
-                    mapped = ApiError(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error")
-                error = mapped
-            except (OSError, TimeoutError, PoolTimeoutError) as exc:
-                log.warning("dependency unavailable in %s: %s", method, exc)
-                error = unavailable("DATABASE_UNAVAILABLE", "the database is unavailable, retry later")
-            except Exception:
-                log.exception("bug: unhandled exception in %s", method)
-                error = ApiError(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error")
-            status = error.to_status()
+            except Exception as exc:  # noqa: BLE001 - every failure gets its deliberate status
+                status = _api_error(exc, method).to_status()
             await context.abort(status.code, status.details, status.trailing_metadata)
 
         return replace_unary(handler, behavior, tolerant=True)
+
+
+def _mapped_stream(inner: StreamBehavior, method: str) -> StreamBehavior:
+    async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            if request is MALFORMED:
+                raise _malformed()
+            async for response in inner(request, context):
+                yield response
+            return
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure gets its deliberate status
+            status = _api_error(exc, method).to_status()
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    return behavior

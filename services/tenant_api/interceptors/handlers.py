@@ -1,9 +1,11 @@
 """Plumbing shared by the interceptors: the handler types, and replacing a
-unary handler's behavior while keeping its (de)serializers."""
+unary or server-streaming handler's behavior while keeping its (de)serializers.
+Our contract has no client-streaming methods; an interceptor that guards calls
+must handle both kinds it wraps, or refuse the other (fail closed)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -12,6 +14,7 @@ from google.protobuf.message import DecodeError
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
     Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+    StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
     Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
     ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
@@ -45,6 +48,15 @@ def replace_unary(handler: Handler, behavior: Behavior, *, tolerant: bool = Fals
     `tolerant`, a request that does not parse reaches `behavior` as MALFORMED
     instead of failing inside grpc."""
     return grpc.unary_unary_rpc_method_handler(
+        behavior,
+        request_deserializer=_tolerant(handler.request_deserializer) if tolerant else handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def replace_stream(handler: Handler, behavior: StreamBehavior, *, tolerant: bool = False) -> Handler:
+    """`replace_unary` for a unary-stream (server-streaming) handler."""
+    return grpc.unary_stream_rpc_method_handler(
         behavior,
         request_deserializer=_tolerant(handler.request_deserializer) if tolerant else handler.request_deserializer,
         response_serializer=handler.response_serializer,
