@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import IO
@@ -169,21 +170,57 @@ async def _assert_provisioned(engine: AsyncEngine, tenant_ids: list[str]) -> Non
             )
 
 
-async def _schema_step_attempts(client: Client, workflow_id: str) -> list[int]:
-    """Attempt numbers of the completed provision_tenant activities."""
+@dataclass(frozen=True)
+class SchemaStep:
+    """The provision_tenant activity as the workflow history records it: Temporal
+    writes one started event, the last attempt's, when the activity closes."""
+
+    attempt: int
+    started_by: str
+    completed_by: str
+
+
+async def _schema_step(client: Client, workflow_id: str) -> SchemaStep:
     history = await client.get_workflow_handle(workflow_id).fetch_history()
-    scheduled = {
+    scheduled = [
         event.event_id
         for event in history.events
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
         and event.activity_task_scheduled_event_attributes.activity_type.name == "provision_tenant"
-    }
-    return [
-        event.activity_task_started_event_attributes.attempt
+    ]
+    assert len(scheduled) == 1, (workflow_id, scheduled)
+    started = [
+        event
         for event in history.events
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-        and event.activity_task_started_event_attributes.scheduled_event_id in scheduled
+        and event.activity_task_started_event_attributes.scheduled_event_id == scheduled[0]
     ]
+    completed = [
+        event
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+        and event.activity_task_completed_event_attributes.scheduled_event_id == scheduled[0]
+    ]
+    assert len(started) == 1 and len(completed) == 1, (workflow_id, started, completed)
+    return SchemaStep(
+        attempt=started[0].activity_task_started_event_attributes.attempt,
+        started_by=started[0].activity_task_started_event_attributes.identity,
+        completed_by=completed[0].activity_task_completed_event_attributes.identity,
+    )
+
+
+async def _pending_schema_step(client: Client, workflow_id: str) -> tuple[int, str] | None:
+    """(attempt, worker identity) of the running provision_tenant activity, if any."""
+    description = await client.get_workflow_handle(workflow_id).describe()
+    for pending in description.raw_description.pending_activities:
+        if pending.activity_type.name == "provision_tenant":
+            return pending.attempt, pending.last_worker_identity
+    return None
+
+
+def worker_identity(pid: int) -> str:
+    """The identity a worker process reports to Temporal (the SDK's default)."""
+    return f"{pid}@{socket.gethostname()}"
 
 
 @asynccontextmanager
@@ -281,6 +318,9 @@ async def test_worker_killed_mid_activity_new_worker_finishes_all(
                         assert worker_a.returncode is None, f"worker A exited:\n{_tail(log_a)}"
                         assert time.monotonic() < deadline, f"activities never started:\n{_tail(log_a)}"
                         await asyncio.sleep(0.2)
+                    # Temporal too sees every schema step held by worker A, first attempt.
+                    pending = await asyncio.gather(*(_pending_schema_step(temporal_client, w) for w in workflow_ids))
+                    assert pending == [(1, worker_identity(worker_a.pid))] * TENANTS, pending
                     await _stop_process(worker_a, signal.SIGKILL)
                     assert worker_a.returncode == -signal.SIGKILL
                 await holder.rollback()
@@ -306,13 +346,15 @@ async def test_worker_killed_mid_activity_new_worker_finishes_all(
                 )
                 assert results == ["active"] * TENANTS
                 assert worker_b.returncode is None, f"worker B exited:\n{_tail(log_b)}"
+                worker_b_identity = worker_identity(worker_b.pid)
 
             await _assert_provisioned(engine, tenant_ids)
             for workflow_id in workflow_ids:
                 # The killed worker's attempt never completed: the schema step
-                # that did is a retry, and it ran exactly once to completion.
-                attempts = await _schema_step_attempts(temporal_client, workflow_id)
-                assert len(attempts) == 1 and attempts[0] >= 2, (workflow_id, attempts)
+                # completed once, as a retry started and finished by worker B.
+                step = await _schema_step(temporal_client, workflow_id)
+                assert step.attempt >= 2, (workflow_id, step)
+                assert step.started_by == step.completed_by == worker_b_identity, (workflow_id, step)
             for tenant_id in tenant_ids:
                 request = tenant_service_pb2.GetTenantRequest(tenant_id=tenant_id)
                 tenant = (await stack.stubs.tenants.GetTenant(request)).tenant
