@@ -18,7 +18,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from tenantry.db.engine import create_engine
 from tenantry.migrations import upgrade_control_plane
-from tests.stack import Stack, embedded_postgres_url, running_stack, tool_path
+from tenantry_dev.embedded import start_embedded_postgres, tool_path
+from tests.stack import Stack, running_stack
 
 # embedded-postgres keeps its lock file in the runtime dir; CI shells may not set one.
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="tenantry-runtime-"))
@@ -34,7 +35,7 @@ def database_url() -> Iterator[str]:
     # Not under pytest's basetemp: pytest resets that tree to mode 0700, which
     # would lock out the system user embedded PostgreSQL runs as under root.
     root = Path(tempfile.mkdtemp(prefix="tenantry-test-pg-"))
-    url, server = embedded_postgres_url(root / "data")
+    url, server = start_embedded_postgres(root / "data")
     try:
         upgrade_control_plane(url)
         yield url

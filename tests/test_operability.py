@@ -24,16 +24,20 @@ from tenant_api.server import start_api
 from tenantry.db.engine import create_engine
 from tenantry.migrations import upgrade_control_plane
 from tenantry.v1 import operation_service_pb2, tenant_pb2, tenant_service_pb2
-from tests.processes import free_port, service_env, spawn, spawn_api, stopping, wait_serving
+from tenantry_dev.embedded import free_port, start_embedded_postgres
 from tests.stack import (
     BUG_CODES,
-    embedded_postgres_url,
     error_info,
     eventually,
     registration,
     running_stack,
+    service_env,
+    spawn,
+    spawn_api,
+    stopping,
     stubs_for,
     wait_done,
+    wait_serving,
 )
 
 
@@ -118,7 +122,7 @@ async def test_worker_finishes_running_activity_on_sigterm(
 async def private_postgres() -> AsyncIterator[tuple[str, object]]:
     """A PostgreSQL of this test's own, so stopping it disturbs nobody else."""
     root = Path(tempfile.mkdtemp(prefix="tenantry-health-pg-"))
-    url, server = embedded_postgres_url(root / "data")
+    url, server = start_embedded_postgres(root / "data")
     await asyncio.to_thread(upgrade_control_plane, url)
     try:
         yield url, server

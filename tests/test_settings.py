@@ -21,7 +21,7 @@ from tenantry.settings import (
     metrics_address_from,
     shutdown_grace_from,
 )
-from tests.stack import BIN_DIR
+from tenantry_dev.embedded import BIN_DIR
 
 DATABASE_URL = "postgresql+asyncpg://tenantry:secret@127.0.0.1:1/tenantry"
 TEMPORAL_ADDRESS = "127.0.0.1:1"

@@ -33,21 +33,13 @@ from tests.stack import (
     expect_error,
     failing_provisioning_stack,
     field_violations,
+    register_active,
     registration,
     running_stack,
     wait_done,
 )
 
 Metadata = tuple[tuple[str, str], ...]
-
-
-async def register_active(stubs: Stubs) -> tenant_pb2.Tenant:
-    response = await stubs.tenants.RegisterTenant(registration(), timeout=30)
-    operation = await wait_done(stubs, response.operation.name)
-    assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, operation
-    tenant = (await stubs.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id=response.tenant.id))).tenant
-    assert tenant.state == tenant_pb2.TENANT_STATE_ACTIVE
-    return tenant
 
 
 def by_id(tenant_id: str) -> Metadata:
