@@ -6,9 +6,12 @@ tenantry-dev and the benchmark use too live in tenantry_dev.embedded."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import importlib
 import json
 import os
+import pkgutil
 import signal
 import socket
 import subprocess
@@ -33,8 +36,10 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
+import tenantry.v1 as tenantry_v1
 from provisioner_worker.worker import activities_for, build_worker
 from tenant_api.server import RunningApi, start_api
+from tenant_api.tenant_gate import TENANT_ID_HEADER
 from tenantry.v1 import (
     operation_pb2,
     operation_service_pb2,
@@ -64,6 +69,14 @@ def stubs_for(channel: grpc.aio.Channel) -> Stubs:
         operations=operation_service_pb2_grpc.OperationServiceStub(channel),
         projects=project_service_pb2_grpc.ProjectServiceStub(channel),
     )
+
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def by_id(tenant_id: str) -> Metadata:
+    """The call metadata that routes a tenant-scoped RPC to `tenant_id`."""
+    return ((TENANT_ID_HEADER, tenant_id),)
 
 
 @dataclass
@@ -187,6 +200,65 @@ async def stack_without_temporal(engine: AsyncEngine, database_url: str) -> Asyn
     client = await unreachable_temporal_client()
     async with running_stack(engine=engine, database_url=database_url, client=client, with_worker=False) as stack:
         yield stack
+
+
+async def expect_invalid_field(call: Awaitable[Any], *fields: str) -> grpc.aio.AioRpcError:
+    """INVALID_ARGUMENT INVALID_FIELD naming exactly `fields` in its BadRequest."""
+    error = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
+    assert set(field_violations(error)) == set(fields), field_violations(error)
+    return error
+
+
+def contract_services() -> dict[str, list[str]]:
+    """Every service of the tenantry.v1 contract and its methods, read from the
+    compiled descriptors (every *_pb2 module of the package), never hand-kept."""
+    services: dict[str, list[str]] = {}
+    for module_info in pkgutil.iter_modules(tenantry_v1.__path__):
+        if module_info.name.endswith("_pb2"):
+            module = importlib.import_module(f"{tenantry_v1.__name__}.{module_info.name}")
+            for service in module.DESCRIPTOR.services_by_name.values():
+                services[service.full_name] = sorted(method.name for method in service.methods)
+    return services
+
+
+async def all_tenant_pages(
+    stack: Stack, page_size: int, show_deleted: bool = False
+) -> tuple[list[list[tenant_pb2.Tenant]], list[str]]:
+    """Every ListTenants page from the first, and the tokens between them."""
+    pages: list[list[tenant_pb2.Tenant]] = []
+    tokens: list[str] = []
+    token = ""
+    for _ in range(5_000):
+        response = await stack.stubs.tenants.ListTenants(
+            tenant_service_pb2.ListTenantsRequest(page_size=page_size, page_token=token, show_deleted=show_deleted),
+            timeout=30,
+        )
+        pages.append(list(response.tenants))
+        token = response.next_page_token
+        if not token:
+            return pages, tokens
+        tokens.append(token)
+    raise AssertionError("pagination did not terminate")
+
+
+async def count_tenants(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text("SELECT count(*) FROM tenants"))).scalar_one())
+
+
+def forged_page_token(position: str, key: str, query: str) -> str:
+    """A well-formed but unsigned page token, as a client could forge one."""
+    raw = json.dumps({"p": position, "k": key, "q": query}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+EXTREME_POSITIONS = [
+    "0001-01-01T00:00:00+14:00",
+    "0001-01-01T00:00:00+00:00",
+    "9999-12-31T23:59:59.999999-14:00",
+    "9999-12-31T23:59:59.999999+00:00",
+    "2024-01-01T00:00:00+00:00",
+]
 
 
 async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
