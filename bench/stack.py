@@ -32,13 +32,14 @@ from bench.stats import progress
 from tenantry.migrations import upgrade_control_plane
 from tenantry_dev.embedded import (
     BIN_DIR,
-    die_with_parent,
     free_port,
+    spawn_child,
     start_embedded_postgres,
     temporal_dev_server_command,
     temporal_is_healthy,
     wait_grpc_serving,
 )
+from tenantry_dev.embedded import ChildProcess as Service
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_SECONDS = 60.0
@@ -48,26 +49,6 @@ STOP_TIMEOUT_SECONDS = 20.0
 def asyncpg_dsn(database_url: str) -> str:
     """The SQLAlchemy URL as a plain libpq-style DSN for raw asyncpg."""
     return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@dataclass
-class Service:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    address: str = ""
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log_tail(self, chars: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-chars:]
-        return ""
 
 
 @dataclass
@@ -157,22 +138,7 @@ class BenchStack:
         return env
 
     def _popen(self, name: str, command: list[str], env: dict[str, str]) -> Service:
-        log_path = self.workdir / f"{name}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                command,
-                env=env,
-                cwd=REPO_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                # A session of its own: a terminal's Ctrl-C reaches only the
-                # benchmark, which then stops the children in order.
-                start_new_session=True,
-                # Takes no Python-level lock in the child: safe with threads around.
-                preexec_fn=die_with_parent,
-            )
-        service = Service(name=name, process=process, log_path=log_path)
+        service = spawn_child(name, command, env, self.workdir / f"{name}.log", cwd=REPO_ROOT)
         self.services[name] = service
         return service
 
@@ -186,9 +152,7 @@ class BenchStack:
 
     def check_alive(self) -> None:
         for service in self.services.values():
-            code = service.process.poll()
-            if code is not None:
-                raise RuntimeError(f"{service.name} exited with code {code}:\n{service.log_tail()}")
+            service.check_alive()
 
     @contextlib.contextmanager
     def paused(self, name: str) -> Iterator[None]:
@@ -220,8 +184,7 @@ class BenchStack:
                 service.process.wait(STOP_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:
                 print(f"bench: {service.name} did not stop in time, killing it", file=sys.stderr)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(service.process.pid, signal.SIGKILL)
+                service.kill_group()
                 service.process.wait(10)
         if self.postgres is not None:
             # `pg_ctl -w stop` (fast shutdown); kills the postmaster if that fails.

@@ -12,15 +12,13 @@ import importlib
 import json
 import os
 import pkgutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +48,7 @@ from tenantry.v1 import (
     tenant_service_pb2_grpc,
 )
 from tenantry.workflow_contract import ProvisionTenantInput
-from tenantry_dev.embedded import BIN_DIR, free_port, wait_grpc_serving
+from tenantry_dev.embedded import BIN_DIR, ChildProcess, free_port, spawn_child, wait_grpc_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUG_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
@@ -303,47 +301,11 @@ async def failing_provisioning_stack(
 # --- tenant-api / provisioner-worker as OS processes --------------------------------
 
 
-@dataclass
-class ServiceProcess:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    address: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
+class ServiceProcess(ChildProcess):
     @property
     def identity(self) -> str:
         """The identity this process reports to Temporal, if it runs a worker."""
         return worker_identity(self.pid)
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for raw in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                lines.append(json.loads(raw))
-        return lines
-
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise AssertionError(f"{self.name} exited ({self.process.returncode}):\n{self.log_tail()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(10)
 
 
 def service_env(database_url: str, temporal_address: str, task_queue: str, **extra: str) -> dict[str, str]:
@@ -363,12 +325,8 @@ def service_env(database_url: str, temporal_address: str, task_queue: str, **ext
 def spawn_command(name: str, argv: list[str], env: dict[str, str], log_dir: Path | None = None) -> ServiceProcess:
     """`argv` as a child in a session of its own, its output in `<log_dir>/<name>.log`."""
     directory = log_dir or Path(tempfile.mkdtemp(prefix="tenantry-proc-"))
-    log_path = directory / f"{name}.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return ServiceProcess(name=name, process=process, log_path=log_path)
+    child = spawn_child(name, argv, env, directory / f"{name}.log")
+    return ServiceProcess(child.name, child.process, child.log_path)
 
 
 def spawn(name: str, module: str, env: dict[str, str], log_dir: Path | None = None) -> ServiceProcess:
@@ -393,10 +351,8 @@ def stopping(*services: ServiceProcess) -> Iterator[None]:
         yield
     finally:
         for service in services:
-            if service.process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(service.process.pid, signal.SIGKILL)
-                service.process.wait(10)
+            service.kill_group()
+            service.process.wait(10)
 
 
 # --- what Temporal recorded of the provisioning step -------------------------------

@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
+import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,81 @@ def die_with_parent() -> None:
     no Python-level lock in the child, so it is safe with threads around."""
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class ChildProcess:
+    """A child process (a service, a server) with its output in a log file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    address: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def check_alive(self) -> None:
+        """Raises if the process has exited, with the end of its log."""
+        code = self.process.poll()
+        if code is not None:
+            raise RuntimeError(f"{self.name} exited with code {code}:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-chars:]
+        return ""
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The JSON lines of its log (other lines skipped)."""
+        lines = []
+        for raw in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(raw))
+        return lines
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Sends `sig` (SIGKILL to its process group if it outlives `timeout`); the exit code."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                if sig != signal.SIGKILL:
+                    # A paused (SIGSTOPped) process would not act on the signal.
+                    self.process.send_signal(signal.SIGCONT)
+                self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_group()
+            return self.process.wait(10)
+
+    def kill_group(self) -> None:
+        """SIGKILL to its whole process group (it runs in a session of its own)."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def spawn_child(
+    name: str, argv: list[str], env: dict[str, str], log_path: Path, *, cwd: Path | None = None
+) -> ChildProcess:
+    """`argv` in a session of its own (a terminal's Ctrl-C reaches only the parent,
+    which stops its children in order), dying with its parent, output to `log_path`."""
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+    return ChildProcess(name=name, process=process, log_path=log_path)
 
 
 def tool_path(name: str) -> str:
