@@ -54,6 +54,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUG_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 
 
+# --- the API in-process, on a task queue of its own ----------------------------------
+
+
 @dataclass
 class Stubs:
     tenants: tenant_service_pb2_grpc.TenantServiceAsyncStub
@@ -113,6 +116,9 @@ async def running_stack(
         await api.stop(0)
 
 
+# --- errors as the API returns them --------------------------------------------------
+
+
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     """The ErrorInfo every error must carry (fails the test if it is missing)."""
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
@@ -135,6 +141,9 @@ def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
             detail.Unpack(bad)
             return {v.field: v.description for v in bad.field_violations}
     return {}
+
+
+# --- tenants, operations and schemas -------------------------------------------------
 
 
 def registration(slug: str | None = None, **overrides: str) -> tenant_service_pb2.RegisterTenantRequest:
@@ -200,11 +209,7 @@ async def stack_without_temporal(engine: AsyncEngine, database_url: str) -> Asyn
         yield stack
 
 
-async def expect_invalid_field(call: Awaitable[Any], *fields: str) -> grpc.aio.AioRpcError:
-    """INVALID_ARGUMENT INVALID_FIELD naming exactly `fields` in its BadRequest."""
-    error = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
-    assert set(field_violations(error)) == set(fields), field_violations(error)
-    return error
+# --- the contract and its page tokens ------------------------------------------------
 
 
 def contract_services() -> dict[str, list[str]]:
@@ -259,6 +264,9 @@ EXTREME_POSITIONS = [
 ]
 
 
+# --- expected errors -----------------------------------------------------------------
+
+
 async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
     """The error a call must fail with; never a bug-class code."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -272,6 +280,13 @@ async def expect_error(call: Awaitable[Any], code: grpc.StatusCode, reason: str)
     error = await rpc_error(call)
     assert error.code() == code, f"expected {code}, got {error.code()}: {error.details()}"
     assert error_info(error).reason == reason
+    return error
+
+
+async def expect_invalid_field(call: Awaitable[Any], *fields: str) -> grpc.aio.AioRpcError:
+    """INVALID_ARGUMENT INVALID_FIELD naming exactly `fields` in its BadRequest."""
+    error = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
+    assert set(field_violations(error)) == set(fields), field_violations(error)
     return error
 
 
