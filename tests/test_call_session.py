@@ -11,8 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenant_api.call_transaction import CallTransactionError, call_transaction, open_transaction, unscoped_connection
 from tenantry.db.models import Project
-from tests.stack import Stack
-from tests.test_tenant_gate import register_active
+from tests.stack import Stack, register_active
 
 
 async def test_the_call_session_refuses_to_begin_or_end_a_transaction(stack: Stack, engine: AsyncEngine) -> None:

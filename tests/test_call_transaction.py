@@ -19,8 +19,7 @@ from tenant_api.headers import TENANT_ID_HEADER
 from tenantry.db.engine import create_engine, driver_of
 from tenantry.db.models import Project
 from tenantry.v1 import project_service_pb2
-from tests.stack import Stack, running_stack
-from tests.test_tenant_gate import register_active
+from tests.stack import Stack, register_active, running_stack
 
 
 async def test_a_write_is_committed_before_its_response(stack: Stack, engine: AsyncEngine) -> None:

@@ -36,7 +36,9 @@ from tests.stack import (
     expect_error,
     failing_provisioning_stack,
     field_violations,
+    register_active,
     registration,
+    schema_exists,
 )
 from tests.stack import wait_done as _wait_done
 
@@ -45,13 +47,6 @@ OK = grpc.StatusCode.OK
 
 async def wait_done(stubs: Stubs, name: str, timeout: float = 60.0) -> operation_pb2.Operation:
     return await asyncio.wait_for(_wait_done(stubs, name, timeout), timeout + 10)
-
-
-async def register_active(stubs: Stubs) -> tenant_pb2.Tenant:
-    response = await stubs.tenants.RegisterTenant(registration(), timeout=30)
-    operation = await wait_done(stubs, response.operation.name)
-    assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, operation
-    return await get_tenant(stubs, response.tenant.id, tenant_pb2.TENANT_STATE_ACTIVE)
 
 
 async def get_tenant(stubs: Stubs, tenant_id: str, expected: int | None = None) -> tenant_pb2.Tenant:
@@ -65,12 +60,6 @@ async def get_tenant(stubs: Stubs, tenant_id: str, expected: int | None = None) 
 
 async def delete(stubs: Stubs, tenant_id: str) -> tenant_service_pb2.DeleteTenantResponse:
     return await stubs.tenants.DeleteTenant(tenant_service_pb2.DeleteTenantRequest(tenant_id=tenant_id), timeout=30)
-
-
-async def schema_exists(engine: AsyncEngine, schema_name: str) -> bool:
-    async with engine.connect() as conn:
-        found = await conn.execute(text("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = :s"), {"s": schema_name})
-        return found.first() is not None
 
 
 async def membership_count(engine: AsyncEngine, tenant_id: str) -> int:

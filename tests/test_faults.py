@@ -6,21 +6,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import IO
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
@@ -31,8 +27,20 @@ from tenantry.db.engine import create_engine
 from tenantry.migrations import tenant_head_revision, upgrade_control_plane
 from tenantry.v1 import operation_pb2, operation_service_pb2, tenant_pb2, tenant_service_pb2
 from tenantry.workflow_contract import RECONCILE_WORKFLOW, ReconcileInput, reconcile_schedule_id
-from tenantry_dev.stack import temporal_dev_server_command
-from tests.stack import Stack, registration, running_stack, wait_done
+from tenantry_dev.embedded import free_port, temporal_dev_server_command
+from tests.stack import (
+    ServiceProcess,
+    Stack,
+    pending_schema_step,
+    registration,
+    running_stack,
+    schema_step,
+    service_env,
+    spawn,
+    spawn_command,
+    stopping,
+    wait_done,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -45,68 +53,27 @@ NO_SCHEDULED_RECONCILE = str(7 * 24 * 3600)
 # --- process helpers ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    if not path.exists():
-        return "(no log)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-async def _stop_process(process: asyncio.subprocess.Process, sig: int = signal.SIGKILL, timeout: float = 20.0) -> None:
-    if process.returncode is None:
-        process.send_signal(sig)
-        try:
-            await asyncio.wait_for(process.wait(), timeout)
-        except TimeoutError:
-            process.kill()
-            await asyncio.wait_for(process.wait(), 10)
-
-
-@asynccontextmanager
-async def _process(
-    argv: list[str], log_path: Path, env: Mapping[str, str] | None = None
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A child process with its output in `log_path`; killed on exit if still running."""
-    log: IO[bytes] = log_path.open("ab")
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=dict(env) if env else None
-        )
-        try:
-            yield process
-        finally:
-            await _stop_process(process)
-    finally:
-        log.close()
-
-
-def _worker_argv() -> list[str]:
-    return [sys.executable, "-m", "provisioner_worker"]
-
-
 def _worker_env(
     database_url: str, temporal_address: str, namespace: str, task_queue: str, liveness_file: Path
 ) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        TENANTRY_DATABASE_URL=database_url,
-        TENANTRY_TEMPORAL_ADDRESS=temporal_address,
+    # Two workers may run at once (and other test sessions on this host): no
+    # fixed metrics ports (service_env turns them off), no shared liveness file.
+    return service_env(
+        database_url,
+        temporal_address,
+        task_queue,
         TENANTRY_TEMPORAL_NAMESPACE=namespace,
-        TENANTRY_TASK_QUEUE=task_queue,
         TENANTRY_RECONCILE_INTERVAL_SECONDS=NO_SCHEDULED_RECONCILE,
-        # Two workers may run at once (and other test sessions on this host):
-        # no fixed metrics ports, no shared liveness file.
-        TENANTRY_METRICS_ADDRESS="off",
-        TENANTRY_SDK_METRICS_ADDRESS="off",
         TENANTRY_WORKER_LIVENESS_FILE=str(liveness_file),
     )
-    return env
+
+
+@asynccontextmanager
+async def _dev_server(name: str, port: int, db_file: Path, log_dir: Path) -> AsyncIterator[ServiceProcess]:
+    """A Temporal dev server process, persistent in `db_file`; killed on exit if still running."""
+    server = spawn_command(name, temporal_dev_server_command("127.0.0.1", port, db_file), dict(os.environ), log_dir)
+    with stopping(server):
+        yield server
 
 
 async def _delete_schedule_if_ours(client: Client, task_queue: str) -> None:
@@ -169,23 +136,6 @@ async def _assert_provisioned(engine: AsyncEngine, tenant_ids: list[str]) -> Non
             )
 
 
-async def _schema_step_attempts(client: Client, workflow_id: str) -> list[int]:
-    """Attempt numbers of the completed provision_tenant activities."""
-    history = await client.get_workflow_handle(workflow_id).fetch_history()
-    scheduled = {
-        event.event_id
-        for event in history.events
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        and event.activity_task_scheduled_event_attributes.activity_type.name == "provision_tenant"
-    }
-    return [
-        event.activity_task_started_event_attributes.attempt
-        for event in history.events
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-        and event.activity_task_started_event_attributes.scheduled_event_id in scheduled
-    ]
-
-
 @asynccontextmanager
 async def _isolated_database(database_url: str) -> AsyncIterator[str]:
     """A fresh database on the same server, migrated: the reconciler run by the
@@ -208,10 +158,6 @@ async def _isolated_database(database_url: str) -> AsyncIterator[str]:
 
 
 # --- Temporal dev server -----------------------------------------------------------------------
-
-
-def _dev_server_argv(port: int, db_file: Path) -> list[str]:
-    return temporal_dev_server_command("127.0.0.1", port, db_file)
 
 
 async def _reconcile_now(client: Client, task_queue: str) -> ReconcileReport:
@@ -272,15 +218,17 @@ async def test_worker_killed_mid_activity_new_worker_finishes_all(
                 ).all()
                 assert len(locked) == TENANTS
 
-                log_a = tmp_path / "worker-a.log"
-                async with _process(_worker_argv(), log_a, env) as worker_a:
+                worker_a = spawn("worker-a", "provisioner_worker", env, tmp_path)
+                with stopping(worker_a):
                     deadline = time.monotonic() + 60
                     while await _blocked_by(engine, holder_pid) < TENANTS:
-                        assert worker_a.returncode is None, f"worker A exited:\n{_tail(log_a)}"
-                        assert time.monotonic() < deadline, f"activities never started:\n{_tail(log_a)}"
+                        worker_a.check_alive()
+                        assert time.monotonic() < deadline, f"activities never started:\n{worker_a.log_tail()}"
                         await asyncio.sleep(0.2)
-                    await _stop_process(worker_a, signal.SIGKILL)
-                    assert worker_a.returncode == -signal.SIGKILL
+                    # Temporal too sees every schema step held by worker A, first attempt.
+                    pending = await asyncio.gather(*(pending_schema_step(temporal_client, w) for w in workflow_ids))
+                    assert pending == [(1, worker_a.identity)] * TENANTS, pending
+                    assert worker_a.stop(signal.SIGKILL) == -signal.SIGKILL
                 await holder.rollback()
 
             # Nothing finished while the rows were held.
@@ -293,24 +241,25 @@ async def test_worker_killed_mid_activity_new_worker_finishes_all(
                 ).all()
             assert [tuple(s) for s in states] == [("CREATING", TENANTS)]
 
-            log_b = tmp_path / "worker-b.log"
-            async with _process(_worker_argv(), log_b, env) as worker_b:
+            worker_b = spawn("worker-b", "provisioner_worker", env, tmp_path)
+            with stopping(worker_b):
                 operations = await asyncio.gather(
                     *(wait_done(stack.stubs, r.operation.name, timeout=120) for r in responses)
                 )
-                assert {o.state for o in operations} == {operation_pb2.OPERATION_STATE_SUCCEEDED}, _tail(log_b)
+                assert {o.state for o in operations} == {operation_pb2.OPERATION_STATE_SUCCEEDED}, worker_b.log_tail()
                 results = await asyncio.wait_for(
                     asyncio.gather(*(temporal_client.get_workflow_handle(w).result() for w in workflow_ids)), 60
                 )
                 assert results == ["active"] * TENANTS
-                assert worker_b.returncode is None, f"worker B exited:\n{_tail(log_b)}"
+                worker_b.check_alive()
 
             await _assert_provisioned(engine, tenant_ids)
             for workflow_id in workflow_ids:
                 # The killed worker's attempt never completed: the schema step
-                # that did is a retry, and it ran exactly once to completion.
-                attempts = await _schema_step_attempts(temporal_client, workflow_id)
-                assert len(attempts) == 1 and attempts[0] >= 2, (workflow_id, attempts)
+                # completed once, as a retry started and finished by worker B.
+                step = await schema_step(temporal_client, workflow_id)
+                assert step.attempt >= 2, (workflow_id, step)
+                assert step.started_by == step.completed_by == worker_b.identity, (workflow_id, step)
             for tenant_id in tenant_ids:
                 request = tenant_service_pb2.GetTenantRequest(tenant_id=tenant_id)
                 tenant = (await stack.stubs.tenants.GetTenant(request)).tenant
@@ -323,14 +272,14 @@ async def test_temporal_down_register_succeeds_reconciler_finishes(database_url:
     """RegisterTenant while the Temporal server is stopped answers OK (CREATING,
     PENDING) within a bound; after the server is back the reconciler starts the
     workflow and the tenant becomes ACTIVE."""
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     db_file = tmp_path / "temporal.db"
     queue = f"faults-outage-{uuid.uuid4().hex[:12]}"
     async with _isolated_database(database_url) as isolated_url:
         isolated_engine = create_engine(isolated_url)
         try:
-            async with _process(_dev_server_argv(port, db_file), tmp_path / "temporal-1.log") as server:
+            async with _dev_server("temporal-1", port, db_file, tmp_path) as server:
                 await _connect_when_up(address)
                 api_client = await Client.connect(address, lazy=True)
                 # The API's client holds a live connection when the outage begins.
@@ -341,7 +290,7 @@ async def test_temporal_down_register_succeeds_reconciler_finishes(database_url:
                     task_queue=queue,
                     with_worker=False,
                 ) as stack:
-                    await _stop_process(server, signal.SIGTERM)
+                    await asyncio.to_thread(server.stop, signal.SIGTERM)
                     await _register_during_outage_and_recover(stack, isolated_engine, address, db_file, tmp_path)
         finally:
             await isolated_engine.dispose()
@@ -376,7 +325,7 @@ async def _register_during_outage_and_recover(
     assert fetched.operation.state == operation_pb2.OPERATION_STATE_PENDING
     workflow_id = response.operation.name.removeprefix("operations/")
 
-    async with _process(_dev_server_argv(port, db_file), tmp_path / "temporal-2.log"):
+    async with _dev_server("temporal-2", port, db_file, tmp_path):
         client = await _connect_when_up(address)
         async with build_worker(client, engine, stack.task_queue):
             report = await _reconcile_now(client, stack.task_queue)

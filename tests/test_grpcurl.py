@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
 from provisioner_worker.worker import build_worker
-from tests.processes import service_env, spawn_api, stopping, wait_serving
-from tests.stack import REPO_ROOT, tool_path
+from tenantry_dev.embedded import tool_path
+from tests.stack import REPO_ROOT, service_env, spawn_api, stopping, wait_serving
 
 README_ADDRESS = "127.0.0.1:50051"
 

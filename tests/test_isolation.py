@@ -21,20 +21,13 @@ from temporalio.client import Client
 
 from tenant_api.headers import TENANT_ID_HEADER
 from tenantry.db.engine import create_engine
-from tenantry.v1 import operation_pb2, project_service_pb2, tenant_pb2
-from tests.stack import BUG_CODES, Stack, Stubs, error_info, registration, running_stack, wait_done
+from tenantry.v1 import project_service_pb2, tenant_pb2
+from tests.stack import BUG_CODES, Stack, error_info, register_active, running_stack
 
 TENANTS = 8
 CALLS = 400
 CONCURRENCY = 40
 SCHEMA_QUALIFIED_PROJECTS = re.compile(r'"?(t_[0-9a-f]{32})"?\.projects\b')
-
-
-async def register_active(stubs: Stubs) -> tenant_pb2.Tenant:
-    response = await stubs.tenants.RegisterTenant(registration(), timeout=30)
-    operation = await asyncio.wait_for(wait_done(stubs, response.operation.name), 70)
-    assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, operation
-    return response.tenant
 
 
 class StatementLog:

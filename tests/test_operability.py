@@ -24,16 +24,22 @@ from tenant_api.server import start_api
 from tenantry.db.engine import create_engine
 from tenantry.migrations import upgrade_control_plane
 from tenantry.v1 import operation_service_pb2, tenant_pb2, tenant_service_pb2
-from tests.processes import free_port, service_env, spawn, spawn_api, stopping, wait_serving
+from tenantry_dev.embedded import free_port, start_embedded_postgres
 from tests.stack import (
     BUG_CODES,
-    embedded_postgres_url,
+    api_channel,
     error_info,
     eventually,
     registration,
     running_stack,
+    service_env,
+    spawn,
+    spawn_api,
+    stopping,
     stubs_for,
+    verifier_for_tests,
     wait_done,
+    wait_serving,
 )
 
 
@@ -48,7 +54,7 @@ async def test_api_drains_in_flight_call_on_sigterm_and_exits_zero(database_url:
     api = spawn_api({**env, "TENANTRY_SHUTDOWN_GRACE_SECONDS": "15"})
     with stopping(api):
         await wait_serving(api)
-        async with grpc.aio.insecure_channel(api.address) as channel:
+        async with api_channel(api.address) as channel:
             stubs = stubs_for(channel)
             registered = await stubs.tenants.RegisterTenant(registration())
             request = operation_service_pb2.WaitOperationRequest(name=registered.operation.name)
@@ -116,7 +122,7 @@ async def test_worker_finishes_running_activity_on_sigterm(
 async def private_postgres() -> AsyncIterator[tuple[str, object]]:
     """A PostgreSQL of this test's own, so stopping it disturbs nobody else."""
     root = Path(tempfile.mkdtemp(prefix="tenantry-health-pg-"))
-    url, server = embedded_postgres_url(root / "data")
+    url, server = start_embedded_postgres(root / "data")
     await asyncio.to_thread(upgrade_control_plane, url)
     try:
         yield url, server
@@ -132,9 +138,15 @@ async def test_health_follows_database_and_outage_is_unavailable(
 
     url, server = private_postgres
     engine = create_engine(url)
-    api = await start_api(engine=engine, client=temporal_client, task_queue="unused", address="127.0.0.1:0")
+    api = await start_api(
+        engine=engine,
+        client=temporal_client,
+        task_queue="unused",
+        address="127.0.0.1:0",
+        verifier=verifier_for_tests(),
+    )
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{api.port}") as channel:
+        async with api_channel(f"127.0.0.1:{api.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             stubs = stubs_for(channel)
 
@@ -169,7 +181,7 @@ async def test_one_json_log_line_and_metrics_per_rpc(database_url: str, temporal
     request_id = str(uuid.uuid4())
     with stopping(api):
         await wait_serving(api)
-        async with grpc.aio.insecure_channel(api.address) as channel:
+        async with api_channel(api.address) as channel:
             stubs = stubs_for(channel)
             registered = await stubs.tenants.RegisterTenant(registration())
             await stubs.tenants.GetTenant(

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from sqlalchemy import text
@@ -20,26 +17,11 @@ from provisioner_worker.schedule import ensure_reconcile_schedule
 from tenantry.schema_names import SCHEMA_NAME_FROM_ID_SQL, SCHEMA_NAME_REGEX, is_tenant_schema_name, schema_name_for
 from tenantry.v1 import operation_pb2, tenant_pb2, tenant_service_pb2
 from tenantry.workflow_contract import RECONCILE_WORKFLOW, ReconcileInput
-from tests.stack import Stack, registration, running_stack, wait_done
+from tests.stack import Stack, registration, running_stack, stack_without_temporal, wait_done
 
 _TIMEOUT = timedelta(seconds=90)
 # Leaves other tests' PENDING operations alone: only the RUNNING and orphan checks act.
 _NO_PENDING = ReconcileInput(pending_threshold_seconds=3600)
-
-
-def _closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-@asynccontextmanager
-async def stack_without_temporal(engine: AsyncEngine) -> AsyncIterator[Stack]:
-    """API whose real Temporal client points at a closed port: operations stay PENDING."""
-    client = await Client.connect(f"127.0.0.1:{_closed_port()}", lazy=True)
-    async with running_stack(engine=engine, client=client, with_worker=False) as stack:
-        yield stack
 
 
 async def reconcile(client: Client, stack: Stack, input: ReconcileInput) -> ReconcileReport:

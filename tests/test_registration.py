@@ -4,10 +4,7 @@ commit-first ordering and an unreachable workflow engine."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -21,7 +18,16 @@ from provisioner_worker.reconciler import ReconcileReport
 from tenantry.db.engine import create_engine
 from tenantry.v1 import operation_pb2, operation_service_pb2, tenant_pb2, tenant_service_pb2
 from tenantry.workflow_contract import PROVISION_WORKFLOW, RECONCILE_WORKFLOW, ReconcileInput
-from tests.stack import BUG_CODES, Stack, error_info, field_violations, registration, running_stack, wait_done
+from tests.stack import (
+    BUG_CODES,
+    Stack,
+    error_info,
+    field_violations,
+    registration,
+    running_stack,
+    stack_without_temporal,
+    wait_done,
+)
 
 PROVISION_PREFIX = "tenant-provision-"
 _TIMEOUT = timedelta(seconds=90)
@@ -31,25 +37,6 @@ def _rpc_errors(results: list[Any]) -> list[grpc.aio.AioRpcError]:
     unexpected = [r for r in results if isinstance(r, BaseException) and not isinstance(r, grpc.aio.AioRpcError)]
     assert not unexpected, f"non-gRPC failures: {unexpected!r}"
     return [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
-
-
-def _closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-async def unreachable_temporal_client() -> Client:
-    """A real Temporal client pointed at a port nothing listens on."""
-    return await Client.connect(f"127.0.0.1:{_closed_port()}", lazy=True)
-
-
-@asynccontextmanager
-async def stack_without_temporal(engine: AsyncEngine) -> AsyncIterator[Stack]:
-    client = await unreachable_temporal_client()
-    async with running_stack(engine=engine, client=client, with_worker=False) as stack:
-        yield stack
 
 
 async def _scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:

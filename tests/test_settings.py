@@ -35,7 +35,8 @@ from tenantry.settings import (
     load_or_exit,
     migrations_dir_from,
 )
-from tests.stack import BIN_DIR, REPO_ROOT
+from tenantry_dev.embedded import BIN_DIR
+from tests.stack import REPO_ROOT
 
 DATABASE_URL = "postgresql+asyncpg://tenantry:secret@127.0.0.1:1/tenantry"
 TEMPORAL_ADDRESS = "127.0.0.1:1"

@@ -24,8 +24,8 @@ from tenant_api import healthcheck
 from tenant_api.server import RunningApi, start_api
 from tenant_api.transport import is_loopback_host, listen_credentials, load_server_credentials
 from tenantry.settings import SettingsError, TlsSettings
-from tests.processes import ServiceProcess, free_port, service_env, spawn, stopping
-from tests.stack import BIN_DIR, BUG_CODES, eventually
+from tenantry_dev.embedded import BIN_DIR, free_port
+from tests.stack import BUG_CODES, ServiceProcess, eventually, service_env, spawn, stopping, verifier_for_tests
 
 SERVER_NAME = "localhost"
 
@@ -125,6 +125,7 @@ async def _start(
         client=client,
         task_queue=f"tls-{uuid.uuid4().hex[:8]}",
         address="127.0.0.1:0",
+        verifier=verifier_for_tests(),
         credentials=credentials,
     )
     started.append(api)

