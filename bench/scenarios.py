@@ -40,6 +40,7 @@ from tenantry.v1 import (
     tenant_service_pb2_grpc,
 )
 from tenantry.workflow_contract import WORKFLOW_START_TIMEOUT
+from tenantry_dev.tokens import channel_with_token
 
 _engine_defaults = inspect.signature(create_engine).parameters
 RPC_TIMEOUT = 30.0
@@ -88,8 +89,11 @@ class Bench:
     async def connect(cls, config: BenchConfig, stack: BenchStack) -> Bench:
         api = stack.services["tenant-api"].address
         bare = stack.services["bare-api"].address
-        channel = grpc.aio.insecure_channel(api)
-        bare_channel = grpc.aio.insecure_channel(bare)
+        # Both carry the token, so the client does the same work for either;
+        # the bare API (no interceptors) ignores it.
+        token = stack.admin_token()
+        channel = channel_with_token(api, token)
+        bare_channel = channel_with_token(bare, token)
         dsn = asyncpg_dsn(stack.database_url)
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=WORKER_ACTIVITY_SLOTS)
         outcomes = db.Outcomes(dsn)

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from tenantry_dev.embedded import (
     wait_grpc_serving,
 )
 from tenantry_dev.embedded import ChildProcess as Service
+from tenantry_dev.tokens import DEV_ISSUER, SigningKey, ensure_signing_key, mint_token
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_SECONDS = 60.0
@@ -120,6 +122,13 @@ class BenchStack:
                 raise RuntimeError(f"Temporal at {self.temporal_address} not ready in {STARTUP_TIMEOUT_SECONDS}s")
             await asyncio.sleep(0.3)
 
+    def signing_key(self) -> SigningKey:
+        """The key the API trusts (made on first use) and the benchmark's clients sign with."""
+        return ensure_signing_key(self.workdir / "auth")
+
+    def admin_token(self) -> str:
+        return mint_token(self.signing_key(), ttl=timedelta(hours=6), subject="bench")
+
     def service_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TENANTRY_", "BENCH_"))}
         env.update(
@@ -133,6 +142,8 @@ class BenchStack:
                 "TENANTRY_RECONCILE_INTERVAL_SECONDS": "3600",
                 "TENANTRY_SHUTDOWN_GRACE_SECONDS": "3",
                 "TENANTRY_WORKER_LIVENESS_FILE": str(self.workdir / "worker.alive"),
+                "TENANTRY_AUTH_ISSUER": DEV_ISSUER,
+                "TENANTRY_AUTH_JWKS_FILE": str(self.signing_key().jwks_file),
             }
         )
         return env

@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import pytest
@@ -52,7 +52,14 @@ from tenantry.v1 import (
 )
 from tenantry.workflow_contract import ProvisionTenantInput
 from tenantry_dev.embedded import BIN_DIR, ChildProcess, free_port, spawn_child, wait_grpc_serving
-from tenantry_dev.tokens import ADMIN_SCOPE, DEV_AUDIENCE, DEV_ISSUER, ensure_signing_key, mint_token
+from tenantry_dev.tokens import (
+    ADMIN_SCOPE,
+    DEV_AUDIENCE,
+    DEV_ISSUER,
+    channel_with_token,
+    ensure_signing_key,
+    mint_token,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUG_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
@@ -65,7 +72,6 @@ TEST_KEY = ensure_signing_key(_AUTH_DIR)
 assert TEST_KEY.jwks_file is not None
 TEST_AUTH = AuthSettings(issuer=DEV_ISSUER, audience=DEV_AUDIENCE, jwks_file=TEST_KEY.jwks_file, jwks_url=None)
 TEST_SUBJECT = "test-admin"
-AUTH_HEADER = "authorization"
 
 
 def token(
@@ -82,10 +88,6 @@ def token(
 ADMIN_TOKEN = token()
 
 
-def bearer(value: str) -> tuple[str, str]:
-    return (AUTH_HEADER, f"Bearer {value}")
-
-
 def verifier_for_tests() -> TokenVerifier:
     return TokenVerifier(TEST_AUTH, JwksKeys.from_settings(TEST_AUTH))
 
@@ -95,43 +97,11 @@ def auth_env() -> dict[str, str]:
     return {"TENANTRY_AUTH_ISSUER": TEST_AUTH.issuer, "TENANTRY_AUTH_JWKS_FILE": str(TEST_AUTH.jwks_file)}
 
 
-if TYPE_CHECKING:
-    UnaryUnaryClientInterceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
-    UnaryStreamClientInterceptor = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
-else:
-    UnaryUnaryClientInterceptor = grpc.aio.UnaryUnaryClientInterceptor
-    UnaryStreamClientInterceptor = grpc.aio.UnaryStreamClientInterceptor
-
-
-class _BearerToken(UnaryUnaryClientInterceptor, UnaryStreamClientInterceptor):
-    """Adds `authorization: Bearer <token>` to calls that do not carry one."""
-
-    def __init__(self, value: str) -> None:
-        self._header = bearer(value)
-
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = list(details.metadata or ())
-        if any(key == AUTH_HEADER for key, _ in metadata):
-            return details
-        return grpc.aio.ClientCallDetails(
-            details.method,
-            details.timeout,
-            grpc.aio.Metadata(*metadata, self._header),
-            details.credentials,
-            details.wait_for_ready,
-        )
-
-    async def intercept_unary_unary(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
-        return await continuation(self._details(details), request)
-
-    async def intercept_unary_stream(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
-        return await continuation(self._details(details), request)
-
-
 def api_channel(target: str, token: str | None = ADMIN_TOKEN, **kwargs: Any) -> grpc.aio.Channel:
     """A plaintext channel to a test API whose calls carry `token` (None: no token)."""
-    interceptors = [_BearerToken(token)] if token is not None else None
-    return grpc.aio.insecure_channel(target, interceptors=interceptors, **kwargs)  # type: ignore[arg-type]
+    if token is None:
+        return grpc.aio.insecure_channel(target, **kwargs)
+    return channel_with_token(target, token, **kwargs)
 
 
 # --- the API in-process, on a task queue of its own ----------------------------------

@@ -16,7 +16,7 @@ from temporalio.client import Client
 
 from provisioner_worker.worker import build_worker
 from tenantry_dev.embedded import tool_path
-from tests.stack import REPO_ROOT, service_env, spawn_api, stopping, wait_serving
+from tests.stack import ADMIN_TOKEN, REPO_ROOT, service_env, spawn_api, stopping, wait_serving
 
 README_ADDRESS = "127.0.0.1:50051"
 
@@ -52,6 +52,7 @@ async def test_readme_grpcurl_examples_work(database_url: str, engine: AsyncEngi
                     a.replace(README_ADDRESS, api.address)
                     .replace('"acme"', f'"{slug}"')
                     .replace("<tenant id>", tenant_id)
+                    .replace("$TOKEN", ADMIN_TOKEN)
                     for a in command
                 ]
                 result = await asyncio.to_thread(run_grpcurl, args)

@@ -24,6 +24,7 @@ from tenantry.workflow_contract import reconcile_schedule_id
 from tenantry_dev.embedded import free_port
 from tests.stack import (
     BUG_CODES,
+    ServiceProcess,
     Stubs,
     api_channel,
     error_info,
@@ -48,6 +49,10 @@ def _scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         body: bytes = response.read()
     return body.decode()
+
+
+async def _polling(worker: ServiceProcess) -> bool:
+    return any(line.get("message") == "provisioner-worker polling" for line in worker.log_lines())
 
 
 async def _register_spread(apis: list[Stubs], count: int) -> list[tenant_service_pb2.RegisterTenantResponse]:
@@ -109,6 +114,9 @@ async def test_two_apis_two_workers_one_killed(database_url: str, engine: AsyncE
     try:
         with stopping(api_a, api_b, worker_a, worker_b):
             await asyncio.gather(wait_serving(api_a), wait_serving(api_b))
+            # Both workers poll before any work is handed out, so worker B is there to take over.
+            for worker in (worker_a, worker_b):
+                await eventually(functools.partial(_polling, worker), timeout=30)
             async with (
                 api_channel(api_a.address) as channel_a,
                 api_channel(api_b.address) as channel_b,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from tenantry.settings import (
     DEFAULT_API_METRICS_ADDRESS,
+    DEFAULT_AUTH_AUDIENCE,
     DEFAULT_GRPC_ADDRESS,
     DEFAULT_LIVENESS_FILE,
     DEFAULT_MIGRATIONS_DIR,
@@ -24,10 +26,12 @@ from tenantry.settings import (
     DEFAULT_TASK_QUEUE,
     DEFAULT_WORKER_METRICS_ADDRESS,
     ApiSettings,
+    AuthSettings,
     DevSettings,
     HealthcheckSettings,
     MigrateSettings,
     SettingsError,
+    TlsSettings,
     WorkerSettings,
     database_url_from,
     grpc_address_from,
@@ -40,7 +44,17 @@ from tests.stack import REPO_ROOT
 
 DATABASE_URL = "postgresql+asyncpg://tenantry:secret@127.0.0.1:1/tenantry"
 TEMPORAL_ADDRESS = "127.0.0.1:1"
-REQUIRED = {"TENANTRY_DATABASE_URL": DATABASE_URL, "TENANTRY_TEMPORAL_ADDRESS": TEMPORAL_ADDRESS}
+JWKS_FILE = Path(tempfile.mkdtemp(prefix="tenantry-settings-")) / "jwks.json"
+JWKS_FILE.write_text('{"keys": []}')
+REQUIRED = {
+    "TENANTRY_DATABASE_URL": DATABASE_URL,
+    "TENANTRY_TEMPORAL_ADDRESS": TEMPORAL_ADDRESS,
+    "TENANTRY_AUTH_ISSUER": "https://idp.example",
+    "TENANTRY_AUTH_JWKS_FILE": str(JWKS_FILE),
+}
+AUTH_DEFAULTS = AuthSettings(
+    issuer="https://idp.example", audience=DEFAULT_AUTH_AUDIENCE, jwks_file=JWKS_FILE, jwks_url=None
+)
 COMMON_DEFAULTS: dict[str, Any] = {
     "database_url": DATABASE_URL,
     "temporal_address": TEMPORAL_ADDRESS,
@@ -52,7 +66,10 @@ COMMON_DEFAULTS: dict[str, Any] = {
 
 def test_defaults() -> None:
     assert ApiSettings.from_env(REQUIRED) == ApiSettings(
-        **COMMON_DEFAULTS, metrics_address=DEFAULT_API_METRICS_ADDRESS, grpc_address=DEFAULT_GRPC_ADDRESS
+        **COMMON_DEFAULTS,
+        metrics_address=DEFAULT_API_METRICS_ADDRESS,
+        grpc_address=DEFAULT_GRPC_ADDRESS,
+        auth=AUTH_DEFAULTS,
     )
     assert WorkerSettings.from_env(REQUIRED) == WorkerSettings(
         **COMMON_DEFAULTS,
@@ -117,6 +134,13 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "TENANTRY_SDK_METRICS_ADDRESS": "[::1]:9998",
         "TENANTRY_WORKER_LIVENESS_FILE": str(tmp_path / "alive"),
         "TENANTRY_MIGRATIONS_DIR": str(tmp_path),
+        "TENANTRY_AUTH_ISSUER": "https://login.example.com/",
+        "TENANTRY_AUTH_AUDIENCE": "tenantry-prod",
+        "TENANTRY_AUTH_JWKS_URL": "https://login.example.com/.well-known/jwks.json",
+        "TENANTRY_TLS_CERT_FILE": "/tls/cert.pem",
+        "TENANTRY_TLS_KEY_FILE": "/tls/key.pem",
+        "TENANTRY_TLS_CLIENT_CA_FILE": "/tls/clients.pem",
+        "TENANTRY_PLAINTEXT_BEHIND_PROXY": "false",
     }
     common: dict[str, Any] = {
         "database_url": "postgresql+asyncpg://postgres@/postgres?host=/tmp/pg",
@@ -126,7 +150,14 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "shutdown_grace_seconds": 0.5,
         "metrics_address": "0.0.0.0:9999",
     }
-    assert ApiSettings.from_env(env) == ApiSettings(**common, grpc_address="0.0.0.0:6000")
+    assert ApiSettings.from_env(env) == ApiSettings(
+        **common,
+        grpc_address="0.0.0.0:6000",
+        auth=AuthSettings(
+            "https://login.example.com/", "tenantry-prod", None, "https://login.example.com/.well-known/jwks.json"
+        ),
+        tls=TlsSettings(Path("/tls/cert.pem"), Path("/tls/key.pem"), Path("/tls/clients.pem")),
+    )
     assert WorkerSettings.from_env(env) == WorkerSettings(
         **common,
         reconcile_interval_seconds=2.5,
@@ -152,8 +183,8 @@ def test_from_env_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch)
     for name in list(os.environ):
         if name.startswith("TENANTRY_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("TENANTRY_DATABASE_URL", DATABASE_URL)
-    monkeypatch.setenv("TENANTRY_TEMPORAL_ADDRESS", TEMPORAL_ADDRESS)
+    for name, value in REQUIRED.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("TENANTRY_TASK_QUEUE", "from-os-environ")
     assert ApiSettings.from_env().task_queue == "from-os-environ"
     assert WorkerSettings.from_env().task_queue == "from-os-environ"
@@ -197,6 +228,12 @@ API_MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_TLS_KEY_FILE", "/tls/key.pem"),  # without its certificate
     ("TENANTRY_TLS_CLIENT_CA_FILE", "/tls/ca.pem"),  # mTLS without TLS
     ("TENANTRY_PLAINTEXT_BEHIND_PROXY", "maybe"),
+    ("TENANTRY_AUTH_ISSUER", None),
+    ("TENANTRY_AUTH_ISSUER", " "),
+    ("TENANTRY_AUTH_AUDIENCE", "two words"),
+    ("TENANTRY_AUTH_JWKS_FILE", None),  # and no URL either
+    ("TENANTRY_AUTH_JWKS_FILE", "/nonexistent/jwks.json"),
+    ("TENANTRY_AUTH_JWKS_URL", "http://idp.example/jwks.json"),  # keys over plaintext: refused
 ]
 HEALTHCHECK_MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_HEALTHCHECK_SERVER_NAME", "local host"),
@@ -232,6 +269,8 @@ DEV_MALFORMED = [
     (v, value)
     for v, value in COMMON_MALFORMED + API_MALFORMED + WORKER_MALFORMED
     if not (v in ("TENANTRY_DATABASE_URL", "TENANTRY_TEMPORAL_ADDRESS") and not (value or "").strip())
+    # tenantry-dev makes its own signing key and sets these for the API.
+    and not v.startswith("TENANTRY_AUTH_")
 ]
 
 READERS: dict[str, tuple[Callable[[Mapping[str, str]], object], list[tuple[str, str | None]]]] = {

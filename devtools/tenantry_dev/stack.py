@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,6 +36,7 @@ from tenantry_dev.embedded import (
     temporal_is_healthy,
     tool_path,
 )
+from tenantry_dev.tokens import DEV_AUDIENCE, DEV_ISSUER, ensure_signing_key, mint_token
 
 DEV_DIR_NAME = ".tenantry"
 TEMPORAL_ADDRESS = "127.0.0.1:7233"
@@ -71,11 +73,18 @@ class DevStack:
         self._wait_for_temporal(temporal_address)
         print("tenantry-dev: applying control-plane migrations", flush=True)
         upgrade_control_plane(database_url)
+        # The API trusts tokens signed by the key under .tenantry/ (made on
+        # the first run, kept after), and nothing else: no anonymous calls, ever.
+        key = ensure_signing_key(self.dev_dir)
         env = {
             **os.environ,
             "TENANTRY_DATABASE_URL": database_url,
             "TENANTRY_TEMPORAL_ADDRESS": temporal_address,
             "TENANTRY_GRPC_ADDRESS": self.settings.grpc_address,
+            "TENANTRY_AUTH_ISSUER": DEV_ISSUER,
+            "TENANTRY_AUTH_AUDIENCE": DEV_AUDIENCE,
+            "TENANTRY_AUTH_JWKS_FILE": str(key.jwks_file),
+            "TENANTRY_AUTH_JWKS_URL": "",
         }
         if port_is_open(env["TENANTRY_GRPC_ADDRESS"]):
             raise DevStackError(f"{env['TENANTRY_GRPC_ADDRESS']} is already in use (TENANTRY_GRPC_ADDRESS)")
@@ -167,7 +176,7 @@ class DevStack:
             self.postgres = None
 
 
-def _banner(env: dict[str, str]) -> str:
+def _banner(env: dict[str, str], admin_token: str) -> str:
     api = env["TENANTRY_GRPC_ADDRESS"]
     grpcurl = _bin("grpcurl")
     body = '{"slug":"acme","display_name":"Acme","admin_email":"ada@acme.test","admin_display_name":"Ada"}'
@@ -177,10 +186,17 @@ Tenantry is running.
   Temporal     {env["TENANTRY_TEMPORAL_ADDRESS"]} (namespace default)
   PostgreSQL   {env["TENANTRY_DATABASE_URL"]}
 
+Every call needs a bearer token. An admin token for the next 12 hours (more:
+{_bin("tenantry-token")} --scope "..." --tenant <id> --ttl 1h):
+
+  export TOKEN={admin_token}
+
 Try it:
   {grpcurl} -plaintext {api} list
-  {grpcurl} -plaintext -d '{body}' \\
+  {grpcurl} -plaintext -H "authorization: Bearer $TOKEN" -d '{body}' \\
       {api} tenantry.v1.TenantService/RegisterTenant
+  {grpcurl} -plaintext -H "authorization: Bearer $TOKEN" -d '{{}}' \\
+      {api} tenantry.v1.TenantEventService/WatchTenantEvents
 
 Ctrl-C stops everything.
 """
@@ -204,7 +220,8 @@ def main() -> None:
     code = 0
     try:
         env = stack.start()
-        print(_banner(env), flush=True)
+        admin_token = mint_token(ensure_signing_key(stack.dev_dir), ttl=timedelta(hours=12), subject="dev-admin")
+        print(_banner(env, admin_token), flush=True)
         stack.run_until_stopped()
         print("tenantry-dev: stopping", flush=True)
     except DevStackError as exc:

@@ -27,8 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import grpc
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -220,3 +221,45 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- calling an API with a token (tests, the benchmark) ------------------------------
+
+AUTHORIZATION_HEADER = "authorization"
+
+if TYPE_CHECKING:
+    UnaryUnaryClientInterceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    UnaryStreamClientInterceptor = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+else:
+    UnaryUnaryClientInterceptor = grpc.aio.UnaryUnaryClientInterceptor
+    UnaryStreamClientInterceptor = grpc.aio.UnaryStreamClientInterceptor
+
+
+class BearerTokenInterceptor(UnaryUnaryClientInterceptor, UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to calls that do not carry one."""
+
+    def __init__(self, value: str) -> None:
+        self._header = (AUTHORIZATION_HEADER, f"Bearer {value}")
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = list(details.metadata or ())
+        if any(key == AUTHORIZATION_HEADER for key, _ in metadata):
+            return details
+        return grpc.aio.ClientCallDetails(
+            details.method,
+            details.timeout,
+            grpc.aio.Metadata(*metadata, self._header),
+            details.credentials,
+            details.wait_for_ready,
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+def channel_with_token(target: str, token: str, **kwargs: Any) -> grpc.aio.Channel:
+    """A plaintext channel (loopback only) whose calls carry `token` unless they name their own."""
+    return grpc.aio.insecure_channel(target, interceptors=[BearerTokenInterceptor(token)], **kwargs)  # type: ignore[list-item]

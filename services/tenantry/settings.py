@@ -269,6 +269,10 @@ class DevSettings:
             **env,
             "TENANTRY_DATABASE_URL": settings.database_url or "postgresql+asyncpg://embedded",
             "TENANTRY_TEMPORAL_ADDRESS": settings.temporal_address or "127.0.0.1:7233",
+            # tenantry-dev makes its own signing key and sets these for the API.
+            "TENANTRY_AUTH_ISSUER": "tenantry-dev",
+            "TENANTRY_AUTH_JWKS_FILE": "",
+            "TENANTRY_AUTH_JWKS_URL": "https://tenantry-dev.invalid/jwks.json",
         }
         ApiSettings.from_env(probe)
         WorkerSettings.from_env(probe)
