@@ -25,7 +25,16 @@ from tenant_api.server import RunningApi, start_api
 from tenant_api.transport import is_loopback_host, listen_credentials, load_server_credentials
 from tenantry.settings import SettingsError, TlsSettings
 from tenantry_dev.embedded import BIN_DIR, free_port
-from tests.stack import BUG_CODES, ServiceProcess, eventually, service_env, spawn, stopping, verifier_for_tests
+from tests.stack import (
+    BUG_CODES,
+    ServiceProcess,
+    auth_env,
+    eventually,
+    service_env,
+    spawn,
+    stopping,
+    verifier_for_tests,
+)
 
 SERVER_NAME = "localhost"
 
@@ -338,6 +347,7 @@ def _base_env(**extra: str) -> dict[str, str]:
         TENANTRY_DATABASE_URL="postgresql+asyncpg://tenantry:secret@127.0.0.1:1/tenantry",
         TENANTRY_TEMPORAL_ADDRESS="127.0.0.1:1",
         TENANTRY_METRICS_ADDRESS="off",
+        **auth_env(),
     )
     env.update(extra)
     return env
