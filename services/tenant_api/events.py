@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import asyncpg
 from sqlalchemy import select
@@ -96,7 +96,7 @@ class TenantEvents:
         async with self._sessions() as session:
             return list((await session.scalars(query)).all())
 
-    async def watch(self, tenant_id: uuid.UUID | None, after: int | None) -> AsyncIterator[TenantEvent]:
+    async def watch(self, tenant_id: uuid.UUID | None, after: int | None) -> AsyncGenerator[TenantEvent, None]:
         """Events after `after` (None: from now), then live ones, until the
         server shuts down or the caller goes away."""
         feed = self._feed
