@@ -11,12 +11,12 @@ from collections.abc import Iterable
 import asyncpg
 
 from tenantry.migrations import tenant_schema_script
-from tenantry.schema_names import quote_schema, schema_name_for
+from tenantry.schema_names import SCHEMA_NAME_FROM_ID_SQL, quote_schema, schema_name_for
 from tenantry.workflow_contract import delete_workflow_id, provision_workflow_id
 
 NOTIFY_CHANNEL = "tenantry_operation_done"
 
-# The three statements RegisterTenant's transaction runs (tenants.py), as raw SQL.
+# The three inserts of RegisterTenant's one statement (tenantry/db/tenants.py), as raw SQL.
 UPSERT_USER = (
     "INSERT INTO users (id, email, display_name) VALUES ($1, $2, $3) "
     "ON CONFLICT ((lower(email))) DO UPDATE SET email = users.email RETURNING id, email"
@@ -77,7 +77,7 @@ async def seed_active_tenants(pool: asyncpg.Pool, count: int, batch: int, first_
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO tenants (id, slug, display_name, admin_user_id, state, schema_name) "
-                "SELECT id, slug, 'Seeded ' || slug, $3, 'ACTIVE', 't_' || replace(id::text, '-', '') "
+                f"SELECT id, slug, 'Seeded ' || slug, $3, 'ACTIVE', {SCHEMA_NAME_FROM_ID_SQL} "
                 "FROM unnest($1::uuid[], $2::text[]) AS s(id, slug)",
                 ids,
                 slugs,

@@ -16,6 +16,7 @@ from tests.stack import REPO_ROOT
 SETTINGS_SOURCES = [
     REPO_ROOT / "services/tenantry/settings.py",
     REPO_ROOT / "services/tenant_api/__main__.py",
+    REPO_ROOT / "services/tenant_api/transport.py",
     REPO_ROOT / "services/provisioner_worker/__main__.py",
     REPO_ROOT / "services/provisioner_worker/liveness.py",
 ]
@@ -73,7 +74,9 @@ def test_compose_ordering_health_and_scaling() -> None:
         assert depends["temporal"]["condition"] == "service_healthy"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     api = services["tenant-api"]
-    assert "50051:50051" in api["ports"]
+    # Plaintext (TENANTRY_PLAINTEXT_BEHIND_PROXY) is published on the host's loopback only.
+    assert "127.0.0.1:50051:50051" in api["ports"]
+    assert api["environment"]["TENANTRY_PLAINTEXT_BEHIND_PROXY"] == "true"
     assert api["environment"]["TENANTRY_GRPC_ADDRESS"].endswith(":50051")
     worker = services["provisioner-worker"]
     # `--scale provisioner-worker=3` needs no fixed name and no host ports.

@@ -17,6 +17,7 @@ from temporalio.service import RPCError
 
 from provisioner_worker.reconciler import ReconcileReport
 from provisioner_worker.schedule import ensure_reconcile_schedule
+from tenantry.schema_names import SCHEMA_NAME_FROM_ID_SQL, SCHEMA_NAME_REGEX, is_tenant_schema_name, schema_name_for
 from tenantry.v1 import operation_pb2, tenant_pb2, tenant_service_pb2
 from tenantry.workflow_contract import RECONCILE_WORKFLOW, ReconcileInput
 from tests.stack import Stack, registration, running_stack, wait_done
@@ -152,6 +153,61 @@ async def test_schema_without_live_tenant_is_reported_as_orphan(
         async with engine.begin() as conn:
             await conn.execute(text(f'DROP SCHEMA IF EXISTS "{orphan}"'))
             await conn.execute(text(f'DROP SCHEMA IF EXISTS "{not_tenant_like}"'))
+
+
+# Names PostgreSQL can hold (no NUL), tenant-like and not.
+_SCHEMA_NAME_CANDIDATES = [
+    "t_" + uuid.uuid4().hex,
+    "t_" + "0" * 32,
+    "public",
+    "t_",
+    "t_" + "0" * 31,
+    "t_" + "0" * 33,
+    "t_" + "A" * 32,
+    "T_" + "0" * 32,
+    "t_" + "g" * 32,
+    "t_" + "0" * 32 + "\n",
+    "x" + "t_" + "0" * 32,
+    "t_" + "\uff10" * 32,
+]
+
+
+async def test_database_and_python_agree_on_schema_names(engine: AsyncEngine) -> None:
+    """The pattern is written once (tenantry.schema_names): PostgreSQL derives
+    the same name from an id and recognises the same names as Python, and the
+    migrated CHECK constraint is the model's expression."""
+    tenant_id = uuid.uuid4()
+    async with engine.connect() as conn:
+        derived = await conn.scalar(
+            text(f"SELECT {SCHEMA_NAME_FROM_ID_SQL} FROM (SELECT CAST(:id AS uuid) AS id) AS s"), {"id": tenant_id}
+        )
+        assert derived == schema_name_for(tenant_id)
+        for name in _SCHEMA_NAME_CANDIDATES:
+            matches = await conn.scalar(
+                text("SELECT CAST(:name AS text) ~ :regex"), {"name": name, "regex": SCHEMA_NAME_REGEX}
+            )
+            assert matches == is_tenant_schema_name(name), name
+        migrated = await conn.scalar(
+            text(
+                "SELECT pg_get_constraintdef(c.oid) FROM pg_catalog.pg_constraint c "
+                "WHERE c.conname = 'ck_tenants_schema_name_from_id'"
+            )
+        )
+        await conn.execute(
+            text(
+                "CREATE TEMPORARY TABLE schema_name_probe (id uuid, schema_name varchar(63), "
+                f"CONSTRAINT schema_name_probe_ck CHECK (schema_name = {SCHEMA_NAME_FROM_ID_SQL}))"
+            )
+        )
+        modelled = await conn.scalar(
+            text(
+                "SELECT pg_get_constraintdef(c.oid) FROM pg_catalog.pg_constraint c "
+                "WHERE c.conname = 'schema_name_probe_ck'"
+            )
+        )
+        await conn.rollback()
+    assert migrated is not None
+    assert migrated == modelled
 
 
 # --- lost RUNNING operations --------------------------------------------------------------------

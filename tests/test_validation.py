@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from sqlalchemy import Select, select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tenant_api import pagination
 from tenant_api.errors import ApiError
@@ -23,6 +25,7 @@ from tenant_api.validation import (
     validate_project,
     validate_registration,
 )
+from tenantry.db.models import Operation
 from tenantry.schema_names import is_tenant_schema_name, quote_schema, schema_name_for
 
 VALID = {
@@ -463,6 +466,56 @@ def test_token_positions_come_back_in_utc() -> None:
 def test_well_formed_foreign_token_is_accepted() -> None:
     # The control for GARBAGE_TOKENS: the same construction with nothing wrong decodes.
     assert pagination.decode_token(_json_token(GOOD), "tenants:0", uuid.UUID) == (POSITION, uuid.UUID(int=1))
+
+
+# --- keyset pagination --------------------------------------------------------
+
+_OPERATIONS_KEYSET: pagination.Keyset[Operation, str] = pagination.Keyset(
+    Operation.create_time, Operation.workflow_id, str, lambda o: (o.create_time, o.workflow_id), descending=True
+)
+
+
+# Never connects: only its dialect renders SQL.
+_DIALECT = create_async_engine("postgresql+asyncpg://").dialect
+
+
+def _sql(query: Select[Operation]) -> str:
+    return str(query.compile(dialect=_DIALECT))
+
+
+def test_keyset_first_page_orders_and_fetches_one_row_past_the_page() -> None:
+    sql = _sql(_OPERATIONS_KEYSET.select(select(Operation), pagination.PageRequest(3, "", "ops")))
+    assert "ORDER BY workflow_executions.create_time DESC, workflow_executions.workflow_id DESC" in sql
+    assert "LIMIT" in sql
+    assert "WHERE" not in sql
+
+
+def test_keyset_next_page_starts_after_the_token_row() -> None:
+    descending = _sql(
+        _OPERATIONS_KEYSET.select(
+            select(Operation), pagination.PageRequest(3, pagination.encode_token(POSITION, "w", "ops"), "ops")
+        )
+    )
+    assert "(workflow_executions.create_time, workflow_executions.workflow_id) < (" in descending
+    ascending_keyset: pagination.Keyset[Operation, str] = pagination.Keyset(
+        Operation.create_time, Operation.workflow_id, str, lambda o: (o.create_time, o.workflow_id)
+    )
+    ascending = _sql(
+        ascending_keyset.select(
+            select(Operation), pagination.PageRequest(3, pagination.encode_token(POSITION, "w", "ops"), "ops")
+        )
+    )
+    assert "ORDER BY workflow_executions.create_time, workflow_executions.workflow_id" in ascending
+    assert "(workflow_executions.create_time, workflow_executions.workflow_id) > (" in ascending
+
+
+def test_keyset_page_token_is_the_last_row_of_the_page() -> None:
+    rows = [Operation(workflow_id=f"w-{i}", create_time=POSITION - timedelta(seconds=i)) for i in range(3)]
+    request = pagination.PageRequest(2, "", "ops")
+    page, token = _OPERATIONS_KEYSET.page(rows, request)
+    assert page == rows[:2]
+    assert pagination.decode_token(token, "ops", str) == (rows[1].create_time, "w-1")
+    assert _OPERATIONS_KEYSET.page(rows[:2], request) == (rows[:2], "")
 
 
 # --- schema names ------------------------------------------------------------

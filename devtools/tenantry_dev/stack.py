@@ -26,10 +26,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from temporalio.client import Client
 
+from tenant_api.healthcheck import HealthcheckConfigError, is_serving
+from tenant_api.transport import listen_credentials, tls_settings_from
 from tenantry.migrations import upgrade_control_plane
 from tenantry.settings import DEFAULT_GRPC_ADDRESS, Settings, SettingsError, exit_with_config_error
 
@@ -99,7 +99,7 @@ class DevStack:
             raise DevStackError(f"{env['TENANTRY_GRPC_ADDRESS']} is already in use (TENANTRY_GRPC_ADDRESS)")
         self._spawn("provisioner-worker", [sys.executable, "-m", "provisioner_worker"], env)
         self._spawn("tenant-api", [sys.executable, "-m", "tenant_api"], env)
-        self._wait_for_api(env["TENANTRY_GRPC_ADDRESS"])
+        self._wait_for_api(env["TENANTRY_GRPC_ADDRESS"], env)
         return env
 
     def _start_postgres(self) -> str:
@@ -154,14 +154,14 @@ class DevStack:
 
         self._wait_until(f"Temporal at {address}", lambda: asyncio.run(healthy()))
 
-    def _wait_for_api(self, address: str) -> None:
+    def _wait_for_api(self, address: str, env: dict[str, str]) -> None:
+        # Plaintext on loopback by default; with TENANTRY_TLS_* set it checks
+        # the way the container healthcheck does (see tenant_api.healthcheck).
         def serving() -> bool:
-            with grpc.insecure_channel(address) as channel:
-                try:
-                    response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                except grpc.RpcError:
-                    return False
-                return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+            try:
+                return is_serving(address, env, timeout=1)
+            except HealthcheckConfigError as exc:
+                raise DevStackError(str(exc)) from None
 
         self._wait_until(f"tenant-api at {address}", serving)
 
@@ -216,7 +216,9 @@ def _validate_environment() -> None:
     probe = dict(os.environ)
     probe["TENANTRY_DATABASE_URL"] = probe.get("TENANTRY_DATABASE_URL") or "postgresql+asyncpg://embedded"
     probe["TENANTRY_TEMPORAL_ADDRESS"] = probe.get("TENANTRY_TEMPORAL_ADDRESS") or TEMPORAL_ADDRESS
-    Settings.from_env(probe)
+    settings = Settings.from_env(probe)
+    # The API's transport rule (plaintext only on loopback) stops us here, not after the servers start.
+    listen_credentials(settings.grpc_address, tls_settings_from(probe))
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, column, delete, exists, func, select, table, text, update
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
@@ -24,11 +24,12 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from provisioner_worker.metrics import DELETION_SECONDS, PROVISIONING_SECONDS
+from tenantry.db import operations as operation_sql
+from tenantry.db import tenants as tenant_sql
 from tenantry.db.engine import driver_of
-from tenantry.db.models import Operation, Tenant, TenantMembership
 from tenantry.migrations import tenant_schema_script, upgrade_tenant_schema
 from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, pg_error
-from tenantry.schema_names import quote_schema, schema_name_for
+from tenantry.schema_names import schema_name_for
 from tenantry.states import OperationState, TenantState
 from tenantry.workflow_contract import (
     TEMPORAL_CALL_TIMEOUT,
@@ -45,45 +46,11 @@ TENANT_NOT_FOUND = "TenantNotFound"
 MEMBERSHIP_REFERENCE_MISSING = "MembershipReferenceMissing"
 TENANT_NOT_DELETABLE = "TenantNotDeletable"
 
-_OPEN_OPERATION_STATES = (OperationState.PENDING, OperationState.RUNNING)
-_SECONDS_SINCE_CREATE = func.extract("epoch", func.now() - Tenant.create_time)
-_SECONDS_SINCE_DELETE = func.extract("epoch", func.now() - Tenant.delete_time)
-
 # Alembic's `op` and `context` are process-global proxies: two tenant upgrades
 # interleaving on this event loop would run one tenant's DDL on the other's
 # connection. Upgrades of existing schemas run one at a time per process (a new
 # schema is one script that needs no alembic at all: tenant_schema_script).
 _TENANT_UPGRADE_LOCK = asyncio.Lock()
-
-_PG_NAMESPACE = table("pg_namespace", column("nspname"), schema="pg_catalog")
-# The tenant's state and whether its schema exists, the row locked. Built once:
-# constructing a statement per call costs more CPU than running it.
-_LOCK_FOR_PROVISIONING = (
-    select(Tenant.state, exists().where(_PG_NAMESPACE.c.nspname == Tenant.schema_name))
-    .where(Tenant.id == bindparam("locked_tenant_id"))
-    .with_for_update(of=Tenant)
-)
-
-# The end of provisioning as one statement (one round trip): the admin
-# membership (one that exists is success, a missing user a foreign-key
-# violation), the operation SUCCEEDED and the tenant ACTIVE.
-_ACTIVATE = text(
-    f"""
-    WITH membership AS (
-        INSERT INTO tenant_memberships (tenant_id, user_id, role)
-        VALUES (CAST(:tenant_id AS uuid), CAST(:user_id AS uuid), 'admin')
-        ON CONFLICT (tenant_id, user_id) DO NOTHING
-    ), operation AS (
-        UPDATE workflow_executions
-        SET state = '{OperationState.SUCCEEDED}', error_message = '', end_time = now(), update_time = now()
-        WHERE workflow_id = CAST(:workflow_id AS varchar)
-          AND state IN ({", ".join(f"'{state}'" for state in _OPEN_OPERATION_STATES)})
-    )
-    UPDATE tenants SET state = '{TenantState.ACTIVE}', update_time = now(), version = version + 1
-    WHERE id = CAST(:tenant_id AS uuid)
-    RETURNING extract(epoch FROM now() - create_time)
-    """
-)
 
 
 @dataclass(frozen=True)
@@ -99,8 +66,7 @@ class FailProvisioningInput:
 
 async def _lock_tenant_state(conn: AsyncConnection, tenant_id: uuid.UUID) -> str:
     """The tenant's state, with its row locked until the transaction ends."""
-    row = await conn.execute(select(Tenant.state).where(Tenant.id == tenant_id).with_for_update())
-    state = row.scalar_one_or_none()
+    state = (await conn.execute(tenant_sql.LOCK_STATE, {"tenant_id": tenant_id})).scalar_one_or_none()
     if state is None:
         raise ApplicationError(f"tenant {tenant_id} not found", type=TENANT_NOT_FOUND, non_retryable=True)
     return state
@@ -109,12 +75,7 @@ async def _lock_tenant_state(conn: AsyncConnection, tenant_id: uuid.UUID) -> str
 async def _finish_operation(
     conn: AsyncConnection, workflow_id: str, state: OperationState, error_message: str = ""
 ) -> None:
-    await conn.execute(
-        update(Operation)
-        .where(Operation.workflow_id == workflow_id)
-        .where(Operation.state.in_(_OPEN_OPERATION_STATES))
-        .values(state=state, error_message=error_message, end_time=text("now()"), update_time=text("now()"))
-    )
+    await conn.execute(operation_sql.transition(workflow_id, operation_sql.OPEN_OPERATION_STATES, state, error_message))
 
 
 async def _run_script(conn: AsyncConnection, script: str) -> None:
@@ -146,7 +107,9 @@ class TenantActivities:
                 # The row lock serialises concurrent attempts for this tenant
                 # (so whether the schema exists stays true until we commit) and
                 # orders us against DeleteTenant's soft delete.
-                row = (await conn.execute(_LOCK_FOR_PROVISIONING, {"locked_tenant_id": tenant_id})).one_or_none()
+                row = (
+                    await conn.execute(tenant_sql.LOCK_FOR_PROVISIONING, {"locked_tenant_id": tenant_id})
+                ).one_or_none()
                 if row is None:
                     raise ApplicationError(f"tenant {tenant_id} not found", type=TENANT_NOT_FOUND, non_retryable=True)
                 state, schema_exists = row
@@ -167,7 +130,7 @@ class TenantActivities:
                 else:
                     await _run_script(conn, tenant_schema_script(schema))
                 elapsed = await conn.scalar(
-                    _ACTIVATE,
+                    tenant_sql.ACTIVATE,
                     {"tenant_id": tenant_id, "user_id": user_id, "workflow_id": provision_workflow_id(tenant_id)},
                 )
         except IntegrityError as exc:
@@ -189,19 +152,9 @@ class TenantActivities:
             state = await _lock_tenant_state(conn, tenant_id)
             if state != TenantState.CREATING:
                 return  # deleted meanwhile: the deletion workflow owns the cleanup
-            await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_schema(schema_name_for(tenant_id))} CASCADE"))
-            await conn.execute(delete(TenantMembership).where(TenantMembership.tenant_id == tenant_id))
-            elapsed = await conn.scalar(
-                update(Tenant)
-                .where(Tenant.id == tenant_id)
-                .values(
-                    state=TenantState.FAILED,
-                    state_message=input.error_message,
-                    update_time=text("now()"),
-                    version=Tenant.version + 1,
-                )
-                .returning(_SECONDS_SINCE_CREATE)
-            )
+            await conn.execute(tenant_sql.drop_schema(tenant_id))
+            await conn.execute(tenant_sql.revoke_memberships(tenant_id))
+            elapsed = await conn.scalar(tenant_sql.mark_failed(tenant_id, input.error_message))
             await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.FAILED, input.error_message)
         PROVISIONING_SECONDS.labels("failed").observe(float(elapsed or 0))
 
@@ -240,15 +193,10 @@ class TenantActivities:
                 )
             # Waits for in-flight tenant queries, but never forever.
             await conn.execute(text("SET LOCAL lock_timeout = '10s'"))
-            await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_schema(schema_name_for(tenant_id))} CASCADE"))
-            await conn.execute(delete(TenantMembership).where(TenantMembership.tenant_id == tenant_id))
+            await conn.execute(tenant_sql.drop_schema(tenant_id))
+            await conn.execute(tenant_sql.revoke_memberships(tenant_id))
             if state == TenantState.DELETING:
-                elapsed = await conn.scalar(
-                    update(Tenant)
-                    .where(Tenant.id == tenant_id)
-                    .values(state=TenantState.DELETED, update_time=text("now()"), version=Tenant.version + 1)
-                    .returning(_SECONDS_SINCE_DELETE)
-                )
+                elapsed = await conn.scalar(tenant_sql.mark_deleted(tenant_id))
             await _finish_operation(conn, delete_workflow_id(tenant_id), OperationState.SUCCEEDED)
         if elapsed is not None:
             DELETION_SECONDS.labels("succeeded").observe(float(elapsed))

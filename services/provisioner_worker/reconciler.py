@@ -11,23 +11,20 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from provisioner_worker.metrics import RECONCILER_FINDINGS
-from tenantry.db.models import Operation, Tenant
+from tenantry.db import operations as operation_sql
+from tenantry.db import tenants as tenant_sql
 from tenantry.operation_starter import OperationRef, OperationStarter
 from tenantry.schema_names import is_tenant_schema_name
-from tenantry.states import DONE_OPERATION_STATES, OperationKind, OperationState, TenantState
+from tenantry.states import OperationKind, OperationState, TenantState
 from tenantry.workflow_contract import TEMPORAL_CALL_TIMEOUT, ReconcileInput
 
 log = logging.getLogger(__name__)
-
-# Tenant states whose schema may legitimately exist.
-_SCHEMA_OWNING_STATES = (TenantState.CREATING, TenantState.ACTIVE, TenantState.DELETING)
 
 
 @dataclass
@@ -73,21 +70,7 @@ class ReconcilerActivities:
         self, state: OperationState, older_than_seconds: float
     ) -> list[tuple[OperationRef, str]]:
         async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(
-                    Operation.workflow_id,
-                    Operation.kind,
-                    Operation.tenant_id,
-                    Tenant.admin_user_id,
-                    Tenant.state,
-                )
-                .join(Tenant, Tenant.id == Operation.tenant_id)
-                .where(Operation.state == state)
-                .where(Operation.update_time < text("now() - make_interval(secs => :age)"))
-                .order_by(Operation.create_time)
-                .limit(500),
-                {"age": older_than_seconds},
-            )
+            rows = await conn.execute(operation_sql.STALE_OPERATIONS, {"state": state, "age": older_than_seconds})
             return [(OperationRef(r.workflow_id, r.kind, r.tenant_id, r.admin_user_id), r.state) for r in rows]
 
     def _still_wanted(self, operation: OperationRef, tenant_state: str) -> bool:
@@ -99,14 +82,8 @@ class ReconcilerActivities:
         self, workflow_id: str, from_state: OperationState, to_state: OperationState, error: str = ""
     ) -> bool:
         """Conditional transition; False when another path moved the operation first."""
-        end_time = text("now()") if to_state in DONE_OPERATION_STATES else None
         async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(Operation)
-                .where(Operation.workflow_id == workflow_id)
-                .where(Operation.state == from_state)
-                .values(state=to_state, error_message=error, end_time=end_time, update_time=text("now()"))
-            )
+            result = await conn.execute(operation_sql.transition(workflow_id, (from_state,), to_state, error))
         return bool(result.rowcount)
 
     async def _start_stale_pending(self, input: ReconcileInput, report: ReconcileReport) -> None:
@@ -160,14 +137,6 @@ class ReconcilerActivities:
 
     async def _find_orphan_schemas(self, report: ReconcileReport) -> None:
         async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                text(
-                    "SELECT n.nspname FROM pg_catalog.pg_namespace n "
-                    "WHERE n.nspname ~ '^t_[0-9a-f]{32}$' "
-                    "AND NOT EXISTS (SELECT 1 FROM tenants t WHERE t.schema_name = n.nspname "
-                    "AND t.state = ANY(:live)) ORDER BY 1"
-                ),
-                {"live": [str(s) for s in _SCHEMA_OWNING_STATES]},
-            )
+            rows = await conn.execute(tenant_sql.ORPHAN_SCHEMAS)
             report.orphan_schemas = [name for (name,) in rows if is_tenant_schema_name(name)]
             report.orphan_schema_count = len(report.orphan_schemas)

@@ -15,7 +15,7 @@ import uuid
 from collections import defaultdict
 
 import asyncpg
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -31,6 +31,16 @@ OPERATION_NAME_PREFIX = "operations/"
 NOTIFY_CHANNEL = "tenantry_operation_done"
 # Re-read at least this often even without a notification.
 RECHECK_SECONDS = 5.0
+
+# Listing order: newest first, ties broken by workflow id
+# (ix_workflow_executions_create_time_workflow_id).
+_KEYSET: pagination.Keyset[Operation, str] = pagination.Keyset(
+    Operation.create_time,
+    Operation.workflow_id,
+    str,
+    lambda operation: (operation.create_time, operation.workflow_id),
+    descending=True,
+)
 
 
 def workflow_id_from_name(name: str) -> str:
@@ -110,23 +120,15 @@ class Operations:
     async def list(
         self, tenant_id: uuid.UUID | None, state: OperationState | None, size: int, token: str
     ) -> tuple[list[Operation], str]:
-        query_key = f"operations:{tenant_id or ''}:{state or ''}"
-        after = pagination.decode_token(token, query_key, str)
-        query = select(Operation).order_by(Operation.create_time.desc(), Operation.workflow_id.desc()).limit(size + 1)
+        request = pagination.PageRequest(size, token, f"operations:{tenant_id or ''}:{state or ''}")
+        query = select(Operation)
         if tenant_id is not None:
             query = query.where(Operation.tenant_id == tenant_id)
         if state is not None:
             query = query.where(Operation.state == state)
-        if after is not None:
-            query = query.where(tuple_(Operation.create_time, Operation.workflow_id) < tuple_(after[0], after[1]))
         async with self._sessions() as session:
-            operations = list((await session.scalars(query)).all())
-        next_token = ""
-        if len(operations) > size:
-            operations = operations[:size]
-            last = operations[-1]
-            next_token = pagination.encode_token(last.create_time, last.workflow_id, query_key)
-        return operations, next_token
+            operations = list((await session.scalars(_KEYSET.select(query, request))).all())
+        return _KEYSET.page(operations, request)
 
     async def wait(self, name: str, timeout_seconds: float) -> Operation:
         workflow_id = workflow_id_from_name(name)

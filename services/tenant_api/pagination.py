@@ -1,13 +1,16 @@
-"""Page sizes and opaque keyset page tokens."""
+"""Page sizes, opaque keyset page tokens, and keyset pagination itself."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, TypeVarTuple
+
+from sqlalchemy import Select, SQLColumnExpression, tuple_
 
 from tenant_api.errors import ApiError, FieldViolation, invalid_fields
 
@@ -15,6 +18,8 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
 Key = TypeVar("Key")
+Row = TypeVar("Row")
+Columns = TypeVarTuple("Columns")
 
 
 def page_size(requested: int) -> int:
@@ -53,3 +58,47 @@ def decode_token(token: str, query: str, parse_key: Callable[[str], Key]) -> tup
 
 def _bad_token() -> ApiError:
     return invalid_fields([FieldViolation("page_token", "is not a token from a previous response of this query")])
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    size: int
+    token: str
+    # Fingerprints the listing and its filters (see encode_token).
+    query: str
+
+
+@dataclass(frozen=True)
+class Keyset(Generic[Row, Key]):
+    """A listing's keyset order: by `position`, ties broken by the unique `key`,
+    both ascending or both descending. A page is one indexed range scan from the
+    previous page's last row (no OFFSET); the token carries that row's cursor."""
+
+    position: SQLColumnExpression[datetime]
+    key: SQLColumnExpression[Any]
+    # The token's key text back to the key column's type.
+    parse_key: Callable[[str], Key]
+    # A result row's (position, key); the key is encoded with str().
+    cursor: Callable[[Row], tuple[datetime, object]]
+    descending: bool = False
+
+    def select(self, query: Select[*Columns], request: PageRequest) -> Select[*Columns]:
+        """`query` in keyset order, from after the token's row, one row past
+        the page (which says whether there is a next page)."""
+        after = decode_token(request.token, request.query, self.parse_key)
+        if self.descending:
+            query = query.order_by(self.position.desc(), self.key.desc())
+        else:
+            query = query.order_by(self.position, self.key)
+        if after is not None:
+            cursor, bound = tuple_(self.position, self.key), tuple_(*after)
+            query = query.where(cursor < bound if self.descending else cursor > bound)
+        return query.limit(request.size + 1)
+
+    def page(self, rows: Sequence[Row], request: PageRequest) -> tuple[list[Row], str]:
+        """The page out of `select`'s rows, and the next page's token ("" after the last)."""
+        if len(rows) <= request.size:
+            return list(rows), ""
+        page = list(rows[: request.size])
+        position, key = self.cursor(page[-1])
+        return page, encode_token(position, str(key), request.query)

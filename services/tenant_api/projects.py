@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import delete, insert, select, tuple_
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from tenant_api import pagination
@@ -18,6 +18,11 @@ from tenant_api.errors import already_exists, not_found
 from tenant_api.tenant_gate import TenantScope
 from tenantry.db.models import Project
 from tenantry.pg_errors import UNIQUE_VIOLATION, pg_error
+
+# Listing order: creation time, then id (ix_projects_create_time_id).
+_KEYSET: pagination.Keyset[Project, uuid.UUID] = pagination.Keyset(
+    Project.create_time, Project.id, uuid.UUID, lambda project: (project.create_time, project.id)
+)
 
 
 class Projects:
@@ -41,16 +46,9 @@ class Projects:
         return project
 
     async def list(self, scope: TenantScope, size: int, token: str) -> tuple[list[Project], str]:
-        after = pagination.decode_token(token, "projects", uuid.UUID)
-        query = select(Project).order_by(Project.create_time, Project.id).limit(size + 1)
-        if after is not None:
-            query = query.where(tuple_(Project.create_time, Project.id) > tuple_(after[0], after[1]))
-        projects = list((await scope.session.scalars(query)).all())
-        next_token = ""
-        if len(projects) > size:
-            projects = projects[:size]
-            next_token = pagination.encode_token(projects[-1].create_time, str(projects[-1].id), "projects")
-        return projects, next_token
+        request = pagination.PageRequest(size, token, "projects")
+        projects = list((await scope.session.scalars(_KEYSET.select(select(Project), request))).all())
+        return _KEYSET.page(projects, request)
 
     async def delete(self, scope: TenantScope, project_id: uuid.UUID) -> None:
         async with scope.session.begin():

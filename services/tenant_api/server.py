@@ -95,8 +95,15 @@ class RunningApi:
 
 
 async def start_api(
-    *, engine: AsyncEngine, database_url: str, client: Client, task_queue: str, address: str
+    *,
+    engine: AsyncEngine,
+    database_url: str,
+    client: Client,
+    task_queue: str,
+    address: str,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> RunningApi:
+    """`credentials`: TLS / mTLS (see tenant_api.transport); None serves plaintext."""
     sessions = create_session_factory(engine)
     notifications = OperationNotifications(database_url)
     server = grpc.aio.server(
@@ -118,7 +125,7 @@ async def start_api(
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()

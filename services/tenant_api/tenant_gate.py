@@ -14,14 +14,13 @@ from functools import cache
 
 import grpc
 from google.protobuf import descriptor_pool
-from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tenant_api.call_transaction import abandon, call_transaction, driver_call, open_transaction, unscoped_connection
 from tenant_api.errors import ApiError, FieldViolation, failed_precondition, not_found
 from tenant_api.validation import parse_uuid, slug_problem
-from tenantry.db.models import Tenant
+from tenantry.db import tenants as tenant_sql
 from tenantry.pg_errors import SCHEMA_GONE_SQLSTATES, pg_error
 from tenantry.schema_names import schema_name_for
 from tenantry.states import TenantState
@@ -69,31 +68,13 @@ def _invalid(reason: str, header: str, message: str) -> ApiError:
     )
 
 
-_ADMIT_BY_ID = select(Tenant.id, Tenant.state, Tenant.schema_name).where(Tenant.id == bindparam("key"))
-_ADMIT_BY_SLUG = select(Tenant.id, Tenant.state, Tenant.schema_name).where(Tenant.slug == bindparam("key"))
-
-
-def _begin_if_active(tenant_id: uuid.UUID) -> str:
-    """Opens the call's transaction and checks the tenant is ACTIVE, in one
-    round trip: the simple query protocol takes several statements but no
-    parameters, and its status ("SELECT 1" or "SELECT 0") is the answer. The
-    only value in it is a uuid.UUID's canonical text (hex digits and dashes)."""
-    if not isinstance(tenant_id, uuid.UUID):
-        raise TypeError("tenant_id must be a uuid.UUID")
-    return (
-        f"BEGIN; SELECT 1 FROM {Tenant.__tablename__} WHERE id = '{tenant_id}' AND state = '{TenantState.ACTIVE.value}'"
-    )
-
-
 class TenantGate:
     def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._engine = engine
         self._sessions = sessions
-        # Admission runs on every tenant-scoped call, so it skips SQLAlchemy's
-        # execution layer: SQL rendered once from the model and run by the
-        # driver. Never cached: every call reads the tenant's state anew.
-        self._admit_by_id = str(_ADMIT_BY_ID.compile(dialect=engine.dialect))
-        self._admit_by_slug = str(_ADMIT_BY_SLUG.compile(dialect=engine.dialect))
+        # Rendered once, run by the driver. Never cached: every call reads
+        # the tenant's state anew.
+        self._admission = tenant_sql.AdmissionQueries.render(engine.dialect)
 
     @asynccontextmanager
     async def admitted(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> AsyncIterator[TenantScope]:
@@ -106,12 +87,12 @@ class TenantGate:
             if tenant_id is None:
                 raise _invalid("INVALID_TENANT_ID", TENANT_ID_HEADER, f"{TENANT_ID_HEADER} must be a UUID")
             key: uuid.UUID | str = tenant_id
-            query, ref = self._admit_by_id, {"tenant_id": str(tenant_id)}
+            query, ref = self._admission.by_id, {"tenant_id": str(tenant_id)}
         elif slug:
             if slug_problem(slug) is not None:
                 raise _invalid("INVALID_TENANT_ID", TENANT_SLUG_HEADER, f"{TENANT_SLUG_HEADER} is not a valid slug")
             key = slug
-            query, ref = self._admit_by_slug, {"slug": slug}
+            query, ref = self._admission.by_slug, {"slug": slug}
         else:
             raise _invalid(
                 "TENANT_REQUIRED", TENANT_ID_HEADER, f"name the tenant in {TENANT_ID_HEADER} or {TENANT_SLUG_HEADER}"
@@ -123,7 +104,7 @@ class TenantGate:
             if isinstance(key, uuid.UUID):
                 # The usual case in one round trip: the call's transaction
                 # opens with the admission check ("SELECT 1": ACTIVE).
-                if await open_transaction(conn, driver, _begin_if_active(key)) == "SELECT 1":
+                if await open_transaction(conn, driver, tenant_sql.begin_if_active(key)) == "SELECT 1":
                     admitted_id, schema_name = key, schema_name_for(key)
                 else:
                     await abandon(conn, driver)
@@ -150,7 +131,7 @@ class TenantGate:
             return _tenant_deleted(tenant_id)
         try:
             async with self._sessions() as session:
-                state = (await session.scalars(select(Tenant.state).where(Tenant.id == scope.tenant_id))).one_or_none()
+                state = (await session.scalars(tenant_sql.state_of(scope.tenant_id))).one_or_none()
         except DBAPIError:
             return None
         return _tenant_deleted(tenant_id) if state is None else gate_error(tenant_id, state)

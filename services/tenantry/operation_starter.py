@@ -13,12 +13,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 
-from tenantry.states import OperationKind, OperationState
+from tenantry.db import operations as operation_sql
+from tenantry.states import OperationKind
 from tenantry.workflow_contract import (
     DELETE_WORKFLOW,
     PROVISION_WORKFLOW,
@@ -28,23 +28,6 @@ from tenantry.workflow_contract import (
 )
 
 log = logging.getLogger(__name__)
-
-# The RUNNING mark is bookkeeping that commits asynchronously
-# (synchronous_commit off for its own transaction only, set_config(..., true)):
-# it does not wait for a WAL flush. A database crash can lose it, and only it
-# (WAL is replayed in order: nothing committed after it survives either); the
-# operation then stays PENDING and the reconciler starts the workflow again,
-# which is harmless. Every RegisterTenant and DeleteTenant saves the flush.
-_MARK_RUNNING = text(
-    f"""
-    WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))
-    UPDATE workflow_executions
-    SET state = '{OperationState.RUNNING}', start_time = now(), update_time = now()
-    FROM async_commit
-    WHERE workflow_id = CAST(:workflow_id AS varchar) AND state = '{OperationState.PENDING}'
-    RETURNING start_time
-    """
-)
 
 
 @dataclass(frozen=True)
@@ -99,7 +82,9 @@ class OperationStarter:
             # One statement: autocommit saves the BEGIN/COMMIT round trips.
             async with self._engine.connect() as conn:
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                started: datetime | None = await conn.scalar(_MARK_RUNNING, {"workflow_id": operation.workflow_id})
+                started: datetime | None = await conn.scalar(
+                    operation_sql.MARK_RUNNING, {"workflow_id": operation.workflow_id}
+                )
         except Exception as exc:  # noqa: BLE001 - the workflow runs; only the bookkeeping lags
             log.warning(
                 "workflow started but the operation could not be marked RUNNING",

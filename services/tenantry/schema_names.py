@@ -1,4 +1,10 @@
-"""Tenant schema names: derived from the tenant id, never from user input."""
+"""Tenant schema names: derived from the tenant id, never from user input.
+
+The one definition of the pattern (`t_` + the id's 32 hex digits): Python
+derives names with `schema_name_for`, PostgreSQL with `SCHEMA_NAME_FROM_ID_SQL`
+(the tenants CHECK constraint), and both recognise them with
+`SCHEMA_NAME_REGEX` (a POSIX-style regular expression both dialects read alike).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,11 @@ import re
 import uuid
 
 SCHEMA_PREFIX = "t_"
-_SCHEMA_RE = re.compile(r"^t_[0-9a-f]{32}$")
+# Anchored; `[0-9a-f]{32}` is `uuid.UUID.hex`.
+SCHEMA_NAME_REGEX = f"^{SCHEMA_PREFIX}[0-9a-f]{{32}}$"
+# `schema_name_for` in SQL, over a row's `id` column.
+SCHEMA_NAME_FROM_ID_SQL = f"'{SCHEMA_PREFIX}' || replace(id::text, '-', '')"
+_SCHEMA_RE = re.compile(SCHEMA_NAME_REGEX)
 
 
 def schema_name_for(tenant_id: uuid.UUID) -> str:

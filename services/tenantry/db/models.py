@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from tenantry.schema_names import SCHEMA_NAME_FROM_ID_SQL
 from tenantry.states import OperationKind, OperationState, TenantEventType, TenantState
 
 NAMING_CONVENTION = {
@@ -70,7 +71,7 @@ class Tenant(Base):
     __tablename__ = "tenants"
     __table_args__ = (
         CheckConstraint(_in("state", TenantState), name="state"),
-        CheckConstraint("schema_name = 't_' || replace(id::text, '-', '')", name="schema_name_from_id"),
+        CheckConstraint(f"schema_name = {SCHEMA_NAME_FROM_ID_SQL}", name="schema_name_from_id"),
         Index("ix_tenants_create_time_id", "create_time", "id"),
     )
 

@@ -1,0 +1,75 @@
+"""The operation aggregate's statements: the RUNNING mark, state transitions,
+and the reconciler's scan for operations left open."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from sqlalchemy import Update, bindparam, insert, select, text, update
+from sqlalchemy.sql.dml import ReturningInsert
+
+from tenantry.db.models import Operation, Tenant
+from tenantry.states import DONE_OPERATION_STATES, OperationKind, OperationState
+
+OPEN_OPERATION_STATES = (OperationState.PENDING, OperationState.RUNNING)
+
+# The RUNNING mark is bookkeeping that commits asynchronously
+# (synchronous_commit off for its own transaction only, set_config(..., true)):
+# it does not wait for a WAL flush. A database crash can lose it, and only it
+# (WAL is replayed in order: nothing committed after it survives either); the
+# operation then stays PENDING and the reconciler starts the workflow again,
+# which is harmless. Every RegisterTenant and DeleteTenant saves the flush.
+# One statement, meant for autocommit; parameter `workflow_id`; returns the
+# start time, or no row when the operation was no longer PENDING.
+MARK_RUNNING = text(
+    f"""
+    WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))
+    UPDATE {Operation.__tablename__}
+    SET state = '{OperationState.RUNNING}', start_time = now(), update_time = now()
+    FROM async_commit
+    WHERE workflow_id = CAST(:workflow_id AS varchar) AND state = '{OperationState.PENDING}'
+    RETURNING start_time
+    """
+)
+
+
+def transition(
+    workflow_id: str, from_states: Iterable[OperationState], to_state: OperationState, error_message: str = ""
+) -> Update:
+    """Moves the operation to `to_state` if it is in one of `from_states` (the
+    result's rowcount says whether it was). A final state records the end time;
+    any other clears it."""
+    end_time = text("now()") if to_state in DONE_OPERATION_STATES else None
+    return (
+        update(Operation)
+        .where(Operation.workflow_id == workflow_id)
+        .where(Operation.state.in_(tuple(from_states)))
+        .values(state=to_state, error_message=error_message, end_time=end_time, update_time=text("now()"))
+    )
+
+
+# Operations in state `state` not updated for `age` seconds (the parameters), oldest first, with
+# what the reconciler needs to judge and restart them.
+STALE_OPERATIONS = (
+    select(Operation.workflow_id, Operation.kind, Operation.tenant_id, Tenant.admin_user_id, Tenant.state)
+    .join(Tenant, Tenant.id == Operation.tenant_id)
+    .where(Operation.state == bindparam("state"))
+    .where(Operation.update_time < text("now() - make_interval(secs => :age)"))
+    .order_by(Operation.create_time)
+    .limit(500)
+)
+
+
+def insert_pending(
+    workflow_id: str, tenant_id: uuid.UUID, kind: OperationKind, request_id: uuid.UUID | None
+) -> ReturningInsert[Operation]:
+    """A new PENDING operation, returned; a reused request_id violates
+    uq_workflow_executions_request_id."""
+    return (
+        insert(Operation)
+        .values(
+            workflow_id=workflow_id, tenant_id=tenant_id, kind=kind, state=OperationState.PENDING, request_id=request_id
+        )
+        .returning(Operation)
+    )

@@ -1,0 +1,245 @@
+"""The tenant aggregate's statements, for the API and the worker alike.
+
+The hand-tuned ones (registration, the gate's admission, provisioning's lock
+and activation) run on hot paths: each is one round trip and is built once, at
+import, as SQL text rendered from the models (table and column names come from
+`tenantry.db.models`, never hand-listed) or as a Core statement with bound
+parameters, whose compiled form SQLAlchemy caches and asyncpg prepares. The
+rarer changes (failure, soft delete, purge) are built per call.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import Delete, Select, TextClause, bindparam, column, delete, exists, func, select, table, text, update
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import ReturningUpdate
+
+from tenantry.db.models import Operation, Tenant, TenantMembership, User
+from tenantry.db.operations import OPEN_OPERATION_STATES
+from tenantry.schema_names import SCHEMA_NAME_REGEX, quote_schema, schema_name_for
+from tenantry.states import OperationKind, OperationState, TenantState
+from tenantry.workflow_contract import provision_workflow_id
+
+TENANTS = Tenant.__tablename__
+OPERATIONS = Operation.__tablename__
+TENANT_COLUMNS: tuple[str, ...] = tuple(Tenant.__table__.c.keys())
+OPERATION_COLUMNS: tuple[str, ...] = tuple(Operation.__table__.c.keys())
+# The constraint a taken slug violates (naming convention in models.py).
+SLUG_UNIQUE_CONSTRAINT = f"uq_{TENANTS}_slug"
+
+# --- registration ------------------------------------------------------------
+
+# Registration as one statement: a data-modifying CTE is atomic on its own, so
+# it runs in autocommit with a single round trip. Uniqueness stays with the
+# database: a taken slug fails on uq_tenants_slug, a replayed request_id on
+# uq_workflow_executions_request_id.
+_REGISTER = text(
+    f"""
+    WITH admin AS (
+        INSERT INTO {User.__tablename__} (id, email, display_name) VALUES (:user_id, :email, :admin_display_name)
+        -- A no-op update so RETURNING yields an existing user's id too; it also
+        -- waits for a concurrent insert of the same email instead of failing.
+        ON CONFLICT ((lower(email))) DO UPDATE SET email = {User.__tablename__}.email
+        RETURNING id, email
+    ), tenant AS (
+        INSERT INTO {TENANTS} (id, slug, display_name, admin_user_id, state, schema_name)
+        SELECT CAST(:tenant_id AS uuid), CAST(:slug AS varchar), CAST(:display_name AS varchar), admin.id,
+               '{TenantState.CREATING}', CAST(:schema_name AS varchar)
+        FROM admin
+        RETURNING {", ".join(TENANT_COLUMNS)}
+    ), operation AS (
+        INSERT INTO {OPERATIONS} (workflow_id, tenant_id, kind, state, request_id)
+        SELECT CAST(:workflow_id AS varchar), tenant.id, '{OperationKind.PROVISION}', '{OperationState.PENDING}',
+               CAST(:request_id AS uuid)
+        FROM tenant
+        RETURNING {", ".join(OPERATION_COLUMNS)}
+    )
+    SELECT admin.email AS admin_email,
+           {", ".join(f"tenant.{c} AS t_{c}" for c in TENANT_COLUMNS)},
+           {", ".join(f"operation.{c} AS o_{c}" for c in OPERATION_COLUMNS)}
+    FROM admin, tenant, operation
+    """
+)
+
+
+@dataclass(frozen=True)
+class TenantWithOperation:
+    tenant: Tenant
+    admin_email: str
+    operation: Operation
+
+
+def with_admin_email() -> Select[Tenant, str]:
+    """Tenants with their admin's email, the API's view of a tenant."""
+    return select(Tenant, User.email).join(User, User.id == Tenant.admin_user_id)
+
+
+async def register(
+    conn: AsyncConnection,
+    *,
+    tenant_id: uuid.UUID,
+    slug: str,
+    display_name: str,
+    admin_email: str,
+    admin_display_name: str,
+    request_id: uuid.UUID | None,
+) -> TenantWithOperation:
+    """The admin user (found or created), the CREATING tenant and its PENDING
+    provisioning operation, in one statement. Raises IntegrityError for a taken
+    slug (`SLUG_UNIQUE_CONSTRAINT`) or a reused request_id."""
+    params = {
+        "user_id": uuid.uuid4(),
+        "email": admin_email,
+        "admin_display_name": admin_display_name,
+        "tenant_id": tenant_id,
+        "slug": slug,
+        "display_name": display_name,
+        "schema_name": schema_name_for(tenant_id),
+        "workflow_id": provision_workflow_id(tenant_id),
+        "request_id": request_id,
+    }
+    row = (await conn.execute(_REGISTER, params)).one()._mapping
+    return TenantWithOperation(
+        tenant=Tenant(**{c: row[f"t_{c}"] for c in TENANT_COLUMNS}),
+        admin_email=row["admin_email"],
+        operation=Operation(**{c: row[f"o_{c}"] for c in OPERATION_COLUMNS}),
+    )
+
+
+# --- the gate's admission ----------------------------------------------------
+
+_ADMIT_BY_ID = select(Tenant.id, Tenant.state, Tenant.schema_name).where(Tenant.id == bindparam("key"))
+_ADMIT_BY_SLUG = select(Tenant.id, Tenant.state, Tenant.schema_name).where(Tenant.slug == bindparam("key"))
+
+
+@dataclass(frozen=True)
+class AdmissionQueries:
+    """The admission reads as the driver's SQL (`$1` the tenant id or slug;
+    rows `(id, state, schema_name)`), rendered once per engine: admission runs
+    on every tenant-scoped call, so it skips SQLAlchemy's execution layer."""
+
+    by_id: str
+    by_slug: str
+
+    @classmethod
+    def render(cls, dialect: Dialect) -> AdmissionQueries:
+        return cls(
+            by_id=str(_ADMIT_BY_ID.compile(dialect=dialect)),
+            by_slug=str(_ADMIT_BY_SLUG.compile(dialect=dialect)),
+        )
+
+
+def begin_if_active(tenant_id: uuid.UUID) -> str:
+    """Opens the call's transaction and checks the tenant is ACTIVE, in one
+    round trip: the simple query protocol takes several statements but no
+    parameters, and its status ("SELECT 1" or "SELECT 0") is the answer. The
+    only value in it is a uuid.UUID's canonical text (hex digits and dashes)."""
+    if not isinstance(tenant_id, uuid.UUID):
+        raise TypeError("tenant_id must be a uuid.UUID")
+    return f"BEGIN; SELECT 1 FROM {TENANTS} WHERE id = '{tenant_id}' AND state = '{TenantState.ACTIVE.value}'"
+
+
+def state_of(tenant_id: uuid.UUID) -> Select[str]:
+    return select(Tenant.state).where(Tenant.id == tenant_id)
+
+
+# --- provisioning and deletion -----------------------------------------------
+
+# The tenant's state, its row locked until the transaction ends
+# (parameter `tenant_id`).
+LOCK_STATE = select(Tenant.state).where(Tenant.id == bindparam("tenant_id")).with_for_update()
+
+_PG_NAMESPACE = table("pg_namespace", column("nspname"), schema="pg_catalog")
+# The tenant's state and whether its schema exists, the row locked (parameter
+# `locked_tenant_id`). Built once: constructing a statement per call costs more
+# CPU than running it.
+LOCK_FOR_PROVISIONING = (
+    select(Tenant.state, exists().where(_PG_NAMESPACE.c.nspname == Tenant.schema_name))
+    .where(Tenant.id == bindparam("locked_tenant_id"))
+    .with_for_update(of=Tenant)
+)
+
+# The end of provisioning as one statement (one round trip): the admin
+# membership (one that exists is success, a missing user a foreign-key
+# violation), the operation SUCCEEDED and the tenant ACTIVE. Parameters
+# `tenant_id`, `user_id`, `workflow_id`; returns the seconds since the tenant
+# was registered.
+ACTIVATE = text(
+    f"""
+    WITH membership AS (
+        INSERT INTO {TenantMembership.__tablename__} (tenant_id, user_id, role)
+        VALUES (CAST(:tenant_id AS uuid), CAST(:user_id AS uuid), 'admin')
+        ON CONFLICT (tenant_id, user_id) DO NOTHING
+    ), operation AS (
+        UPDATE {OPERATIONS}
+        SET state = '{OperationState.SUCCEEDED}', error_message = '', end_time = now(), update_time = now()
+        WHERE workflow_id = CAST(:workflow_id AS varchar)
+          AND state IN ({", ".join(f"'{state}'" for state in OPEN_OPERATION_STATES)})
+    )
+    UPDATE {TENANTS} SET state = '{TenantState.ACTIVE}', update_time = now(), version = version + 1
+    WHERE id = CAST(:tenant_id AS uuid)
+    RETURNING extract(epoch FROM now() - create_time)
+    """
+)
+
+# --- the reconciler ----------------------------------------------------------
+
+# Tenant states whose schema may legitimately exist.
+SCHEMA_OWNING_STATES = (TenantState.CREATING, TenantState.ACTIVE, TenantState.DELETING)
+
+# Tenant schemas no live tenant owns, by name.
+ORPHAN_SCHEMAS = text(
+    "SELECT n.nspname FROM pg_catalog.pg_namespace n "
+    "WHERE n.nspname ~ :schema_name_regex "
+    f"AND NOT EXISTS (SELECT 1 FROM {TENANTS} t WHERE t.schema_name = n.nspname "
+    "AND t.state = ANY(:live)) ORDER BY 1"
+).bindparams(schema_name_regex=SCHEMA_NAME_REGEX, live=[str(s) for s in SCHEMA_OWNING_STATES])
+
+
+def mark_failed(tenant_id: uuid.UUID, message: str) -> ReturningUpdate[float]:
+    """Provisioning failed; returns the seconds since the tenant was registered."""
+    return (
+        update(Tenant)
+        .where(Tenant.id == tenant_id)
+        .values(state=TenantState.FAILED, state_message=message, update_time=text("now()"), version=Tenant.version + 1)
+        .returning(func.extract("epoch", func.now() - Tenant.create_time))
+    )
+
+
+def mark_deleted(tenant_id: uuid.UUID) -> ReturningUpdate[float]:
+    """Purged; returns the seconds since the soft delete."""
+    return (
+        update(Tenant)
+        .where(Tenant.id == tenant_id)
+        .values(state=TenantState.DELETED, update_time=text("now()"), version=Tenant.version + 1)
+        .returning(func.extract("epoch", func.now() - Tenant.delete_time))
+    )
+
+
+def soft_delete(tenant_id: uuid.UUID) -> ReturningUpdate[Tenant]:
+    """DeleteTenant's change: DELETING, to be purged right away by the deletion
+    workflow; returns the updated tenant."""
+    return (
+        update(Tenant)
+        .where(Tenant.id == tenant_id)
+        .values(
+            state=TenantState.DELETING,
+            delete_time=text("now()"),
+            purge_time=text("now()"),
+            update_time=text("now()"),
+            version=Tenant.version + 1,
+        )
+        .returning(Tenant)
+    )
+
+
+def revoke_memberships(tenant_id: uuid.UUID) -> Delete:
+    return delete(TenantMembership).where(TenantMembership.tenant_id == tenant_id)
+
+
+def drop_schema(tenant_id: uuid.UUID) -> TextClause:
+    return text(f"DROP SCHEMA IF EXISTS {quote_schema(schema_name_for(tenant_id))} CASCADE")
