@@ -14,12 +14,13 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
 import asyncpg
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from tenant_api import pagination
 from tenant_api.errors import resource_exhausted
 from tenantry.db.events import EVENT_CHANNEL, LAST_SEQUENCE
 from tenantry.db.models import TenantEvent
@@ -84,17 +85,32 @@ class EventFeed:
             self._connection = None
 
 
+# In sequence order, which is the order events became visible.
+_KEYSET: pagination.Keyset[TenantEvent, int] = pagination.Keyset(
+    position=None, key=TenantEvent.sequence, parse_key=int, cursor=lambda event: (None, event.sequence)
+)
+
+
 class TenantEvents:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], feed: EventFeed) -> None:
         self._sessions = sessions
         self._feed = feed
 
-    async def _after(self, tenant_id: uuid.UUID | None, after: int, limit: int) -> list[TenantEvent]:
+    async def list(self, tenant_id: uuid.UUID | None, size: int, token: str) -> tuple[list[TenantEvent], str]:
+        request = pagination.PageRequest(size, token, f"events:{tenant_id or ''}")
+        query = select(TenantEvent)
+        if tenant_id is not None:
+            query = query.where(TenantEvent.tenant_id == tenant_id)
+        async with self._sessions() as session:
+            rows = (await session.scalars(_KEYSET.select(query, request))).all()
+        return _KEYSET.page(rows, request)
+
+    async def _after(self, tenant_id: uuid.UUID | None, after: int, limit: int) -> Sequence[TenantEvent]:
         query = select(TenantEvent).where(TenantEvent.sequence > after).order_by(TenantEvent.sequence).limit(limit)
         if tenant_id is not None:
             query = query.where(TenantEvent.tenant_id == tenant_id)
         async with self._sessions() as session:
-            return list((await session.scalars(query)).all())
+            return (await session.scalars(query)).all()
 
     async def watch(self, tenant_id: uuid.UUID | None, after: int | None) -> AsyncGenerator[TenantEvent, None]:
         """Events after `after` (None: from now), then live ones, until the
