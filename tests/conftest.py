@@ -66,16 +66,14 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture(scope="session")
-async def stack(engine: AsyncEngine, database_url: str, temporal_client: Client) -> AsyncIterator[Stack]:
-    async with running_stack(engine=engine, database_url=database_url, client=temporal_client) as stack:
+async def stack(engine: AsyncEngine, temporal_client: Client) -> AsyncIterator[Stack]:
+    async with running_stack(engine=engine, client=temporal_client) as stack:
         yield stack
 
 
 @pytest.fixture(scope="module")
-async def idle_stack(engine: AsyncEngine, database_url: str, temporal_client: Client) -> AsyncIterator[Stack]:
+async def idle_stack(engine: AsyncEngine, temporal_client: Client) -> AsyncIterator[Stack]:
     """An API whose task queue has no worker: workflows it starts never run, so a
     tenant stays CREATING and a deletion stays DELETING."""
-    async with running_stack(
-        engine=engine, database_url=database_url, client=temporal_client, with_worker=False
-    ) as idle:
+    async with running_stack(engine=engine, client=temporal_client, with_worker=False) as idle:
         yield idle

@@ -73,7 +73,6 @@ class Stack:
 async def running_stack(
     *,
     engine: AsyncEngine,
-    database_url: str,
     client: Client,
     task_queue: str | None = None,
     activities: list[Callable[..., Any]] | None = None,
@@ -81,9 +80,7 @@ async def running_stack(
 ) -> AsyncIterator[Stack]:
     """API in-process on port 0 plus (optionally) a worker, on their own task queue."""
     queue = task_queue or f"test-{uuid.uuid4().hex[:12]}"
-    api = await start_api(
-        engine=engine, database_url=database_url, client=client, task_queue=queue, address="127.0.0.1:0"
-    )
+    api = await start_api(engine=engine, client=client, task_queue=queue, address="127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{api.port}")
     try:
         if with_worker:
@@ -180,9 +177,7 @@ async def expect_error(call: Awaitable[Any], code: grpc.StatusCode, reason: str)
 
 
 @asynccontextmanager
-async def failing_provisioning_stack(
-    *, engine: AsyncEngine, database_url: str, client: Client, message: str
-) -> AsyncIterator[Stack]:
+async def failing_provisioning_stack(*, engine: AsyncEngine, client: Client, message: str) -> AsyncIterator[Stack]:
     """A stack whose provisioning step fails for good with `message`: every
     tenant registered through it ends FAILED."""
 
@@ -196,7 +191,5 @@ async def failing_provisioning_stack(
         for a in activities_for(engine, client, queue)
     ]
     assert provision_tenant in activities
-    async with running_stack(
-        engine=engine, database_url=database_url, client=client, task_queue=queue, activities=activities
-    ) as stack:
+    async with running_stack(engine=engine, client=client, task_queue=queue, activities=activities) as stack:
         yield stack

@@ -46,9 +46,7 @@ async def test_cancelled_calls_leave_no_connection_inside_a_transaction(
     metadata = ((TENANT_ID_HEADER, tenant.id),)
     small = create_engine(database_url, pool_size=1, max_overflow=0)
     try:
-        async with running_stack(
-            engine=small, database_url=database_url, client=temporal_client, with_worker=False
-        ) as api:
+        async with running_stack(engine=small, client=temporal_client, with_worker=False) as api:
             projects = api.stubs.projects
             await projects.CreateProject(project_service_pb2.CreateProjectRequest(name="before"), metadata=metadata)
             # grpc.aio sends a call as soon as it is created: each one is made

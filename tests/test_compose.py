@@ -13,13 +13,8 @@ import yaml
 
 from tests.stack import REPO_ROOT
 
-SETTINGS_SOURCES = [
-    REPO_ROOT / "services/tenantry/settings.py",
-    REPO_ROOT / "services/tenant_api/__main__.py",
-    REPO_ROOT / "services/tenant_api/transport.py",
-    REPO_ROOT / "services/provisioner_worker/__main__.py",
-    REPO_ROOT / "services/provisioner_worker/liveness.py",
-]
+# Every variable is read in one place.
+SETTINGS_SOURCES = [REPO_ROOT / "services/tenantry/settings.py"]
 
 
 def _compose() -> dict[str, Any]:

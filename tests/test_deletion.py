@@ -87,9 +87,9 @@ async def assert_purged(engine: AsyncEngine, tenant: tenant_pb2.Tenant) -> None:
 
 
 @pytest.fixture(scope="module")
-async def failing_stack(engine: AsyncEngine, database_url: str, temporal_client: Client) -> AsyncIterator[Stack]:
+async def failing_stack(engine: AsyncEngine, temporal_client: Client) -> AsyncIterator[Stack]:
     async with failing_provisioning_stack(
-        engine=engine, database_url=database_url, client=temporal_client, message="injected: cannot create schema"
+        engine=engine, client=temporal_client, message="injected: cannot create schema"
     ) as failing:
         yield failing
 

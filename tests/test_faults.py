@@ -250,9 +250,7 @@ async def test_worker_killed_mid_activity_new_worker_finishes_all(
     target = temporal_client.service_client.config.target_host
     env = _worker_env(database_url, target, temporal_client.namespace, queue, tmp_path / "worker.alive")
     try:
-        async with running_stack(
-            engine=engine, database_url=database_url, client=temporal_client, task_queue=queue, with_worker=False
-        ) as stack:
+        async with running_stack(engine=engine, client=temporal_client, task_queue=queue, with_worker=False) as stack:
             responses = await asyncio.gather(
                 *(stack.stubs.tenants.RegisterTenant(registration(), timeout=30) for _ in range(TENANTS))
             )
@@ -339,7 +337,6 @@ async def test_temporal_down_register_succeeds_reconciler_finishes(database_url:
                 await api_client.workflow_service.get_system_info(GetSystemInfoRequest())
                 async with running_stack(
                     engine=isolated_engine,
-                    database_url=isolated_url,
                     client=api_client,
                     task_queue=queue,
                     with_worker=False,

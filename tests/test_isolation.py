@@ -56,13 +56,9 @@ async def small_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture(scope="module")
-async def small_pool_stack(
-    small_engine: AsyncEngine, database_url: str, temporal_client: Client
-) -> AsyncIterator[Stack]:
+async def small_pool_stack(small_engine: AsyncEngine, temporal_client: Client) -> AsyncIterator[Stack]:
     """Only the API runs on the two-connection engine; provisioning uses the default stack."""
-    async with running_stack(
-        engine=small_engine, database_url=database_url, client=temporal_client, with_worker=False
-    ) as small:
+    async with running_stack(engine=small_engine, client=temporal_client, with_worker=False) as small:
         yield small
 
 

@@ -76,9 +76,7 @@ async def test_worker_finishes_running_activity_on_sigterm(
         {**env, "TENANTRY_SHUTDOWN_GRACE_SECONDS": "30", "TENANTRY_WORKER_LIVENESS_FILE": tempfile.mktemp()},
     )
     with stopping(worker):
-        async with running_stack(
-            engine=engine, database_url=database_url, client=temporal_client, task_queue=queue, with_worker=False
-        ) as stack:
+        async with running_stack(engine=engine, client=temporal_client, task_queue=queue, with_worker=False) as stack:
             registered = await stack.stubs.tenants.RegisterTenant(registration())
             await wait_done(stack.stubs, registered.operation.name)
             schema = registered.tenant.schema_name
@@ -134,9 +132,7 @@ async def test_health_follows_database_and_outage_is_unavailable(
 
     url, server = private_postgres
     engine = create_engine(url)
-    api = await start_api(
-        engine=engine, database_url=url, client=temporal_client, task_queue="unused", address="127.0.0.1:0"
-    )
+    api = await start_api(engine=engine, client=temporal_client, task_queue="unused", address="127.0.0.1:0")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{api.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)

@@ -58,9 +58,7 @@ async def test_running_mark_commits_asynchronously_for_itself_only(database_url:
     registration synchronously again."""
     small = create_engine(database_url, pool_size=1, max_overflow=0)
     try:
-        async with running_stack(
-            engine=small, database_url=database_url, client=temporal_client, with_worker=False
-        ) as api:
+        async with running_stack(engine=small, client=temporal_client, with_worker=False) as api:
             response = await api.stubs.tenants.RegisterTenant(registration(), timeout=30)
             assert response.operation.state == operation_pb2.OPERATION_STATE_RUNNING
             async with small.connect() as conn:

@@ -59,10 +59,10 @@ _TIMEOUT = timedelta(seconds=90)
 
 
 @asynccontextmanager
-async def idle_stack(engine: AsyncEngine, database_url: str, client: Client) -> AsyncIterator[Stack]:
+async def idle_stack(engine: AsyncEngine, client: Client) -> AsyncIterator[Stack]:
     """API with a real Temporal client but no worker: started workflows never run.
     They are terminated on exit so nothing is left behind in Temporal."""
-    async with running_stack(engine=engine, database_url=database_url, client=client, with_worker=False) as stack:
+    async with running_stack(engine=engine, client=client, with_worker=False) as stack:
         try:
             yield stack
         finally:
@@ -160,10 +160,10 @@ async def _provisioned_state(engine: AsyncEngine, tenant_id: uuid.UUID, schema: 
 
 
 async def test_provision_tenant_is_idempotent_and_safe_concurrently(
-    engine: AsyncEngine, database_url: str, temporal_client: Client
+    engine: AsyncEngine, temporal_client: Client
 ) -> None:
     activities = TenantActivities(engine, temporal_client)
-    async with idle_stack(engine, database_url, temporal_client) as stack:
+    async with idle_stack(engine, temporal_client) as stack:
         tenant_id, user_id, schema = await register_idle(stack, engine)
     assert schema == schema_name_for(tenant_id)
     step = ProvisionTenantInput(tenant_id=str(tenant_id), admin_user_id=str(user_id))
@@ -183,12 +183,12 @@ async def test_provision_tenant_is_idempotent_and_safe_concurrently(
 
 
 async def test_provision_tenant_finishes_what_a_crashed_attempt_left(
-    engine: AsyncEngine, database_url: str, temporal_client: Client
+    engine: AsyncEngine, temporal_client: Client
 ) -> None:
     """Leftovers of a crash midway (by an older split of these steps, or by hand):
     an empty schema and an existing membership. The retry completes."""
     activities = TenantActivities(engine, temporal_client)
-    async with idle_stack(engine, database_url, temporal_client) as stack:
+    async with idle_stack(engine, temporal_client) as stack:
         tenant_id, user_id, schema = await register_idle(stack, engine)
     async with engine.begin() as conn:
         await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
@@ -204,12 +204,12 @@ async def test_provision_tenant_finishes_what_a_crashed_attempt_left(
 
 
 async def test_provision_tenant_concurrently_for_different_tenants(
-    engine: AsyncEngine, database_url: str, temporal_client: Client
+    engine: AsyncEngine, temporal_client: Client
 ) -> None:
     """Regression: alembic's process-global proxies once made concurrent upgrades
     run one tenant's DDL on another tenant's connection."""
     activities = TenantActivities(engine, temporal_client)
-    async with idle_stack(engine, database_url, temporal_client) as stack:
+    async with idle_stack(engine, temporal_client) as stack:
         tenants = [await register_idle(stack, engine) for _ in range(8)]
     await asyncio.gather(
         *(
@@ -224,10 +224,10 @@ async def test_provision_tenant_concurrently_for_different_tenants(
 
 
 async def test_missing_admin_user_is_non_retryable_and_leaves_nothing(
-    engine: AsyncEngine, database_url: str, temporal_client: Client
+    engine: AsyncEngine, temporal_client: Client
 ) -> None:
     activities = TenantActivities(engine, temporal_client)
-    async with idle_stack(engine, database_url, temporal_client) as stack:
+    async with idle_stack(engine, temporal_client) as stack:
         tenant_id, user_id, schema = await register_idle(stack, engine)
 
     missing_user = ProvisionTenantInput(tenant_id=str(tenant_id), admin_user_id=str(uuid.uuid4()))
@@ -244,11 +244,9 @@ async def test_missing_admin_user_is_non_retryable_and_leaves_nothing(
 # --- a late step cannot resurrect a deleted tenant ----------------------------------------------
 
 
-async def test_late_steps_cannot_resurrect_a_deleted_tenant(
-    engine: AsyncEngine, database_url: str, temporal_client: Client
-) -> None:
+async def test_late_steps_cannot_resurrect_a_deleted_tenant(engine: AsyncEngine, temporal_client: Client) -> None:
     activities = TenantActivities(engine, temporal_client)
-    async with idle_stack(engine, database_url, temporal_client) as stack:
+    async with idle_stack(engine, temporal_client) as stack:
         tenant_id, user_id, schema = await register_idle(stack, engine)
         deleted = await stack.stubs.tenants.DeleteTenant(
             tenant_service_pb2.DeleteTenantRequest(tenant_id=str(tenant_id))
@@ -269,11 +267,9 @@ async def test_late_steps_cannot_resurrect_a_deleted_tenant(
 
 
 async def test_failed_step_compensates_and_fails_tenant_and_operation(
-    engine: AsyncEngine, database_url: str, temporal_client: Client
+    engine: AsyncEngine, temporal_client: Client
 ) -> None:
-    async with failing_provisioning_stack(
-        engine=engine, database_url=database_url, client=temporal_client, message="boom"
-    ) as stack:
+    async with failing_provisioning_stack(engine=engine, client=temporal_client, message="boom") as stack:
         response = await stack.stubs.tenants.RegisterTenant(registration())
         operation = await wait_done(stack.stubs, response.operation.name)
         tenant = (
@@ -296,9 +292,7 @@ async def _replay(history: WorkflowHistory) -> None:
     await Replayer(workflows=WORKFLOWS).replay_workflow(history)
 
 
-async def test_replay_of_fresh_histories(
-    stack: Stack, engine: AsyncEngine, database_url: str, temporal_client: Client
-) -> None:
+async def test_replay_of_fresh_histories(stack: Stack, engine: AsyncEngine, temporal_client: Client) -> None:
     histories: dict[str, WorkflowHistory] = {}
 
     registered = await stack.stubs.tenants.RegisterTenant(registration())
@@ -310,9 +304,7 @@ async def test_replay_of_fresh_histories(
     histories["provision-succeeded"] = await _history(temporal_client, registered.operation.name)
     histories["delete-succeeded"] = await _history(temporal_client, deleted.operation.name)
 
-    async with failing_provisioning_stack(
-        engine=engine, database_url=database_url, client=temporal_client, message="boom"
-    ) as boom:
+    async with failing_provisioning_stack(engine=engine, client=temporal_client, message="boom") as boom:
         failed = await boom.stubs.tenants.RegisterTenant(registration())
         assert (await wait_done(boom.stubs, failed.operation.name)).state == operation_pb2.OPERATION_STATE_FAILED
     histories["provision-compensated"] = await _history(temporal_client, failed.operation.name)

@@ -35,10 +35,10 @@ def _closed_port() -> int:
 
 
 @asynccontextmanager
-async def stack_without_temporal(engine: AsyncEngine, database_url: str) -> AsyncIterator[Stack]:
+async def stack_without_temporal(engine: AsyncEngine) -> AsyncIterator[Stack]:
     """API whose real Temporal client points at a closed port: operations stay PENDING."""
     client = await Client.connect(f"127.0.0.1:{_closed_port()}", lazy=True)
-    async with running_stack(engine=engine, database_url=database_url, client=client, with_worker=False) as stack:
+    async with running_stack(engine=engine, client=client, with_worker=False) as stack:
         yield stack
 
 
@@ -214,16 +214,16 @@ async def test_database_and_python_agree_on_schema_names(engine: AsyncEngine) ->
 
 
 async def test_running_operation_without_workflow_is_restarted_to_completion(
-    engine: AsyncEngine, database_url: str, temporal_client: Client
+    engine: AsyncEngine, temporal_client: Client
 ) -> None:
-    async with stack_without_temporal(engine, database_url) as dead:
+    async with stack_without_temporal(engine) as dead:
         response = await dead.stubs.tenants.RegisterTenant(registration(), timeout=30)
     workflow_id = response.operation.name.removeprefix("operations/")
     # The database says RUNNING for a minute, but Temporal never heard of it.
     await _age_as_running(engine, workflow_id)
     assert await _states(engine, workflow_id) == ("CREATING", "RUNNING", "")
 
-    async with running_stack(engine=engine, database_url=database_url, client=temporal_client) as live:
+    async with running_stack(engine=engine, client=temporal_client) as live:
         report = await reconcile(temporal_client, live, _NO_PENDING)
         assert workflow_id in report.restarted
         assert workflow_id not in report.cancelled
@@ -236,9 +236,9 @@ async def test_running_operation_without_workflow_is_restarted_to_completion(
 
 
 async def test_unwanted_lost_operation_is_cancelled_and_pending_deletion_is_driven(
-    engine: AsyncEngine, database_url: str, temporal_client: Client
+    engine: AsyncEngine, temporal_client: Client
 ) -> None:
-    async with stack_without_temporal(engine, database_url) as dead:
+    async with stack_without_temporal(engine) as dead:
         registered = await dead.stubs.tenants.RegisterTenant(registration(), timeout=30)
         deleted = await dead.stubs.tenants.DeleteTenant(
             tenant_service_pb2.DeleteTenantRequest(tenant_id=registered.tenant.id), timeout=30
@@ -249,7 +249,7 @@ async def test_unwanted_lost_operation_is_cancelled_and_pending_deletion_is_driv
     # Provisioning "was running" when the tenant got deleted, and its workflow is gone.
     await _age_as_running(engine, provision_id)
 
-    async with running_stack(engine=engine, database_url=database_url, client=temporal_client) as live:
+    async with running_stack(engine=engine, client=temporal_client) as live:
         # First pass: only the lost RUNNING operation is looked at.
         report = await reconcile(temporal_client, live, _NO_PENDING)
         assert provision_id in report.cancelled

@@ -46,9 +46,9 @@ async def unreachable_temporal_client() -> Client:
 
 
 @asynccontextmanager
-async def stack_without_temporal(engine: AsyncEngine, database_url: str) -> AsyncIterator[Stack]:
+async def stack_without_temporal(engine: AsyncEngine) -> AsyncIterator[Stack]:
     client = await unreachable_temporal_client()
-    async with running_stack(engine=engine, database_url=database_url, client=client, with_worker=False) as stack:
+    async with running_stack(engine=engine, client=client, with_worker=False) as stack:
         yield stack
 
 
@@ -243,7 +243,7 @@ async def test_tenant_and_operation_are_committed_before_the_workflow_start(
     config["interceptors"] = [observer]
     client = Client(**config)
     try:
-        async with running_stack(engine=engine, database_url=database_url, client=client) as stack:
+        async with running_stack(engine=engine, client=client) as stack:
             responses = [await stack.stubs.tenants.RegisterTenant(registration()) for _ in range(3)]
             for response in responses:
                 done = await wait_done(stack.stubs, response.operation.name)
@@ -265,9 +265,9 @@ async def test_tenant_and_operation_are_committed_before_the_workflow_start(
 
 
 async def test_registration_succeeds_while_temporal_is_unreachable_and_reconciler_finishes_it(
-    engine: AsyncEngine, database_url: str, temporal_client: Client
+    engine: AsyncEngine, temporal_client: Client
 ) -> None:
-    async with stack_without_temporal(engine, database_url) as dead:
+    async with stack_without_temporal(engine) as dead:
         loop = asyncio.get_running_loop()
         started = loop.time()
         response = await dead.stubs.tenants.RegisterTenant(registration(), timeout=30)
@@ -290,7 +290,7 @@ async def test_registration_succeeds_while_temporal_is_unreachable_and_reconcile
 
     # Temporal is back: the reconciler (on the same task queue as its starter and
     # the worker) starts the pending workflow, which provisions the tenant.
-    async with running_stack(engine=engine, database_url=database_url, client=temporal_client) as live:
+    async with running_stack(engine=engine, client=temporal_client) as live:
         report = await temporal_client.execute_workflow(
             RECONCILE_WORKFLOW,
             ReconcileInput(pending_threshold_seconds=0),
@@ -321,10 +321,8 @@ async def test_wait_operation_returns_once_done(stack: Stack) -> None:
     assert waited.operation.name == response.operation.name
 
 
-async def test_wait_operation_times_out_not_done_for_a_pending_operation(
-    engine: AsyncEngine, database_url: str
-) -> None:
-    async with stack_without_temporal(engine, database_url) as dead:
+async def test_wait_operation_times_out_not_done_for_a_pending_operation(engine: AsyncEngine) -> None:
+    async with stack_without_temporal(engine) as dead:
         response = await dead.stubs.tenants.RegisterTenant(registration(), timeout=30)
         assert response.operation.state == operation_pb2.OPERATION_STATE_PENDING
         request = operation_service_pb2.WaitOperationRequest(name=response.operation.name)

@@ -4,48 +4,83 @@ one clear line, and the real console scripts exiting 2 without a traceback."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tenantry.settings import (
+    DEFAULT_API_METRICS_ADDRESS,
     DEFAULT_GRPC_ADDRESS,
+    DEFAULT_LIVENESS_FILE,
+    DEFAULT_MIGRATIONS_DIR,
     DEFAULT_NAMESPACE,
     DEFAULT_RECONCILE_INTERVAL_SECONDS,
+    DEFAULT_SDK_METRICS_ADDRESS,
+    DEFAULT_SHUTDOWN_GRACE_SECONDS,
     DEFAULT_TASK_QUEUE,
-    Settings,
+    DEFAULT_WORKER_METRICS_ADDRESS,
+    ApiSettings,
+    DevSettings,
+    HealthcheckSettings,
+    MigrateSettings,
     SettingsError,
+    WorkerSettings,
     database_url_from,
+    grpc_address_from,
+    liveness_file_from,
     load_or_exit,
-    metrics_address_from,
-    shutdown_grace_from,
+    migrations_dir_from,
 )
-from tests.stack import BIN_DIR
+from tests.stack import BIN_DIR, REPO_ROOT
 
 DATABASE_URL = "postgresql+asyncpg://tenantry:secret@127.0.0.1:1/tenantry"
 TEMPORAL_ADDRESS = "127.0.0.1:1"
 REQUIRED = {"TENANTRY_DATABASE_URL": DATABASE_URL, "TENANTRY_TEMPORAL_ADDRESS": TEMPORAL_ADDRESS}
+COMMON_DEFAULTS: dict[str, Any] = {
+    "database_url": DATABASE_URL,
+    "temporal_address": TEMPORAL_ADDRESS,
+    "temporal_namespace": DEFAULT_NAMESPACE,
+    "task_queue": DEFAULT_TASK_QUEUE,
+    "shutdown_grace_seconds": DEFAULT_SHUTDOWN_GRACE_SECONDS,
+}
 
 
 def test_defaults() -> None:
-    settings = Settings.from_env(REQUIRED)
-    assert settings == Settings(
-        grpc_address=DEFAULT_GRPC_ADDRESS,
-        database_url=DATABASE_URL,
-        temporal_address=TEMPORAL_ADDRESS,
-        temporal_namespace=DEFAULT_NAMESPACE,
-        task_queue=DEFAULT_TASK_QUEUE,
-        reconcile_interval_seconds=DEFAULT_RECONCILE_INTERVAL_SECONDS,
+    assert ApiSettings.from_env(REQUIRED) == ApiSettings(
+        **COMMON_DEFAULTS, metrics_address=DEFAULT_API_METRICS_ADDRESS, grpc_address=DEFAULT_GRPC_ADDRESS
     )
+    assert WorkerSettings.from_env(REQUIRED) == WorkerSettings(
+        **COMMON_DEFAULTS,
+        metrics_address=DEFAULT_WORKER_METRICS_ADDRESS,
+        reconcile_interval_seconds=DEFAULT_RECONCILE_INTERVAL_SECONDS,
+        sdk_metrics_address=DEFAULT_SDK_METRICS_ADDRESS,
+        liveness_file=DEFAULT_LIVENESS_FILE,
+        migrations_dir=DEFAULT_MIGRATIONS_DIR,
+    )
+    assert MigrateSettings.from_env({"TENANTRY_DATABASE_URL": DATABASE_URL}) == MigrateSettings(
+        database_url=DATABASE_URL, migrations_dir=DEFAULT_MIGRATIONS_DIR
+    )
+    assert DevSettings.from_env({}) == DevSettings(
+        database_url=None, temporal_address=None, grpc_address=DEFAULT_GRPC_ADDRESS
+    )
+    # The README's table.
     assert (DEFAULT_GRPC_ADDRESS, DEFAULT_NAMESPACE, DEFAULT_TASK_QUEUE) == (
         "127.0.0.1:50051",
         "default",
         "tenant-provisioning",
     )
-    assert DEFAULT_RECONCILE_INTERVAL_SECONDS == 30
-    assert shutdown_grace_from({}) == 10.0
-    assert metrics_address_from({}, "127.0.0.1:9464") == "127.0.0.1:9464"
+    assert (DEFAULT_RECONCILE_INTERVAL_SECONDS, DEFAULT_SHUTDOWN_GRACE_SECONDS) == (30, 10)
+    assert (DEFAULT_API_METRICS_ADDRESS, DEFAULT_WORKER_METRICS_ADDRESS, DEFAULT_SDK_METRICS_ADDRESS) == (
+        "127.0.0.1:9464",
+        "127.0.0.1:9466",
+        "127.0.0.1:9465",
+    )
+    assert str(DEFAULT_LIVENESS_FILE) == "/tmp/provisioner-worker.alive"
+    assert DEFAULT_MIGRATIONS_DIR == REPO_ROOT / "migrations"
 
 
 def test_blank_optional_variables_mean_default() -> None:
@@ -54,11 +89,21 @@ def test_blank_optional_variables_mean_default() -> None:
         "TENANTRY_TEMPORAL_NAMESPACE": "  ",
         "TENANTRY_TASK_QUEUE": "",
         "TENANTRY_RECONCILE_INTERVAL_SECONDS": " ",
+        "TENANTRY_SHUTDOWN_GRACE_SECONDS": "",
+        "TENANTRY_METRICS_ADDRESS": " ",
+        "TENANTRY_SDK_METRICS_ADDRESS": "",
+        "TENANTRY_WORKER_LIVENESS_FILE": " ",
+        "TENANTRY_MIGRATIONS_DIR": "",
     }
-    assert Settings.from_env({**REQUIRED, **blank}) == Settings.from_env(REQUIRED)
+    assert ApiSettings.from_env({**REQUIRED, **blank}) == ApiSettings.from_env(REQUIRED)
+    assert WorkerSettings.from_env({**REQUIRED, **blank}) == WorkerSettings.from_env(REQUIRED)
+    assert MigrateSettings.from_env({**REQUIRED, **blank}) == MigrateSettings.from_env(REQUIRED)
+    assert DevSettings.from_env({**blank, "TENANTRY_DATABASE_URL": " ", "TENANTRY_TEMPORAL_ADDRESS": ""}) == (
+        DevSettings.from_env({})
+    )
 
 
-def test_every_variable_is_read() -> None:
+def test_every_variable_is_read(tmp_path: Path) -> None:
     env = {
         "TENANTRY_GRPC_ADDRESS": "0.0.0.0:6000",
         "TENANTRY_DATABASE_URL": " postgresql+asyncpg://postgres@/postgres?host=/tmp/pg ",
@@ -66,19 +111,40 @@ def test_every_variable_is_read() -> None:
         "TENANTRY_TEMPORAL_NAMESPACE": "tenantry-prod",
         "TENANTRY_TASK_QUEUE": "tenant-provisioning-eu",
         "TENANTRY_RECONCILE_INTERVAL_SECONDS": "2.5",
+        "TENANTRY_SHUTDOWN_GRACE_SECONDS": "0.5",
+        "TENANTRY_METRICS_ADDRESS": "0.0.0.0:9999",
+        "TENANTRY_SDK_METRICS_ADDRESS": "[::1]:9998",
+        "TENANTRY_WORKER_LIVENESS_FILE": str(tmp_path / "alive"),
+        "TENANTRY_MIGRATIONS_DIR": str(tmp_path),
     }
-    assert Settings.from_env(env) == Settings(
-        grpc_address="0.0.0.0:6000",
-        database_url="postgresql+asyncpg://postgres@/postgres?host=/tmp/pg",
-        temporal_address="temporal.internal:7233",
-        temporal_namespace="tenantry-prod",
-        task_queue="tenant-provisioning-eu",
+    common: dict[str, Any] = {
+        "database_url": "postgresql+asyncpg://postgres@/postgres?host=/tmp/pg",
+        "temporal_address": "temporal.internal:7233",
+        "temporal_namespace": "tenantry-prod",
+        "task_queue": "tenant-provisioning-eu",
+        "shutdown_grace_seconds": 0.5,
+        "metrics_address": "0.0.0.0:9999",
+    }
+    assert ApiSettings.from_env(env) == ApiSettings(**common, grpc_address="0.0.0.0:6000")
+    assert WorkerSettings.from_env(env) == WorkerSettings(
+        **common,
         reconcile_interval_seconds=2.5,
+        sdk_metrics_address="[::1]:9998",
+        liveness_file=tmp_path / "alive",
+        migrations_dir=tmp_path,
     )
-    assert Settings.from_env({**REQUIRED, "TENANTRY_GRPC_ADDRESS": "[::1]:50051"}).grpc_address == "[::1]:50051"
-    assert shutdown_grace_from({"TENANTRY_SHUTDOWN_GRACE_SECONDS": "0.5"}) == 0.5
-    assert metrics_address_from({"TENANTRY_METRICS_ADDRESS": "off"}, "127.0.0.1:9464") == ""
-    assert metrics_address_from({"TENANTRY_METRICS_ADDRESS": "OFF"}, "127.0.0.1:9464") == ""
+    assert MigrateSettings.from_env(env) == MigrateSettings(
+        database_url=common["database_url"], migrations_dir=tmp_path
+    )
+    assert DevSettings.from_env(env) == DevSettings(
+        database_url=common["database_url"], temporal_address="temporal.internal:7233", grpc_address="0.0.0.0:6000"
+    )
+    assert ApiSettings.from_env({**REQUIRED, "TENANTRY_GRPC_ADDRESS": "[::1]:50051"}).grpc_address == "[::1]:50051"
+    for off in ("off", "OFF", " Off "):
+        off_env = {**REQUIRED, "TENANTRY_METRICS_ADDRESS": off, "TENANTRY_SDK_METRICS_ADDRESS": off}
+        assert ApiSettings.from_env(off_env).metrics_address is None
+        worker = WorkerSettings.from_env(off_env)
+        assert (worker.metrics_address, worker.sdk_metrics_address) == (None, None)
 
 
 def test_from_env_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,10 +154,14 @@ def test_from_env_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("TENANTRY_DATABASE_URL", DATABASE_URL)
     monkeypatch.setenv("TENANTRY_TEMPORAL_ADDRESS", TEMPORAL_ADDRESS)
     monkeypatch.setenv("TENANTRY_TASK_QUEUE", "from-os-environ")
-    assert Settings.from_env().task_queue == "from-os-environ"
+    assert ApiSettings.from_env().task_queue == "from-os-environ"
+    assert WorkerSettings.from_env().task_queue == "from-os-environ"
+    assert MigrateSettings.from_env().database_url == DATABASE_URL
+    assert DevSettings.from_env().database_url == DATABASE_URL
 
 
-MALFORMED: list[tuple[str, str | None]] = [
+# Malformed for every process that reads the variable.
+COMMON_MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_DATABASE_URL", None),
     ("TENANTRY_DATABASE_URL", ""),
     ("TENANTRY_DATABASE_URL", "   "),
@@ -108,16 +178,32 @@ MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_TEMPORAL_ADDRESS", "temporal:port"),
     ("TENANTRY_TEMPORAL_ADDRESS", "temporal:70000"),
     ("TENANTRY_TEMPORAL_ADDRESS", "temporal:-1"),
+    ("TENANTRY_TEMPORAL_NAMESPACE", "my namespace"),
+    ("TENANTRY_TEMPORAL_NAMESPACE", "ns\tx"),
+    ("TENANTRY_TASK_QUEUE", "tenant provisioning"),
+    ("TENANTRY_TASK_QUEUE", "queue\nx"),
+    *(("TENANTRY_SHUTDOWN_GRACE_SECONDS", value) for value in ("abc", "0", "-1", "inf", "nan", "1e300")),
+    *(("TENANTRY_METRICS_ADDRESS", value) for value in ("nowhere", "127.0.0.1:port", "127.0.0.1:99999")),
+]
+API_MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_GRPC_ADDRESS", "localhost"),
     ("TENANTRY_GRPC_ADDRESS", "127.0.0.1:abc"),
     ("TENANTRY_GRPC_ADDRESS", "127.0.0.1:65536"),
     ("TENANTRY_GRPC_ADDRESS", "127.0.0.1:5 0"),
     ("TENANTRY_GRPC_ADDRESS", "127.0.0.1:\u00b2"),  # superscript two: isdigit() but not int()
     ("TENANTRY_GRPC_ADDRESS", "127.0.0.1:\uff15\uff10"),  # fullwidth digits
-    ("TENANTRY_TEMPORAL_NAMESPACE", "my namespace"),
-    ("TENANTRY_TEMPORAL_NAMESPACE", "ns\tx"),
-    ("TENANTRY_TASK_QUEUE", "tenant provisioning"),
-    ("TENANTRY_TASK_QUEUE", "queue\nx"),
+    ("TENANTRY_TLS_CERT_FILE", "/tls/cert.pem"),  # without its key
+    ("TENANTRY_TLS_KEY_FILE", "/tls/key.pem"),  # without its certificate
+    ("TENANTRY_TLS_CLIENT_CA_FILE", "/tls/ca.pem"),  # mTLS without TLS
+    ("TENANTRY_PLAINTEXT_BEHIND_PROXY", "maybe"),
+]
+HEALTHCHECK_MALFORMED: list[tuple[str, str | None]] = [
+    ("TENANTRY_HEALTHCHECK_SERVER_NAME", "local host"),
+    ("TENANTRY_HEALTHCHECK_CA_FILE", None),  # stands for the pair below: see test_healthcheck_pairs
+    ("TENANTRY_HEALTHCHECK_CLIENT_CERT_FILE", "/tls/client.pem"),  # without its key
+    ("TENANTRY_HEALTHCHECK_CLIENT_KEY_FILE", "/tls/client.key"),  # without its certificate
+]
+WORKER_MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_RECONCILE_INTERVAL_SECONDS", "abc"),
     ("TENANTRY_RECONCILE_INTERVAL_SECONDS", "30s"),
     ("TENANTRY_RECONCILE_INTERVAL_SECONDS", "0"),
@@ -127,18 +213,49 @@ MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_RECONCILE_INTERVAL_SECONDS", "-inf"),
     ("TENANTRY_RECONCILE_INTERVAL_SECONDS", "1e300"),
     ("TENANTRY_RECONCILE_INTERVAL_SECONDS", "1e-9"),  # rounds to a zero interval
+    # The Temporal SDK's endpoint binds an IP socket address; it resolves no names.
+    ("TENANTRY_SDK_METRICS_ADDRESS", "nowhere"),
+    ("TENANTRY_SDK_METRICS_ADDRESS", "localhost:9465"),
+    ("TENANTRY_SDK_METRICS_ADDRESS", "::1:9465"),
+    ("TENANTRY_SDK_METRICS_ADDRESS", "127.0.0.1:99999"),
+    ("TENANTRY_WORKER_LIVENESS_FILE", "/nonexistent-dir/alive"),
+    ("TENANTRY_WORKER_LIVENESS_FILE", "/"),
+    ("TENANTRY_MIGRATIONS_DIR", "/nonexistent-dir"),
+    ("TENANTRY_MIGRATIONS_DIR", "/etc/hostname"),  # a file, not a directory
+]
+MIGRATE_MALFORMED = [(v, value) for v, value in COMMON_MALFORMED if v == "TENANTRY_DATABASE_URL"] + [
+    (v, value) for v, value in WORKER_MALFORMED if v == "TENANTRY_MIGRATIONS_DIR"
+]
+# tenantry-dev starts the servers it is not given, and checks what the services read.
+DEV_MALFORMED = [
+    (v, value)
+    for v, value in COMMON_MALFORMED + API_MALFORMED + WORKER_MALFORMED
+    if not (v in ("TENANTRY_DATABASE_URL", "TENANTRY_TEMPORAL_ADDRESS") and not (value or "").strip())
 ]
 
+READERS: dict[str, tuple[Callable[[Mapping[str, str]], object], list[tuple[str, str | None]]]] = {
+    "api": (ApiSettings.from_env, COMMON_MALFORMED + API_MALFORMED),
+    "worker": (WorkerSettings.from_env, COMMON_MALFORMED + WORKER_MALFORMED),
+    "migrate": (MigrateSettings.from_env, MIGRATE_MALFORMED),
+    "dev": (DevSettings.from_env, DEV_MALFORMED),
+    "healthcheck": (HealthcheckSettings.from_env, [case for case in HEALTHCHECK_MALFORMED if case[1] is not None]),
+}
 
-@pytest.mark.parametrize(("variable", "value"), MALFORMED, ids=lambda v: repr(v)[:40])
-def test_malformed_variable_is_named(variable: str, value: str | None) -> None:
+
+@pytest.mark.parametrize(
+    ("process", "variable", "value"),
+    [(process, variable, value) for process, (_, cases) in READERS.items() for variable, value in cases],
+    ids=lambda v: repr(v)[:40],
+)
+def test_malformed_variable_is_named(process: str, variable: str, value: str | None) -> None:
+    read = READERS[process][0]
     env = dict(REQUIRED)
     if value is None:
         env.pop(variable, None)
     else:
         env[variable] = value
     with pytest.raises(SettingsError) as caught:
-        Settings.from_env(env)
+        read(env)
     message = str(caught.value)
     assert variable in message
     assert "\n" not in message
@@ -146,33 +263,42 @@ def test_malformed_variable_is_named(variable: str, value: str | None) -> None:
     assert "secret@" not in message
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-1", "inf", "nan", "1e300"])
-def test_malformed_shutdown_grace_is_named(value: str) -> None:
-    with pytest.raises(SettingsError, match="TENANTRY_SHUTDOWN_GRACE_SECONDS"):
-        shutdown_grace_from({"TENANTRY_SHUTDOWN_GRACE_SECONDS": value})
+def test_every_readme_variable_is_read_here() -> None:
+    """The README's table and this module name the same variables, and every one
+    is covered by a malformed case above (or is a free-form name with one)."""
+    first_cells = re.findall(r"^\| (`TENANTRY_[^|]+)\|", (REPO_ROOT / "README.md").read_text(), re.MULTILINE)
+    readme = {name for cell in first_cells for name in re.findall(r"`(TENANTRY_[A-Z_]+)`", cell)}
+    source = (REPO_ROOT / "services/tenantry/settings.py").read_text()
+    assert readme == set(re.findall(r'"(TENANTRY_[A-Z_]+)"', source))
+    covered = {variable for _, cases in READERS.values() for variable, _ in cases}
+    # A CA file has no malformed value of its own (any path parses; reading it fails at use).
+    assert readme == covered | {"TENANTRY_HEALTHCHECK_CA_FILE"}
 
 
-@pytest.mark.parametrize("value", ["nowhere", "127.0.0.1:port", "127.0.0.1:99999"])
-def test_malformed_metrics_address_is_named(value: str) -> None:
-    with pytest.raises(SettingsError, match="TENANTRY_METRICS_ADDRESS"):
-        metrics_address_from({"TENANTRY_METRICS_ADDRESS": value}, "127.0.0.1:9464")
-
-
-def test_database_url_from_needs_only_the_database() -> None:
+def test_probes_read_single_variables(tmp_path: Path) -> None:
+    # The container HEALTHCHECKs need nothing but their own variable.
+    assert grpc_address_from({}) == DEFAULT_GRPC_ADDRESS
+    assert grpc_address_from({"TENANTRY_GRPC_ADDRESS": "0.0.0.0:50051"}) == "0.0.0.0:50051"
+    assert liveness_file_from({}) == DEFAULT_LIVENESS_FILE
+    assert liveness_file_from({"TENANTRY_WORKER_LIVENESS_FILE": str(tmp_path / "a")}) == tmp_path / "a"
+    assert migrations_dir_from({"TENANTRY_MIGRATIONS_DIR": str(tmp_path)}) == tmp_path
     assert database_url_from({"TENANTRY_DATABASE_URL": DATABASE_URL}) == DATABASE_URL
     with pytest.raises(SettingsError, match="TENANTRY_DATABASE_URL"):
         database_url_from({})
+    with pytest.raises(SettingsError, match="TENANTRY_GRPC_ADDRESS"):
+        grpc_address_from({"TENANTRY_GRPC_ADDRESS": "nowhere"})
 
 
 def test_load_or_exit_prints_one_line_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
-        load_or_exit({"TENANTRY_TEMPORAL_ADDRESS": TEMPORAL_ADDRESS})
+        load_or_exit(ApiSettings.from_env, {"TENANTRY_TEMPORAL_ADDRESS": TEMPORAL_ADDRESS})
     assert caught.value.code == 2
     captured = capsys.readouterr()
     lines = captured.err.splitlines()
     assert len(lines) == 1
     assert "TENANTRY_DATABASE_URL" in lines[0]
-    assert load_or_exit(REQUIRED) == Settings.from_env(REQUIRED)
+    assert load_or_exit(ApiSettings.from_env, REQUIRED) == ApiSettings.from_env(REQUIRED)
+    assert load_or_exit(WorkerSettings.from_env, REQUIRED) == WorkerSettings.from_env(REQUIRED)
 
 
 # --- the real console scripts --------------------------------------------------
@@ -227,19 +353,30 @@ def test_script_with_wrong_database_driver_exits_2(script: str) -> None:
 @pytest.mark.parametrize(
     ("script", "variable", "value"),
     [
-        (script, variable, value)
-        for script in SERVICES
-        for variable, value in (
-            ("TENANTRY_RECONCILE_INTERVAL_SECONDS", "abc"),
-            ("TENANTRY_RECONCILE_INTERVAL_SECONDS", "inf"),
-            ("TENANTRY_TEMPORAL_ADDRESS", ""),
-            ("TENANTRY_GRPC_ADDRESS", "127.0.0.1:\u00b2"),
-            ("TENANTRY_SHUTDOWN_GRACE_SECONDS", "abc"),
-            ("TENANTRY_METRICS_ADDRESS", "nowhere"),
-        )
+        *(
+            (script, variable, value)
+            for script in SERVICES
+            for variable, value in (
+                ("TENANTRY_TEMPORAL_ADDRESS", ""),
+                ("TENANTRY_TEMPORAL_NAMESPACE", "my namespace"),
+                ("TENANTRY_SHUTDOWN_GRACE_SECONDS", "abc"),
+                ("TENANTRY_METRICS_ADDRESS", "nowhere"),
+            )
+        ),
+        ("tenant-api", "TENANTRY_GRPC_ADDRESS", "127.0.0.1:\u00b2"),
+        ("provisioner-worker", "TENANTRY_RECONCILE_INTERVAL_SECONDS", "abc"),
+        ("provisioner-worker", "TENANTRY_RECONCILE_INTERVAL_SECONDS", "inf"),
+        ("provisioner-worker", "TENANTRY_WORKER_LIVENESS_FILE", "/nonexistent-dir/alive"),
+        ("provisioner-worker", "TENANTRY_MIGRATIONS_DIR", "/nonexistent-dir"),
+        ("tenantry-migrate", "TENANTRY_MIGRATIONS_DIR", "/nonexistent-dir"),
+        # tenantry-dev checks what the services it starts read, before starting anything.
+        ("tenantry-dev", "TENANTRY_GRPC_ADDRESS", "localhost"),
+        ("tenantry-dev", "TENANTRY_DATABASE_URL", "postgresql://tenantry:secret@127.0.0.1:1/tenantry"),
+        ("tenantry-dev", "TENANTRY_RECONCILE_INTERVAL_SECONDS", "abc"),
+        ("tenantry-dev", "TENANTRY_SDK_METRICS_ADDRESS", "localhost:9465"),
     ],
 )
-def test_service_with_malformed_variable_exits_2(script: str, variable: str, value: str) -> None:
+def test_script_with_malformed_variable_exits_2(script: str, variable: str, value: str) -> None:
     # Everything else is well-formed (and unreachable): the process must stop at
     # configuration, before it tries to connect anywhere.
     env = {**_base_env(), **REQUIRED, variable: value}
@@ -251,3 +388,23 @@ def test_worker_with_malformed_sdk_metrics_address_exits_2(value: str) -> None:
     # The Temporal SDK's Prometheus endpoint takes an IP socket address only.
     env = {**_base_env(), **REQUIRED, "TENANTRY_SDK_METRICS_ADDRESS": value}
     _assert_config_error(_run_script("provisioner-worker", env), "TENANTRY_SDK_METRICS_ADDRESS")
+
+
+@pytest.mark.parametrize(
+    ("module", "variable", "value"),
+    [
+        ("tenant_api.healthcheck", "TENANTRY_GRPC_ADDRESS", "nowhere"),
+        ("provisioner_worker.liveness", "TENANTRY_WORKER_LIVENESS_FILE", "/nonexistent-dir/alive"),
+    ],
+)
+def test_container_probe_with_malformed_variable_exits_2(module: str, variable: str, value: str) -> None:
+    env = {**_base_env(), variable: value}
+    result = subprocess.run(
+        [str(BIN_DIR / "python"), "-m", module],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    _assert_config_error(result, variable)

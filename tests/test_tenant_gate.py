@@ -118,10 +118,8 @@ async def test_creating_tenant_is_not_ready(idle_stack: Stack) -> None:
     await assert_gate(idle_stack.stubs, slug, grpc.StatusCode.FAILED_PRECONDITION, "TENANT_NOT_READY")
 
 
-async def test_failed_tenant_is_failed(engine: AsyncEngine, database_url: str, temporal_client: Client) -> None:
-    async with failing_provisioning_stack(
-        engine=engine, database_url=database_url, client=temporal_client, message="disk on fire"
-    ) as failing:
+async def test_failed_tenant_is_failed(engine: AsyncEngine, temporal_client: Client) -> None:
+    async with failing_provisioning_stack(engine=engine, client=temporal_client, message="disk on fire") as failing:
         response = await failing.stubs.tenants.RegisterTenant(registration(), timeout=30)
         operation = await wait_done(failing.stubs, response.operation.name)
         assert operation.state == operation_pb2.OPERATION_STATE_FAILED
@@ -255,9 +253,7 @@ async def test_lost_pooled_connections_are_unavailable_once_then_replaced(
         return grpc.StatusCode.OK
 
     try:
-        async with running_stack(
-            engine=small, database_url=database_url, client=temporal_client, with_worker=False
-        ) as api:
+        async with running_stack(engine=small, client=temporal_client, with_worker=False) as api:
             seen: list[grpc.StatusCode] = []
             # The API's health watcher shares the pool and may meet a dead
             # connection first (then the call is OK): a few rounds make sure a

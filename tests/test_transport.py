@@ -22,14 +22,8 @@ from temporalio.client import Client
 
 from tenant_api import healthcheck
 from tenant_api.server import RunningApi, start_api
-from tenant_api.transport import (
-    TlsSettings,
-    is_loopback_host,
-    listen_credentials,
-    load_server_credentials,
-    tls_settings_from,
-)
-from tenantry.settings import SettingsError
+from tenant_api.transport import is_loopback_host, listen_credentials, load_server_credentials
+from tenantry.settings import SettingsError, TlsSettings
 from tests.processes import ServiceProcess, free_port, service_env, spawn, stopping
 from tests.stack import BIN_DIR, BUG_CODES, eventually
 
@@ -123,13 +117,11 @@ async def api_factory() -> AsyncIterator[list[RunningApi]]:
 async def _start(
     started: list[RunningApi],
     engine: AsyncEngine,
-    database_url: str,
     client: Client,
     credentials: grpc.ServerCredentials | None,
 ) -> RunningApi:
     api = await start_api(
         engine=engine,
-        database_url=database_url,
         client=client,
         task_queue=f"tls-{uuid.uuid4().hex[:8]}",
         address="127.0.0.1:0",
@@ -147,11 +139,11 @@ def _healthcheck_env(port: int, **extra: str) -> dict[str, str]:
 
 
 async def test_tls_health_check_with_the_ca_and_plaintext_client_refused(
-    pki: Pki, api_factory: list[RunningApi], engine: AsyncEngine, database_url: str, temporal_client: Client
+    pki: Pki, api_factory: list[RunningApi], engine: AsyncEngine, temporal_client: Client
 ) -> None:
-    credentials = listen_credentials("127.0.0.1:0", tls_settings_from(pki.server_env()))
+    credentials = listen_credentials("127.0.0.1:0", TlsSettings.from_env(pki.server_env()))
     assert credentials is not None
-    api = await _start(api_factory, engine, database_url, temporal_client, credentials)
+    api = await _start(api_factory, engine, temporal_client, credentials)
 
     async with _secure_channel(api.port, _channel_credentials(pki)) as channel:
         assert await _health(channel) == health_pb2.HealthCheckResponse.SERVING
@@ -178,11 +170,11 @@ async def test_tls_health_check_with_the_ca_and_plaintext_client_refused(
 
 
 async def test_plaintext_on_loopback_and_healthcheck(
-    api_factory: list[RunningApi], engine: AsyncEngine, database_url: str, temporal_client: Client
+    api_factory: list[RunningApi], engine: AsyncEngine, temporal_client: Client
 ) -> None:
-    credentials = listen_credentials("127.0.0.1:0", tls_settings_from({}))
+    credentials = listen_credentials("127.0.0.1:0", TlsSettings.from_env({}))
     assert credentials is None
-    api = await _start(api_factory, engine, database_url, temporal_client, credentials)
+    api = await _start(api_factory, engine, temporal_client, credentials)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{api.port}") as channel:
         assert await _health(channel) == health_pb2.HealthCheckResponse.SERVING
     assert await asyncio.to_thread(healthcheck.main, _healthcheck_env(api.port)) == 0
@@ -192,11 +184,11 @@ async def test_plaintext_on_loopback_and_healthcheck(
 
 
 async def test_mtls_requires_a_client_certificate_from_the_client_ca(
-    pki: Pki, api_factory: list[RunningApi], engine: AsyncEngine, database_url: str, temporal_client: Client
+    pki: Pki, api_factory: list[RunningApi], engine: AsyncEngine, temporal_client: Client
 ) -> None:
-    tls = tls_settings_from(pki.server_env(mutual=True))
+    tls = TlsSettings.from_env(pki.server_env(mutual=True))
     assert tls.mutual
-    api = await _start(api_factory, engine, database_url, temporal_client, load_server_credentials(tls))
+    api = await _start(api_factory, engine, temporal_client, load_server_credentials(tls))
 
     no_certificate = _secure_channel(api.port, _channel_credentials(pki))
     assert await _refused(no_certificate) == grpc.StatusCode.UNAVAILABLE
@@ -213,20 +205,23 @@ async def test_mtls_requires_a_client_certificate_from_the_client_ca(
         "TENANTRY_HEALTHCHECK_CLIENT_KEY_FILE": str(pki.client_key),
     }
     assert await asyncio.to_thread(healthcheck.main, _healthcheck_env(api.port, **mtls_env, **client)) == 0
-    assert await asyncio.to_thread(healthcheck.main, _healthcheck_env(api.port, **mtls_env)) == 1
+    # Under mTLS without a client certificate the probe is misconfigured: exit 2, like any setting.
+    with pytest.raises(SystemExit) as exited:
+        await asyncio.to_thread(healthcheck.main, _healthcheck_env(api.port, **mtls_env))
+    assert exited.value.code == 2
 
 
 # --- settings and the plaintext rule ----------------------------------------------
 
 
 def test_tls_settings_from_the_environment(pki: Pki) -> None:
-    assert tls_settings_from({}) == TlsSettings()
-    assert not tls_settings_from({}).enabled
-    full = tls_settings_from({**pki.server_env(mutual=True), "TENANTRY_PLAINTEXT_BEHIND_PROXY": " TRUE "})
+    assert TlsSettings.from_env({}) == TlsSettings()
+    assert not TlsSettings.from_env({}).enabled
+    full = TlsSettings.from_env({**pki.server_env(mutual=True), "TENANTRY_PLAINTEXT_BEHIND_PROXY": " TRUE "})
     assert full == TlsSettings(pki.server_cert, pki.server_key, pki.client_ca, plaintext_behind_proxy=True)
     assert full.enabled and full.mutual
-    assert tls_settings_from({"TENANTRY_PLAINTEXT_BEHIND_PROXY": "false"}).plaintext_behind_proxy is False
-    assert tls_settings_from({"TENANTRY_TLS_CERT_FILE": " ", "TENANTRY_TLS_KEY_FILE": ""}) == TlsSettings()
+    assert TlsSettings.from_env({"TENANTRY_PLAINTEXT_BEHIND_PROXY": "false"}).plaintext_behind_proxy is False
+    assert TlsSettings.from_env({"TENANTRY_TLS_CERT_FILE": " ", "TENANTRY_TLS_KEY_FILE": ""}) == TlsSettings()
 
 
 @pytest.mark.parametrize(
@@ -240,7 +235,7 @@ def test_tls_settings_from_the_environment(pki: Pki) -> None:
 )
 def test_incomplete_tls_settings_are_named(env: dict[str, str], variable: str) -> None:
     with pytest.raises(SettingsError) as raised:
-        tls_settings_from(env)
+        TlsSettings.from_env(env)
     assert variable in str(raised.value) and "\n" not in str(raised.value)
 
 
@@ -285,8 +280,8 @@ def test_plaintext_off_loopback_is_refused_unless_behind_a_proxy(
 
 
 def test_tls_anywhere_is_allowed(pki: Pki) -> None:
-    assert listen_credentials("0.0.0.0:50051", tls_settings_from(pki.server_env())) is not None
-    assert listen_credentials("[::]:50051", tls_settings_from(pki.server_env(mutual=True))) is not None
+    assert listen_credentials("0.0.0.0:50051", TlsSettings.from_env(pki.server_env())) is not None
+    assert listen_credentials("[::]:50051", TlsSettings.from_env(pki.server_env(mutual=True))) is not None
 
 
 def _bad_files(pki: Pki, root: Path) -> list[tuple[dict[str, str], str]]:
@@ -326,7 +321,7 @@ def _bad_files(pki: Pki, root: Path) -> list[tuple[dict[str, str], str]]:
 def test_bad_certificate_files_are_named(pki: Pki, tmp_path: Path) -> None:
     for env, variable in _bad_files(pki, tmp_path):
         with pytest.raises(SettingsError) as raised:
-            listen_credentials("127.0.0.1:50051", tls_settings_from(env))
+            listen_credentials("127.0.0.1:50051", TlsSettings.from_env(env))
         message = str(raised.value)
         assert variable in message, (env, message)
         assert "\n" not in message

@@ -29,9 +29,9 @@ from typing import Any
 from temporalio.client import Client
 
 from tenant_api.healthcheck import HealthcheckConfigError, is_serving
-from tenant_api.transport import listen_credentials, tls_settings_from
+from tenant_api.transport import listen_credentials
 from tenantry.migrations import upgrade_control_plane
-from tenantry.settings import DEFAULT_GRPC_ADDRESS, Settings, SettingsError, exit_with_config_error
+from tenantry.settings import DevSettings, SettingsError, TlsSettings, exit_with_config_error, load_or_exit
 
 DEV_DIR_NAME = ".tenantry"
 TEMPORAL_ADDRESS = "127.0.0.1:7233"
@@ -73,8 +73,9 @@ def temporal_dev_server_command(host: str, port: int, db_file: Path | None = Non
 
 
 class DevStack:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, settings: DevSettings) -> None:
         self.root = root
+        self.settings = settings
         self.dev_dir = root / DEV_DIR_NAME
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.postgres: Any = None
@@ -84,8 +85,8 @@ class DevStack:
 
     def start(self) -> dict[str, str]:
         self.dev_dir.mkdir(exist_ok=True)
-        database_url = os.environ.get("TENANTRY_DATABASE_URL") or self._start_postgres()
-        temporal_address = os.environ.get("TENANTRY_TEMPORAL_ADDRESS") or self._start_temporal()
+        database_url = self.settings.database_url or self._start_postgres()
+        temporal_address = self.settings.temporal_address or self._start_temporal()
         self._wait_for_temporal(temporal_address)
         print("tenantry-dev: applying control-plane migrations", flush=True)
         upgrade_control_plane(database_url)
@@ -93,7 +94,7 @@ class DevStack:
             **os.environ,
             "TENANTRY_DATABASE_URL": database_url,
             "TENANTRY_TEMPORAL_ADDRESS": temporal_address,
-            "TENANTRY_GRPC_ADDRESS": os.environ.get("TENANTRY_GRPC_ADDRESS") or DEFAULT_GRPC_ADDRESS,
+            "TENANTRY_GRPC_ADDRESS": self.settings.grpc_address,
         }
         if _port_is_open(env["TENANTRY_GRPC_ADDRESS"]):
             raise DevStackError(f"{env['TENANTRY_GRPC_ADDRESS']} is already in use (TENANTRY_GRPC_ADDRESS)")
@@ -210,23 +211,15 @@ Ctrl-C stops everything.
 """
 
 
-def _validate_environment() -> None:
-    """Malformed settings stop us before anything starts. Unset servers are
-    fine: the embedded ones fill in (placeholders stand in for them here)."""
-    probe = dict(os.environ)
-    probe["TENANTRY_DATABASE_URL"] = probe.get("TENANTRY_DATABASE_URL") or "postgresql+asyncpg://embedded"
-    probe["TENANTRY_TEMPORAL_ADDRESS"] = probe.get("TENANTRY_TEMPORAL_ADDRESS") or TEMPORAL_ADDRESS
-    settings = Settings.from_env(probe)
-    # The API's transport rule (plaintext only on loopback) stops us here, not after the servers start.
-    listen_credentials(settings.grpc_address, tls_settings_from(probe))
-
-
 def main() -> None:
+    # Malformed settings, ours or the services', stop us before anything starts.
+    settings = load_or_exit(DevSettings.from_env)
     try:
-        _validate_environment()
+        # The API's transport rule (plaintext only on loopback) stops us here, not after the servers start.
+        listen_credentials(settings.grpc_address, TlsSettings.from_env(os.environ))
     except SettingsError as exc:
         exit_with_config_error(str(exc))
-    stack = DevStack(Path.cwd())
+    stack = DevStack(Path.cwd(), settings)
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         stack.stopping.set()

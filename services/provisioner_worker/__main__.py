@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 from datetime import timedelta
@@ -15,30 +14,27 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import RPCError
 
-from provisioner_worker.liveness import keep_alive, liveness_file
+from provisioner_worker.liveness import keep_alive
 from provisioner_worker.schedule import ensure_reconcile_schedule
 from provisioner_worker.worker import MAX_CONCURRENT_ACTIVITIES, build_worker
 from tenantry.db.engine import create_engine
 from tenantry.process import start_process
-from tenantry.settings import Settings, exit_with_config_error
+from tenantry.settings import WorkerSettings, exit_with_config_error
 
 log = logging.getLogger("provisioner_worker")
 
-DEFAULT_METRICS_ADDRESS = "127.0.0.1:9466"
-DEFAULT_SDK_METRICS_ADDRESS = "127.0.0.1:9465"
 
-
-def _sdk_runtime() -> Runtime | None:
+def _sdk_runtime(address: str | None) -> Runtime | None:
     """Temporal SDK metrics (task latencies, slots, polls) on their own endpoint."""
-    address = os.environ.get("TENANTRY_SDK_METRICS_ADDRESS", DEFAULT_SDK_METRICS_ADDRESS).strip()
-    if address.lower() == "off":
+    if address is None:
         return None
     return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
 
 
-async def serve(settings: Settings, grace_seconds: float) -> None:
+async def serve(settings: WorkerSettings) -> None:
+    grace_seconds = settings.shutdown_grace_seconds
     try:
-        runtime = _sdk_runtime()
+        runtime = _sdk_runtime(settings.sdk_metrics_address)
     except ValueError as exc:  # the SDK refuses the bind address
         exit_with_config_error(f"TENANTRY_SDK_METRICS_ADDRESS is not a listen address: {exc}")
     # One connection per concurrent activity, plus headroom for the reconciler.
@@ -60,7 +56,7 @@ async def serve(settings: Settings, grace_seconds: float) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with worker:
-            alive = asyncio.create_task(keep_alive(liveness_file()))
+            alive = asyncio.create_task(keep_alive(settings.liveness_file))
             log.info("provisioner-worker polling", extra={"task_queue": settings.task_queue})
             await stop.wait()
             log.info("provisioner-worker stopping: finishing running activities for up to %.0fs", grace_seconds)
@@ -72,8 +68,8 @@ async def serve(settings: Settings, grace_seconds: float) -> None:
 
 
 def main() -> None:
-    config = start_process("provisioner-worker", DEFAULT_METRICS_ADDRESS)
-    asyncio.run(serve(config.settings, config.grace_seconds))
+    settings = start_process("provisioner-worker", WorkerSettings.from_env)
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -4,18 +4,14 @@ container HEALTHCHECK (`python -m provisioner_worker.liveness`)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
 
-DEFAULT_LIVENESS_FILE = "/tmp/provisioner-worker.alive"
+from tenantry.settings import liveness_file_from, load_or_exit
+
 TOUCH_INTERVAL_SECONDS = 5.0
 STALE_AFTER_SECONDS = 30.0
-
-
-def liveness_file() -> Path:
-    return Path(os.environ.get("TENANTRY_WORKER_LIVENESS_FILE") or DEFAULT_LIVENESS_FILE)
 
 
 async def keep_alive(path: Path) -> None:
@@ -36,4 +32,4 @@ def is_alive(path: Path, now: float | None = None) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if is_alive(liveness_file()) else 1)
+    sys.exit(0 if is_alive(load_or_exit(liveness_file_from)) else 1)

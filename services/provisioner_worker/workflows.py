@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TypedDict
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -41,9 +42,22 @@ UNTIL_DONE_RETRY = RetryPolicy(
     maximum_attempts=0,
 )
 STEP_TIMEOUT = timedelta(seconds=60)
-# Activities heartbeat every 2 s while they run (see heartbeat.py): a step on a
-# worker that died is retried after this, not after the whole STEP_TIMEOUT.
+# Activities heartbeat every half of this while they run (heartbeat.py derives
+# the interval from it): a step on a worker that died is retried after this,
+# not after its whole start-to-close timeout.
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+
+
+class ActivityOptions(TypedDict):
+    start_to_close_timeout: timedelta
+    heartbeat_timeout: timedelta
+    retry_policy: RetryPolicy
+
+
+def step(retry: RetryPolicy, timeout: timedelta = STEP_TIMEOUT) -> ActivityOptions:
+    """The options of every activity call: its timeout, the heartbeat timeout
+    all activities share and its retry policy (`**step(...)` into the call)."""
+    return {"start_to_close_timeout": timeout, "heartbeat_timeout": HEARTBEAT_TIMEOUT, "retry_policy": retry}
 
 
 @workflow.defn(name=PROVISION_WORKFLOW)
@@ -54,9 +68,7 @@ class TenantProvisioningWorkflow:
             await workflow.execute_activity_method(
                 TenantActivities.provision_tenant,
                 input,
-                start_to_close_timeout=STEP_TIMEOUT,
-                heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=PROVISION_RETRY,
+                **step(PROVISION_RETRY),
             )
         except ActivityError as err:
             if is_cancelled_exception(err):
@@ -70,9 +82,7 @@ class TenantProvisioningWorkflow:
             await workflow.execute_activity_method(
                 TenantActivities.fail_provisioning,
                 FailProvisioningInput(tenant_id=input.tenant_id, error_message=message),
-                start_to_close_timeout=STEP_TIMEOUT,
-                heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=UNTIL_DONE_RETRY,
+                **step(UNTIL_DONE_RETRY),
             )
             raise ApplicationError(f"provisioning failed: {message}", type="ProvisioningFailed") from err
         return "active"
@@ -86,16 +96,12 @@ class TenantDeletionWorkflow:
         await workflow.execute_activity_method(
             TenantActivities.cancel_provisioning,
             tenant,
-            start_to_close_timeout=timedelta(minutes=2),
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            retry_policy=UNTIL_DONE_RETRY,
+            **step(UNTIL_DONE_RETRY, timeout=timedelta(minutes=2)),
         )
         await workflow.execute_activity_method(
             TenantActivities.purge_tenant,
             tenant,
-            start_to_close_timeout=STEP_TIMEOUT,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            retry_policy=UNTIL_DONE_RETRY,
+            **step(UNTIL_DONE_RETRY),
         )
         return "deleted"
 
@@ -107,9 +113,7 @@ class ReconcileWorkflow:
         return await workflow.execute_activity_method(
             ReconcilerActivities.reconcile,
             input,
-            start_to_close_timeout=timedelta(minutes=5),
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            retry_policy=RetryPolicy(maximum_attempts=3),
+            **step(RetryPolicy(maximum_attempts=3), timeout=timedelta(minutes=5)),
         )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 
@@ -12,24 +11,21 @@ import grpc
 from temporalio.client import Client
 
 from tenant_api.server import start_api
-from tenant_api.transport import listen_credentials, tls_settings_from
+from tenant_api.transport import listen_credentials
 from tenantry.db.engine import create_engine
 from tenantry.process import start_process
-from tenantry.settings import Settings, SettingsError, exit_with_config_error
+from tenantry.settings import ApiSettings, SettingsError, exit_with_config_error
 
 log = logging.getLogger("tenant_api")
 
-DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
 
-
-async def serve(settings: Settings, grace_seconds: float, credentials: grpc.ServerCredentials | None) -> None:
+async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | None) -> None:
     engine = create_engine(settings.database_url)
     # Lazy: the API serves (and records intents) even while Temporal is down.
     client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace, lazy=True)
     try:
         api = await start_api(
             engine=engine,
-            database_url=settings.database_url,
             client=client,
             task_queue=settings.task_queue,
             address=settings.grpc_address,
@@ -46,19 +42,18 @@ async def serve(settings: Settings, grace_seconds: float, credentials: grpc.Serv
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("tenant-api stopping: draining in-flight calls for up to %.0fs", grace_seconds)
-    await api.stop(grace_seconds)
+    log.info("tenant-api stopping: draining in-flight calls for up to %.0fs", settings.shutdown_grace_seconds)
+    await api.stop(settings.shutdown_grace_seconds)
     await engine.dispose()
 
 
 def main() -> None:
-    config = start_process("tenant-api", DEFAULT_METRICS_ADDRESS)
+    settings = start_process("tenant-api", ApiSettings.from_env)
     try:
-        # TENANTRY_TLS_* and TENANTRY_PLAINTEXT_BEHIND_PROXY: see tenant_api.transport.
-        credentials = listen_credentials(config.settings.grpc_address, tls_settings_from(os.environ))
+        credentials = listen_credentials(settings.grpc_address, settings.tls)
     except SettingsError as exc:
         exit_with_config_error(str(exc))
-    asyncio.run(serve(config.settings, config.grace_seconds, credentials))
+    asyncio.run(serve(settings, credentials))
 
 
 if __name__ == "__main__":

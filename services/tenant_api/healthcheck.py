@@ -18,50 +18,41 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-DEFAULT_SERVER_NAME = "localhost"
+from tenantry.settings import HealthcheckSettings, SettingsError, load_or_exit
 
 
 class HealthcheckConfigError(Exception):
     """The environment does not say how to reach the API; the message says why."""
 
 
-def _read(env: Mapping[str, str], name: str) -> bytes | None:
-    path = env.get(name, "").strip()
-    if not path:
+def _read(name: str, path: Path | None) -> bytes | None:
+    if path is None:
         return None
     try:
-        with open(path, "rb") as file:
-            return file.read()
+        return path.read_bytes()
     except OSError as exc:
         raise HealthcheckConfigError(f"{name} cannot be read: {path}: {exc.strerror or exc}") from None
 
 
 def open_channel(target: str, env: Mapping[str, str]) -> grpc.Channel:
     """A channel to the API at `target` that speaks what the API serves."""
-    if not env.get("TENANTRY_TLS_CERT_FILE", "").strip():
+    try:
+        settings = HealthcheckSettings.from_env(env)
+    except SettingsError as exc:
+        raise HealthcheckConfigError(str(exc)) from None
+    if not settings.tls.enabled:
         return grpc.insecure_channel(target)
-    client_cert = _read(env, "TENANTRY_HEALTHCHECK_CLIENT_CERT_FILE")
-    client_key = _read(env, "TENANTRY_HEALTHCHECK_CLIENT_KEY_FILE")
-    if (client_cert is None) != (client_key is None):
-        raise HealthcheckConfigError(
-            "TENANTRY_HEALTHCHECK_CLIENT_CERT_FILE and TENANTRY_HEALTHCHECK_CLIENT_KEY_FILE go together"
-        )
-    if env.get("TENANTRY_TLS_CLIENT_CA_FILE", "").strip() and client_cert is None:
-        raise HealthcheckConfigError(
-            "mTLS is on (TENANTRY_TLS_CLIENT_CA_FILE): set TENANTRY_HEALTHCHECK_CLIENT_CERT_FILE and "
-            "TENANTRY_HEALTHCHECK_CLIENT_KEY_FILE to a client certificate signed by that CA"
-        )
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read(env, "TENANTRY_HEALTHCHECK_CA_FILE"),
-        private_key=client_key,
-        certificate_chain=client_cert,
+        root_certificates=_read("TENANTRY_HEALTHCHECK_CA_FILE", settings.ca_file),
+        private_key=_read("TENANTRY_HEALTHCHECK_CLIENT_KEY_FILE", settings.client_key_file),
+        certificate_chain=_read("TENANTRY_HEALTHCHECK_CLIENT_CERT_FILE", settings.client_cert_file),
     )
-    server_name = env.get("TENANTRY_HEALTHCHECK_SERVER_NAME", "").strip() or DEFAULT_SERVER_NAME
-    return grpc.secure_channel(target, credentials, options=[("grpc.ssl_target_name_override", server_name)])
+    return grpc.secure_channel(target, credentials, options=[("grpc.ssl_target_name_override", settings.server_name)])
 
 
 def is_serving(target: str, env: Mapping[str, str], timeout: float = 3) -> bool:
@@ -74,8 +65,9 @@ def is_serving(target: str, env: Mapping[str, str], timeout: float = 3) -> bool:
 
 
 def main(env: Mapping[str, str] | None = None) -> int:
+    """0: SERVING. 1: not serving or unreachable. 2 (SystemExit): misconfigured."""
     env = os.environ if env is None else env
-    port = env.get("TENANTRY_GRPC_ADDRESS", "127.0.0.1:50051").rpartition(":")[2]
+    port = load_or_exit(HealthcheckSettings.from_env, env).grpc_address.rpartition(":")[2]
     try:
         return 0 if is_serving(f"127.0.0.1:{port}", env) else 1
     except HealthcheckConfigError as exc:

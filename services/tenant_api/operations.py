@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import asyncpg
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tenant_api import pagination
@@ -60,9 +60,9 @@ def workflow_id_from_name(name: str) -> str:
 class OperationNotifications:
     """Fans PostgreSQL notifications out to in-process waiters."""
 
-    def __init__(self, database_url: str) -> None:
-        url = make_url(database_url).set(drivername="postgresql")
-        self._dsn = url.render_as_string(hide_password=False)
+    def __init__(self, database_url: URL) -> None:
+        """`database_url`: the engine's (`engine.url`); the listener connects with asyncpg itself."""
+        self._dsn = database_url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self._connection: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()

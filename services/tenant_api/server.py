@@ -97,7 +97,6 @@ class RunningApi:
 async def start_api(
     *,
     engine: AsyncEngine,
-    database_url: str,
     client: Client,
     task_queue: str,
     address: str,
@@ -105,7 +104,7 @@ async def start_api(
 ) -> RunningApi:
     """`credentials`: TLS / mTLS (see tenant_api.transport); None serves plaintext."""
     sessions = create_session_factory(engine)
-    notifications = OperationNotifications(database_url)
+    notifications = OperationNotifications(engine.url)
     server = grpc.aio.server(
         interceptors=[
             AccessLogInterceptor(),

@@ -12,59 +12,26 @@ from __future__ import annotations
 import ipaddress
 import logging
 import ssl
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from tenantry.settings import SettingsError
+from tenantry.settings import (
+    PLAINTEXT_BEHIND_PROXY,
+    SettingsError,
+    TlsSettings,
+)
+from tenantry.settings import (
+    TLS_CERT_FILE as CERT_FILE,
+)
+from tenantry.settings import (
+    TLS_CLIENT_CA_FILE as CLIENT_CA_FILE,
+)
+from tenantry.settings import (
+    TLS_KEY_FILE as KEY_FILE,
+)
 
 log = logging.getLogger(__name__)
-
-CERT_FILE = "TENANTRY_TLS_CERT_FILE"
-KEY_FILE = "TENANTRY_TLS_KEY_FILE"
-CLIENT_CA_FILE = "TENANTRY_TLS_CLIENT_CA_FILE"
-PLAINTEXT_BEHIND_PROXY = "TENANTRY_PLAINTEXT_BEHIND_PROXY"
-
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    """Paths only: the files are read (and checked) by `load_server_credentials`."""
-
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    client_ca_file: Path | None = None
-    plaintext_behind_proxy: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.cert_file is not None
-
-    @property
-    def mutual(self) -> bool:
-        return self.client_ca_file is not None
-
-
-def tls_settings_from(env: Mapping[str, str]) -> TlsSettings:
-    cert = _path(env, CERT_FILE)
-    key = _path(env, KEY_FILE)
-    client_ca = _path(env, CLIENT_CA_FILE)
-    if cert is not None and key is None:
-        raise SettingsError(f"{KEY_FILE} is required when {CERT_FILE} is set")
-    if key is not None and cert is None:
-        raise SettingsError(f"{CERT_FILE} is required when {KEY_FILE} is set")
-    if client_ca is not None and cert is None:
-        raise SettingsError(f"{CLIENT_CA_FILE} needs {CERT_FILE} and {KEY_FILE} (mTLS is TLS plus client certificates)")
-    return TlsSettings(
-        cert_file=cert,
-        key_file=key,
-        client_ca_file=client_ca,
-        plaintext_behind_proxy=_flag(env, PLAINTEXT_BEHIND_PROXY),
-    )
 
 
 def is_loopback_host(host: str) -> bool:
@@ -120,20 +87,6 @@ def load_server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
-
-
-def _path(env: Mapping[str, str], name: str) -> Path | None:
-    value = env.get(name, "").strip()
-    return Path(value) if value else None
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    value = env.get(name, "").strip().lower()
-    if not value or value in _FALSE:
-        return False
-    if value in _TRUE:
-        return True
-    raise SettingsError(f"{name} must be true or false, got {value!r}")
 
 
 def _read(name: str, path: Path) -> bytes:

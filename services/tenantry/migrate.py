@@ -3,20 +3,16 @@ or concurrently."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 from tenantry.migrations import upgrade_control_plane
-from tenantry.settings import SettingsError, database_url_from, exit_with_config_error
+from tenantry.settings import MigrateSettings, load_or_exit
 
 
 def main() -> None:
+    settings = load_or_exit(MigrateSettings.from_env)
     try:
-        url = database_url_from(os.environ)
-    except SettingsError as exc:
-        exit_with_config_error(str(exc))
-    try:
-        upgrade_control_plane(url)
+        upgrade_control_plane(settings.database_url, settings.migrations_dir)
     except (OSError, TimeoutError) as exc:
         print(f"tenantry-migrate: cannot reach the database: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -17,25 +17,25 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.schema import CreateSchema, ExecutableDDLElement
 
 from tenantry.db.models import TenantBase
+from tenantry.settings import migrations_dir_from
 
 
 def migrations_dir() -> Path:
-    configured = os.environ.get("TENANTRY_MIGRATIONS_DIR")
-    if configured:
-        return Path(configured)
-    # services/tenantry/migrations.py -> repository root
-    return Path(__file__).resolve().parents[2] / "migrations"
+    """TENANTRY_MIGRATIONS_DIR as settings.py reads it (the worker and
+    tenantry-migrate validate it at start; tests and tools get the default)."""
+    return migrations_dir_from(os.environ)
 
 
-def _config(lineage: str) -> Config:
+def _config(lineage: str, directory: Path | None = None) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(migrations_dir() / lineage))
+    config.set_main_option("script_location", str((directory or migrations_dir()) / lineage))
     return config
 
 
-def upgrade_control_plane(database_url: str) -> None:
-    """Blocking; runs its own event loop (call from a thread inside async code)."""
-    config = _config("control_plane")
+def upgrade_control_plane(database_url: str, migrations: Path | None = None) -> None:
+    """Blocking; runs its own event loop (call from a thread inside async code).
+    `migrations`: the directory of the lineages, by default TENANTRY_MIGRATIONS_DIR's."""
+    config = _config("control_plane", migrations)
     config.attributes["database_url"] = database_url
     command.upgrade(config, "head")
 

@@ -73,9 +73,9 @@ def configure_logging(service: str, level: int = logging.INFO) -> None:
     logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
 
 
-def serve_metrics(address: str) -> None:
-    """Prometheus text endpoint at http://<address>/metrics ("" disables it)."""
-    if not address:
+def serve_metrics(address: str | None) -> None:
+    """Prometheus text endpoint at http://<address>/metrics (None: off)."""
+    if address is None:
         return
     host, _, port = address.rpartition(":")
     start_http_server(int(port), addr=host)

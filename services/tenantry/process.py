@@ -1,40 +1,25 @@
-"""What both services do at start: JSON logs, settings (one line and exit 2 if
-malformed), their Prometheus endpoint and the shutdown grace period."""
+"""What both services do at start: JSON logs, their settings (one line and
+exit 2 if malformed) and their Prometheus endpoint."""
 
 from __future__ import annotations
 
-import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import TypeVar
 
 from tenantry.observability import configure_logging, serve_metrics
-from tenantry.settings import (
-    Settings,
-    SettingsError,
-    exit_with_config_error,
-    load_or_exit,
-    metrics_address_from,
-    shutdown_grace_from,
-)
+from tenantry.settings import CommonSettings, Env, load_or_exit
+
+S = TypeVar("S", bound=CommonSettings)
 
 
-@dataclass(frozen=True)
-class ProcessConfig:
-    settings: Settings
-    grace_seconds: float
-
-
-def start_process(service: str, default_metrics_address: str) -> ProcessConfig:
+def start_process(service: str, read_settings: Callable[[Env], S]) -> S:
+    """`read_settings` is the service's `from_env` (ApiSettings, WorkerSettings)."""
     configure_logging(service)
-    settings = load_or_exit()
+    settings = load_or_exit(read_settings)
     try:
-        metrics_address = metrics_address_from(os.environ, default_metrics_address)
-        grace_seconds = shutdown_grace_from(os.environ)
-    except SettingsError as exc:
-        exit_with_config_error(str(exc))
-    try:
-        serve_metrics(metrics_address)
+        serve_metrics(settings.metrics_address)
     except OSError as exc:
-        print(f"{service}: cannot serve metrics on {metrics_address}: {exc}", file=sys.stderr)
+        print(f"{service}: cannot serve metrics on {settings.metrics_address}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    return ProcessConfig(settings=settings, grace_seconds=grace_seconds)
+    return settings

@@ -1,52 +1,279 @@
-"""Process configuration from the environment (see the design's table)."""
+"""Process configuration from the environment: every TENANTRY_* variable a
+process reads is read, validated and defaulted here, once, at its start (the
+README's table). Nothing else in services/ or devtools/ parses a TENANTRY_* variable
+(tenantry.migrations asks `migrations_dir_from` for its directory).
+
+One settings class per process, the services sharing their common part:
+
+    MigrateSettings   tenantry-migrate
+    ApiSettings       tenant-api           CommonSettings + the API's own
+    WorkerSettings    provisioner-worker   CommonSettings + the worker's own
+    DevSettings       tenantry-dev         (also checks what the services it starts read)
+
+A new variable is one field on the class of the processes that read it (on
+CommonSettings if both services do) and one line in that class's `from_env`,
+with the parser for its kind from the bottom of this module. A parser raises
+SettingsError with one line naming the variable; `load_or_exit` turns it into
+exit status 2, never a traceback.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+Env = Mapping[str, str]
 
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
 DEFAULT_NAMESPACE = "default"
 DEFAULT_TASK_QUEUE = "tenant-provisioning"
 DEFAULT_RECONCILE_INTERVAL_SECONDS = 30.0
+DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
+DEFAULT_API_METRICS_ADDRESS = "127.0.0.1:9464"
+DEFAULT_WORKER_METRICS_ADDRESS = "127.0.0.1:9466"
+DEFAULT_SDK_METRICS_ADDRESS = "127.0.0.1:9465"
+DEFAULT_HEALTHCHECK_SERVER_NAME = "localhost"
+DEFAULT_LIVENESS_FILE = Path("/tmp/provisioner-worker.alive")
+# services/tenantry/settings.py -> the checkout's migrations/ (the images set the variable).
+DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+TLS_CERT_FILE = "TENANTRY_TLS_CERT_FILE"
+TLS_KEY_FILE = "TENANTRY_TLS_KEY_FILE"
+TLS_CLIENT_CA_FILE = "TENANTRY_TLS_CLIENT_CA_FILE"
+PLAINTEXT_BEHIND_PROXY = "TENANTRY_PLAINTEXT_BEHIND_PROXY"
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
 
 
 class SettingsError(Exception):
     """A missing or malformed variable; the message names it."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    grpc_address: str
+# --- per process ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class MigrateSettings:
+    database_url: str
+    migrations_dir: Path
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> MigrateSettings:
+        env = _environ(env)
+        return cls(
+            database_url=database_url_from(env),
+            migrations_dir=migrations_dir_from(env),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommonSettings:
+    """What both services read. `metrics_address` None: the endpoint is off."""
+
     database_url: str
     temporal_address: str
     temporal_namespace: str
     task_queue: str
-    reconcile_interval_seconds: float
+    shutdown_grace_seconds: float
+    metrics_address: str | None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        return cls(
-            grpc_address=_address(env, "TENANTRY_GRPC_ADDRESS", DEFAULT_GRPC_ADDRESS),
+    def _common(cls, env: Env, *, default_metrics_address: str) -> dict[str, Any]:
+        common = CommonSettings(
             database_url=database_url_from(env),
             temporal_address=_address(env, "TENANTRY_TEMPORAL_ADDRESS", None),
             temporal_namespace=_name(env, "TENANTRY_TEMPORAL_NAMESPACE", DEFAULT_NAMESPACE),
             task_queue=_name(env, "TENANTRY_TASK_QUEUE", DEFAULT_TASK_QUEUE),
-            reconcile_interval_seconds=_positive_float(
-                env, "TENANTRY_RECONCILE_INTERVAL_SECONDS", DEFAULT_RECONCILE_INTERVAL_SECONDS
-            ),
+            shutdown_grace_seconds=_seconds(env, "TENANTRY_SHUTDOWN_GRACE_SECONDS", DEFAULT_SHUTDOWN_GRACE_SECONDS),
+            metrics_address=_address_or_off(env, "TENANTRY_METRICS_ADDRESS", default_metrics_address),
+        )
+        return asdict(common)
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """How the API listens (see tenant_api.transport). Paths only: the files
+    are read and checked when the server credentials are built."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+    plaintext_behind_proxy: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @property
+    def mutual(self) -> bool:
+        return self.client_ca_file is not None
+
+    @classmethod
+    def from_env(cls, env: Env) -> TlsSettings:
+        cert = _path(env, TLS_CERT_FILE)
+        key = _path(env, TLS_KEY_FILE)
+        client_ca = _path(env, TLS_CLIENT_CA_FILE)
+        if cert is not None and key is None:
+            raise SettingsError(f"{TLS_KEY_FILE} is required when {TLS_CERT_FILE} is set")
+        if key is not None and cert is None:
+            raise SettingsError(f"{TLS_CERT_FILE} is required when {TLS_KEY_FILE} is set")
+        if client_ca is not None and cert is None:
+            raise SettingsError(
+                f"{TLS_CLIENT_CA_FILE} needs {TLS_CERT_FILE} and {TLS_KEY_FILE} (mTLS is TLS plus client certificates)"
+            )
+        return cls(
+            cert_file=cert,
+            key_file=key,
+            client_ca_file=client_ca,
+            plaintext_behind_proxy=_flag(env, PLAINTEXT_BEHIND_PROXY),
         )
 
 
-def load_or_exit(env: Mapping[str, str] | None = None) -> Settings:
-    """Settings for a process entry point: one clear line and exit 2 on error."""
+@dataclass(frozen=True, kw_only=True)
+class ApiSettings(CommonSettings):
+    grpc_address: str
+    tls: TlsSettings = TlsSettings()
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> ApiSettings:
+        env = _environ(env)
+        return cls(
+            **cls._common(env, default_metrics_address=DEFAULT_API_METRICS_ADDRESS),
+            grpc_address=grpc_address_from(env),
+            tls=TlsSettings.from_env(env),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthcheckSettings:
+    """The API image's HEALTHCHECK (tenant_api.healthcheck): the API's own
+    address and TLS settings, plus how the probe verifies and identifies itself
+    when TLS is on."""
+
+    grpc_address: str
+    tls: TlsSettings = TlsSettings()
+    ca_file: Path | None
+    server_name: str
+    client_cert_file: Path | None
+    client_key_file: Path | None
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> HealthcheckSettings:
+        env = _environ(env)
+        settings = cls(
+            grpc_address=grpc_address_from(env),
+            tls=TlsSettings.from_env(env),
+            ca_file=_path(env, "TENANTRY_HEALTHCHECK_CA_FILE"),
+            server_name=_name(env, "TENANTRY_HEALTHCHECK_SERVER_NAME", DEFAULT_HEALTHCHECK_SERVER_NAME),
+            client_cert_file=_path(env, "TENANTRY_HEALTHCHECK_CLIENT_CERT_FILE"),
+            client_key_file=_path(env, "TENANTRY_HEALTHCHECK_CLIENT_KEY_FILE"),
+        )
+        if (settings.client_cert_file is None) != (settings.client_key_file is None):
+            raise SettingsError(
+                "TENANTRY_HEALTHCHECK_CLIENT_CERT_FILE and TENANTRY_HEALTHCHECK_CLIENT_KEY_FILE go together"
+            )
+        if settings.tls.mutual and settings.client_cert_file is None:
+            raise SettingsError(
+                f"mTLS is on ({TLS_CLIENT_CA_FILE}): set TENANTRY_HEALTHCHECK_CLIENT_CERT_FILE and "
+                "TENANTRY_HEALTHCHECK_CLIENT_KEY_FILE to a client certificate signed by that CA"
+            )
+        return settings
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSettings(CommonSettings):
+    """`sdk_metrics_address` None: the Temporal SDK's endpoint is off."""
+
+    reconcile_interval_seconds: float
+    sdk_metrics_address: str | None
+    liveness_file: Path
+    migrations_dir: Path
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> WorkerSettings:
+        env = _environ(env)
+        return cls(
+            **cls._common(env, default_metrics_address=DEFAULT_WORKER_METRICS_ADDRESS),
+            reconcile_interval_seconds=_seconds(
+                env, "TENANTRY_RECONCILE_INTERVAL_SECONDS", DEFAULT_RECONCILE_INTERVAL_SECONDS
+            ),
+            sdk_metrics_address=_ip_address_or_off(env, "TENANTRY_SDK_METRICS_ADDRESS", DEFAULT_SDK_METRICS_ADDRESS),
+            liveness_file=liveness_file_from(env),
+            migrations_dir=migrations_dir_from(env),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DevSettings:
+    """tenantry-dev: a server left unset (None) is started embedded."""
+
+    database_url: str | None
+    temporal_address: str | None
+    grpc_address: str
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> DevSettings:
+        env = _environ(env)
+        settings = cls(
+            database_url=database_url_from(env) if _is_set(env, "TENANTRY_DATABASE_URL") else None,
+            temporal_address=_address(env, "TENANTRY_TEMPORAL_ADDRESS", None)
+            if _is_set(env, "TENANTRY_TEMPORAL_ADDRESS")
+            else None,
+            grpc_address=grpc_address_from(env),
+        )
+        # The services it starts read the rest of the environment: a malformed
+        # value stops tenantry-dev before anything starts. Placeholders stand in
+        # for the embedded servers, which do not exist yet.
+        probe = {
+            **env,
+            "TENANTRY_DATABASE_URL": settings.database_url or "postgresql+asyncpg://embedded",
+            "TENANTRY_TEMPORAL_ADDRESS": settings.temporal_address or "127.0.0.1:7233",
+        }
+        ApiSettings.from_env(probe)
+        WorkerSettings.from_env(probe)
+        return settings
+
+
+# --- single variables, also for the container probes and the migrations runner -------
+
+
+def database_url_from(env: Env) -> str:
+    name = "TENANTRY_DATABASE_URL"
+    value = _required(env, name)
+    if not value.startswith("postgresql+asyncpg://"):
+        # Only the scheme: the rest may hold a password.
+        raise SettingsError(f"{name} must be a postgresql+asyncpg:// URL, got {value.split(':', 1)[0]!r}")
+    return value
+
+
+def grpc_address_from(env: Env) -> str:
+    return _address(env, "TENANTRY_GRPC_ADDRESS", DEFAULT_GRPC_ADDRESS)
+
+
+def liveness_file_from(env: Env) -> Path:
+    return _file_in_existing_directory(env, "TENANTRY_WORKER_LIVENESS_FILE", DEFAULT_LIVENESS_FILE)
+
+
+def migrations_dir_from(env: Env) -> Path:
+    return _directory(env, "TENANTRY_MIGRATIONS_DIR", DEFAULT_MIGRATIONS_DIR)
+
+
+# --- entry points -----------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def load_or_exit(read: Callable[[Env], T], env: Env | None = None) -> T:
+    """`read(env)` for a process entry point: one clear line and exit 2 on error."""
     try:
-        return Settings.from_env(env)
+        return read(_environ(env))
     except SettingsError as exc:
         exit_with_config_error(str(exc))
 
@@ -56,22 +283,26 @@ def exit_with_config_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _required(env: Mapping[str, str], name: str) -> str:
+# --- parsers, one per kind of value; a blank value means unset ----------------------
+
+
+def _environ(env: Env | None) -> Env:
+    return os.environ if env is None else env
+
+
+def _is_set(env: Env, name: str) -> bool:
+    return bool(env.get(name, "").strip())
+
+
+def _required(env: Env, name: str) -> str:
     value = env.get(name, "").strip()
     if not value:
         raise SettingsError(f"{name} is required but not set")
     return value
 
 
-def database_url_from(env: Mapping[str, str]) -> str:
-    name = "TENANTRY_DATABASE_URL"
-    value = _required(env, name)
-    if not value.startswith("postgresql+asyncpg://"):
-        raise SettingsError(f"{name} must be a postgresql+asyncpg:// URL, got {value.split(':', 1)[0]!r}")
-    return value
-
-
-def _address(env: Mapping[str, str], name: str, default: str | None) -> str:
+def _address(env: Env, name: str, default: str | None) -> str:
+    """host:port; `default` None: required."""
     value = env.get(name, "").strip() or default
     if value is None:
         raise SettingsError(f"{name} is required but not set")
@@ -82,14 +313,40 @@ def _address(env: Mapping[str, str], name: str, default: str | None) -> str:
     return value
 
 
-def _name(env: Mapping[str, str], name: str, default: str) -> str:
+def _address_or_off(env: Env, name: str, default: str) -> str | None:
+    """host:port, or "off" (any case) for None."""
+    if env.get(name, "").strip().lower() == "off":
+        return None
+    return _address(env, name, default)
+
+
+def _ip_address_or_off(env: Env, name: str, default: str) -> str | None:
+    """IPv4:port or [IPv6]:port, or "off" for None: for listeners that resolve no names."""
+    value = _address_or_off(env, name, default)
+    if value is None:
+        return None
+    host = value.rpartition(":")[0]
+    try:
+        if host.startswith("[") and host.endswith("]"):
+            ipaddress.IPv6Address(host[1:-1])
+        else:
+            ipaddress.IPv4Address(host)
+    except ValueError:
+        raise SettingsError(
+            f"{name} must be an IP address and port ([...] around IPv6, no host names), got {value!r}"
+        ) from None
+    return value
+
+
+def _name(env: Env, name: str, default: str) -> str:
     value = env.get(name, "").strip() or default
     if any(c.isspace() for c in value):
         raise SettingsError(f"{name} must not contain whitespace, got {value!r}")
     return value
 
 
-def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+def _seconds(env: Env, name: str, default: float) -> float:
+    """A positive number of seconds."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -104,14 +361,33 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def metrics_address_from(env: Mapping[str, str], default: str) -> str:
-    """TENANTRY_METRICS_ADDRESS: host:port of the Prometheus endpoint, "off" to disable."""
-    value = env.get("TENANTRY_METRICS_ADDRESS", "").strip()
-    if value.lower() == "off":
-        return ""
-    return _address(env, "TENANTRY_METRICS_ADDRESS", default)
+def _directory(env: Env, name: str, default: Path) -> Path:
+    """An existing directory."""
+    raw = env.get(name, "").strip()
+    path = Path(raw) if raw else default
+    if not path.is_dir():
+        raise SettingsError(f"{name} must be an existing directory, got {str(path)!r}")
+    return path
 
 
-def shutdown_grace_from(env: Mapping[str, str]) -> float:
-    """TENANTRY_SHUTDOWN_GRACE_SECONDS: how long in-flight work may finish after SIGTERM."""
-    return _positive_float(env, "TENANTRY_SHUTDOWN_GRACE_SECONDS", 10.0)
+def _file_in_existing_directory(env: Env, name: str, default: Path) -> Path:
+    """A file the process creates: its directory must exist."""
+    raw = env.get(name, "").strip()
+    path = Path(raw) if raw else default
+    if path.name in ("", ".", "..") or not path.parent.is_dir():
+        raise SettingsError(f"{name} must be a file in an existing directory, got {str(path)!r}")
+    return path
+
+
+def _path(env: Env, name: str) -> Path | None:
+    value = env.get(name, "").strip()
+    return Path(value) if value else None
+
+
+def _flag(env: Env, name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value or value in _FALSE:
+        return False
+    if value in _TRUE:
+        return True
+    raise SettingsError(f"{name} must be true or false, got {value!r}")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tenantry/v1/options.proto\x12\x0btenantry.v1\x1a google/protobuf/descriptor.proto:8\n\rtenant_scoped\x12\x1f.google.protobuf.ServiceOptions\x18\xd1\x86\x03 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tenantry/v1/options.proto\x12\x0btenantry.v1\x1a google/protobuf/descriptor.proto:8\n\rtenant_scoped\x12\x1f.google.protobuf.ServiceOptions\x18\xd1\x86\x03 \x01(\x08:4\n\npermission\x12\x1e.google.protobuf.MethodOptions\x18\xd2\x86\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tenantry.v1 import options_pb2 as tenantry_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tenantry/v1/project_service.proto\x12\x0btenantry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tenantry/v1/options.proto\"\x9a\x01\n\x07Project\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"9\n\x14\x43reateProjectRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\">\n\x15\x43reateProjectResponse\x12%\n\x07project\x18\x01 \x01(\x0b\x32\x14.tenantry.v1.Project\"\'\n\x11GetProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\";\n\x12GetProjectResponse\x12%\n\x07project\x18\x01 \x01(\x0b\x32\x14.tenantry.v1.Project\"<\n\x13ListProjectsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x14ListProjectsResponse\x12&\n\x08projects\x18\x01 \x03(\x0b\x32\x14.tenantry.v1.Project\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14\x44\x65leteProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteProjectResponse2\xea\x02\n\x0eProjectService\x12V\n\rCreateProject\x12!.tenantry.v1.CreateProjectRequest\x1a\".tenantry.v1.CreateProjectResponse\x12M\n\nGetProject\x12\x1e.tenantry.v1.GetProjectRequest\x1a\x1f.tenantry.v1.GetProjectResponse\x12S\n\x0cListProjects\x12 .tenantry.v1.ListProjectsRequest\x1a!.tenantry.v1.ListProjectsResponse\x12V\n\rDeleteProject\x12!.tenantry.v1.DeleteProjectRequest\x1a\".tenantry.v1.DeleteProjectResponse\x1a\x04\x88\xb5\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tenantry/v1/project_service.proto\x12\x0btenantry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tenantry/v1/options.proto\"\x9a\x01\n\x07Project\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"9\n\x14\x43reateProjectRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\">\n\x15\x43reateProjectResponse\x12%\n\x07project\x18\x01 \x01(\x0b\x32\x14.tenantry.v1.Project\"\'\n\x11GetProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\";\n\x12GetProjectResponse\x12%\n\x07project\x18\x01 \x01(\x0b\x32\x14.tenantry.v1.Project\"<\n\x13ListProjectsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x14ListProjectsResponse\x12&\n\x08projects\x18\x01 \x03(\x0b\x32\x14.tenantry.v1.Project\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14\x44\x65leteProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteProjectResponse2\xb8\x03\n\x0eProjectService\x12j\n\rCreateProject\x12!.tenantry.v1.CreateProjectRequest\x1a\".tenantry.v1.CreateProjectResponse\"\x12\x92\xb5\x18\x0eprojects.write\x12`\n\nGetProject\x12\x1e.tenantry.v1.GetProjectRequest\x1a\x1f.tenantry.v1.GetProjectResponse\"\x11\x92\xb5\x18\rprojects.read\x12\x66\n\x0cListProjects\x12 .tenantry.v1.ListProjectsRequest\x1a!.tenantry.v1.ListProjectsResponse\"\x11\x92\xb5\x18\rprojects.read\x12j\n\rDeleteProject\x12!.tenantry.v1.DeleteProjectRequest\x1a\".tenantry.v1.DeleteProjectResponse\"\x12\x92\xb5\x18\x0eprojects.write\x1a\x04\x88\xb5\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROJECTSERVICE']._loaded_options = None
   _globals['_PROJECTSERVICE']._serialized_options = b'\210\265\030\001'
+  _globals['_PROJECTSERVICE'].methods_by_name['CreateProject']._loaded_options = None
+  _globals['_PROJECTSERVICE'].methods_by_name['CreateProject']._serialized_options = b'\222\265\030\016projects.write'
+  _globals['_PROJECTSERVICE'].methods_by_name['GetProject']._loaded_options = None
+  _globals['_PROJECTSERVICE'].methods_by_name['GetProject']._serialized_options = b'\222\265\030\rprojects.read'
+  _globals['_PROJECTSERVICE'].methods_by_name['ListProjects']._loaded_options = None
+  _globals['_PROJECTSERVICE'].methods_by_name['ListProjects']._serialized_options = b'\222\265\030\rprojects.read'
+  _globals['_PROJECTSERVICE'].methods_by_name['DeleteProject']._loaded_options = None
+  _globals['_PROJECTSERVICE'].methods_by_name['DeleteProject']._serialized_options = b'\222\265\030\016projects.write'
   _globals['_PROJECT']._serialized_start=111
   _globals['_PROJECT']._serialized_end=265
   _globals['_CREATEPROJECTREQUEST']._serialized_start=267
@@ -54,5 +62,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEPROJECTRESPONSE']._serialized_start=687
   _globals['_DELETEPROJECTRESPONSE']._serialized_end=710
   _globals['_PROJECTSERVICE']._serialized_start=713
-  _globals['_PROJECTSERVICE']._serialized_end=1075
+  _globals['_PROJECTSERVICE']._serialized_end=1153
 # @@protoc_insertion_point(module_scope)

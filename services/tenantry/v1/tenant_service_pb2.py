@@ -23,32 +23,41 @@ _sym_db = _symbol_database.Default()
 
 
 from tenantry.v1 import operation_pb2 as tenantry_dot_v1_dot_operation__pb2
+from tenantry.v1 import options_pb2 as tenantry_dot_v1_dot_options__pb2
 from tenantry.v1 import tenant_pb2 as tenantry_dot_v1_dot_tenant__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tenantry/v1/tenant_service.proto\x12\x0btenantry.v1\x1a\x1btenantry/v1/operation.proto\x1a\x18tenantry/v1/tenant.proto\"\x80\x01\n\x15RegisterTenantRequest\x12\x0c\n\x04slug\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x64min_email\x18\x03 \x01(\t\x12\x1a\n\x12\x61\x64min_display_name\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"h\n\x16RegisterTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\x12)\n\toperation\x18\x02 \x01(\x0b\x32\x16.tenantry.v1.Operation\"E\n\x10GetTenantRequest\x12\x13\n\ttenant_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x42\x0c\n\ntenant_ref\"8\n\x11GetTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\"Q\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x03 \x01(\x08\"T\n\x13ListTenantsResponse\x12$\n\x07tenants\x18\x01 \x03(\x0b\x32\x13.tenantry.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x13\x44\x65leteTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"f\n\x14\x44\x65leteTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\x12)\n\toperation\x18\x02 \x01(\x0b\x32\x16.tenantry.v1.Operation2\xdd\x02\n\rTenantService\x12Y\n\x0eRegisterTenant\x12\".tenantry.v1.RegisterTenantRequest\x1a#.tenantry.v1.RegisterTenantResponse\x12J\n\tGetTenant\x12\x1d.tenantry.v1.GetTenantRequest\x1a\x1e.tenantry.v1.GetTenantResponse\x12P\n\x0bListTenants\x12\x1f.tenantry.v1.ListTenantsRequest\x1a .tenantry.v1.ListTenantsResponse\x12S\n\x0c\x44\x65leteTenant\x12 .tenantry.v1.DeleteTenantRequest\x1a!.tenantry.v1.DeleteTenantResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tenantry/v1/tenant_service.proto\x12\x0btenantry.v1\x1a\x1btenantry/v1/operation.proto\x1a\x19tenantry/v1/options.proto\x1a\x18tenantry/v1/tenant.proto\"\x80\x01\n\x15RegisterTenantRequest\x12\x0c\n\x04slug\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x64min_email\x18\x03 \x01(\t\x12\x1a\n\x12\x61\x64min_display_name\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"h\n\x16RegisterTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\x12)\n\toperation\x18\x02 \x01(\x0b\x32\x16.tenantry.v1.Operation\"E\n\x10GetTenantRequest\x12\x13\n\ttenant_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x42\x0c\n\ntenant_ref\"8\n\x11GetTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\"Q\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x03 \x01(\x08\"T\n\x13ListTenantsResponse\x12$\n\x07tenants\x18\x01 \x03(\x0b\x32\x13.tenantry.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x13\x44\x65leteTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"f\n\x14\x44\x65leteTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\x12)\n\toperation\x18\x02 \x01(\x0b\x32\x16.tenantry.v1.Operation2\xa7\x03\n\rTenantService\x12m\n\x0eRegisterTenant\x12\".tenantry.v1.RegisterTenantRequest\x1a#.tenantry.v1.RegisterTenantResponse\"\x12\x92\xb5\x18\x0etenants.create\x12[\n\tGetTenant\x12\x1d.tenantry.v1.GetTenantRequest\x1a\x1e.tenantry.v1.GetTenantResponse\"\x0f\x92\xb5\x18\x0btenants.get\x12\x61\n\x0bListTenants\x12\x1f.tenantry.v1.ListTenantsRequest\x1a .tenantry.v1.ListTenantsResponse\"\x0f\x92\xb5\x18\x0btenants.get\x12g\n\x0c\x44\x65leteTenant\x12 .tenantry.v1.DeleteTenantRequest\x1a!.tenantry.v1.DeleteTenantResponse\"\x12\x92\xb5\x18\x0etenants.deleteb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tenantry.v1.tenant_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REGISTERTENANTREQUEST']._serialized_start=105
-  _globals['_REGISTERTENANTREQUEST']._serialized_end=233
-  _globals['_REGISTERTENANTRESPONSE']._serialized_start=235
-  _globals['_REGISTERTENANTRESPONSE']._serialized_end=339
-  _globals['_GETTENANTREQUEST']._serialized_start=341
-  _globals['_GETTENANTREQUEST']._serialized_end=410
-  _globals['_GETTENANTRESPONSE']._serialized_start=412
-  _globals['_GETTENANTRESPONSE']._serialized_end=468
-  _globals['_LISTTENANTSREQUEST']._serialized_start=470
-  _globals['_LISTTENANTSREQUEST']._serialized_end=551
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=553
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=637
-  _globals['_DELETETENANTREQUEST']._serialized_start=639
-  _globals['_DELETETENANTREQUEST']._serialized_end=699
-  _globals['_DELETETENANTRESPONSE']._serialized_start=701
-  _globals['_DELETETENANTRESPONSE']._serialized_end=803
-  _globals['_TENANTSERVICE']._serialized_start=806
-  _globals['_TENANTSERVICE']._serialized_end=1155
+  _globals['_TENANTSERVICE'].methods_by_name['RegisterTenant']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['RegisterTenant']._serialized_options = b'\222\265\030\016tenants.create'
+  _globals['_TENANTSERVICE'].methods_by_name['GetTenant']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['GetTenant']._serialized_options = b'\222\265\030\013tenants.get'
+  _globals['_TENANTSERVICE'].methods_by_name['ListTenants']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['ListTenants']._serialized_options = b'\222\265\030\013tenants.get'
+  _globals['_TENANTSERVICE'].methods_by_name['DeleteTenant']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['DeleteTenant']._serialized_options = b'\222\265\030\016tenants.delete'
+  _globals['_REGISTERTENANTREQUEST']._serialized_start=132
+  _globals['_REGISTERTENANTREQUEST']._serialized_end=260
+  _globals['_REGISTERTENANTRESPONSE']._serialized_start=262
+  _globals['_REGISTERTENANTRESPONSE']._serialized_end=366
+  _globals['_GETTENANTREQUEST']._serialized_start=368
+  _globals['_GETTENANTREQUEST']._serialized_end=437
+  _globals['_GETTENANTRESPONSE']._serialized_start=439
+  _globals['_GETTENANTRESPONSE']._serialized_end=495
+  _globals['_LISTTENANTSREQUEST']._serialized_start=497
+  _globals['_LISTTENANTSREQUEST']._serialized_end=578
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=580
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=664
+  _globals['_DELETETENANTREQUEST']._serialized_start=666
+  _globals['_DELETETENANTREQUEST']._serialized_end=726
+  _globals['_DELETETENANTRESPONSE']._serialized_start=728
+  _globals['_DELETETENANTRESPONSE']._serialized_end=830
+  _globals['_TENANTSERVICE']._serialized_start=833
+  _globals['_TENANTSERVICE']._serialized_end=1256
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from tenantry.v1 import operation_pb2 as _operation_pb2
+from tenantry.v1 import options_pb2 as _options_pb2
 from tenantry.v1 import tenant_pb2 as _tenant_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
