@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from tenant_api import pagination
+from tenant_api.authentication import current_actor
 from tenant_api.convert import (
     OPERATION_STATE_FROM_PROTO,
     event_to_proto,
@@ -51,7 +52,7 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
         registration = validate_registration(
             request.slug, request.display_name, request.admin_email, request.admin_display_name, request.request_id
         )
-        result = await self._tenants.register(registration)
+        result = await self._tenants.register(registration, current_actor())
         return tenant_service_pb2.RegisterTenantResponse(
             tenant=tenant_to_proto(result.tenant, result.admin_email), operation=operation_to_proto(result.operation)
         )
@@ -85,7 +86,7 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
     ) -> tenant_service_pb2.DeleteTenantResponse:
         tenant_id = require_uuid("tenant_id", request.tenant_id)
         request_id = optional_uuid("request_id", request.request_id)
-        result = await self._tenants.delete(tenant_id, request_id)
+        result = await self._tenants.delete(tenant_id, request_id, current_actor())
         return tenant_service_pb2.DeleteTenantResponse(
             tenant=tenant_to_proto(result.tenant, result.admin_email), operation=operation_to_proto(result.operation)
         )

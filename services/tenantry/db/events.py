@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import BigInteger, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from tenantry.db.models import TenantEvent, TenantEventCounter
+from tenantry.db.models import Operation, TenantEvent, TenantEventCounter
 from tenantry.states import TenantEventType, TenantState
 
 EVENT_CHANNEL = "tenantry_tenant_event"
@@ -51,13 +51,23 @@ class EventRecord:
         }
 
 
-def event_ctes(after: str) -> str:
-    """CTEs that append one event inside a larger data-modifying statement.
+def event_ctes(
+    *,
+    after: str,
+    tenant_id: str,
+    type: TenantEventType,
+    state: TenantState,
+    actor: str,
+    operation: str,
+    request_id: str = "NULL",
+) -> str:
+    """CTEs (`event_sequence`, `event`) that append one event inside a larger
+    data-modifying statement; the other arguments are SQL expressions.
 
     `after` names a CTE of that statement: the counter is taken only once it has
     produced its rows (the uncorrelated EXISTS is evaluated before the counter
-    row is locked), so the counter is the last lock the statement takes.
-    The parameters are those of `EventRecord.params()`."""
+    row is locked, and no row means no event), so the counter is the last lock
+    the statement takes."""
     return f"""
     event_sequence AS (
         UPDATE {_COUNTER} SET last_sequence = last_sequence + 1
@@ -65,11 +75,15 @@ def event_ctes(after: str) -> str:
         RETURNING last_sequence
     ), event AS (
         INSERT INTO {_EVENTS} ({_COLUMNS})
-        SELECT last_sequence, CAST(:event_tenant_id AS uuid), :event_type, :event_state, :event_actor,
-               :event_operation, CAST(:event_request_id AS uuid)
+        SELECT last_sequence, {tenant_id}, '{type.value}', '{state.value}', {actor}, {operation}, {request_id}
         FROM event_sequence
         RETURNING sequence
     )"""
+
+
+def operation_actor(workflow_id: str) -> str:
+    """SQL: the actor recorded on an operation, for the changes its workflow makes."""
+    return f"(SELECT actor FROM {Operation.__tablename__} WHERE workflow_id = {workflow_id})"
 
 
 _APPEND = text(

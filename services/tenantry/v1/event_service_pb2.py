@@ -23,28 +23,33 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from tenantry.v1 import options_pb2 as tenantry_dot_v1_dot_options__pb2
 from tenantry.v1 import tenant_pb2 as tenantry_dot_v1_dot_tenant__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftenantry/v1/event_service.proto\x12\x0btenantry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18tenantry/v1/tenant.proto\"\xed\x01\n\x0bTenantEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12*\n\x04type\x18\x03 \x01(\x0e\x32\x1c.tenantry.v1.TenantEventType\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.tenantry.v1.TenantState\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x11\n\toperation\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12.\n\nevent_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"S\n\x17ListTenantEventsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x18ListTenantEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.tenantry.v1.TenantEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"]\n\x18WatchTenantEventsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"D\n\x19WatchTenantEventsResponse\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.tenantry.v1.TenantEvent*\xcf\x03\n\x0fTenantEventType\x12!\n\x1dTENANT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cTENANT_EVENT_TYPE_REGISTERED\x10\x01\x12\x1f\n\x1bTENANT_EVENT_TYPE_ACTIVATED\x10\x02\x12)\n%TENANT_EVENT_TYPE_PROVISIONING_FAILED\x10\x03\x12*\n&TENANT_EVENT_TYPE_PROVISIONING_RETRIED\x10\x04\x12\x1d\n\x19TENANT_EVENT_TYPE_UPDATED\x10\x05\x12\x1f\n\x1bTENANT_EVENT_TYPE_SUSPENDED\x10\x06\x12\x1d\n\x19TENANT_EVENT_TYPE_RESUMED\x10\x07\x12\x1d\n\x19TENANT_EVENT_TYPE_DELETED\x10\x08\x12\x1f\n\x1bTENANT_EVENT_TYPE_UNDELETED\x10\t\x12\x1c\n\x18TENANT_EVENT_TYPE_PURGED\x10\n\x12%\n!TENANT_EVENT_TYPE_SCHEMA_MIGRATED\x10\x0b\x12\x1b\n\x17TENANT_EVENT_TYPE_MOVED\x10\x0c\x32\xdb\x01\n\x12TenantEventService\x12_\n\x10ListTenantEvents\x12$.tenantry.v1.ListTenantEventsRequest\x1a%.tenantry.v1.ListTenantEventsResponse\x12\x64\n\x11WatchTenantEvents\x12%.tenantry.v1.WatchTenantEventsRequest\x1a&.tenantry.v1.WatchTenantEventsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftenantry/v1/event_service.proto\x12\x0btenantry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tenantry/v1/options.proto\x1a\x18tenantry/v1/tenant.proto\"\xed\x01\n\x0bTenantEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12*\n\x04type\x18\x03 \x01(\x0e\x32\x1c.tenantry.v1.TenantEventType\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.tenantry.v1.TenantState\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x11\n\toperation\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12.\n\nevent_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"S\n\x17ListTenantEventsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x18ListTenantEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.tenantry.v1.TenantEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"]\n\x18WatchTenantEventsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"D\n\x19WatchTenantEventsResponse\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.tenantry.v1.TenantEvent*\xcf\x03\n\x0fTenantEventType\x12!\n\x1dTENANT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1cTENANT_EVENT_TYPE_REGISTERED\x10\x01\x12\x1f\n\x1bTENANT_EVENT_TYPE_ACTIVATED\x10\x02\x12)\n%TENANT_EVENT_TYPE_PROVISIONING_FAILED\x10\x03\x12*\n&TENANT_EVENT_TYPE_PROVISIONING_RETRIED\x10\x04\x12\x1d\n\x19TENANT_EVENT_TYPE_UPDATED\x10\x05\x12\x1f\n\x1bTENANT_EVENT_TYPE_SUSPENDED\x10\x06\x12\x1d\n\x19TENANT_EVENT_TYPE_RESUMED\x10\x07\x12\x1d\n\x19TENANT_EVENT_TYPE_DELETED\x10\x08\x12\x1f\n\x1bTENANT_EVENT_TYPE_UNDELETED\x10\t\x12\x1c\n\x18TENANT_EVENT_TYPE_PURGED\x10\n\x12%\n!TENANT_EVENT_TYPE_SCHEMA_MIGRATED\x10\x0b\x12\x1b\n\x17TENANT_EVENT_TYPE_MOVED\x10\x0c\x32\xfd\x01\n\x12TenantEventService\x12p\n\x10ListTenantEvents\x12$.tenantry.v1.ListTenantEventsRequest\x1a%.tenantry.v1.ListTenantEventsResponse\"\x0f\x92\xb5\x18\x0b\x65vents.list\x12u\n\x11WatchTenantEvents\x12%.tenantry.v1.WatchTenantEventsRequest\x1a&.tenantry.v1.WatchTenantEventsResponse\"\x0f\x92\xb5\x18\x0b\x65vents.list0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tenantry.v1.event_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TENANTEVENTTYPE']._serialized_start=693
-  _globals['_TENANTEVENTTYPE']._serialized_end=1156
-  _globals['_TENANTEVENT']._serialized_start=108
-  _globals['_TENANTEVENT']._serialized_end=345
-  _globals['_LISTTENANTEVENTSREQUEST']._serialized_start=347
-  _globals['_LISTTENANTEVENTSREQUEST']._serialized_end=430
-  _globals['_LISTTENANTEVENTSRESPONSE']._serialized_start=432
-  _globals['_LISTTENANTEVENTSRESPONSE']._serialized_end=525
-  _globals['_WATCHTENANTEVENTSREQUEST']._serialized_start=527
-  _globals['_WATCHTENANTEVENTSREQUEST']._serialized_end=620
-  _globals['_WATCHTENANTEVENTSRESPONSE']._serialized_start=622
-  _globals['_WATCHTENANTEVENTSRESPONSE']._serialized_end=690
-  _globals['_TENANTEVENTSERVICE']._serialized_start=1159
-  _globals['_TENANTEVENTSERVICE']._serialized_end=1378
+  _globals['_TENANTEVENTSERVICE'].methods_by_name['ListTenantEvents']._loaded_options = None
+  _globals['_TENANTEVENTSERVICE'].methods_by_name['ListTenantEvents']._serialized_options = b'\222\265\030\013events.list'
+  _globals['_TENANTEVENTSERVICE'].methods_by_name['WatchTenantEvents']._loaded_options = None
+  _globals['_TENANTEVENTSERVICE'].methods_by_name['WatchTenantEvents']._serialized_options = b'\222\265\030\013events.list'
+  _globals['_TENANTEVENTTYPE']._serialized_start=720
+  _globals['_TENANTEVENTTYPE']._serialized_end=1183
+  _globals['_TENANTEVENT']._serialized_start=135
+  _globals['_TENANTEVENT']._serialized_end=372
+  _globals['_LISTTENANTEVENTSREQUEST']._serialized_start=374
+  _globals['_LISTTENANTEVENTSREQUEST']._serialized_end=457
+  _globals['_LISTTENANTEVENTSRESPONSE']._serialized_start=459
+  _globals['_LISTTENANTEVENTSRESPONSE']._serialized_end=552
+  _globals['_WATCHTENANTEVENTSREQUEST']._serialized_start=554
+  _globals['_WATCHTENANTEVENTSREQUEST']._serialized_end=647
+  _globals['_WATCHTENANTEVENTSRESPONSE']._serialized_start=649
+  _globals['_WATCHTENANTEVENTSRESPONSE']._serialized_end=717
+  _globals['_TENANTEVENTSERVICE']._serialized_start=1186
+  _globals['_TENANTEVENTSERVICE']._serialized_end=1439
 # @@protoc_insertion_point(module_scope)
