@@ -22,11 +22,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenant_api.call_transaction import call_transaction, open_transaction, unscoped_connection
+from tenant_api.headers import TENANT_ID_HEADER
 from tenant_api.projects import Projects
 from tenant_api.server import SERVER_OPTIONS
 from tenant_api.servicers import ProjectServicer
-from tenant_api.tenant_gate import TENANT_ID_HEADER, TenantScope, current_tenant
-from tenantry.db.engine import create_engine, create_session_factory
+from tenant_api.tenant_gate import TenantScope, current_tenant
+from tenantry.db.engine import create_engine
 from tenantry.schema_names import schema_name_for
 from tenantry.v1 import project_service_pb2, project_service_pb2_grpc
 
@@ -46,7 +47,6 @@ class UngatedProjectServicer(ProjectServicer):
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(Projects())
         self._engine = engine
-        self._sessions = create_session_factory(engine)
 
     @asynccontextmanager
     async def _scoped(self, context: Context) -> AsyncIterator[None]:
@@ -55,7 +55,7 @@ class UngatedProjectServicer(ProjectServicer):
         async with self._engine.connect() as conn:
             driver = await unscoped_connection(conn)
             await open_transaction(conn, driver)
-            async with call_transaction(self._sessions, conn, driver, schema_name) as session:
+            async with call_transaction(conn, driver, schema_name) as session:
                 token = current_tenant.set(TenantScope(tenant_id=tenant_id, schema_name=schema_name, session=session))
                 try:
                     yield

@@ -21,9 +21,10 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from tenant_api.auth_interceptor import AuthenticationInterceptor
-from tenant_api.authentication import AuthSettings, JwksKeys, Principal, TokenVerifier, current_principal
-from tenant_api.tenant_gate import TENANT_ID_HEADER, TENANT_SLUG_HEADER
+from tenant_api.authentication import JwksKeys, Principal, TokenVerifier, current_principal
+from tenant_api.headers import TENANT_ID_HEADER, TENANT_SLUG_HEADER
+from tenant_api.interceptors.authentication import AuthenticationInterceptor
+from tenantry.settings import AuthSettings
 from tenantry_dev.tokens import DEV_AUDIENCE, DEV_ISSUER, SigningKey, ensure_signing_key, mint_token
 from tests.stack import error_info, expect_error
 
@@ -156,7 +157,9 @@ async def test_methods_without_a_declared_permission_are_refused_even_to_admins(
         await server.channel.unary_stream(STREAMING, None, None)(
             b"", metadata=[("authorization", f"Bearer {admin}")]
         ).read()
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    # Streams are guarded like unary calls: this one declares no permission either.
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_info(caught.value).reason == "PERMISSION_MISSING"
     assert server.seen == []
 
 

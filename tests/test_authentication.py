@@ -29,16 +29,14 @@ from jwt.algorithms import RSAAlgorithm
 from tenant_api import authentication
 from tenant_api.authentication import (
     LEEWAY_SECONDS,
-    AuthSettings,
     JwksKeys,
     Principal,
     TokenVerifier,
-    auth_settings_from_env,
     bearer_token,
     parse_jwks,
 )
 from tenant_api.errors import ApiError
-from tenantry.settings import SettingsError
+from tenantry.settings import AuthSettings, SettingsError
 from tenantry_dev.tokens import (
     DEV_AUDIENCE,
     DEV_ISSUER,
@@ -101,11 +99,11 @@ def verifier(dev_key: SigningKey) -> TokenVerifier:
 def test_settings_from_env(tmp_path: Path) -> None:
     jwks = tmp_path / "jwks.json"
     jwks.write_text('{"keys": []}')
-    settings = auth_settings_from_env(
+    settings = AuthSettings.from_env(
         {"TENANTRY_AUTH_ISSUER": "https://idp.example", "TENANTRY_AUTH_JWKS_FILE": str(jwks)}
     )
     assert settings == AuthSettings("https://idp.example", "tenantry", jwks, None)
-    by_url = auth_settings_from_env(
+    by_url = AuthSettings.from_env(
         {
             "TENANTRY_AUTH_ISSUER": "x",
             "TENANTRY_AUTH_AUDIENCE": "api",
@@ -139,7 +137,7 @@ def test_settings_from_env(tmp_path: Path) -> None:
 )
 def test_settings_errors_name_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(SettingsError) as caught:
-        auth_settings_from_env(env)
+        AuthSettings.from_env(env)
     message = str(caught.value)
     assert variable in message
     assert "\n" not in message

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
 from tenant_api.call_transaction import call_transaction, open_transaction, unscoped_connection
-from tenant_api.tenant_gate import TENANT_ID_HEADER
-from tenantry.db.engine import create_engine, create_session_factory, driver_of
+from tenant_api.headers import TENANT_ID_HEADER
+from tenantry.db.engine import create_engine, driver_of
 from tenantry.db.models import Project
 from tenantry.v1 import project_service_pb2
 from tests.stack import Stack, running_stack
@@ -95,7 +95,7 @@ async def test_call_transaction_rolls_back_a_call_that_does_not_finish(
         async with small.connect() as conn:
             driver = await unscoped_connection(conn)
             await open_transaction(conn, driver)
-            async with call_transaction(create_session_factory(small), conn, driver, tenant.schema_name) as session:
+            async with call_transaction(conn, driver, tenant.schema_name) as session:
                 session.add(Project(id=uuid.uuid4(), name="unfinished", description=""))
                 await session.flush()
                 wrote.set()

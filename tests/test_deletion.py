@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from tenant_api.tenant_gate import TENANT_ID_HEADER
+from tenant_api.headers import TENANT_ID_HEADER
 from tenantry.v1 import (
     operation_pb2,
     operation_service_pb2,

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from temporalio.client import Client
 
-from tenant_api.tenant_gate import TENANT_ID_HEADER
+from tenant_api.headers import TENANT_ID_HEADER
 from tenantry.db.engine import create_engine
 from tenantry.v1 import operation_pb2, project_service_pb2, tenant_pb2
 from tests.stack import BUG_CODES, Stack, Stubs, error_info, registration, running_stack, wait_done

@@ -16,7 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
-from tenant_api.tenant_gate import TENANT_ID_HEADER, TENANT_SLUG_HEADER, is_tenant_scoped
+from tenant_api.headers import TENANT_ID_HEADER, TENANT_SLUG_HEADER
+from tenant_api.tenant_gate import is_tenant_scoped
 from tenantry.db.engine import create_engine
 from tenantry.v1 import (
     operation_pb2,

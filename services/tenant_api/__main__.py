@@ -10,6 +10,7 @@ import sys
 import grpc
 from temporalio.client import Client
 
+from tenant_api.authentication import JwksKeys, TokenVerifier
 from tenant_api.server import start_api
 from tenant_api.transport import listen_credentials
 from tenantry.db.engine import create_engine
@@ -20,6 +21,10 @@ log = logging.getLogger("tenant_api")
 
 
 async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | None) -> None:
+    keys = JwksKeys.from_settings(settings.auth)
+    # Load the signing keys now: a bad key set shows at start, not at the first call.
+    await keys.refresh()
+    verifier = TokenVerifier(settings.auth, keys)
     engine = create_engine(settings.database_url)
     # Lazy: the API serves (and records intents) even while Temporal is down.
     client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace, lazy=True)
@@ -29,6 +34,7 @@ async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | Non
             client=client,
             task_queue=settings.task_queue,
             address=settings.grpc_address,
+            verifier=verifier,
             credentials=credentials,
         )
     except (OSError, RuntimeError) as exc:

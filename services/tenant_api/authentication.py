@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import ssl
 import time
 import urllib.request
@@ -36,14 +35,14 @@ from jwt import PyJWK
 
 from tenant_api.errors import ApiError
 from tenant_api.validation import parse_uuid
-from tenantry.settings import SettingsError
+from tenantry.settings import AuthSettings
 
 log = logging.getLogger(__name__)
 
 # The only signature algorithms a token (and a key in the set) may use.
 ALLOWED_ALGORITHMS = frozenset({"RS256", "ES256", "EdDSA"})
 LEEWAY_SECONDS = 60
-DEFAULT_AUDIENCE = "tenantry"
+
 # A bearer token longer than this is not one of ours; it is refused unread.
 MAX_TOKEN_LENGTH = 8192
 # A key set larger than this (bytes, or keys) is refused rather than parsed.
@@ -53,40 +52,6 @@ JWKS_FETCH_TIMEOUT_SECONDS = 5.0
 
 
 # -- settings ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AuthSettings:
-    issuer: str
-    audience: str
-    # Exactly one of the two is set.
-    jwks_file: Path | None
-    jwks_url: str | None
-
-
-def auth_settings_from_env(env: Mapping[str, str] | None = None) -> AuthSettings:
-    """TENANTRY_AUTH_* from the environment; SettingsError names the variable."""
-    env = os.environ if env is None else env
-    issuer = env.get("TENANTRY_AUTH_ISSUER", "").strip()
-    if not issuer:
-        raise SettingsError("TENANTRY_AUTH_ISSUER is required but not set")
-    audience = env.get("TENANTRY_AUTH_AUDIENCE", "").strip() or DEFAULT_AUDIENCE
-    if any(ch.isspace() for ch in audience):
-        raise SettingsError(f"TENANTRY_AUTH_AUDIENCE must not contain whitespace, got {audience!r}")
-    jwks_file = env.get("TENANTRY_AUTH_JWKS_FILE", "").strip()
-    jwks_url = env.get("TENANTRY_AUTH_JWKS_URL", "").strip()
-    if jwks_file and jwks_url:
-        raise SettingsError("TENANTRY_AUTH_JWKS_FILE and TENANTRY_AUTH_JWKS_URL are both set; set exactly one")
-    if not jwks_file and not jwks_url:
-        raise SettingsError("TENANTRY_AUTH_JWKS_FILE (or TENANTRY_AUTH_JWKS_URL) is required but not set")
-    if jwks_url:
-        if not jwks_url.lower().startswith("https://"):
-            raise SettingsError(f"TENANTRY_AUTH_JWKS_URL must be an https:// URL, got {jwks_url.split(':', 1)[0]!r}")
-        return AuthSettings(issuer=issuer, audience=audience, jwks_file=None, jwks_url=jwks_url)
-    path = Path(jwks_file)
-    if not path.is_file():
-        raise SettingsError(f"TENANTRY_AUTH_JWKS_FILE names no readable file: {jwks_file}")
-    return AuthSettings(issuer=issuer, audience=audience, jwks_file=path, jwks_url=None)
 
 
 # -- the principal ---------------------------------------------------------------
@@ -112,6 +77,12 @@ class Principal:
 
 # Set for the duration of an authenticated call (see AuthenticationInterceptor).
 current_principal: ContextVar[Principal] = ContextVar("current_principal")
+
+
+def current_actor() -> str:
+    """The calling principal's subject, recorded on what the call changes. Every
+    call to our services is authenticated, so outside one this is a bug."""
+    return current_principal.get().subject
 
 
 def token_missing() -> ApiError:

@@ -4,6 +4,8 @@ Every method works in the session of the admitted call (`TenantScope.session`),
 whose connection names the tenant's schema per statement through
 `schema_translate_map`, never through `search_path`: pooled connections carry
 no tenant state between requests and prepared statements are per-schema.
+That session is already in the call's transaction, which commits when the call
+returns: no method here begins, commits or rolls back (see call_transaction).
 """
 
 from __future__ import annotations
@@ -28,12 +30,11 @@ _KEYSET: pagination.Keyset[Project, uuid.UUID] = pagination.Keyset(
 class Projects:
     async def create(self, scope: TenantScope, name: str, description: str) -> Project:
         try:
-            async with scope.session.begin():
-                return (
-                    await scope.session.scalars(
-                        insert(Project).values(id=uuid.uuid4(), name=name, description=description).returning(Project)
-                    )
-                ).one()
+            return (
+                await scope.session.scalars(
+                    insert(Project).values(id=uuid.uuid4(), name=name, description=description).returning(Project)
+                )
+            ).one()
         except IntegrityError as exc:
             if pg_error(exc).sqlstate == UNIQUE_VIOLATION:
                 raise already_exists("PROJECT_NAME_TAKEN", f"project {name!r} exists", name=name) from exc
@@ -51,9 +52,8 @@ class Projects:
         return _KEYSET.page(projects, request)
 
     async def delete(self, scope: TenantScope, project_id: uuid.UUID) -> None:
-        async with scope.session.begin():
-            deleted = (
-                await scope.session.execute(delete(Project).where(Project.id == project_id).returning(Project.id))
-            ).one_or_none()
+        deleted = (
+            await scope.session.execute(delete(Project).where(Project.id == project_id).returning(Project.id))
+        ).one_or_none()
         if deleted is None:
             raise not_found("PROJECT_NOT_FOUND", f"project {project_id} not found", project_id=str(project_id))

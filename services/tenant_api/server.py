@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -15,8 +17,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
-from tenant_api.access_log import AccessLogInterceptor
-from tenant_api.interceptors import ErrorMappingInterceptor, TenantGateInterceptor
+from tenant_api.authentication import TokenVerifier
+from tenant_api.interceptors.access_log import AccessLogInterceptor
+from tenant_api.interceptors.authentication import AuthenticationInterceptor
+from tenant_api.interceptors.error_mapping import ErrorMappingInterceptor
+from tenant_api.interceptors.tenant_gate import TenantGateInterceptor
 from tenant_api.operations import OperationNotifications, Operations
 from tenant_api.projects import Projects
 from tenant_api.servicers import OperationServicer, ProjectServicer, TenantServicer
@@ -40,6 +45,10 @@ SERVICE_NAMES = (
     operation_service_pb2.DESCRIPTOR.services_by_name["OperationService"].full_name,
     project_service_pb2.DESCRIPTOR.services_by_name["ProjectService"].full_name,
 )
+# Everything the server registers: the API, health and reflection. Reflection
+# lists these, and the access log serves only their methods: a service
+# registered without being named here answers UNIMPLEMENTED.
+SERVED_SERVICE_NAMES = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -49,6 +58,42 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
 ]
+
+
+def method_paths(service_names: tuple[str, ...]) -> list[str]:
+    """The gRPC paths (`/package.Service/Method`) of the named services' methods."""
+    pool = descriptor_pool.Default()
+    return [f"/{name}/{method.name}" for name in service_names for method in pool.FindServiceByName(name).methods]
+
+
+def interceptor_chain(gate: TenantGate, verifier: TokenVerifier) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+    """The interceptors, outermost first; each wraps the ones after it, so a
+    call runs through them in this order and its outcome comes back in reverse.
+
+    1. Access log: outermost, so it sees every call's final status, including
+       the ones the error mapping produced from exceptions, and times all the
+       work. It also holds the per-method handler table: each method's chain is
+       built once, and unregistered paths stop here (UNIMPLEMENTED) without
+       reaching anything inside or leaving anything behind.
+    2. Error mapping: turns whatever the inner interceptors and the servicer
+       raise (domain errors, database failures, unparseable requests) into a
+       deliberate status with ErrorInfo; so it must enclose all of them.
+    3. Authentication: inside the error mapping, so anything unexpected in it
+       still leaves as a deliberate status; outside the gate, so a call without
+       a valid principal, or with a tenant-bound token naming another tenant, is
+       refused before it costs a database round trip or reveals whether a
+       tenant exists. Health and reflection pass without a token.
+    4. Tenant gate: innermost, next to the servicer, because it opens the call's
+       transaction (with the admission check, in one round trip) and commits it
+       when the servicer returns: the transaction spans the servicer's work and
+       nothing else.
+    """
+    return [
+        AccessLogInterceptor(method_paths(SERVED_SERVICE_NAMES)),
+        ErrorMappingInterceptor(),
+        AuthenticationInterceptor(verifier),
+        TenantGateInterceptor(gate),
+    ]
 
 
 DATABASE_PROBE_INTERVAL_SECONDS = 2.0
@@ -100,17 +145,16 @@ async def start_api(
     client: Client,
     task_queue: str,
     address: str,
+    verifier: TokenVerifier,
     credentials: grpc.ServerCredentials | None = None,
 ) -> RunningApi:
-    """`credentials`: TLS / mTLS (see tenant_api.transport); None serves plaintext."""
+    """`verifier`: checks every call's bearer token (there is no way to turn
+    that off). `credentials`: TLS / mTLS (see tenant_api.transport); None
+    serves plaintext."""
     sessions = create_session_factory(engine)
     notifications = OperationNotifications(engine.url)
     server = grpc.aio.server(
-        interceptors=[
-            AccessLogInterceptor(),
-            ErrorMappingInterceptor(),
-            TenantGateInterceptor(TenantGate(engine, sessions)),
-        ],
+        interceptors=interceptor_chain(TenantGate(engine, sessions), verifier),
         options=SERVER_OPTIONS,
     )
     starter = OperationStarter(client, engine, task_queue)
@@ -123,7 +167,7 @@ async def start_api(
     project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(Projects()), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(SERVED_SERVICE_NAMES, server)
     port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}")

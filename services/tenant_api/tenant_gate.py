@@ -17,8 +17,16 @@ from google.protobuf import descriptor_pool
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from tenant_api.call_transaction import abandon, call_transaction, driver_call, open_transaction, unscoped_connection
+from tenant_api.call_transaction import (
+    CallSession,
+    abandon,
+    call_transaction,
+    driver_call,
+    open_transaction,
+    unscoped_connection,
+)
 from tenant_api.errors import ApiError, FieldViolation, failed_precondition, not_found
+from tenant_api.headers import TENANT_ID_HEADER, TENANT_SLUG_HEADER, metadata_value
 from tenant_api.validation import parse_uuid, slug_problem
 from tenantry.db import tenants as tenant_sql
 from tenantry.pg_errors import SCHEMA_GONE_SQLSTATES, pg_error
@@ -28,17 +36,15 @@ from tenantry.v1 import options_pb2
 
 log = logging.getLogger(__name__)
 
-TENANT_ID_HEADER = "x-tenant-id"
-TENANT_SLUG_HEADER = "x-tenant-slug"
-
 
 @dataclass(frozen=True)
 class TenantScope:
     tenant_id: uuid.UUID
     schema_name: str
     # In the call's transaction, on the connection that admitted the call, with
-    # the tenant's schema in its schema_translate_map (see call_transaction).
-    session: AsyncSession
+    # the tenant's schema in its schema_translate_map. Use it as it is: never
+    # begin, commit or roll back (it refuses; see call_transaction).
+    session: CallSession
 
 
 current_tenant: ContextVar[TenantScope] = ContextVar("current_tenant")
@@ -53,13 +59,6 @@ def is_tenant_scoped(method: str) -> bool:
     except KeyError:
         return False
     return bool(service.GetOptions().Extensions[options_pb2.tenant_scoped])  # type: ignore[index]
-
-
-def metadata_value(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:
-    for name, value in metadata or ():
-        if name == key:
-            return value if isinstance(value, str) else value.decode("utf-8", "replace")
-    return None
 
 
 def _invalid(reason: str, header: str, message: str) -> ApiError:
@@ -118,7 +117,7 @@ class TenantGate:
                 if refused is not None:
                     raise refused
                 await open_transaction(conn, driver)
-            async with call_transaction(self._sessions, conn, driver, schema_name) as session:
+            async with call_transaction(conn, driver, schema_name) as session:
                 yield TenantScope(tenant_id=admitted_id, schema_name=schema_name, session=session)
 
     async def explain_failure(self, scope: TenantScope, exc: DBAPIError) -> ApiError | None:

@@ -39,6 +39,7 @@ DEFAULT_API_METRICS_ADDRESS = "127.0.0.1:9464"
 DEFAULT_WORKER_METRICS_ADDRESS = "127.0.0.1:9466"
 DEFAULT_SDK_METRICS_ADDRESS = "127.0.0.1:9465"
 DEFAULT_HEALTHCHECK_SERVER_NAME = "localhost"
+DEFAULT_AUTH_AUDIENCE = "tenantry"
 DEFAULT_LIVENESS_FILE = Path("/tmp/provisioner-worker.alive")
 # services/tenantry/settings.py -> the checkout's migrations/ (the images set the variable).
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -136,9 +137,41 @@ class TlsSettings:
         )
 
 
+@dataclass(frozen=True)
+class AuthSettings:
+    """How the API verifies bearer tokens (see tenant_api.authentication).
+    Exactly one of `jwks_file` and `jwks_url` is set."""
+
+    issuer: str
+    audience: str
+    jwks_file: Path | None
+    jwks_url: str | None
+
+    @classmethod
+    def from_env(cls, env: Env) -> AuthSettings:
+        issuer = _required(env, "TENANTRY_AUTH_ISSUER")
+        audience = _name(env, "TENANTRY_AUTH_AUDIENCE", DEFAULT_AUTH_AUDIENCE)
+        jwks_file = env.get("TENANTRY_AUTH_JWKS_FILE", "").strip()
+        jwks_url = env.get("TENANTRY_AUTH_JWKS_URL", "").strip()
+        if jwks_file and jwks_url:
+            raise SettingsError("TENANTRY_AUTH_JWKS_FILE and TENANTRY_AUTH_JWKS_URL are both set; set exactly one")
+        if jwks_url:
+            if not jwks_url.lower().startswith("https://"):
+                raise SettingsError(
+                    f"TENANTRY_AUTH_JWKS_URL must be an https:// URL, got {jwks_url.split(':', 1)[0]!r}"
+                )
+            return cls(issuer=issuer, audience=audience, jwks_file=None, jwks_url=jwks_url)
+        if not jwks_file:
+            raise SettingsError("TENANTRY_AUTH_JWKS_FILE (or TENANTRY_AUTH_JWKS_URL) is required but not set")
+        if not Path(jwks_file).is_file():
+            raise SettingsError(f"TENANTRY_AUTH_JWKS_FILE names no readable file: {jwks_file}")
+        return cls(issuer=issuer, audience=audience, jwks_file=Path(jwks_file), jwks_url=None)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ApiSettings(CommonSettings):
     grpc_address: str
+    auth: AuthSettings
     tls: TlsSettings = TlsSettings()
 
     @classmethod
@@ -147,6 +180,7 @@ class ApiSettings(CommonSettings):
         return cls(
             **cls._common(env, default_metrics_address=DEFAULT_API_METRICS_ADDRESS),
             grpc_address=grpc_address_from(env),
+            auth=AuthSettings.from_env(env),
             tls=TlsSettings.from_env(env),
         )
 

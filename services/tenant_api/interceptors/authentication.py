@@ -10,26 +10,21 @@ depend on where the error-mapping interceptor sits.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
-from tenant_api.authentication import TokenVerifier, bearer_token, current_principal
+from tenant_api.authentication import Principal, TokenVerifier, bearer_token, current_principal
 from tenant_api.authorization import authorize, check_tenant, is_public
 from tenant_api.errors import ApiError
-from tenant_api.tenant_gate import TENANT_ID_HEADER, TENANT_SLUG_HEADER, is_tenant_scoped, metadata_value
-
-log = logging.getLogger(__name__)
+from tenant_api.headers import TENANT_ID_HEADER, TENANT_SLUG_HEADER, metadata_value
+from tenant_api.interceptors.handlers import ServerInterceptor, replace_stream, replace_unary
+from tenant_api.tenant_gate import is_tenant_scoped
 
 if TYPE_CHECKING:
-    Handler = grpc.RpcMethodHandler[Any, Any]
-    Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-    Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
-    ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    ServerInterceptor = grpc.aio.ServerInterceptor
+    from collections.abc import AsyncIterator
+
+    from tenant_api.interceptors.handlers import Behavior, Continuation, Handler, StreamBehavior
 
 AUTHORIZATION_HEADER = "authorization"
 
@@ -49,16 +44,10 @@ class AuthenticationInterceptor(ServerInterceptor):
         method = handler_call_details.method
         if handler is None or is_public(method):
             return handler
-        if handler.unary_unary is None:
-            # Fail closed: a streaming method of ours is not served until this
-            # interceptor learns to guard streams.
-            log.error("refusing unguarded streaming method %s", method)
-            return None
-        inner = cast("Behavior", handler.unary_unary)
         verifier = self._verifier
         tenant_scoped = is_tenant_scoped(method)
 
-        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
             metadata = context.invocation_metadata()
             try:
                 principal = await verifier.verify(bearer_token(metadata_value(metadata, AUTHORIZATION_HEADER)))
@@ -72,14 +61,29 @@ class AuthenticationInterceptor(ServerInterceptor):
             except ApiError as exc:
                 status = exc.to_status()
                 await context.abort(status.code, status.details, status.trailing_metadata)
-            token = current_principal.set(principal)
+            return principal
+
+        if handler.unary_stream is not None:
+            inner_stream = cast("StreamBehavior", handler.unary_stream)
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                token = current_principal.set(await admit(context))
+                try:
+                    async for response in inner_stream(request, context):
+                        yield response
+                finally:
+                    current_principal.reset(token)
+
+            return replace_stream(handler, stream)
+        if handler.unary_unary is None:
+            return None  # fail closed: no client-streaming method is guarded here
+        inner = cast("Behavior", handler.unary_unary)
+
+        async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            token = current_principal.set(await admit(context))
             try:
                 return await inner(request, context)
             finally:
                 current_principal.reset(token)
 
-        return grpc.unary_unary_rpc_method_handler(
-            behavior,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return replace_unary(handler, behavior)

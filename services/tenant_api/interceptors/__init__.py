@@ -1,0 +1,12 @@
+"""The API's server interceptors, one module each:
+
+- `access_log`: one log line and one metric sample per call, with its final
+  status; holds the per-method handler table (each method's chain is built once).
+- `error_mapping`: every failure leaves as a deliberate status with ErrorInfo.
+- authentication (next, not here yet: `authentication.py`): who is calling.
+- `tenant_gate`: admits a tenant-scoped call for an ACTIVE tenant, in the
+  call's transaction (the gate's domain logic is `tenant_api.tenant_gate`).
+
+`handlers` is their shared plumbing. The order they run in, and why, is
+explained once, where the chain is assembled: `tenant_api.server`.
+"""
