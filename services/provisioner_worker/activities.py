@@ -27,10 +27,11 @@ from provisioner_worker.metrics import DELETION_SECONDS, PROVISIONING_SECONDS
 from tenantry.db import operations as operation_sql
 from tenantry.db import tenants as tenant_sql
 from tenantry.db.engine import driver_of
+from tenantry.db.events import SYSTEM_WORKER, EventRecord, append_event
 from tenantry.migrations import tenant_schema_script, upgrade_tenant_schema
 from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, pg_error
 from tenantry.schema_names import schema_name_for
-from tenantry.states import OperationState, TenantState
+from tenantry.states import OperationState, TenantEventType, TenantState
 from tenantry.workflow_contract import (
     TEMPORAL_CALL_TIMEOUT,
     ProvisionTenantInput,
@@ -85,6 +86,15 @@ async def _run_script(conn: AsyncConnection, script: str) -> None:
     if not driver.is_in_transaction():
         raise RuntimeError("a script must run inside the caller's transaction")
     await driver.execute(script)
+
+
+async def _append_event(
+    conn: AsyncConnection, tenant_id: uuid.UUID, type: TenantEventType, state: TenantState, workflow_id: str
+) -> None:
+    """The event of a change the workflow made, on behalf of whoever started
+    its operation. The transaction's last statement (see tenantry.db.events)."""
+    actor = await conn.scalar(operation_sql.actor_of(workflow_id))
+    await append_event(conn, EventRecord(tenant_id, type, state, actor or SYSTEM_WORKER, workflow_id))
 
 
 class TenantActivities:
@@ -155,7 +165,9 @@ class TenantActivities:
             await conn.execute(tenant_sql.drop_schema(tenant_id))
             await conn.execute(tenant_sql.revoke_memberships(tenant_id))
             elapsed = await conn.scalar(tenant_sql.mark_failed(tenant_id, input.error_message))
-            await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.FAILED, input.error_message)
+            workflow_id = provision_workflow_id(tenant_id)
+            await _finish_operation(conn, workflow_id, OperationState.FAILED, input.error_message)
+            await _append_event(conn, tenant_id, TenantEventType.PROVISIONING_FAILED, TenantState.FAILED, workflow_id)
         PROVISIONING_SECONDS.labels("failed").observe(float(elapsed or 0))
 
     @activity.defn(name="cancel_provisioning")
@@ -195,8 +207,10 @@ class TenantActivities:
             await conn.execute(text("SET LOCAL lock_timeout = '10s'"))
             await conn.execute(tenant_sql.drop_schema(tenant_id))
             await conn.execute(tenant_sql.revoke_memberships(tenant_id))
+            workflow_id = delete_workflow_id(tenant_id)
+            await _finish_operation(conn, workflow_id, OperationState.SUCCEEDED)
             if state == TenantState.DELETING:
                 elapsed = await conn.scalar(tenant_sql.mark_deleted(tenant_id))
-            await _finish_operation(conn, delete_workflow_id(tenant_id), OperationState.SUCCEEDED)
+                await _append_event(conn, tenant_id, TenantEventType.PURGED, TenantState.DELETED, workflow_id)
         if elapsed is not None:
             DELETION_SECONDS.labels("succeeded").observe(float(elapsed))

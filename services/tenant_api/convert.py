@@ -7,9 +7,9 @@ from datetime import datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tenant_api.operations import OPERATION_NAME_PREFIX
-from tenantry.db.models import Operation, Project, Tenant
+from tenantry.db.models import Operation, Project, Tenant, TenantEvent
 from tenantry.states import DONE_OPERATION_STATES, OperationKind, OperationState, TenantState
-from tenantry.v1 import operation_pb2, project_service_pb2, tenant_pb2
+from tenantry.v1 import event_service_pb2, operation_pb2, project_service_pb2, tenant_pb2
 
 _TENANT_STATES = {
     TenantState.CREATING: tenant_pb2.TENANT_STATE_CREATING,
@@ -79,4 +79,18 @@ def project_to_proto(project: Project) -> project_service_pb2.Project:
         description=project.description,
         create_time=_timestamp(project.create_time),
         update_time=_timestamp(project.update_time),
+    )
+
+
+def event_to_proto(event: TenantEvent) -> event_service_pb2.TenantEvent:
+    return event_service_pb2.TenantEvent(
+        sequence=event.sequence,
+        tenant_id=str(event.tenant_id),
+        # Stored types are the proto names without the prefix (a test checks both lists).
+        type=f"TENANT_EVENT_TYPE_{event.type}",
+        state=_TENANT_STATES[TenantState(event.state)],
+        actor=event.actor,
+        operation=OPERATION_NAME_PREFIX + event.operation if event.operation else "",
+        request_id=str(event.request_id) if event.request_id else "",
+        event_time=_timestamp(event.event_time),
     )

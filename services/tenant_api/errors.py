@@ -83,3 +83,7 @@ def failed_precondition(reason: str, message: str, **metadata: str) -> ApiError:
 
 def unavailable(reason: str, message: str, **metadata: str) -> ApiError:
     return ApiError(grpc.StatusCode.UNAVAILABLE, reason, message, metadata)
+
+
+def resource_exhausted(reason: str, message: str, **metadata: str) -> ApiError:
+    return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, reason, message, metadata)

@@ -28,13 +28,16 @@ def page_size(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def encode_token(position: datetime, key: str, query: str) -> str:
+def encode_token(position: datetime | None, key: str, query: str) -> str:
     """`query` fingerprints the filters, so a token cannot be replayed on another query."""
-    raw = json.dumps({"p": position.isoformat(), "k": key, "q": query}, separators=(",", ":"))
+    fields = {"k": key, "q": query} if position is None else {"p": position.isoformat(), "k": key, "q": query}
+    raw = json.dumps(fields, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_token(token: str, query: str, parse_key: Callable[[str], Key]) -> tuple[datetime, Key] | None:
+def decode_token(
+    token: str, query: str, parse_key: Callable[[str], Key], *, positioned: bool = True
+) -> tuple[datetime | None, Key] | None:
     if not token:
         return None
     try:
@@ -45,6 +48,10 @@ def decode_token(token: str, query: str, parse_key: Callable[[str], Key]) -> tup
         if not data["k"].isprintable():
             # NUL or lone surrogates cannot even be sent to PostgreSQL.
             raise ValueError("key is not printable")
+        if not positioned:
+            if "p" in data:
+                raise ValueError("token of a positioned listing")
+            return None, parse_key(data["k"])
         position = datetime.fromisoformat(data["p"])
         if position.tzinfo is None:
             raise ValueError("naive timestamp")
@@ -71,28 +78,28 @@ class PageRequest:
 @dataclass(frozen=True)
 class Keyset(Generic[Row, Key]):
     """A listing's keyset order: by `position`, ties broken by the unique `key`,
-    both ascending or both descending. A page is one indexed range scan from the
-    previous page's last row (no OFFSET); the token carries that row's cursor."""
+    both ascending or both descending (no `position`: by `key` alone). A page
+    is one indexed range scan from the previous page's last row (no OFFSET);
+    the token carries that row's cursor."""
 
-    position: SQLColumnExpression[datetime]
+    position: SQLColumnExpression[datetime] | None
     key: SQLColumnExpression[Any]
     # The token's key text back to the key column's type.
     parse_key: Callable[[str], Key]
     # A result row's (position, key); the key is encoded with str().
-    cursor: Callable[[Row], tuple[datetime, object]]
+    cursor: Callable[[Row], tuple[datetime | None, object]]
     descending: bool = False
 
     def select(self, query: Select[*Columns], request: PageRequest) -> Select[*Columns]:
         """`query` in keyset order, from after the token's row, one row past
         the page (which says whether there is a next page)."""
-        after = decode_token(request.token, request.query, self.parse_key)
-        if self.descending:
-            query = query.order_by(self.position.desc(), self.key.desc())
-        else:
-            query = query.order_by(self.position, self.key)
+        after = decode_token(request.token, request.query, self.parse_key, positioned=self.position is not None)
+        columns = (self.key,) if self.position is None else (self.position, self.key)
+        query = query.order_by(*(column.desc() for column in columns) if self.descending else columns)
         if after is not None:
-            cursor, bound = tuple_(self.position, self.key), tuple_(*after)
-            query = query.where(cursor < bound if self.descending else cursor > bound)
+            bound = (after[1],) if self.position is None else after
+            cursor, limit = tuple_(*columns), tuple_(*bound)
+            query = query.where(cursor < limit if self.descending else cursor > limit)
         return query.limit(request.size + 1)
 
     def page(self, rows: Sequence[Row], request: PageRequest) -> tuple[list[Row], str]:

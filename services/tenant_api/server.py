@@ -18,18 +18,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
 from tenant_api.authentication import TokenVerifier
+from tenant_api.events import EventFeed, TenantEvents
 from tenant_api.interceptors.access_log import AccessLogInterceptor
 from tenant_api.interceptors.authentication import AuthenticationInterceptor
 from tenant_api.interceptors.error_mapping import ErrorMappingInterceptor
 from tenant_api.interceptors.tenant_gate import TenantGateInterceptor
 from tenant_api.operations import OperationNotifications, Operations
 from tenant_api.projects import Projects
-from tenant_api.servicers import OperationServicer, ProjectServicer, TenantServicer
+from tenant_api.servicers import OperationServicer, ProjectServicer, TenantEventServicer, TenantServicer
 from tenant_api.tenant_gate import TenantGate
 from tenant_api.tenants import Tenants
 from tenantry.db.engine import create_session_factory
 from tenantry.operation_starter import OperationStarter
 from tenantry.v1 import (
+    event_service_pb2,
+    event_service_pb2_grpc,
     operation_service_pb2,
     operation_service_pb2_grpc,
     project_service_pb2,
@@ -44,6 +47,7 @@ SERVICE_NAMES = (
     tenant_service_pb2.DESCRIPTOR.services_by_name["TenantService"].full_name,
     operation_service_pb2.DESCRIPTOR.services_by_name["OperationService"].full_name,
     project_service_pb2.DESCRIPTOR.services_by_name["ProjectService"].full_name,
+    event_service_pb2.DESCRIPTOR.services_by_name["TenantEventService"].full_name,
 )
 # Everything the server registers: the API, health and reflection. Reflection
 # lists these, and the access log serves only their methods: a service
@@ -126,11 +130,14 @@ class RunningApi:
     port: int
     health: health_aio.HealthServicer
     notifications: OperationNotifications
+    events: EventFeed
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float) -> None:
-        """Stops accepting calls, lets in-flight ones finish within `grace` seconds."""
+        """Stops accepting calls, lets in-flight ones finish within `grace`
+        seconds. Event watches never finish by themselves: they end first, cleanly."""
         await self.health.enter_graceful_shutdown()
+        await self.events.close()
         await self.server.stop(grace)
         for task in self.background:
             task.cancel()
@@ -153,6 +160,7 @@ async def start_api(
     serves plaintext."""
     sessions = create_session_factory(engine)
     notifications = OperationNotifications(engine.url)
+    events = EventFeed(engine)
     server = grpc.aio.server(
         interceptors=interceptor_chain(TenantGate(engine, sessions), verifier),
         options=SERVER_OPTIONS,
@@ -165,6 +173,9 @@ async def start_api(
         OperationServicer(Operations(sessions, notifications)), server
     )
     project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(Projects()), server)
+    event_service_pb2_grpc.add_TenantEventServiceServicer_to_server(
+        TenantEventServicer(TenantEvents(sessions, events)), server
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(SERVED_SERVICE_NAMES, server)
@@ -176,5 +187,10 @@ async def start_api(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     watcher = asyncio.create_task(watch_database(engine, health_servicer), name="watch-database")
     return RunningApi(
-        server=server, port=port, health=health_servicer, notifications=notifications, background=[watcher]
+        server=server,
+        port=port,
+        health=health_servicer,
+        notifications=notifications,
+        events=events,
+        background=[watcher],
     )

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import grpc
 
 from tenant_api import pagination
-from tenant_api.convert import OPERATION_STATE_FROM_PROTO, operation_to_proto, project_to_proto, tenant_to_proto
+from tenant_api.authentication import current_actor
+from tenant_api.convert import (
+    OPERATION_STATE_FROM_PROTO,
+    event_to_proto,
+    operation_to_proto,
+    project_to_proto,
+    tenant_to_proto,
+)
 from tenant_api.errors import FieldViolation, invalid_field, invalid_fields
+from tenant_api.events import TenantEvents
 from tenant_api.operations import Operations
 from tenant_api.projects import Projects
 from tenant_api.tenant_gate import current_tenant
 from tenant_api.tenants import Tenants
 from tenant_api.validation import optional_uuid, require_uuid, slug_problem, validate_project, validate_registration
 from tenantry.v1 import (
+    event_service_pb2,
+    event_service_pb2_grpc,
     operation_pb2,
     operation_service_pb2,
     operation_service_pb2_grpc,
@@ -41,7 +52,7 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
         registration = validate_registration(
             request.slug, request.display_name, request.admin_email, request.admin_display_name, request.request_id
         )
-        result = await self._tenants.register(registration)
+        result = await self._tenants.register(registration, current_actor())
         return tenant_service_pb2.RegisterTenantResponse(
             tenant=tenant_to_proto(result.tenant, result.admin_email), operation=operation_to_proto(result.operation)
         )
@@ -75,7 +86,7 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
     ) -> tenant_service_pb2.DeleteTenantResponse:
         tenant_id = require_uuid("tenant_id", request.tenant_id)
         request_id = optional_uuid("request_id", request.request_id)
-        result = await self._tenants.delete(tenant_id, request_id)
+        result = await self._tenants.delete(tenant_id, request_id, current_actor())
         return tenant_service_pb2.DeleteTenantResponse(
             tenant=tenant_to_proto(result.tenant, result.admin_email), operation=operation_to_proto(result.operation)
         )
@@ -124,6 +135,31 @@ class OperationServicer(operation_service_pb2_grpc.OperationServiceServicer):
             seconds = min(seconds, max(remaining - 0.5, 0.0))
         operation = await self._operations.wait(request.name, seconds)
         return operation_service_pb2.WaitOperationResponse(operation=operation_to_proto(operation))
+
+
+class TenantEventServicer(event_service_pb2_grpc.TenantEventServiceServicer):
+    def __init__(self, events: TenantEvents) -> None:
+        self._events = events
+
+    async def ListTenantEvents(
+        self, request: event_service_pb2.ListTenantEventsRequest, context: Context
+    ) -> event_service_pb2.ListTenantEventsResponse:
+        events, next_token = await self._events.list(
+            optional_uuid("tenant_id", request.tenant_id), pagination.page_size(request.page_size), request.page_token
+        )
+        return event_service_pb2.ListTenantEventsResponse(
+            events=[event_to_proto(event) for event in events], next_page_token=next_token
+        )
+
+    async def WatchTenantEvents(
+        self, request: event_service_pb2.WatchTenantEventsRequest, context: Context
+    ) -> AsyncIterator[event_service_pb2.WatchTenantEventsResponse]:
+        tenant_id = optional_uuid("tenant_id", request.tenant_id)
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        if after is not None and after < 0:
+            raise invalid_field("after_sequence", "must not be negative")
+        async for event in self._events.watch(tenant_id, after):
+            yield event_service_pb2.WatchTenantEventsResponse(event=event_to_proto(event))
 
 
 class ProjectServicer(project_service_pb2_grpc.ProjectServiceServicer):

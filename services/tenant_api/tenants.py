@@ -18,11 +18,12 @@ from tenant_api.errors import already_exists, invalid_field, not_found
 from tenant_api.validation import RegistrationInput
 from tenantry.db import operations as operation_sql
 from tenantry.db import tenants as tenant_sql
+from tenantry.db.events import EventRecord, append_event
 from tenantry.db.models import Operation, Tenant
 from tenantry.db.tenants import TenantWithOperation
 from tenantry.operation_starter import OperationRef, OperationStarter
 from tenantry.pg_errors import UNIQUE_VIOLATION, pg_error
-from tenantry.states import DELETABLE_TENANT_STATES, OperationKind, OperationState, TenantState
+from tenantry.states import DELETABLE_TENANT_STATES, OperationKind, OperationState, TenantEventType, TenantState
 from tenantry.workflow_contract import delete_workflow_id
 
 # Listing order: registration time, then id (ix_tenants_create_time_id).
@@ -39,7 +40,7 @@ class Tenants:
         self._sessions = sessions
         self._starter = starter
 
-    async def register(self, request: RegistrationInput) -> TenantWithOperation:
+    async def register(self, request: RegistrationInput, actor: str) -> TenantWithOperation:
         # No pre-read of request_id: a replay collides on the slug (or the
         # request_id) and is resolved below, so first attempts pay nothing.
         try:
@@ -53,6 +54,7 @@ class Tenants:
                     admin_email=request.admin_email,
                     admin_display_name=request.admin_display_name,
                     request_id=request.request_id,
+                    actor=actor,
                 )
         except IntegrityError as exc:
             # A replay, or a concurrent call with the same request_id, won the slug.
@@ -85,7 +87,7 @@ class Tenants:
             rows = [(r[0], r[1]) for r in (await session.execute(_KEYSET.select(query, request))).all()]
         return _KEYSET.page(rows, request)
 
-    async def delete(self, tenant_id: uuid.UUID, request_id: uuid.UUID | None) -> TenantWithOperation:
+    async def delete(self, tenant_id: uuid.UUID, request_id: uuid.UUID | None, actor: str) -> TenantWithOperation:
         workflow_id = delete_workflow_id(tenant_id)
         async with self._sessions() as session, session.begin():
             row = (
@@ -115,11 +117,20 @@ class Tenants:
                 try:
                     operation = (
                         await session.scalars(
-                            operation_sql.insert_pending(workflow_id, tenant_id, OperationKind.DELETE, request_id)
+                            operation_sql.insert_pending(
+                                workflow_id, tenant_id, OperationKind.DELETE, request_id, actor
+                            )
                         )
                     ).one()
                 except IntegrityError as exc:
                     raise invalid_field("request_id", "was already used for another request") from exc
+                # Last: the event counter is held from here to the commit.
+                await append_event(
+                    session,
+                    EventRecord(
+                        tenant_id, TenantEventType.DELETED, TenantState.DELETING, actor, workflow_id, request_id
+                    ),
+                )
                 result = TenantWithOperation(tenant, admin_email, operation)
         return await self._ensure_started(result)
 

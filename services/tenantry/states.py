@@ -29,3 +29,20 @@ class OperationState(StrEnum):
 DONE_OPERATION_STATES = frozenset({OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED})
 # States from which DeleteTenant may soft-delete a tenant.
 DELETABLE_TENANT_STATES = frozenset({TenantState.CREATING, TenantState.ACTIVE, TenantState.FAILED})
+
+
+class TenantEventType(StrEnum):
+    """What happened to a tenant (the audit log and change feed)."""
+
+    REGISTERED = "REGISTERED"
+    ACTIVATED = "ACTIVATED"
+    PROVISIONING_FAILED = "PROVISIONING_FAILED"
+    PROVISIONING_RETRIED = "PROVISIONING_RETRIED"
+    UPDATED = "UPDATED"
+    SUSPENDED = "SUSPENDED"
+    RESUMED = "RESUMED"
+    DELETED = "DELETED"
+    UNDELETED = "UNDELETED"
+    PURGED = "PURGED"
+    SCHEMA_MIGRATED = "SCHEMA_MIGRATED"
+    MOVED = "MOVED"

@@ -11,6 +11,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -24,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tenantry.schema_names import SCHEMA_NAME_FROM_ID_SQL
-from tenantry.states import OperationKind, OperationState, TenantState
+from tenantry.states import OperationKind, OperationState, TenantEventType, TenantState
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -35,7 +36,9 @@ NAMING_CONVENTION = {
 }
 
 
-def _in(column: str, values: type[TenantState] | type[OperationState] | type[OperationKind]) -> str:
+def _in(
+    column: str, values: type[TenantState] | type[OperationState] | type[OperationKind] | type[TenantEventType]
+) -> str:
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
 
@@ -116,12 +119,46 @@ class Operation(Base):
     kind: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16))
     error_message: Mapped[str] = mapped_column(Text, server_default="")
+    # The principal (`sub`) whose request started it; `system:<component>` otherwise.
+    actor: Mapped[str] = mapped_column(Text, server_default="")
     # Client-supplied idempotency key (AIP-155) of the call that created it.
     request_id: Mapped[uuid.UUID | None] = mapped_column(unique=True)
     create_time: Mapped[datetime] = mapped_column(server_default=func.now())
     update_time: Mapped[datetime] = mapped_column(server_default=func.now())
     start_time: Mapped[datetime | None]
     end_time: Mapped[datetime | None]
+
+
+class TenantEventCounter(Base):
+    """One row: the last event sequence number handed out. Taking a number
+    locks this row until commit, so numbers become visible in the order they
+    were handed out (see the 0002 migration)."""
+
+    __tablename__ = "tenant_event_counter"
+    __table_args__ = (CheckConstraint("id", name="one_row"),)
+
+    id: Mapped[bool] = mapped_column(primary_key=True, server_default=text("true"))
+    last_sequence: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class TenantEvent(Base):
+    """Append-only audit log and change feed, written in the transaction of
+    the change it records."""
+
+    __tablename__ = "tenant_events"
+    __table_args__ = (
+        CheckConstraint(_in("type", TenantEventType), name="type"),
+        Index("ix_tenant_events_tenant_id_sequence", "tenant_id", "sequence"),
+    )
+
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    type: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(Text)
+    operation: Mapped[str] = mapped_column(String(200), server_default="")
+    request_id: Mapped[uuid.UUID | None]
+    event_time: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class Project(TenantBase):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 
-from sqlalchemy import Update, bindparam, insert, select, text, update
+from sqlalchemy import Select, Update, bindparam, insert, select, text, update
 from sqlalchemy.sql.dml import ReturningInsert
 
 from tenantry.db.models import Operation, Tenant
@@ -62,14 +62,24 @@ STALE_OPERATIONS = (
 
 
 def insert_pending(
-    workflow_id: str, tenant_id: uuid.UUID, kind: OperationKind, request_id: uuid.UUID | None
+    workflow_id: str, tenant_id: uuid.UUID, kind: OperationKind, request_id: uuid.UUID | None, actor: str
 ) -> ReturningInsert[Operation]:
     """A new PENDING operation, returned; a reused request_id violates
     uq_workflow_executions_request_id."""
     return (
         insert(Operation)
         .values(
-            workflow_id=workflow_id, tenant_id=tenant_id, kind=kind, state=OperationState.PENDING, request_id=request_id
+            workflow_id=workflow_id,
+            tenant_id=tenant_id,
+            kind=kind,
+            state=OperationState.PENDING,
+            request_id=request_id,
+            actor=actor,
         )
         .returning(Operation)
     )
+
+
+def actor_of(workflow_id: str) -> Select[str]:
+    """Who started the operation (its workflow acts on their behalf)."""
+    return select(Operation.actor).where(Operation.workflow_id == workflow_id)

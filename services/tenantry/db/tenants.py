@@ -18,10 +18,11 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import ReturningUpdate
 
+from tenantry.db.events import event_ctes, operation_actor
 from tenantry.db.models import Operation, Tenant, TenantMembership, User
 from tenantry.db.operations import OPEN_OPERATION_STATES
 from tenantry.schema_names import SCHEMA_NAME_REGEX, quote_schema, schema_name_for
-from tenantry.states import OperationKind, OperationState, TenantState
+from tenantry.states import OperationKind, OperationState, TenantEventType, TenantState
 from tenantry.workflow_contract import provision_workflow_id
 
 TENANTS = Tenant.__tablename__
@@ -52,12 +53,22 @@ _REGISTER = text(
         FROM admin
         RETURNING {", ".join(TENANT_COLUMNS)}
     ), operation AS (
-        INSERT INTO {OPERATIONS} (workflow_id, tenant_id, kind, state, request_id)
+        INSERT INTO {OPERATIONS} (workflow_id, tenant_id, kind, state, request_id, actor)
         SELECT CAST(:workflow_id AS varchar), tenant.id, '{OperationKind.PROVISION}', '{OperationState.PENDING}',
-               CAST(:request_id AS uuid)
+               CAST(:request_id AS uuid), CAST(:actor AS text)
         FROM tenant
         RETURNING {", ".join(OPERATION_COLUMNS)}
-    )
+    ), {
+        event_ctes(
+            after="operation",
+            tenant_id="(SELECT tenant_id FROM operation)",
+            type=TenantEventType.REGISTERED,
+            state=TenantState.CREATING,
+            actor="CAST(:actor AS text)",
+            operation="CAST(:workflow_id AS varchar)",
+            request_id="CAST(:request_id AS uuid)",
+        )
+    }
     SELECT admin.email AS admin_email,
            {", ".join(f"tenant.{c} AS t_{c}" for c in TENANT_COLUMNS)},
            {", ".join(f"operation.{c} AS o_{c}" for c in OPERATION_COLUMNS)}
@@ -87,9 +98,10 @@ async def register(
     admin_email: str,
     admin_display_name: str,
     request_id: uuid.UUID | None,
+    actor: str,
 ) -> TenantWithOperation:
     """The admin user (found or created), the CREATING tenant and its PENDING
-    provisioning operation, in one statement. Raises IntegrityError for a taken
+    provisioning operation and the REGISTERED event, in one statement. Raises IntegrityError for a taken
     slug (`SLUG_UNIQUE_CONSTRAINT`) or a reused request_id."""
     params = {
         "user_id": uuid.uuid4(),
@@ -101,6 +113,7 @@ async def register(
         "schema_name": schema_name_for(tenant_id),
         "workflow_id": provision_workflow_id(tenant_id),
         "request_id": request_id,
+        "actor": actor,
     }
     row = (await conn.execute(_REGISTER, params)).one()._mapping
     return TenantWithOperation(
@@ -165,7 +178,7 @@ LOCK_FOR_PROVISIONING = (
 
 # The end of provisioning as one statement (one round trip): the admin
 # membership (one that exists is success, a missing user a foreign-key
-# violation), the operation SUCCEEDED and the tenant ACTIVE. Parameters
+# violation), the operation SUCCEEDED, the tenant ACTIVE and its ACTIVATED event. Parameters
 # `tenant_id`, `user_id`, `workflow_id`; returns the seconds since the tenant
 # was registered.
 ACTIVATE = text(
@@ -179,10 +192,21 @@ ACTIVATE = text(
         SET state = '{OperationState.SUCCEEDED}', error_message = '', end_time = now(), update_time = now()
         WHERE workflow_id = CAST(:workflow_id AS varchar)
           AND state IN ({", ".join(f"'{state}'" for state in OPEN_OPERATION_STATES)})
-    )
-    UPDATE {TENANTS} SET state = '{TenantState.ACTIVE}', update_time = now(), version = version + 1
-    WHERE id = CAST(:tenant_id AS uuid)
-    RETURNING extract(epoch FROM now() - create_time)
+    ), tenant AS (
+        UPDATE {TENANTS} SET state = '{TenantState.ACTIVE}', update_time = now(), version = version + 1
+        WHERE id = CAST(:tenant_id AS uuid)
+        RETURNING id, extract(epoch FROM now() - create_time) AS elapsed
+    ), {
+        event_ctes(
+            after="tenant",
+            tenant_id="(SELECT id FROM tenant)",
+            type=TenantEventType.ACTIVATED,
+            state=TenantState.ACTIVE,
+            actor=operation_actor("CAST(:workflow_id AS varchar)"),
+            operation="CAST(:workflow_id AS varchar)",
+        )
+    }
+    SELECT elapsed FROM tenant
     """
 )
 
