@@ -235,7 +235,7 @@ else:
     UnaryStreamClientInterceptor = grpc.aio.UnaryStreamClientInterceptor
 
 
-class BearerTokenInterceptor(UnaryUnaryClientInterceptor, UnaryStreamClientInterceptor):
+class _WithToken:
     """Adds `authorization: Bearer <token>` to calls that do not carry one."""
 
     def __init__(self, value: str) -> None:
@@ -253,13 +253,20 @@ class BearerTokenInterceptor(UnaryUnaryClientInterceptor, UnaryStreamClientInter
             details.wait_for_ready,
         )
 
+
+# grpc.aio files an interceptor under the first call kind it implements only:
+# one object per kind.
+class _UnaryWithToken(_WithToken, UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _StreamWithToken(_WithToken, UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
 
 def channel_with_token(target: str, token: str, **kwargs: Any) -> grpc.aio.Channel:
     """A plaintext channel (loopback only) whose calls carry `token` unless they name their own."""
-    return grpc.aio.insecure_channel(target, interceptors=[BearerTokenInterceptor(token)], **kwargs)  # type: ignore[list-item]
+    interceptors = [_UnaryWithToken(token), _StreamWithToken(token)]
+    return grpc.aio.insecure_channel(target, interceptors=interceptors, **kwargs)  # type: ignore[arg-type]
