@@ -22,8 +22,7 @@ from tenantry.db.models import Operation, TenantEvent, TenantEventCounter
 from tenantry.states import TenantEventType, TenantState
 
 EVENT_CHANNEL = "tenantry_tenant_event"
-# The actor recorded for changes no caller asked for.
-SYSTEM_RECONCILER = "system:reconciler"
+# The actor of a worker change whose operation records none (rows from before actors).
 SYSTEM_WORKER = "system:provisioner-worker"
 
 _EVENTS = TenantEvent.__tablename__
