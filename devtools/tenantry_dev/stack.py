@@ -40,6 +40,7 @@ from tenantry_dev.tokens import DEV_AUDIENCE, DEV_ISSUER, ensure_signing_key, mi
 
 DEV_DIR_NAME = ".tenantry"
 TEMPORAL_ADDRESS = "127.0.0.1:7233"
+TEMPORAL_UI_PORT = 8233
 STARTUP_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
 
@@ -63,6 +64,8 @@ class DevStack:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.postgres: Any = None
         self.stopping = threading.Event()
+        # Set when tenantry-dev starts the Temporal dev server (not for one given by address).
+        self.temporal_ui: str | None = None
 
     # -- start -------------------------------------------------------------
 
@@ -108,10 +111,11 @@ class DevStack:
         host, _, port = TEMPORAL_ADDRESS.rpartition(":")
         print(f"tenantry-dev: starting Temporal dev server on {TEMPORAL_ADDRESS}", flush=True)
         try:
-            command = temporal_dev_server_command(host, int(port), self.dev_dir / "temporal.db")
+            command = temporal_dev_server_command(host, int(port), self.dev_dir / "temporal.db", TEMPORAL_UI_PORT)
         except FileNotFoundError as exc:
             raise DevStackError(str(exc)) from exc
         self._spawn("temporal", command, dict(os.environ))
+        self.temporal_ui = f"http://{host}:{TEMPORAL_UI_PORT}"
         return TEMPORAL_ADDRESS
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
@@ -176,7 +180,7 @@ class DevStack:
             self.postgres = None
 
 
-def _banner(env: dict[str, str], admin_token: str) -> str:
+def _banner(env: dict[str, str], admin_token: str, temporal_ui: str | None) -> str:
     api = env["TENANTRY_GRPC_ADDRESS"]
     grpcurl = _bin("grpcurl")
     body = '{"slug":"acme","display_name":"Acme","admin_email":"ada@acme.test","admin_display_name":"Ada"}'
@@ -184,6 +188,8 @@ def _banner(env: dict[str, str], admin_token: str) -> str:
 Tenantry is running.
   gRPC API     {api}
   Temporal     {env["TENANTRY_TEMPORAL_ADDRESS"]} (namespace default)
+  Temporal UI  {temporal_ui or "(not started here: Temporal runs elsewhere)"}
+               a tenant's workflows: search WorkflowId STARTS_WITH "tenant-" (ids hold the tenant id)
   PostgreSQL   {env["TENANTRY_DATABASE_URL"]}
 
 Every call needs a bearer token. An admin token for the next 12 hours (more:
@@ -221,7 +227,7 @@ def main() -> None:
     try:
         env = stack.start()
         admin_token = mint_token(ensure_signing_key(stack.dev_dir), ttl=timedelta(hours=12), subject="dev-admin")
-        print(_banner(env, admin_token), flush=True)
+        print(_banner(env, admin_token, stack.temporal_ui), flush=True)
         stack.run_until_stopped()
         print("tenantry-dev: stopping", flush=True)
     except DevStackError as exc:
