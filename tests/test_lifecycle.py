@@ -8,16 +8,22 @@ import uuid
 from typing import Any
 
 import grpc
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import make_url, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tenant_api.headers import TENANT_ID_HEADER, TENANT_SLUG_HEADER
-from tenantry.migrations import tenant_head_revision
+from tenantry.migrations import migrations_dir, tenant_head_revision
+from tenantry.schema_names import schema_name_for
 from tenantry.v1 import operation_pb2, project_service_pb2, tenant_pb2, tenant_service_pb2
 from tests.stack import (
     TEST_SUBJECT,
     Stack,
     Stubs,
+    api_channel,
     error_info,
     eventually,
     expect_error,
@@ -26,6 +32,8 @@ from tests.stack import (
     register_active,
     registration,
     schema_exists,
+    stubs_for,
+    token,
     wait_done,
 )
 
@@ -442,3 +450,91 @@ async def test_resume_racing_a_delete_never_revives_the_tenant(
         assert error_info(error).metadata["state"] == "DELETING"
     assert (await get(stack.stubs, tenant.id)).state == tenant_pb2.TENANT_STATE_DELETING
     assert await event_types(engine, tenant.id) == ["REGISTERED", "ACTIVATED", "SUSPENDED", "DELETED"]
+
+
+# --- who may call ---------------------------------------------------------------------
+
+
+async def test_lifecycle_calls_need_tenants_update_and_record_the_caller(stack: Stack, engine: AsyncEngine) -> None:
+    tenant = await register_active(stack.stubs)
+    target = f"127.0.0.1:{stack.api.port}"
+    async with api_channel(target, token=token("tenants.get", subject="reader")) as channel:
+        reader = stubs_for(channel)
+        for call in (
+            suspend(reader, tenant.id),
+            resume(reader, tenant.id),
+            update(reader, update_request(tenant.id, ["display_name"], display_name="Nope")),
+        ):
+            error = await expect_error(call, grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_MISSING")
+            assert error_info(error).metadata["permission"] == "tenants.update"
+    async with api_channel(target, token=token("tenants.update tenants.get", subject="operator-7")) as channel:
+        operator = stubs_for(channel)
+        await suspend(operator, tenant.id)
+        await resume(operator, tenant.id)
+    assert [(e[0], e[2]) for e in await events(engine, tenant.id)][2:] == [
+        ("SUSPENDED", "operator-7"),
+        ("RESUMED", "operator-7"),
+    ]
+
+
+# --- the control-plane migration ----------------------------------------------------------
+
+
+def _alembic(database_url: str, action: str, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir() / "control_plane"))
+    config.attributes["database_url"] = database_url
+    getattr(command, action)(config, revision)
+
+
+async def test_migration_0004_backfills_schema_version_and_widens_the_state_check(database_url: str) -> None:
+    url = make_url(database_url)
+    name = f"lifecycle_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    isolated = url.set(database=name).render_as_string(hide_password=False)
+    db = create_async_engine(isolated)
+    try:
+        await asyncio.to_thread(_alembic, isolated, "upgrade", "0003")
+        active, creating, user = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        async with db.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO users (id, email, display_name) VALUES (:u, 'a@b.example.com', 'A')"), {"u": user}
+            )
+            for tenant_id, state in ((active, "ACTIVE"), (creating, "CREATING")):
+                await conn.execute(
+                    text(
+                        "INSERT INTO tenants (id, slug, display_name, admin_user_id, state, schema_name) "
+                        "VALUES (:id, :slug, 'T', :u, :state, :schema)"
+                    ),
+                    {
+                        "id": tenant_id,
+                        "slug": f"s{tenant_id.hex[:8]}",
+                        "u": user,
+                        "state": state,
+                        "schema": schema_name_for(tenant_id),
+                    },
+                )
+            schema = schema_name_for(active)
+            await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+            await conn.execute(text(f'CREATE TABLE "{schema}".alembic_version (version_num varchar(32) PRIMARY KEY)'))
+            await conn.execute(text(f"INSERT INTO \"{schema}\".alembic_version VALUES ('0001')"))
+        await asyncio.to_thread(_alembic, isolated, "upgrade", "head")
+        async with db.begin() as conn:
+            rows = await conn.execute(text("SELECT id, schema_version, labels FROM tenants ORDER BY slug"))
+            found = {r[0]: (r[1], r[2]) for r in rows}
+            assert found == {active: ("0001", {}), creating: ("", {})}
+            await conn.execute(text("UPDATE tenants SET state = 'SUSPENDED' WHERE id = :id"), {"id": active})
+        async with db.begin() as conn:
+            with pytest.raises(IntegrityError):
+                await conn.execute(text("UPDATE tenants SET state = 'ASLEEP' WHERE id = :id"), {"id": active})
+        async with db.begin() as conn:
+            await conn.execute(text("UPDATE tenants SET state = 'ACTIVE' WHERE id = :id"), {"id": active})
+        await asyncio.to_thread(_alembic, isolated, "downgrade", "0003")
+        await asyncio.to_thread(_alembic, isolated, "upgrade", "head")
+    finally:
+        await db.dispose()
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
