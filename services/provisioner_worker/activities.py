@@ -28,7 +28,7 @@ from tenantry.db import operations as operation_sql
 from tenantry.db import tenants as tenant_sql
 from tenantry.db.engine import driver_of
 from tenantry.db.events import SYSTEM_WORKER, EventRecord, append_event
-from tenantry.migrations import tenant_schema_script, upgrade_tenant_schema
+from tenantry.migrations import tenant_head_revision, tenant_schema_script, upgrade_tenant_schema
 from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, pg_error
 from tenantry.schema_names import schema_name_for
 from tenantry.states import OperationState, TenantEventType, TenantState
@@ -141,7 +141,12 @@ class TenantActivities:
                     await _run_script(conn, tenant_schema_script(schema))
                 elapsed = await conn.scalar(
                     tenant_sql.ACTIVATE,
-                    {"tenant_id": tenant_id, "user_id": user_id, "workflow_id": provision_workflow_id(tenant_id)},
+                    {
+                        "tenant_id": tenant_id,
+                        "user_id": user_id,
+                        "workflow_id": provision_workflow_id(tenant_id),
+                        "schema_version": tenant_head_revision(),
+                    },
                 )
         except IntegrityError as exc:
             error = pg_error(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -17,6 +18,7 @@ _TENANT_STATES = {
     TenantState.FAILED: tenant_pb2.TENANT_STATE_FAILED,
     TenantState.DELETING: tenant_pb2.TENANT_STATE_DELETING,
     TenantState.DELETED: tenant_pb2.TENANT_STATE_DELETED,
+    TenantState.SUSPENDED: tenant_pb2.TENANT_STATE_SUSPENDED,
 }
 _OPERATION_STATES = {
     OperationState.PENDING: operation_pb2.OPERATION_STATE_PENDING,
@@ -40,6 +42,13 @@ def _timestamp(value: datetime | None) -> Timestamp | None:
     return stamp
 
 
+def tenant_etag(tenant: Tenant) -> str:
+    """Opaque and tenant-specific: a digest of the id and the row version, so
+    one tenant's etag never matches another's, whatever their versions."""
+    digest = hashlib.sha256(f"{tenant.id}:{tenant.version}".encode()).hexdigest()[:20]
+    return f'W/"{digest}"'
+
+
 def tenant_to_proto(tenant: Tenant, admin_email: str) -> tenant_pb2.Tenant:
     return tenant_pb2.Tenant(
         id=str(tenant.id),
@@ -53,7 +62,9 @@ def tenant_to_proto(tenant: Tenant, admin_email: str) -> tenant_pb2.Tenant:
         delete_time=_timestamp(tenant.delete_time),
         purge_time=_timestamp(tenant.purge_time),
         schema_name=tenant.schema_name,
-        etag=f'W/"{tenant.version}"',
+        etag=tenant_etag(tenant),
+        labels=tenant.labels,
+        schema_version=tenant.schema_version,
     )
 
 

@@ -87,3 +87,7 @@ def unavailable(reason: str, message: str, **metadata: str) -> ApiError:
 
 def resource_exhausted(reason: str, message: str, **metadata: str) -> ApiError:
     return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, reason, message, metadata)
+
+
+def aborted(reason: str, message: str, **metadata: str) -> ApiError:
+    return ApiError(grpc.StatusCode.ABORTED, reason, message, metadata)

@@ -21,6 +21,7 @@ from tenant_api.errors import FieldViolation, invalid_field, invalid_fields
 from tenant_api.events import TenantEvents
 from tenant_api.operations import Operations
 from tenant_api.projects import Projects
+from tenant_api.tenant_changes import parse_filter, validate_reason, validate_update
 from tenant_api.tenant_gate import current_tenant
 from tenant_api.tenants import Tenants
 from tenant_api.validation import optional_uuid, require_uuid, slug_problem, validate_project, validate_registration
@@ -74,12 +75,39 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
     async def ListTenants(
         self, request: tenant_service_pb2.ListTenantsRequest, context: Context
     ) -> tenant_service_pb2.ListTenantsResponse:
+        where = parse_filter(request.filter, request.show_deleted)
         rows, next_token = await self._tenants.list(
-            pagination.page_size(request.page_size), request.page_token, request.show_deleted
+            pagination.page_size(request.page_size), request.page_token, request.show_deleted, where
         )
         return tenant_service_pb2.ListTenantsResponse(
             tenants=[tenant_to_proto(tenant, email) for tenant, email in rows], next_page_token=next_token
         )
+
+    async def UpdateTenant(
+        self, request: tenant_service_pb2.UpdateTenantRequest, context: Context
+    ) -> tenant_service_pb2.UpdateTenantResponse:
+        tenant_id = require_uuid("tenant.id", request.tenant.id)
+        request_id = optional_uuid("request_id", request.request_id)
+        change = validate_update(list(request.update_mask.paths), request.tenant.display_name, request.tenant.labels)
+        tenant = await self._tenants.update(tenant_id, request.tenant.etag, change, request_id, current_actor())
+        return tenant_service_pb2.UpdateTenantResponse(tenant=tenant)
+
+    async def SuspendTenant(
+        self, request: tenant_service_pb2.SuspendTenantRequest, context: Context
+    ) -> tenant_service_pb2.SuspendTenantResponse:
+        tenant_id = require_uuid("tenant_id", request.tenant_id)
+        request_id = optional_uuid("request_id", request.request_id)
+        reason = validate_reason(request.reason)
+        tenant = await self._tenants.suspend(tenant_id, reason, request.etag, request_id, current_actor())
+        return tenant_service_pb2.SuspendTenantResponse(tenant=tenant)
+
+    async def ResumeTenant(
+        self, request: tenant_service_pb2.ResumeTenantRequest, context: Context
+    ) -> tenant_service_pb2.ResumeTenantResponse:
+        tenant_id = require_uuid("tenant_id", request.tenant_id)
+        request_id = optional_uuid("request_id", request.request_id)
+        tenant = await self._tenants.resume(tenant_id, request.etag, request_id, current_actor())
+        return tenant_service_pb2.ResumeTenantResponse(tenant=tenant)
 
     async def DeleteTenant(
         self, request: tenant_service_pb2.DeleteTenantRequest, context: Context

@@ -150,6 +150,8 @@ def gate_error(tenant_id: str, state: str) -> ApiError | None:
         )
     if state == TenantState.FAILED:
         return failed_precondition("TENANT_FAILED", f"tenant {tenant_id} failed to provision", tenant_id=tenant_id)
+    if state == TenantState.SUSPENDED:
+        return failed_precondition("TENANT_SUSPENDED", f"tenant {tenant_id} is suspended", tenant_id=tenant_id)
     if state == TenantState.DELETING:
         return failed_precondition("TENANT_DELETING", f"tenant {tenant_id} is being deleted", tenant_id=tenant_id)
     return _tenant_deleted(tenant_id)

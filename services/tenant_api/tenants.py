@@ -8,23 +8,41 @@ only then start the workflow. A start that fails leaves a PENDING operation the 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tenant_api import pagination
-from tenant_api.errors import already_exists, invalid_field, not_found
+from tenant_api.convert import tenant_etag, tenant_to_proto
+from tenant_api.errors import ApiError, aborted, already_exists, failed_precondition, invalid_field, not_found
+from tenant_api.tenant_changes import TenantFilter, TenantUpdate
 from tenant_api.validation import RegistrationInput
 from tenantry.db import operations as operation_sql
 from tenantry.db import tenants as tenant_sql
 from tenantry.db.events import EventRecord, append_event
-from tenantry.db.models import Operation, Tenant
+from tenantry.db.models import Operation, RequestRecord, Tenant
 from tenantry.db.tenants import TenantWithOperation
 from tenantry.operation_starter import OperationRef, OperationStarter
 from tenantry.pg_errors import UNIQUE_VIOLATION, pg_error
 from tenantry.states import DELETABLE_TENANT_STATES, OperationKind, OperationState, TenantEventType, TenantState
+from tenantry.v1 import tenant_pb2
 from tenantry.workflow_contract import delete_workflow_id
+
+NO_FILTER = TenantFilter(frozenset(), {})
+# UpdateTenant changes names and labels of any tenant not (being) deleted.
+UPDATABLE_TENANT_STATES = frozenset(TenantState) - {TenantState.DELETING, TenantState.DELETED}
+# An UPDATE ... RETURNING of a row already in the session's identity map (locked
+# above): without populate_existing it hands back the stale pre-update object.
+_REFRESH = {"synchronize_session": False, "populate_existing": True}
+
+
+def _wrong_state(tenant_id: uuid.UUID, state: str) -> ApiError:
+    return failed_precondition(
+        "WRONG_TENANT_STATE", f"tenant {tenant_id} is {state}", tenant_id=str(tenant_id), state=str(state)
+    )
+
 
 # Listing order: registration time, then id (ix_tenants_create_time_id).
 _KEYSET: pagination.Keyset[tuple[Tenant, str], uuid.UUID] = pagination.Keyset(
@@ -78,11 +96,18 @@ class Tenants:
             raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
         return row[0], row[1]
 
-    async def list(self, size: int, token: str, show_deleted: bool) -> tuple[list[tuple[Tenant, str]], str]:
-        request = pagination.PageRequest(size, token, f"tenants:{int(show_deleted)}")
+    async def list(
+        self, size: int, token: str, show_deleted: bool, where: TenantFilter = NO_FILTER
+    ) -> tuple[list[tuple[Tenant, str]], str]:
+        # The fingerprint binds the token to the filter too.
+        request = pagination.PageRequest(size, token, f"tenants:{int(show_deleted)}:{where.fingerprint()}")
         query = tenant_sql.with_admin_email()
         if not show_deleted:
             query = query.where(Tenant.state.not_in((TenantState.DELETING, TenantState.DELETED)))
+        if where.states:
+            query = query.where(Tenant.state.in_(sorted(where.states)))
+        if where.labels:
+            query = query.where(Tenant.labels.contains(where.labels))
         async with self._sessions() as session:
             rows = [(r[0], r[1]) for r in (await session.execute(_KEYSET.select(query, request))).all()]
         return _KEYSET.page(rows, request)
@@ -133,6 +158,137 @@ class Tenants:
                 )
                 result = TenantWithOperation(tenant, admin_email, operation)
         return await self._ensure_started(result)
+
+    async def update(
+        self, tenant_id: uuid.UUID, etag: str, change: TenantUpdate, request_id: uuid.UUID | None, actor: str
+    ) -> tenant_pb2.Tenant:
+        async def apply(session: AsyncSession, tenant: Tenant) -> Tenant | None:
+            return (
+                await session.scalars(
+                    tenant_sql.update_fields(tenant_id, UPDATABLE_TENANT_STATES, change.values()),
+                    execution_options=_REFRESH,
+                )
+            ).one_or_none()
+
+        return await self._change(
+            "UpdateTenant", tenant_id, etag, request_id, actor, UPDATABLE_TENANT_STATES, TenantEventType.UPDATED, apply
+        )
+
+    async def suspend(
+        self, tenant_id: uuid.UUID, reason: str, etag: str, request_id: uuid.UUID | None, actor: str
+    ) -> tenant_pb2.Tenant:
+        return await self._transition(
+            "SuspendTenant",
+            tenant_id,
+            etag,
+            request_id,
+            actor,
+            TenantState.ACTIVE,
+            TenantState.SUSPENDED,
+            reason,
+            TenantEventType.SUSPENDED,
+        )
+
+    async def resume(
+        self, tenant_id: uuid.UUID, etag: str, request_id: uuid.UUID | None, actor: str
+    ) -> tenant_pb2.Tenant:
+        return await self._transition(
+            "ResumeTenant",
+            tenant_id,
+            etag,
+            request_id,
+            actor,
+            TenantState.SUSPENDED,
+            TenantState.ACTIVE,
+            "",
+            TenantEventType.RESUMED,
+        )
+
+    async def _transition(
+        self,
+        method: str,
+        tenant_id: uuid.UUID,
+        etag: str,
+        request_id: uuid.UUID | None,
+        actor: str,
+        expected: TenantState,
+        new: TenantState,
+        message: str,
+        event: TenantEventType,
+    ) -> tenant_pb2.Tenant:
+        async def apply(session: AsyncSession, tenant: Tenant) -> Tenant | None:
+            return (
+                await session.scalars(
+                    tenant_sql.change_state(tenant_id, expected, new, message), execution_options=_REFRESH
+                )
+            ).one_or_none()
+
+        return await self._change(method, tenant_id, etag, request_id, actor, frozenset({expected}), event, apply)
+
+    async def _change(
+        self,
+        method: str,
+        tenant_id: uuid.UUID,
+        etag: str,
+        request_id: uuid.UUID | None,
+        actor: str,
+        allowed: frozenset[TenantState],
+        event: TenantEventType,
+        apply: Callable[[AsyncSession, Tenant], Awaitable[Tenant | None]],
+    ) -> tenant_pb2.Tenant:
+        """One synchronous change in one transaction: the row locked, a
+        repeated request_id answered from its record, the etag and the state
+        checked, the change (itself conditional on the state), the request
+        record, and last the event. Refused calls write nothing."""
+        async with self._sessions() as session, session.begin():
+            row = (
+                await session.execute(
+                    tenant_sql.with_admin_email().where(Tenant.id == tenant_id).with_for_update(of=Tenant)
+                )
+            ).one_or_none()
+            if row is None:
+                raise not_found("TENANT_NOT_FOUND", f"tenant {tenant_id} not found", tenant_id=str(tenant_id))
+            tenant, admin_email = row[0], row[1]
+            if request_id is not None:
+                # Read under the row lock: a concurrent first attempt has committed (or not) by now.
+                earlier = await session.get(RequestRecord, request_id)
+                if earlier is not None:
+                    if earlier.method != method or earlier.tenant_id != tenant_id:
+                        raise invalid_field("request_id", "was already used for another request")
+                    return tenant_pb2.Tenant.FromString(earlier.response)
+            if tenant.state == TenantState.DELETED:
+                raise not_found("TENANT_DELETED", f"tenant {tenant_id} was deleted", tenant_id=str(tenant_id))
+            if etag and etag != tenant_etag(tenant):
+                raise aborted(
+                    "ETAG_MISMATCH",
+                    f"tenant {tenant_id} changed since etag {etag} was read; read it again",
+                    tenant_id=str(tenant_id),
+                )
+            if tenant.state not in allowed:
+                raise _wrong_state(tenant_id, tenant.state)
+            changed = await apply(session, tenant)
+            if changed is None:  # not reached while the row is locked; kept for safety
+                raise _wrong_state(tenant_id, tenant.state)
+            result = tenant_to_proto(changed, admin_email)
+            if request_id is not None:
+                try:
+                    async with session.begin_nested():
+                        session.add(
+                            RequestRecord(
+                                request_id=request_id,
+                                method=method,
+                                tenant_id=tenant_id,
+                                response=result.SerializeToString(deterministic=True),
+                            )
+                        )
+                except IntegrityError as exc:
+                    # Used at the same moment for another tenant.
+                    raise invalid_field("request_id", "was already used for another request") from exc
+            # Last: the event counter is held from here to the commit.
+            await append_event(
+                session, EventRecord(tenant_id, event, TenantState(changed.state), actor, "", request_id)
+            )
+        return result
 
     async def _by_request_id(self, request_id: uuid.UUID, kind: OperationKind) -> TenantWithOperation | None:
         async with self._sessions() as session:

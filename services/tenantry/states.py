@@ -11,6 +11,7 @@ class TenantState(StrEnum):
     FAILED = "FAILED"
     DELETING = "DELETING"
     DELETED = "DELETED"
+    SUSPENDED = "SUSPENDED"
 
 
 class OperationKind(StrEnum):
@@ -28,7 +29,9 @@ class OperationState(StrEnum):
 
 DONE_OPERATION_STATES = frozenset({OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED})
 # States from which DeleteTenant may soft-delete a tenant.
-DELETABLE_TENANT_STATES = frozenset({TenantState.CREATING, TenantState.ACTIVE, TenantState.FAILED})
+DELETABLE_TENANT_STATES = frozenset(
+    {TenantState.CREATING, TenantState.ACTIVE, TenantState.FAILED, TenantState.SUSPENDED}
+)
 
 
 class TenantEventType(StrEnum):

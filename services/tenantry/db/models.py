@@ -16,12 +16,14 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    LargeBinary,
     MetaData,
     String,
     Text,
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tenantry.schema_names import SCHEMA_NAME_FROM_ID_SQL
@@ -73,6 +75,7 @@ class Tenant(Base):
         CheckConstraint(_in("state", TenantState), name="state"),
         CheckConstraint(f"schema_name = {SCHEMA_NAME_FROM_ID_SQL}", name="schema_name_from_id"),
         Index("ix_tenants_create_time_id", "create_time", "id"),
+        Index("ix_tenants_labels", "labels", postgresql_using="gin"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -90,6 +93,10 @@ class Tenant(Base):
     update_time: Mapped[datetime] = mapped_column(server_default=func.now())
     delete_time: Mapped[datetime | None]
     purge_time: Mapped[datetime | None]
+    # Validated by the API (tenant_api.tenant_changes); filtered with @>.
+    labels: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    # The tenant-lineage revision its schema is at, stamped by provisioning ("" before).
+    schema_version: Mapped[str] = mapped_column(String(32), server_default="")
 
 
 class TenantMembership(Base):
@@ -159,6 +166,22 @@ class TenantEvent(Base):
     operation: Mapped[str] = mapped_column(String(200), server_default="")
     request_id: Mapped[uuid.UUID | None]
     event_time: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class RequestRecord(Base):
+    """A mutating call's result by its client-supplied `request_id` (AIP-155),
+    written in the call's transaction: a repeat returns `response` as it was.
+    (Register and Delete use their operation's request_id instead.)"""
+
+    __tablename__ = "request_records"
+
+    request_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    # The gRPC method name, e.g. "SuspendTenant".
+    method: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), index=True)
+    # The serialized response message.
+    response: Mapped[bytes] = mapped_column(LargeBinary)
+    create_time: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class Project(TenantBase):

@@ -11,6 +11,7 @@ rarer changes (failure, soft delete, purge) are built per call.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Delete, Select, TextClause, bindparam, column, delete, exists, func, select, table, text, update
@@ -178,9 +179,10 @@ LOCK_FOR_PROVISIONING = (
 
 # The end of provisioning as one statement (one round trip): the admin
 # membership (one that exists is success, a missing user a foreign-key
-# violation), the operation SUCCEEDED, the tenant ACTIVE and its ACTIVATED event. Parameters
-# `tenant_id`, `user_id`, `workflow_id`; returns the seconds since the tenant
-# was registered.
+# violation), the operation SUCCEEDED, the tenant ACTIVE at `schema_version` (the
+# tenant-lineage revision just stamped) and its ACTIVATED event. Parameters
+# `tenant_id`, `user_id`, `workflow_id`, `schema_version`; returns the seconds
+# since the tenant was registered.
 ACTIVATE = text(
     f"""
     WITH membership AS (
@@ -193,7 +195,8 @@ ACTIVATE = text(
         WHERE workflow_id = CAST(:workflow_id AS varchar)
           AND state IN ({", ".join(f"'{state}'" for state in OPEN_OPERATION_STATES)})
     ), tenant AS (
-        UPDATE {TENANTS} SET state = '{TenantState.ACTIVE}', update_time = now(), version = version + 1
+        UPDATE {TENANTS} SET state = '{TenantState.ACTIVE}', update_time = now(), version = version + 1,
+                             schema_version = CAST(:schema_version AS varchar)
         WHERE id = CAST(:tenant_id AS uuid)
         RETURNING id, extract(epoch FROM now() - create_time) AS elapsed
     ), {
@@ -213,7 +216,7 @@ ACTIVATE = text(
 # --- the reconciler ----------------------------------------------------------
 
 # Tenant states whose schema may legitimately exist.
-SCHEMA_OWNING_STATES = (TenantState.CREATING, TenantState.ACTIVE, TenantState.DELETING)
+SCHEMA_OWNING_STATES = (TenantState.CREATING, TenantState.ACTIVE, TenantState.SUSPENDED, TenantState.DELETING)
 
 # Tenant schemas no live tenant owns, by name.
 ORPHAN_SCHEMAS = text(
@@ -257,6 +260,33 @@ def soft_delete(tenant_id: uuid.UUID) -> ReturningUpdate[Tenant]:
             update_time=text("now()"),
             version=Tenant.version + 1,
         )
+        .returning(Tenant)
+    )
+
+
+def change_state(
+    tenant_id: uuid.UUID, expected: TenantState, new: TenantState, message: str
+) -> ReturningUpdate[Tenant]:
+    """Suspend and resume: `expected` -> `new` with `message` as state_message,
+    only if the tenant is still in `expected` (no row otherwise); returns the
+    updated tenant."""
+    return (
+        update(Tenant)
+        .where(Tenant.id == tenant_id, Tenant.state == expected)
+        .values(state=new, state_message=message, update_time=text("now()"), version=Tenant.version + 1)
+        .returning(Tenant)
+    )
+
+
+def update_fields(
+    tenant_id: uuid.UUID, allowed: Iterable[TenantState], values: Mapping[str, object]
+) -> ReturningUpdate[Tenant]:
+    """UpdateTenant: `values` (display_name, labels), only while the tenant is
+    in one of the `allowed` states (no row otherwise); returns the updated tenant."""
+    return (
+        update(Tenant)
+        .where(Tenant.id == tenant_id, Tenant.state.in_(list(allowed)))
+        .values(**values, update_time=text("now()"), version=Tenant.version + 1)
         .returning(Tenant)
     )
 

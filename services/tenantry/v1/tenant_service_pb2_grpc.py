@@ -50,6 +50,21 @@ class TenantServiceStub:
                 request_serializer=tenantry_dot_v1_dot_tenant__service__pb2.ListTenantsRequest.SerializeToString,
                 response_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.ListTenantsResponse.FromString,
                 _registered_method=True)
+        self.UpdateTenant = channel.unary_unary(
+                '/tenantry.v1.TenantService/UpdateTenant',
+                request_serializer=tenantry_dot_v1_dot_tenant__service__pb2.UpdateTenantRequest.SerializeToString,
+                response_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.UpdateTenantResponse.FromString,
+                _registered_method=True)
+        self.SuspendTenant = channel.unary_unary(
+                '/tenantry.v1.TenantService/SuspendTenant',
+                request_serializer=tenantry_dot_v1_dot_tenant__service__pb2.SuspendTenantRequest.SerializeToString,
+                response_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.SuspendTenantResponse.FromString,
+                _registered_method=True)
+        self.ResumeTenant = channel.unary_unary(
+                '/tenantry.v1.TenantService/ResumeTenant',
+                request_serializer=tenantry_dot_v1_dot_tenant__service__pb2.ResumeTenantRequest.SerializeToString,
+                response_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.ResumeTenantResponse.FromString,
+                _registered_method=True)
         self.DeleteTenant = channel.unary_unary(
                 '/tenantry.v1.TenantService/DeleteTenant',
                 request_serializer=tenantry_dot_v1_dot_tenant__service__pb2.DeleteTenantRequest.SerializeToString,
@@ -77,7 +92,28 @@ class TenantServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTenants(self, request, context):
-        """Lists tenants in creation order.
+        """Lists tenants in creation order, optionally filtered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTenant(self, request, context):
+        """Changes a tenant's `display_name` and/or `labels` (AIP-134).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SuspendTenant(self, request, context):
+        """ACTIVE -> SUSPENDED, synchronously: data kept, tenant-scoped calls refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeTenant(self, request, context):
+        """SUSPENDED -> ACTIVE, synchronously.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -107,6 +143,21 @@ def add_TenantServiceServicer_to_server(servicer, server):
                     servicer.ListTenants,
                     request_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.ListTenantsRequest.FromString,
                     response_serializer=tenantry_dot_v1_dot_tenant__service__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'UpdateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTenant,
+                    request_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.UpdateTenantRequest.FromString,
+                    response_serializer=tenantry_dot_v1_dot_tenant__service__pb2.UpdateTenantResponse.SerializeToString,
+            ),
+            'SuspendTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuspendTenant,
+                    request_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.SuspendTenantRequest.FromString,
+                    response_serializer=tenantry_dot_v1_dot_tenant__service__pb2.SuspendTenantResponse.SerializeToString,
+            ),
+            'ResumeTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeTenant,
+                    request_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.ResumeTenantRequest.FromString,
+                    response_serializer=tenantry_dot_v1_dot_tenant__service__pb2.ResumeTenantResponse.SerializeToString,
             ),
             'DeleteTenant': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteTenant,
@@ -196,6 +247,87 @@ class TenantService:
             '/tenantry.v1.TenantService/ListTenants',
             tenantry_dot_v1_dot_tenant__service__pb2.ListTenantsRequest.SerializeToString,
             tenantry_dot_v1_dot_tenant__service__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantry.v1.TenantService/UpdateTenant',
+            tenantry_dot_v1_dot_tenant__service__pb2.UpdateTenantRequest.SerializeToString,
+            tenantry_dot_v1_dot_tenant__service__pb2.UpdateTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuspendTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantry.v1.TenantService/SuspendTenant',
+            tenantry_dot_v1_dot_tenant__service__pb2.SuspendTenantRequest.SerializeToString,
+            tenantry_dot_v1_dot_tenant__service__pb2.SuspendTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantry.v1.TenantService/ResumeTenant',
+            tenantry_dot_v1_dot_tenant__service__pb2.ResumeTenantRequest.SerializeToString,
+            tenantry_dot_v1_dot_tenant__service__pb2.ResumeTenantResponse.FromString,
             options,
             channel_credentials,
             insecure,

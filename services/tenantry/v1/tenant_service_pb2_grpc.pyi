@@ -40,7 +40,13 @@ class TenantServiceStub:
     GetTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.GetTenantRequest, _tenant_service_pb2.GetTenantResponse]
     """Returns a tenant in any state, including DELETED."""
     ListTenants: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.ListTenantsRequest, _tenant_service_pb2.ListTenantsResponse]
-    """Lists tenants in creation order."""
+    """Lists tenants in creation order, optionally filtered."""
+    UpdateTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.UpdateTenantRequest, _tenant_service_pb2.UpdateTenantResponse]
+    """Changes a tenant's `display_name` and/or `labels` (AIP-134)."""
+    SuspendTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.SuspendTenantRequest, _tenant_service_pb2.SuspendTenantResponse]
+    """ACTIVE -> SUSPENDED, synchronously: data kept, tenant-scoped calls refused."""
+    ResumeTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.ResumeTenantRequest, _tenant_service_pb2.ResumeTenantResponse]
+    """SUSPENDED -> ACTIVE, synchronously."""
     DeleteTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.DeleteTenantRequest, _tenant_service_pb2.DeleteTenantResponse]
     """Soft-deletes a tenant (DELETING) and starts dropping its schema."""
 
@@ -56,7 +62,13 @@ class TenantServiceAsyncStub(TenantServiceStub):
     GetTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.GetTenantRequest, _tenant_service_pb2.GetTenantResponse]  # type: ignore[assignment]
     """Returns a tenant in any state, including DELETED."""
     ListTenants: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.ListTenantsRequest, _tenant_service_pb2.ListTenantsResponse]  # type: ignore[assignment]
-    """Lists tenants in creation order."""
+    """Lists tenants in creation order, optionally filtered."""
+    UpdateTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.UpdateTenantRequest, _tenant_service_pb2.UpdateTenantResponse]  # type: ignore[assignment]
+    """Changes a tenant's `display_name` and/or `labels` (AIP-134)."""
+    SuspendTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.SuspendTenantRequest, _tenant_service_pb2.SuspendTenantResponse]  # type: ignore[assignment]
+    """ACTIVE -> SUSPENDED, synchronously: data kept, tenant-scoped calls refused."""
+    ResumeTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.ResumeTenantRequest, _tenant_service_pb2.ResumeTenantResponse]  # type: ignore[assignment]
+    """SUSPENDED -> ACTIVE, synchronously."""
     DeleteTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.DeleteTenantRequest, _tenant_service_pb2.DeleteTenantResponse]  # type: ignore[assignment]
     """Soft-deletes a tenant (DELETING) and starts dropping its schema."""
 
@@ -87,7 +99,31 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tenant_service_pb2.ListTenantsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tenant_service_pb2.ListTenantsResponse, _abc.Awaitable[_tenant_service_pb2.ListTenantsResponse]]:
-        """Lists tenants in creation order."""
+        """Lists tenants in creation order, optionally filtered."""
+
+    @_abc_1.abstractmethod
+    def UpdateTenant(
+        self,
+        request: _tenant_service_pb2.UpdateTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenant_service_pb2.UpdateTenantResponse, _abc.Awaitable[_tenant_service_pb2.UpdateTenantResponse]]:
+        """Changes a tenant's `display_name` and/or `labels` (AIP-134)."""
+
+    @_abc_1.abstractmethod
+    def SuspendTenant(
+        self,
+        request: _tenant_service_pb2.SuspendTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenant_service_pb2.SuspendTenantResponse, _abc.Awaitable[_tenant_service_pb2.SuspendTenantResponse]]:
+        """ACTIVE -> SUSPENDED, synchronously: data kept, tenant-scoped calls refused."""
+
+    @_abc_1.abstractmethod
+    def ResumeTenant(
+        self,
+        request: _tenant_service_pb2.ResumeTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenant_service_pb2.ResumeTenantResponse, _abc.Awaitable[_tenant_service_pb2.ResumeTenantResponse]]:
+        """SUSPENDED -> ACTIVE, synchronously."""
 
     @_abc_1.abstractmethod
     def DeleteTenant(
