@@ -10,7 +10,6 @@ import signal
 import sys
 from datetime import timedelta
 
-from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import RPCError
 
@@ -20,6 +19,7 @@ from provisioner_worker.worker import MAX_CONCURRENT_ACTIVITIES, build_worker
 from tenantry.db.engine import create_engine
 from tenantry.process import start_process
 from tenantry.settings import WorkerSettings, exit_with_config_error
+from tenantry.temporal_connection import connect
 
 log = logging.getLogger("provisioner_worker")
 
@@ -40,7 +40,7 @@ async def serve(settings: WorkerSettings) -> None:
     # One connection per concurrent activity, plus headroom for the reconciler.
     engine = create_engine(settings.database_url, pool_size=10, max_overflow=MAX_CONCURRENT_ACTIVITIES)
     try:
-        client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace, runtime=runtime)
+        client = await connect(settings, runtime=runtime)
     except RuntimeError as exc:
         print(f"provisioner-worker: cannot reach Temporal at {settings.temporal_address}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
