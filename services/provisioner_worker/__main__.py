@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from datetime import timedelta
@@ -42,8 +43,15 @@ async def serve(settings: WorkerSettings) -> None:
     try:
         client = await connect(settings, runtime=runtime)
     except RuntimeError as exc:
-        print(f"provisioner-worker: cannot reach Temporal at {settings.temporal_address}: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        link = "over TLS" if settings.temporal_tls.enabled else "in plaintext"
+        print(
+            f"provisioner-worker: cannot reach Temporal at {settings.temporal_address} {link}: {exc}", file=sys.stderr
+        )
+        # Not SystemExit: the SDK runtime's threads abort the interpreter's
+        # finalization after a failed connect (SIGABRT, "PyGILState_Release").
+        # Nothing is open yet that needs closing.
+        sys.stderr.flush()
+        os._exit(1)
     worker = build_worker(client, engine, settings.task_queue, graceful_shutdown=timedelta(seconds=grace_seconds))
     try:
         await ensure_reconcile_schedule(client, settings.task_queue, settings.reconcile_interval_seconds)
