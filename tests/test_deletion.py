@@ -16,8 +16,12 @@ import grpc
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 
+from provisioner_worker.activities import DELETION_NOT_REQUESTED, TenantActivities
+from provisioner_worker.worker import activities_for
 from tenant_api.headers import TENANT_ID_HEADER
 from tenantry.v1 import (
     operation_pb2,
@@ -26,7 +30,13 @@ from tenantry.v1 import (
     tenant_pb2,
     tenant_service_pb2,
 )
-from tenantry.workflow_contract import delete_workflow_id, provision_workflow_id
+from tenantry.workflow_contract import (
+    DELETE_WORKFLOW,
+    DeleteTenantInput,
+    ProvisionTenantInput,
+    delete_workflow_id,
+    provision_workflow_id,
+)
 from tests.stack import (
     BUG_CODES,
     Stack,
@@ -38,6 +48,7 @@ from tests.stack import (
     field_violations,
     register_active,
     registration,
+    running_stack,
     schema_exists,
 )
 from tests.stack import wait_done as _wait_done
@@ -391,3 +402,100 @@ async def test_requests_racing_deletion_see_only_ok_deleting_or_deleted(stack: S
         await get_tenant(stack.stubs, other.id, tenant_pb2.TENANT_STATE_ACTIVE)
 
     await assert_purged(engine, target)
+
+
+# --- a deletion workflow started directly on Temporal -----------------------------------
+
+
+async def test_forged_deletion_workflow_refuses_and_provisioning_carries_on(
+    engine: AsyncEngine, temporal_client: Client
+) -> None:
+    """Whoever can reach Temporal could start TenantDeletionWorkflow for any
+    tenant. Without DeleteTenant's DELETE operation it must fail, typed and for
+    good, before it cancels provisioning or drops anything; a real DeleteTenant
+    afterwards still works."""
+    release = asyncio.Event()
+    provisioning_started = asyncio.Event()
+    queue = f"test-forged-{uuid.uuid4().hex[:12]}"
+    real = TenantActivities(engine, temporal_client)
+
+    @activity.defn(name="provision_tenant")
+    async def provision_tenant(input: ProvisionTenantInput) -> None:
+        # Held until the forged deletions are over: the tenant stays CREATING
+        # with its provisioning workflow RUNNING (the worker heartbeats for it).
+        provisioning_started.set()
+        await release.wait()
+        await real.provision_tenant(input)
+
+    activities = [
+        provision_tenant if getattr(a, "__name__", "") == "provision_tenant" else a
+        for a in activities_for(engine, temporal_client, queue)
+    ]
+    async with running_stack(engine=engine, client=temporal_client, task_queue=queue, activities=activities) as stack:
+        registered = await stack.stubs.tenants.RegisterTenant(registration(), timeout=30)
+        tenant_id = registered.tenant.id
+        await asyncio.wait_for(provisioning_started.wait(), 30)
+        provisioning = temporal_client.get_workflow_handle(provision_workflow_id(uuid.UUID(tenant_id)))
+
+        # Under the tenant's own deletion id, and under any other id.
+        for workflow_id in (delete_workflow_id(uuid.UUID(tenant_id)), f"forged-{uuid.uuid4().hex}"):
+            forged = await temporal_client.start_workflow(
+                DELETE_WORKFLOW, DeleteTenantInput(tenant_id=tenant_id), id=workflow_id, task_queue=queue
+            )
+            with pytest.raises(WorkflowFailureError) as failed:
+                await asyncio.wait_for(forged.result(), 60)
+            cause = failed.value.cause
+            assert isinstance(cause, ApplicationError), cause
+            assert cause.type == DELETION_NOT_REQUESTED and cause.non_retryable, cause
+            # It did nothing: no activity after the check was scheduled.
+            scheduled = [
+                event.activity_task_scheduled_event_attributes.activity_type.name
+                async for event in forged.fetch_history_events()
+                if event.HasField("activity_task_scheduled_event_attributes")
+            ]
+            assert scheduled == ["check_deletion_requested"]
+            assert (await provisioning.describe()).status == WorkflowExecutionStatus.RUNNING
+            await get_tenant(stack.stubs, tenant_id, tenant_pb2.TENANT_STATE_CREATING)
+            operation = await stack.stubs.operations.GetOperation(
+                operation_service_pb2.GetOperationRequest(name=registered.operation.name)
+            )
+            assert operation.operation.state == operation_pb2.OPERATION_STATE_RUNNING
+
+        release.set()
+        assert (await wait_done(stack.stubs, registered.operation.name)).state == (
+            operation_pb2.OPERATION_STATE_SUCCEEDED
+        )
+        tenant = await get_tenant(stack.stubs, tenant_id, tenant_pb2.TENANT_STATE_ACTIVE)
+        assert await schema_exists(engine, tenant.schema_name)
+
+        # The real deletion reuses the id the forged run closed under.
+        response = await delete(stack.stubs, tenant_id)
+        assert (await wait_done(stack.stubs, response.operation.name)).state == operation_pb2.OPERATION_STATE_SUCCEEDED
+        await get_tenant(stack.stubs, tenant_id, tenant_pb2.TENANT_STATE_DELETED)
+        await assert_purged(engine, tenant)
+
+        # Once done, the deletion cannot be run again by hand either.
+        again = await temporal_client.start_workflow(
+            DELETE_WORKFLOW,
+            DeleteTenantInput(tenant_id=tenant_id),
+            id=delete_workflow_id(uuid.UUID(tenant_id)),
+            task_queue=queue,
+        )
+        with pytest.raises(WorkflowFailureError) as failed:
+            await asyncio.wait_for(again.result(), 60)
+        assert isinstance(failed.value.cause, ApplicationError)
+        assert failed.value.cause.type == DELETION_NOT_REQUESTED
+
+
+async def test_forged_deletion_with_a_malformed_tenant_id_fails_for_good(stack: Stack, temporal_client: Client) -> None:
+    forged = await temporal_client.start_workflow(
+        DELETE_WORKFLOW,
+        DeleteTenantInput(tenant_id="not-a-uuid"),
+        id=f"forged-{uuid.uuid4().hex}",
+        task_queue=stack.task_queue,
+    )
+    with pytest.raises(WorkflowFailureError) as failed:
+        await asyncio.wait_for(forged.result(), 60)
+    assert isinstance(failed.value.cause, ApplicationError)
+    assert failed.value.cause.type == DELETION_NOT_REQUESTED
+    assert "not a tenant id" in failed.value.cause.message

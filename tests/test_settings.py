@@ -31,6 +31,7 @@ from tenantry.settings import (
     HealthcheckSettings,
     MigrateSettings,
     SettingsError,
+    TemporalTlsSettings,
     TlsSettings,
     WorkerSettings,
     database_url_from,
@@ -46,6 +47,10 @@ DATABASE_URL = "postgresql+asyncpg://tenantry:secret@127.0.0.1:1/tenantry"
 TEMPORAL_ADDRESS = "127.0.0.1:1"
 JWKS_FILE = Path(tempfile.mkdtemp(prefix="tenantry-settings-")) / "jwks.json"
 JWKS_FILE.write_text('{"keys": []}')
+# Any PEM block will do: the settings check the files are readable PEM, the TLS
+# handshake checks what is in them (tests/test_temporal_tls.py).
+PEM_FILE = JWKS_FILE.with_name("temporal.pem")
+PEM_FILE.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
 REQUIRED = {
     "TENANTRY_DATABASE_URL": DATABASE_URL,
     "TENANTRY_TEMPORAL_ADDRESS": TEMPORAL_ADDRESS,
@@ -141,6 +146,10 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "TENANTRY_TLS_KEY_FILE": "/tls/key.pem",
         "TENANTRY_TLS_CLIENT_CA_FILE": "/tls/clients.pem",
         "TENANTRY_PLAINTEXT_BEHIND_PROXY": "false",
+        "TENANTRY_TEMPORAL_TLS_CA_FILE": str(PEM_FILE),
+        "TENANTRY_TEMPORAL_TLS_CERT_FILE": f" {PEM_FILE} ",
+        "TENANTRY_TEMPORAL_TLS_KEY_FILE": str(PEM_FILE),
+        "TENANTRY_TEMPORAL_API_KEY": " tk-cloud-key ",
     }
     common: dict[str, Any] = {
         "database_url": "postgresql+asyncpg://postgres@/postgres?host=/tmp/pg",
@@ -149,6 +158,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "task_queue": "tenant-provisioning-eu",
         "shutdown_grace_seconds": 0.5,
         "metrics_address": "0.0.0.0:9999",
+        "temporal_tls": TemporalTlsSettings(PEM_FILE, PEM_FILE, PEM_FILE, "tk-cloud-key"),
     }
     assert ApiSettings.from_env(env) == ApiSettings(
         **common,
@@ -177,6 +187,25 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         assert ApiSettings.from_env(off_env).metrics_address is None
         worker = WorkerSettings.from_env(off_env)
         assert (worker.metrics_address, worker.sdk_metrics_address) == (None, None)
+
+
+def test_temporal_tls_needs_a_temporal_address_under_tenantry_dev() -> None:
+    # The embedded dev server speaks plaintext only.
+    for variable in ("TENANTRY_TEMPORAL_TLS_CA_FILE", "TENANTRY_TEMPORAL_API_KEY"):
+        with pytest.raises(SettingsError, match="TENANTRY_TEMPORAL_ADDRESS") as caught:
+            DevSettings.from_env({variable: str(PEM_FILE)})
+        assert variable in str(caught.value)
+    with_address = {"TENANTRY_TEMPORAL_ADDRESS": TEMPORAL_ADDRESS, "TENANTRY_TEMPORAL_API_KEY": "tk"}
+    assert DevSettings.from_env(with_address).temporal_address == TEMPORAL_ADDRESS
+
+
+def test_temporal_api_key_is_never_shown() -> None:
+    settings = WorkerSettings.from_env({**REQUIRED, "TENANTRY_TEMPORAL_API_KEY": "tk-very-secret"})
+    assert settings.temporal_tls.api_key == "tk-very-secret"
+    assert "tk-very-secret" not in repr(settings)
+    with pytest.raises(SettingsError) as caught:
+        WorkerSettings.from_env({**REQUIRED, "TENANTRY_TEMPORAL_API_KEY": "tk very-secret"})
+    assert "very-secret" not in str(caught.value)
 
 
 def test_from_env_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,6 +241,14 @@ COMMON_MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_TEMPORAL_ADDRESS", "temporal:-1"),
     ("TENANTRY_TEMPORAL_NAMESPACE", "my namespace"),
     ("TENANTRY_TEMPORAL_NAMESPACE", "ns\tx"),
+    ("TENANTRY_TEMPORAL_TLS_CERT_FILE", str(PEM_FILE)),  # without its key
+    ("TENANTRY_TEMPORAL_TLS_KEY_FILE", str(PEM_FILE)),  # without its certificate
+    ("TENANTRY_TEMPORAL_TLS_CA_FILE", "/nonexistent/ca.pem"),
+    ("TENANTRY_TEMPORAL_TLS_CA_FILE", str(JWKS_FILE)),  # readable, but not PEM
+    ("TENANTRY_TEMPORAL_TLS_CA_FILE", "/etc"),  # a directory
+    ("TENANTRY_TEMPORAL_TLS_CERT_FILE", "/nonexistent/cert.pem"),
+    ("TENANTRY_TEMPORAL_TLS_KEY_FILE", "/nonexistent/key.pem"),
+    ("TENANTRY_TEMPORAL_API_KEY", "two words"),
     ("TENANTRY_TASK_QUEUE", "tenant provisioning"),
     ("TENANTRY_TASK_QUEUE", "queue\nx"),
     *(("TENANTRY_SHUTDOWN_GRACE_SECONDS", value) for value in ("abc", "0", "-1", "inf", "nan", "1e300")),
@@ -404,6 +441,8 @@ def test_script_with_wrong_database_driver_exits_2(script: str) -> None:
             )
         ),
         ("tenant-api", "TENANTRY_GRPC_ADDRESS", "127.0.0.1:\u00b2"),
+        ("tenant-api", "TENANTRY_TEMPORAL_TLS_CA_FILE", "/nonexistent/ca.pem"),
+        ("provisioner-worker", "TENANTRY_TEMPORAL_TLS_CERT_FILE", "/nonexistent/cert.pem"),
         ("provisioner-worker", "TENANTRY_RECONCILE_INTERVAL_SECONDS", "abc"),
         ("provisioner-worker", "TENANTRY_RECONCILE_INTERVAL_SECONDS", "inf"),
         ("provisioner-worker", "TENANTRY_WORKER_LIVENESS_FILE", "/nonexistent-dir/alive"),

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from datetime import timedelta
 
-from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import RPCError
 
@@ -20,6 +20,7 @@ from provisioner_worker.worker import MAX_CONCURRENT_ACTIVITIES, build_worker
 from tenantry.db.engine import create_engine
 from tenantry.process import start_process
 from tenantry.settings import WorkerSettings, exit_with_config_error
+from tenantry.temporal_connection import connect
 
 log = logging.getLogger("provisioner_worker")
 
@@ -40,10 +41,17 @@ async def serve(settings: WorkerSettings) -> None:
     # One connection per concurrent activity, plus headroom for the reconciler.
     engine = create_engine(settings.database_url, pool_size=10, max_overflow=MAX_CONCURRENT_ACTIVITIES)
     try:
-        client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace, runtime=runtime)
+        client = await connect(settings, runtime=runtime)
     except RuntimeError as exc:
-        print(f"provisioner-worker: cannot reach Temporal at {settings.temporal_address}: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        link = "over TLS" if settings.temporal_tls.enabled else "in plaintext"
+        print(
+            f"provisioner-worker: cannot reach Temporal at {settings.temporal_address} {link}: {exc}", file=sys.stderr
+        )
+        # Not SystemExit: the SDK runtime's threads abort the interpreter's
+        # finalization after a failed connect (SIGABRT, "PyGILState_Release").
+        # Nothing is open yet that needs closing.
+        sys.stderr.flush()
+        os._exit(1)
     worker = build_worker(client, engine, settings.task_queue, graceful_shutdown=timedelta(seconds=grace_seconds))
     try:
         await ensure_reconcile_schedule(client, settings.task_queue, settings.reconcile_interval_seconds)

@@ -31,7 +31,7 @@ from tenantry.db.events import SYSTEM_WORKER, EventRecord, append_event
 from tenantry.migrations import tenant_head_revision, tenant_schema_script, upgrade_tenant_schema
 from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, pg_error
 from tenantry.schema_names import schema_name_for
-from tenantry.states import OperationState, TenantEventType, TenantState
+from tenantry.states import OperationKind, OperationState, TenantEventType, TenantState
 from tenantry.workflow_contract import (
     TEMPORAL_CALL_TIMEOUT,
     ProvisionTenantInput,
@@ -46,6 +46,7 @@ TENANT_NOT_PROVISIONABLE = "TenantNotProvisionable"
 TENANT_NOT_FOUND = "TenantNotFound"
 MEMBERSHIP_REFERENCE_MISSING = "MembershipReferenceMissing"
 TENANT_NOT_DELETABLE = "TenantNotDeletable"
+DELETION_NOT_REQUESTED = "DeletionNotRequested"
 
 # Alembic's `op` and `context` are process-global proxies: two tenant upgrades
 # interleaving on this event loop would run one tenant's DDL on the other's
@@ -95,6 +96,15 @@ async def _append_event(
     its operation. The transaction's last statement (see tenantry.db.events)."""
     actor = await conn.scalar(operation_sql.actor_of(workflow_id))
     await append_event(conn, EventRecord(tenant_id, type, state, actor or SYSTEM_WORKER, workflow_id))
+
+
+def _deletion_not_requested(workflow_id: str, reason: str) -> ApplicationError:
+    log.warning("deletion workflow refused: %s", reason, extra={"workflow_id": workflow_id})
+    return ApplicationError(
+        f"deletion refused: {reason}; deletions start through DeleteTenant",
+        type=DELETION_NOT_REQUESTED,
+        non_retryable=True,
+    )
 
 
 class TenantActivities:
@@ -174,6 +184,35 @@ class TenantActivities:
             await _finish_operation(conn, workflow_id, OperationState.FAILED, input.error_message)
             await _append_event(conn, tenant_id, TenantEventType.PROVISIONING_FAILED, TenantState.FAILED, workflow_id)
         PROVISIONING_SECONDS.labels("failed").observe(float(elapsed or 0))
+
+    @activity.defn(name="check_deletion_requested")
+    async def check_deletion_requested(self, input: TenantActivityInput) -> None:
+        """Anyone who can reach Temporal can start a deletion workflow; only
+        DeleteTenant (or the reconciler re-driving it) means one. Passes when
+        the calling workflow has the tenant's deletion id, the tenant is
+        DELETING (or already DELETED) and its DELETE operation row exists and
+        is open; otherwise a non-retryable DELETION_NOT_REQUESTED error, before
+        anything is cancelled or dropped."""
+        workflow_id = activity.info().workflow_id or ""  # None: not called by a workflow
+        try:
+            tenant_id = uuid.UUID(input.tenant_id)
+        except ValueError:
+            raise _deletion_not_requested(workflow_id, f"{input.tenant_id!r} is not a tenant id") from None
+        if workflow_id != delete_workflow_id(tenant_id):
+            raise _deletion_not_requested(
+                workflow_id, f"a deletion of tenant {tenant_id} runs as {delete_workflow_id(tenant_id)}"
+            )
+        async with self._engine.connect() as conn:
+            tenant_state = await conn.scalar(tenant_sql.state_of(tenant_id))
+            operation = (await conn.execute(operation_sql.tenant_kind_state_of(workflow_id))).one_or_none()
+        if tenant_state not in (TenantState.DELETING, TenantState.DELETED):
+            raise _deletion_not_requested(
+                workflow_id, f"tenant {tenant_id} is {tenant_state or 'unknown'}, not DELETING"
+            )
+        if operation is None or operation.tenant_id != tenant_id or operation.kind != OperationKind.DELETE:
+            raise _deletion_not_requested(workflow_id, f"no DELETE operation {workflow_id} for tenant {tenant_id}")
+        if operation.state not in operation_sql.OPEN_OPERATION_STATES:
+            raise _deletion_not_requested(workflow_id, f"operation {workflow_id} is already {operation.state}")
 
     @activity.defn(name="cancel_provisioning")
     async def cancel_provisioning(self, input: TenantActivityInput) -> None:

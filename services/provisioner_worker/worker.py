@@ -28,6 +28,7 @@ def activities_for(engine: AsyncEngine, client: Client, task_queue: str) -> list
     return [
         provisioning.provision_tenant,
         provisioning.fail_provisioning,
+        provisioning.check_deletion_requested,
         provisioning.cancel_provisioning,
         provisioning.purge_tenant,
         reconciler.reconcile,

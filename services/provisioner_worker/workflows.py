@@ -20,6 +20,7 @@ from tenantry.workflow_contract import (
 
 with workflow.unsafe.imports_passed_through():
     from provisioner_worker.activities import (
+        DELETION_NOT_REQUESTED,
         TENANT_NOT_PROVISIONABLE,
         FailProvisioningInput,
         TenantActivities,
@@ -46,6 +47,8 @@ STEP_TIMEOUT = timedelta(seconds=60)
 # the interval from it): a step on a worker that died is retried after this,
 # not after its whole start-to-close timeout.
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+# workflow.patched ids: histories recorded before a step existed replay without it.
+CHECK_DELETION_REQUESTED_PATCH = "check-deletion-requested"
 
 
 class ActivityOptions(TypedDict):
@@ -93,6 +96,20 @@ class TenantDeletionWorkflow:
     @workflow.run
     async def run(self, input: DeleteTenantInput) -> str:
         tenant = TenantActivityInput(tenant_id=input.tenant_id)
+        if workflow.patched(CHECK_DELETION_REQUESTED_PATCH):
+            # Started directly on Temporal, not by DeleteTenant: refuse before
+            # cancelling or dropping anything.
+            try:
+                await workflow.execute_activity_method(
+                    TenantActivities.check_deletion_requested,
+                    tenant,
+                    **step(UNTIL_DONE_RETRY),
+                )
+            except ActivityError as err:
+                cause = err.cause
+                if isinstance(cause, ApplicationError) and cause.type == DELETION_NOT_REQUESTED:
+                    raise ApplicationError(cause.message, type=DELETION_NOT_REQUESTED, non_retryable=True) from err
+                raise
         await workflow.execute_activity_method(
             TenantActivities.cancel_provisioning,
             tenant,

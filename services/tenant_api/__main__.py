@@ -8,7 +8,6 @@ import signal
 import sys
 
 import grpc
-from temporalio.client import Client
 
 from tenant_api.authentication import JwksKeys, TokenVerifier
 from tenant_api.server import start_api
@@ -16,6 +15,7 @@ from tenant_api.transport import listen_credentials
 from tenantry.db.engine import create_engine
 from tenantry.process import start_process
 from tenantry.settings import ApiSettings, SettingsError, exit_with_config_error
+from tenantry.temporal_connection import connect
 
 log = logging.getLogger("tenant_api")
 
@@ -27,7 +27,7 @@ async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | Non
     verifier = TokenVerifier(settings.auth, keys)
     engine = create_engine(settings.database_url)
     # Lazy: the API serves (and records intents) even while Temporal is down.
-    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace, lazy=True)
+    client = await connect(settings, lazy=True)
     try:
         api = await start_api(
             engine=engine,

@@ -23,7 +23,7 @@ import ipaddress
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -49,6 +49,10 @@ TLS_CERT_FILE = "TENANTRY_TLS_CERT_FILE"
 TLS_KEY_FILE = "TENANTRY_TLS_KEY_FILE"
 TLS_CLIENT_CA_FILE = "TENANTRY_TLS_CLIENT_CA_FILE"
 PLAINTEXT_BEHIND_PROXY = "TENANTRY_PLAINTEXT_BEHIND_PROXY"
+TEMPORAL_TLS_CA_FILE = "TENANTRY_TEMPORAL_TLS_CA_FILE"
+TEMPORAL_TLS_CERT_FILE = "TENANTRY_TEMPORAL_TLS_CERT_FILE"
+TEMPORAL_TLS_KEY_FILE = "TENANTRY_TEMPORAL_TLS_KEY_FILE"
+TEMPORAL_API_KEY = "TENANTRY_TEMPORAL_API_KEY"
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 
@@ -74,6 +78,39 @@ class MigrateSettings:
         )
 
 
+@dataclass(frozen=True)
+class TemporalTlsSettings:
+    """How both services reach Temporal (see tenantry.temporal_connection):
+    TLS verified against `ca_file` (the system roots when unset), a client
+    certificate for mTLS, an API key (Temporal Cloud). Any of them turns TLS
+    on; none: plaintext. The files were readable PEM when the settings were
+    read; the connection reads them again."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # Never in a repr, hence never in a log line.
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return any(value is not None for value in (self.ca_file, self.cert_file, self.api_key))
+
+    @classmethod
+    def from_env(cls, env: Env) -> TemporalTlsSettings:
+        cert = _pem_file(env, TEMPORAL_TLS_CERT_FILE)
+        key = _pem_file(env, TEMPORAL_TLS_KEY_FILE)
+        if cert is not None and key is None:
+            raise SettingsError(f"{TEMPORAL_TLS_KEY_FILE} is required when {TEMPORAL_TLS_CERT_FILE} is set")
+        if key is not None and cert is None:
+            raise SettingsError(f"{TEMPORAL_TLS_CERT_FILE} is required when {TEMPORAL_TLS_KEY_FILE} is set")
+        api_key = env.get(TEMPORAL_API_KEY, "").strip() or None
+        if api_key is not None and (any(c.isspace() for c in api_key) or not api_key.isascii()):
+            # Sent as an HTTP header; the value itself never goes into the message.
+            raise SettingsError(f"{TEMPORAL_API_KEY} must be one token of ASCII characters without whitespace")
+        return cls(ca_file=_pem_file(env, TEMPORAL_TLS_CA_FILE), cert_file=cert, key_file=key, api_key=api_key)
+
+
 @dataclass(frozen=True, kw_only=True)
 class CommonSettings:
     """What both services read. `metrics_address` None: the endpoint is off."""
@@ -84,6 +121,7 @@ class CommonSettings:
     task_queue: str
     shutdown_grace_seconds: float
     metrics_address: str | None
+    temporal_tls: TemporalTlsSettings = TemporalTlsSettings()
 
     @classmethod
     def _common(cls, env: Env, *, default_metrics_address: str) -> dict[str, Any]:
@@ -94,8 +132,10 @@ class CommonSettings:
             task_queue=_name(env, "TENANTRY_TASK_QUEUE", DEFAULT_TASK_QUEUE),
             shutdown_grace_seconds=_seconds(env, "TENANTRY_SHUTDOWN_GRACE_SECONDS", DEFAULT_SHUTDOWN_GRACE_SECONDS),
             metrics_address=_address_or_off(env, "TENANTRY_METRICS_ADDRESS", default_metrics_address),
+            temporal_tls=TemporalTlsSettings.from_env(env),
         )
-        return asdict(common)
+        # Shallow (asdict would turn the nested settings into dicts).
+        return {f.name: getattr(common, f.name) for f in fields(common)}
 
 
 @dataclass(frozen=True)
@@ -275,7 +315,12 @@ class DevSettings:
             "TENANTRY_AUTH_JWKS_URL": "https://tenantry-dev.invalid/jwks.json",
         }
         ApiSettings.from_env(probe)
-        WorkerSettings.from_env(probe)
+        worker = WorkerSettings.from_env(probe)
+        if settings.temporal_address is None and worker.temporal_tls.enabled:
+            raise SettingsError(
+                f"{TEMPORAL_TLS_CA_FILE}, {TEMPORAL_TLS_CERT_FILE}, {TEMPORAL_TLS_KEY_FILE} and {TEMPORAL_API_KEY} "
+                "need TENANTRY_TEMPORAL_ADDRESS: the embedded Temporal dev server speaks plaintext only"
+            )
         return settings
 
 
@@ -420,6 +465,21 @@ def _file_in_existing_directory(env: Env, name: str, default: Path) -> Path:
 def _path(env: Env, name: str) -> Path | None:
     value = env.get(name, "").strip()
     return Path(value) if value else None
+
+
+def _pem_file(env: Env, name: str) -> Path | None:
+    """A readable PEM file (certificates or a key), checked now so that a wrong
+    path stops the process at start rather than at its first Temporal call."""
+    path = _path(env, name)
+    if path is None:
+        return None
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"{name} names no readable file: {path} ({exc.strerror or type(exc).__name__})") from None
+    if b"-----BEGIN " not in content:
+        raise SettingsError(f"{name} is not a PEM file: {path}")
+    return path
 
 
 def _flag(env: Env, name: str) -> bool:

@@ -83,3 +83,8 @@ def insert_pending(
 def actor_of(workflow_id: str) -> Select[str]:
     """Who started the operation (its workflow acts on their behalf)."""
     return select(Operation.actor).where(Operation.workflow_id == workflow_id)
+
+
+def tenant_kind_state_of(workflow_id: str) -> Select[uuid.UUID, str, str]:
+    """The operation's tenant, kind and state (no row: no such operation)."""
+    return select(Operation.tenant_id, Operation.kind, Operation.state).where(Operation.workflow_id == workflow_id)
