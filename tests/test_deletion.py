@@ -183,7 +183,8 @@ async def test_delete_failed_tenant(failing_stack: Stack, engine: AsyncEngine) -
     registered = await failing_stack.stubs.tenants.RegisterTenant(registration(), timeout=30)
     provision = await wait_done(failing_stack.stubs, registered.operation.name)
     assert provision.state == operation_pb2.OPERATION_STATE_FAILED
-    assert "injected" in provision.error_message
+    assert provision.error_message.startswith("PROVISIONING_FAILED: ")
+    assert "injected" not in provision.error_message
     tenant = await get_tenant(failing_stack.stubs, registered.tenant.id, tenant_pb2.TENANT_STATE_FAILED)
 
     response = await delete(failing_stack.stubs, tenant.id)

@@ -142,7 +142,20 @@ async def test_list_projects_pagination(stack: Stack) -> None:
         )
 
 
-INVALID_PROJECT_NAMES: Sequence[str] = ("", "   ", "bad\x00name", "tab\tname", "line\nbreak", "x" * 101, "del\x7f")
+INVALID_PROJECT_NAMES: Sequence[str] = (
+    "",
+    "   ",
+    "bad\x00name",
+    "tab\tname",
+    "line\nbreak",
+    "x" * 101,
+    "del\x7f",
+    "\u2800",  # braille pattern blank only
+    "\u3164\u3164",  # Hangul fillers only
+    "zero\u200dwidth",
+    "\ufeffbom",
+    "private\ue000",
+)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +185,7 @@ async def test_invalid_project_name_is_invalid_argument(
 
 async def test_invalid_description_is_invalid_argument(stack: Stack, empty_tenant: tenant_pb2.Tenant) -> None:
     tenant = empty_tenant
-    for description in ("x" * 2001, "bell\x07"):
+    for description in ("x" * 2001, "bell\x07", "zero\u200bwidth", "\u2800\u2800", "rtl\u202eoverride"):
         error = await expect_error(
             stack.stubs.projects.CreateProject(
                 project_service_pb2.CreateProjectRequest(name="ok", description=description), metadata=by_id(tenant.id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -19,21 +20,28 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 from temporalio.client import Client, WorkflowHistory
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, TimeoutType
+from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 from temporalio.service import RPCError
 from temporalio.worker import Replayer
 
 from provisioner_worker import workflows as workflows_module
 from provisioner_worker.activities import (
     MEMBERSHIP_REFERENCE_MISSING,
+    MEMBERSHIP_REFERENCE_MISSING_REASON,
+    PROVISIONING_FAILED,
+    PROVISIONING_TIMED_OUT,
     TENANT_NOT_FOUND,
     TENANT_NOT_PROVISIONABLE,
     FailProvisioningInput,
     TenantActivities,
+    failure_text,
+    provisioning_failure_reason,
 )
 from provisioner_worker.reconciler import ReconcileReport
 from provisioner_worker.worker import activities_for
@@ -277,12 +285,114 @@ async def test_failed_step_compensates_and_fails_tenant_and_operation(
         ).tenant
 
     assert operation.state == operation_pb2.OPERATION_STATE_FAILED
-    assert "boom" in operation.error_message
     assert tenant.state == tenant_pb2.TENANT_STATE_FAILED
-    assert "boom" in tenant.state_message
+    # The stable reason, not the exception's text.
+    assert operation.error_message == tenant.state_message == failure_text(PROVISIONING_FAILED)
+    assert "boom" not in operation.error_message
     tenant_id = uuid.UUID(response.tenant.id)
     assert await schema_count(engine, schema_name_for(tenant_id)) == 0
     assert await membership_count(engine, tenant_id) == 0
+
+
+# --- failures reach clients as a stable reason, the detail only the worker's log ----------------
+
+
+def test_failure_reasons_are_stable_and_free_of_detail() -> None:
+    secret = "[SQL: INSERT INTO tenant_memberships ...] [parameters: ('t_0123',)]"
+    fk = ApplicationError(secret, type=MEMBERSHIP_REFERENCE_MISSING, non_retryable=True)
+    assert provisioning_failure_reason(fk) == MEMBERSHIP_REFERENCE_MISSING_REASON
+    assert provisioning_failure_reason(ApplicationError(secret, type="DBAPIError")) == PROVISIONING_FAILED
+    timeout = TemporalTimeoutError(secret, type=TimeoutType.START_TO_CLOSE, last_heartbeat_details=[])
+    assert provisioning_failure_reason(timeout) == PROVISIONING_TIMED_OUT
+    assert provisioning_failure_reason(None) == PROVISIONING_FAILED
+    assert failure_text(MEMBERSHIP_REFERENCE_MISSING_REASON).startswith("MEMBERSHIP_REFERENCE_MISSING: ")
+    # A reason this version does not know (or free text) is never stored as is.
+    assert failure_text(secret) == failure_text(PROVISIONING_FAILED)
+
+
+@asynccontextmanager
+async def refusing_membership_trigger(engine: AsyncEngine, slug: str, sqlstate: str) -> AsyncIterator[str]:
+    """A real PostgreSQL trigger that makes provisioning's activation fail for
+    the tenant `slug` alone: inserting its admin membership raises `sqlstate`
+    with a message holding the row's values. Yields the message's marker."""
+    name = f"test_refuse_{uuid.uuid4().hex[:12]}"
+    marker = f"refused-by-{name}"
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                f"""
+                CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF EXISTS (SELECT 1 FROM tenants WHERE id = NEW.tenant_id AND slug = '{slug}') THEN
+                        RAISE EXCEPTION '{marker} user % tenant %', NEW.user_id, NEW.tenant_id
+                            USING ERRCODE = '{sqlstate}';
+                    END IF;
+                    RETURN NEW;
+                END $$
+                """
+            )
+        )
+        await conn.execute(
+            text(f"CREATE TRIGGER {name} BEFORE INSERT ON tenant_memberships FOR EACH ROW EXECUTE FUNCTION {name}()")
+        )
+    try:
+        yield marker
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"DROP TRIGGER {name} ON tenant_memberships"))
+            await conn.execute(text(f"DROP FUNCTION {name}()"))
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "reason"),
+    [
+        # A generic error: retried, then compensated. Its text is SQLAlchemy's,
+        # with "[SQL: ...]" and "[parameters: ...]".
+        ("P0001", PROVISIONING_FAILED),
+        # A foreign-key violation: the step's own non-retryable error type.
+        ("23503", MEMBERSHIP_REFERENCE_MISSING_REASON),
+    ],
+)
+async def test_a_real_database_error_reaches_clients_as_a_reason_only(
+    stack: Stack, engine: AsyncEngine, caplog: pytest.LogCaptureFixture, sqlstate: str, reason: str
+) -> None:
+    request = registration()
+    async with refusing_membership_trigger(engine, request.slug, sqlstate) as marker:
+        with caplog.at_level(logging.WARNING, logger="provisioner_worker.activities"):
+            response = await stack.stubs.tenants.RegisterTenant(request)
+            operation = await wait_done(stack.stubs, response.operation.name, timeout=90)
+    tenant = (
+        await stack.stubs.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id=response.tenant.id))
+    ).tenant
+    assert operation.state == operation_pb2.OPERATION_STATE_FAILED
+    assert tenant.state == tenant_pb2.TENANT_STATE_FAILED
+    assert operation.error_message == tenant.state_message == failure_text(reason)
+    async with engine.connect() as conn:
+        user_id = (
+            await conn.execute(text("SELECT admin_user_id FROM tenants WHERE id = :id"), {"id": uuid.UUID(tenant.id)})
+        ).scalar_one()
+    leaks = [
+        "SQL",
+        "sql",
+        "parameters",
+        "INSERT",
+        "UPDATE",
+        "tenant_memberships",
+        "workflow_executions",
+        "asyncpg",
+        "Traceback",
+        marker,
+        tenant.schema_name,
+        tenant.id,
+        str(user_id),
+        response.operation.name.removeprefix("operations/"),
+    ]
+    for text_shown in (operation.error_message, tenant.state_message):
+        assert [leak for leak in leaks if leak in text_shown] == [], text_shown
+    # The detail is not lost: the worker logged it.
+    logged = [r.getMessage() for r in caplog.records if r.name == "provisioner_worker.activities"]
+    assert any(marker in m and tenant.id in m and reason in m for m in logged), logged
+    assert tenant.state_message and await schema_count(engine, tenant.schema_name) == 0
 
 
 # --- determinism: replaying real histories ------------------------------------------------------

@@ -113,10 +113,53 @@ async def test_concurrent_registrations_share_one_admin_user_case_insensitively(
             )
         ).scalars()
         assert list(admins) == [user_id] * 12
-    # Every response reports the one stored address, whatever case the caller used.
-    assert {r.tenant.admin_email for r in responses} == {stored_email}
+    # Every response reports the address in lower case, not the stored casing
+    # (the first registrant's), whatever case the caller used.
+    assert stored_email in emails
+    assert {r.tenant.admin_email for r in responses} == {emails[0].lower()}
     for response in responses:
         assert (await wait_done(stack.stubs, response.operation.name)).state == operation_pb2.OPERATION_STATE_SUCCEEDED
+
+
+async def _tenant_views(stack: Stack, tenant_id: str) -> list[tenant_pb2.Tenant]:
+    """The tenant as GetTenant and ListTenants show it."""
+    got = (await stack.stubs.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id=tenant_id))).tenant
+    listed: list[tenant_pb2.Tenant] = []
+    token = ""
+    while True:
+        page = await stack.stubs.tenants.ListTenants(
+            tenant_service_pb2.ListTenantsRequest(page_size=500, page_token=token)
+        )
+        listed += [t for t in page.tenants if t.id == tenant_id]
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(listed) == 1
+    return [got, listed[0]]
+
+
+async def test_registration_does_not_reveal_that_an_email_is_taken(stack: Stack) -> None:
+    """A caller registering with somebody's address in another case must see
+    exactly what a caller with a brand-new address sees: the stored casing of
+    the existing user's email would otherwise confirm the account exists."""
+    tag = uuid.uuid4().hex[:8]
+    victim = await stack.stubs.tenants.RegisterTenant(registration(admin_email=f"Victim.{tag}@Example.COM"))
+    assert victim.tenant.admin_email == f"victim.{tag}@example.com"
+
+    probe_existing = f"VICTIM.{tag}@example.com"  # the same user, another case
+    probe_new = f"NOBODY.{tag}@example.com"  # no such user
+    existing = await stack.stubs.tenants.RegisterTenant(registration(admin_email=probe_existing))
+    new = await stack.stubs.tenants.RegisterTenant(registration(admin_email=probe_new))
+
+    assert existing.tenant.admin_email == probe_existing.lower()
+    assert new.tenant.admin_email == probe_new.lower()
+    for response in (victim, existing, new):
+        await wait_done(stack.stubs, response.operation.name)
+    # GetTenant and ListTenants follow the same rule for both.
+    for response, probe in ((existing, probe_existing), (new, probe_new)):
+        assert [t.admin_email for t in await _tenant_views(stack, response.tenant.id)] == [probe.lower()] * 2
+    # The same fields are set in both responses: nothing else tells them apart.
+    assert [f.name for f, _ in existing.tenant.ListFields()] == [f.name for f, _ in new.tenant.ListFields()]
 
 
 # --- request_id idempotency ---------------------------------------------------------------------

@@ -133,7 +133,8 @@ async def test_failed_tenant_is_failed(engine: AsyncEngine, temporal_client: Cli
             await failing.stubs.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id=response.tenant.id))
         ).tenant
         assert tenant.state == tenant_pb2.TENANT_STATE_FAILED
-        assert "disk on fire" in tenant.state_message
+        assert tenant.state_message.startswith("PROVISIONING_FAILED: ")
+        assert "disk on fire" not in tenant.state_message
         await assert_gate(failing.stubs, by_id(tenant.id), grpc.StatusCode.FAILED_PRECONDITION, "TENANT_FAILED")
 
 

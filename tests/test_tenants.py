@@ -63,6 +63,16 @@ HOSTILE_FIELDS: list[tuple[str, str]] = [
     ("display_name", LONG),
     ("display_name", ""),
     ("display_name", "   "),
+    ("display_name", "\u2800"),  # braille pattern blank
+    ("display_name", "\u3164"),  # Hangul filler
+    ("display_name", "\u115f\u1160"),
+    ("display_name", "\uffa0 \u2800"),
+    ("display_name", "\u2000\u2003\u200a"),
+    ("display_name", "Ac\u200dme"),  # zero width joiner
+    ("display_name", "Ac\u200bme"),  # zero width space
+    ("display_name", "\ufeffAcme"),  # BOM
+    ("display_name", "Acme\ue000"),  # private use
+    ("display_name", "Acme\u0378"),  # unassigned
     ("admin_email", "ada\x00@example.com"),
     ("admin_email", "a'; DROP TABLE users;--"),
     ("admin_email", "\uff41da@example.com"),
@@ -75,6 +85,8 @@ HOSTILE_FIELDS: list[tuple[str, str]] = [
     ("admin_display_name", "Ada\u202e"),
     ("admin_display_name", LONG),
     ("admin_display_name", ""),
+    ("admin_display_name", "\u3164"),
+    ("admin_display_name", "Ada\u200b"),
     ("request_id", "not-a-uuid"),
     ("request_id", "\x00"),
     ("request_id", str(uuid.UUID(int=7)) + "\x00"),
@@ -151,6 +163,25 @@ async def test_sql_and_unicode_in_display_names_are_stored_verbatim(stack: Stack
             )
         ).one()
     assert tuple(stored) == (display_name, admin_name)
+    await wait_done(stack.stubs, response.operation.name)
+
+
+async def test_display_names_are_stored_nfc(stack: Stack, engine: AsyncEngine) -> None:
+    response = await stack.stubs.tenants.RegisterTenant(
+        registration(display_name="  Cafe\u0301 Corp ", admin_display_name="Zoe\u0308"), timeout=TIMEOUT
+    )
+    assert response.tenant.display_name == "Caf\u00e9 Corp"
+    async with engine.connect() as conn:
+        stored = (
+            await conn.execute(
+                text(
+                    "SELECT t.display_name, u.display_name FROM tenants t JOIN users u ON u.id = t.admin_user_id "
+                    "WHERE t.id = :id"
+                ),
+                {"id": uuid.UUID(response.tenant.id)},
+            )
+        ).one()
+    assert tuple(stored) == ("Caf\u00e9 Corp", "Zo\u00eb")
     await wait_done(stack.stubs, response.operation.name)
 
 

@@ -16,8 +16,10 @@ from tenant_api import pagination
 from tenant_api.errors import ApiError
 from tenant_api.operations import workflow_id_from_name
 from tenant_api.validation import (
+    description_problem,
     display_text_problem,
     email_problem,
+    normalize_display_text,
     optional_uuid,
     parse_uuid,
     require_uuid,
@@ -145,6 +147,14 @@ def test_slug_length_bounds_are_exact() -> None:
         "\uff21\uff43\uff4d\uff45",  # fullwidth letters are legitimate text
         "O'Brien; DROP TABLE tenants;--",  # harmless as data: parameters are bound
         "emoji \U0001f680",
+        "\u2764\ufe0f Love",  # emoji presentation selector (a mark) with visible text
+        "Acme\u3000Corp",  # ideographic space inside
+        "Acme\u2002Corp",  # en space inside
+        "Acme \u3164",  # a filler beside visible text: something visible remains
+        "\u2800 Braille art \u2801",
+        "Cafe\u0301",  # decomposed: valid, stored composed
+        "\ud55c\uad6d",  # Hangul syllables
+        "\u1100\u1161",  # conjoining jamo (NFC composes them)
     ],
 )
 def test_valid_display_text(text: str) -> None:
@@ -176,10 +186,63 @@ def test_valid_display_text(text: str) -> None:
         "Acme\u202a",  # left-to-right embedding
         "Acme\u2066x\u2069",  # isolates
         "Acme\u200f",  # right-to-left mark
+        # Format characters (Cf): zero-width, BOM, soft hyphen, tags, ...
+        "Ac\u200bme",  # zero width space
+        "Ac\u200cme",  # zero width non-joiner
+        "Ac\u200dme",  # zero width joiner
+        "\ufeffAcme",  # BOM
+        "Ac\u00adme",  # soft hyphen
+        "Acme\u2060",  # word joiner
+        "Acme\u2061",  # function application
+        "Acme\u180e",  # Mongolian vowel separator
+        "Acme\U000e0041",  # tag latin capital A
+        "\U0001f3f4\U000e0067\U000e0062\U000e007f",  # tag sequence flag
+        # Private use (Co), unassigned (Cn), noncharacters, surrogates (Cs)
+        "Acme\ue000",
+        "Acme\U000f0000",
+        "Acme\U00100000",
+        "Acme\u0378",  # unassigned
+        "Acme\ufffe",  # noncharacter
+        "Acme\ufdd0",  # noncharacter
+        "Acme\ud800",  # lone surrogate
+        # Made only of blank-rendering characters
+        "\u2800",  # braille pattern blank
+        "\u2800\u2800\u2800",
+        "\u3164",  # Hangul filler
+        "\u115f",
+        "\u1160",
+        "\u115f\u1160",
+        "\uffa0",  # halfwidth Hangul filler
+        "\U0001d159",  # null notehead
+        "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a",  # the Unicode spaces
+        "\u00a0",  # no-break space
+        "\u202f\u205f",
+        "\u1680",  # ogham space mark
+        " \u3164 \u2800 ",
+        "\u034f",  # combining grapheme joiner
+        "\ufe0f",  # variation selector alone
+        "\u0301\u0301",  # combining marks with nothing to combine with
+        "\u17b4\u17b5",  # Khmer inherent vowels
+        "\u3164" * 101,
     ],
 )
 def test_invalid_display_text(text: str) -> None:
     assert display_text_problem(text) is not None
+
+
+def test_display_text_length_counts_the_nfc_form() -> None:
+    # 100 decomposed e-acute are 200 code points but 100 characters after NFC.
+    assert display_text_problem("e\u0301" * 100) is None
+    assert display_text_problem("e\u0301" * 101) is not None
+    assert normalize_display_text("  Cafe\u0301  ") == "Caf\u00e9"
+    assert normalize_display_text("\u1100\u1161") == "\uac00"
+
+
+def test_forbidden_characters_are_named_by_code_point() -> None:
+    assert display_text_problem("Ac\u200dme") == (
+        "must not contain control, format, private-use or unassigned characters (U+200D)"
+    )
+    assert display_text_problem("\u2800") == "must contain a visible character, not only blank-rendering ones"
 
 
 def test_display_text_custom_max_length() -> None:
@@ -302,6 +365,12 @@ def test_validate_registration_trims_and_parses() -> None:
     assert validate_registration(**VALID).request_id is None
 
 
+def test_validate_registration_stores_the_nfc_form() -> None:
+    result = validate_registration(**{**VALID, "display_name": " Cafe\u0301 ", "admin_display_name": "Zoe\u0308"})
+    assert result.display_name == "Caf\u00e9"
+    assert result.admin_display_name == "Zo\u00eb"
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -315,6 +384,15 @@ def test_validate_registration_trims_and_parses() -> None:
         ("admin_email", ""),
         ("admin_display_name", "   "),
         ("admin_display_name", "Ada\u202e"),
+        ("display_name", "\u2800"),
+        ("display_name", "Ac\u200dme"),
+        ("display_name", "\ufeffAcme"),
+        ("display_name", "\u3164\u3164"),
+        ("display_name", "Acme\ue000"),
+        ("admin_display_name", "\u3164"),
+        ("admin_display_name", "\u115f\u1160"),
+        ("admin_display_name", "Ada\u200b"),
+        ("admin_display_name", "Ada\U000e0001"),
         ("request_id", "not-a-uuid"),
         ("request_id", "\x00"),
     ],
@@ -341,6 +419,40 @@ def test_validate_project() -> None:
     with pytest.raises(ApiError) as caught:
         validate_project("Apollo", "bad\x00byte")
     _assert_invalid(caught.value, "description")
+
+
+def test_validate_project_normalises_to_nfc() -> None:
+    # The name is trimmed, the description kept as written (but composed).
+    assert validate_project(" Apollo\u0301 ", "  Cafe\u0301\n") == ("Apoll\u00f3", "  Caf\u00e9\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "description", "fields"),
+    [
+        ("\u2800", "", {"name"}),
+        ("\u3164", "fine", {"name"}),
+        ("Apo\u200bllo", "", {"name"}),
+        ("\ufeffApollo", "", {"name"}),
+        ("Apollo\ue000", "", {"name"}),
+        ("Apollo", "zero\u200dwidth", {"description"}),
+        ("Apollo", "bidi \u202e", {"description"}),
+        ("Apollo", "\u2800\u2800", {"description"}),
+        ("Apollo", "\u3164\n\u3164", {"description"}),
+        ("Apollo", "private \U000f0001", {"description"}),
+        ("Apollo", "unassigned \u0378", {"description"}),
+        ("Apollo", "line\u2028separator", {"description"}),
+        ("\u115f", "\u2800", {"name", "description"}),
+    ],
+)
+def test_validate_project_rejects_invisible_text(name: str, description: str, fields: set[str]) -> None:
+    with pytest.raises(ApiError) as caught:
+        validate_project(name, description)
+    _assert_invalid(caught.value, *fields)
+
+
+@pytest.mark.parametrize("description", ["", "plain", "line one\n\tline two", "  indented", "\u2800 art \u2800"])
+def test_valid_descriptions(description: str) -> None:
+    assert description_problem(description) is None
 
 
 # --- page sizes --------------------------------------------------------------

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 from temporalio.service import RPCError, RPCStatusCode
 
 from provisioner_worker.metrics import DELETION_SECONDS, PROVISIONING_SECONDS
@@ -60,10 +61,59 @@ class TenantActivityInput:
     tenant_id: str
 
 
+# Why provisioning failed, as clients see it: a stable reason and a short
+# message, stored as "<REASON>: <message>" in the tenant's state_message and
+# the operation's error_message. The cause itself (an exception's text, which
+# for a database error holds the SQL and its parameter values) goes to the
+# worker's log only.
+PROVISIONING_FAILED = "PROVISIONING_FAILED"
+PROVISIONING_TIMED_OUT = "PROVISIONING_TIMED_OUT"
+MEMBERSHIP_REFERENCE_MISSING_REASON = "MEMBERSHIP_REFERENCE_MISSING"
+FAILURE_MESSAGES = {
+    PROVISIONING_FAILED: "the tenant could not be provisioned",
+    PROVISIONING_TIMED_OUT: "provisioning did not finish in time",
+    MEMBERSHIP_REFERENCE_MISSING_REASON: "the admin membership references a user or tenant that does not exist",
+}
+
+
+def provisioning_failure_reason(cause: BaseException | None) -> str:
+    """The stable reason for a provisioning step's failure (pure: the
+    workflow calls it)."""
+    if isinstance(cause, ApplicationError) and cause.type == MEMBERSHIP_REFERENCE_MISSING:
+        return MEMBERSHIP_REFERENCE_MISSING_REASON
+    if isinstance(cause, TemporalTimeoutError):
+        return PROVISIONING_TIMED_OUT
+    return PROVISIONING_FAILED
+
+
+def failure_detail(error: BaseException) -> str:
+    """An activity failure's messages down its cause chain (the database
+    error under an ApplicationError raised from it), for the worker's log.
+    Pure: the workflow calls it."""
+    messages: list[str] = []
+    current: BaseException | None = error
+    while current is not None and len(messages) < 10:
+        messages.append(f"{type(current).__name__}: {current}")
+        current = getattr(current, "cause", None) or current.__cause__
+    return " <- ".join(messages)
+
+
+def failure_text(reason: str) -> str:
+    """What clients see for `reason`; an unknown reason is reported as the
+    generic one, so no free text ever reaches them."""
+    if reason not in FAILURE_MESSAGES:
+        reason = PROVISIONING_FAILED
+    return f"{reason}: {FAILURE_MESSAGES[reason]}"
+
+
 @dataclass(frozen=True)
 class FailProvisioningInput:
     tenant_id: str
-    error_message: str
+    # The cause's text, for the worker's log only: never stored or shown.
+    # (Its name is kept so inputs recorded by earlier versions still decode.)
+    error_message: str = ""
+    # One of FAILURE_MESSAGES' keys: what the tenant and operation record.
+    reason: str = PROVISIONING_FAILED
 
 
 async def _lock_tenant_state(conn: AsyncConnection, tenant_id: uuid.UUID) -> str:
@@ -173,15 +223,17 @@ class TenantActivities:
     async def fail_provisioning(self, input: FailProvisioningInput) -> None:
         """Compensation: drop what was created, tenant FAILED, operation FAILED."""
         tenant_id = uuid.UUID(input.tenant_id)
+        message = failure_text(input.reason)
+        log.warning("provisioning of tenant %s failed (%s): %s", tenant_id, input.reason, input.error_message)
         async with self._engine.begin() as conn:
             state = await _lock_tenant_state(conn, tenant_id)
             if state != TenantState.CREATING:
                 return  # deleted meanwhile: the deletion workflow owns the cleanup
             await conn.execute(tenant_sql.drop_schema(tenant_id))
             await conn.execute(tenant_sql.revoke_memberships(tenant_id))
-            elapsed = await conn.scalar(tenant_sql.mark_failed(tenant_id, input.error_message))
+            elapsed = await conn.scalar(tenant_sql.mark_failed(tenant_id, message))
             workflow_id = provision_workflow_id(tenant_id)
-            await _finish_operation(conn, workflow_id, OperationState.FAILED, input.error_message)
+            await _finish_operation(conn, workflow_id, OperationState.FAILED, message)
             await _append_event(conn, tenant_id, TenantEventType.PROVISIONING_FAILED, TenantState.FAILED, workflow_id)
         PROVISIONING_SECONDS.labels("failed").observe(float(elapsed or 0))
 

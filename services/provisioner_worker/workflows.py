@@ -25,6 +25,8 @@ with workflow.unsafe.imports_passed_through():
         FailProvisioningInput,
         TenantActivities,
         TenantActivityInput,
+        failure_detail,
+        provisioning_failure_reason,
     )
     from provisioner_worker.reconciler import ReconcilerActivities, ReconcileReport
 
@@ -81,13 +83,16 @@ class TenantProvisioningWorkflow:
             if isinstance(cause, ApplicationError) and cause.type == TENANT_NOT_PROVISIONABLE:
                 # Deleted meanwhile: the deletion workflow owns the cleanup.
                 return "abandoned"
-            message = str(cause) if cause is not None else str(err)
+            # The cause's text (SQL and parameter values, for a database
+            # error) is for the worker's log; clients get the stable reason.
+            reason = provisioning_failure_reason(cause)
+            detail = failure_detail(cause if cause is not None else err)
             await workflow.execute_activity_method(
                 TenantActivities.fail_provisioning,
-                FailProvisioningInput(tenant_id=input.tenant_id, error_message=message),
+                FailProvisioningInput(tenant_id=input.tenant_id, error_message=detail, reason=reason),
                 **step(UNTIL_DONE_RETRY),
             )
-            raise ApplicationError(f"provisioning failed: {message}", type="ProvisioningFailed") from err
+            raise ApplicationError(f"provisioning failed: {reason}", type="ProvisioningFailed") from err
         return "active"
 
 

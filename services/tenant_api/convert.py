@@ -49,12 +49,21 @@ def tenant_etag(tenant: Tenant) -> str:
     return f'W/"{digest}"'
 
 
+def canonical_email(email: str) -> str:
+    """The form an email is compared in (`lower(email)`, the users index)."""
+    return email.lower()
+
+
 def tenant_to_proto(tenant: Tenant, admin_email: str) -> tenant_pb2.Tenant:
+    """The API's view of a tenant. `admin_email` is shown in its canonical,
+    lower-case form (emails are ASCII and case-insensitively unique): the
+    stored casing is the first registrant's, and echoing it would tell a
+    RegisterTenant caller that the address already belonged to a user."""
     return tenant_pb2.Tenant(
         id=str(tenant.id),
         slug=tenant.slug,
         display_name=tenant.display_name,
-        admin_email=admin_email,
+        admin_email=canonical_email(admin_email),
         state=_TENANT_STATES[TenantState(tenant.state)],
         state_message=tenant.state_message,
         create_time=_timestamp(tenant.create_time),

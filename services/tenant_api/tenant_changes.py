@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from tenant_api.errors import FieldViolation, invalid_field, invalid_fields
-from tenant_api.validation import display_text_problem
+from tenant_api.validation import display_text_problem, normalize_display_text
 from tenantry.states import TenantState
 
 MAX_LABELS = 64
@@ -69,7 +69,7 @@ def validate_update(paths: Sequence[str], display_name: str, labels: Mapping[str
     if violations:
         raise invalid_fields(violations)
     return TenantUpdate(
-        display_name=display_name.strip() if "display_name" in paths else None,
+        display_name=normalize_display_text(display_name) if "display_name" in paths else None,
         labels=dict(labels) if "labels" in paths else None,
     )
 
@@ -77,7 +77,7 @@ def validate_update(paths: Sequence[str], display_name: str, labels: Mapping[str
 def validate_reason(reason: str) -> str:
     if (p := display_text_problem(reason, MAX_REASON_LENGTH)) is not None:
         raise invalid_field("reason", p)
-    return reason.strip()
+    return normalize_display_text(reason)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,24 +29,62 @@ def slug_problem(slug: str) -> str | None:
     return None
 
 
-# Line/paragraph separators and the Unicode Bidi_Control characters (marks,
-# embeddings, overrides, isolates): invisible, and able to make a name display
-# as something else ("Trojan Source").
-_INVISIBLE_CONTROLS = frozenset("\u2028\u2029\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Unicode general categories no display text may contain: controls (Cc),
+# format characters (Cf: zero-width space/joiner, bidi marks, embeddings,
+# overrides and isolates ("Trojan Source"), BOM, soft hyphen, tags),
+# surrogates (Cs), private use (Co), unassigned code points (Cn, which
+# includes the noncharacters) and the line/paragraph separators (Zl, Zp).
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+# Characters that are letters or symbols to Unicode but render as nothing
+# (or as a blank): a name made only of these (plus spaces and combining
+# marks) would look empty or impersonate another name padded with them.
+BLANK_RENDERING = frozenset(
+    "\u115f"  # HANGUL CHOSEONG FILLER
+    "\u1160"  # HANGUL JUNGSEONG FILLER
+    "\u2800"  # BRAILLE PATTERN BLANK
+    "\u3164"  # HANGUL FILLER
+    "\uffa0"  # HALFWIDTH HANGUL FILLER
+    "\U0001d159"  # MUSICAL SYMBOL NULL NOTEHEAD
+)
 
 
-def _has_control_characters(text: str, allowed: str = "") -> bool:
-    return any(
-        ((ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0) and c not in allowed) or c in _INVISIBLE_CONTROLS for c in text
-    )
+def _is_forbidden(c: str, allowed: str) -> bool:
+    return c not in allowed and unicodedata.category(c) in _FORBIDDEN_CATEGORIES
+
+
+def _is_visible(c: str) -> bool:
+    """Renders as something on its own: not a space (Zs, U+2000-U+200A, the
+    ideographic space ...), not a blank-rendering letter or symbol, and not a
+    combining mark (variation selectors, the combining grapheme joiner and
+    the like have nothing to combine with in a blank name)."""
+    return not (c.isspace() or c in BLANK_RENDERING or unicodedata.category(c)[0] in "ZM")
+
+
+def normalize_display_text(text: str) -> str:
+    """The stored form of display text: NFC-normalised, then trimmed."""
+    return unicodedata.normalize("NFC", text).strip()
+
+
+def _text_problem(text: str, allowed: str = "") -> str | None:
+    forbidden = sorted({c for c in text if _is_forbidden(c, allowed)})
+    if forbidden:
+        shown = ", ".join(f"U+{ord(c):04X}" for c in forbidden[:5])
+        return f"must not contain control, format, private-use or unassigned characters ({shown})"
+    return None
 
 
 def display_text_problem(text: str, max_length: int = 100) -> str | None:
-    trimmed = text.strip()
-    if not 1 <= len(trimmed) <= max_length:
+    """Why `text` is not acceptable display text (a tenant's, an admin's or a
+    project's name), or None. Judged on `normalize_display_text(text)`, the
+    form to store."""
+    normalized = normalize_display_text(text)
+    if not 1 <= len(normalized) <= max_length:
         return f"must be 1-{max_length} characters after trimming"
-    if _has_control_characters(text):
-        return "must not contain control characters"
+    if (p := _text_problem(unicodedata.normalize("NFC", text))) is not None:
+        return p
+    if not any(_is_visible(c) for c in normalized):
+        return "must contain a visible character, not only blank-rendering ones"
     return None
 
 
@@ -93,9 +132,9 @@ def validate_registration(
         raise invalid_fields(violations)
     return RegistrationInput(
         slug=slug,
-        display_name=display_name.strip(),
+        display_name=normalize_display_text(display_name),
         admin_email=admin_email,
-        admin_display_name=admin_display_name.strip(),
+        admin_display_name=normalize_display_text(admin_display_name),
         request_id=parse_uuid(request_id) if request_id else None,
     )
 
@@ -111,14 +150,29 @@ def optional_uuid(field: str, value: str) -> uuid.UUID | None:
     return require_uuid(field, value) if value else None
 
 
+def description_problem(description: str, max_length: int = 2000) -> str | None:
+    """Why `description` is not acceptable, or None: free text that may be
+    empty and may span lines (newline and tab allowed), otherwise under the
+    display-text rules (NFC, no control/format/private-use/unassigned
+    characters, not only blank-rendering characters). Judged and stored
+    NFC-normalised but untrimmed: leading indentation may be meant."""
+    normalized = unicodedata.normalize("NFC", description)
+    if len(normalized) > max_length:
+        return f"must be at most {max_length} characters"
+    if (p := _text_problem(normalized, allowed="\n\t")) is not None:
+        return p
+    if normalized and not any(_is_visible(c) for c in normalized):
+        return "must be empty or contain a visible character, not only blank-rendering ones"
+    return None
+
+
 def validate_project(name: str, description: str) -> tuple[str, str]:
+    """The project's name (NFC, trimmed) and description (NFC) as stored."""
     violations = []
     if (p := display_text_problem(name)) is not None:
         violations.append(FieldViolation("name", p))
-    if len(description) > 2000:
-        violations.append(FieldViolation("description", "must be at most 2000 characters"))
-    elif _has_control_characters(description, allowed="\n\t"):
-        violations.append(FieldViolation("description", "must not contain control characters"))
+    if (p := description_problem(description)) is not None:
+        violations.append(FieldViolation("description", p))
     if violations:
         raise invalid_fields(violations)
-    return name.strip(), description
+    return normalize_display_text(name), unicodedata.normalize("NFC", description)
