@@ -325,5 +325,6 @@ class TokenVerifier:
         except jwt.ExpiredSignatureError:
             raise token_expired() from None
         except jwt.PyJWTError as exc:
-            raise token_invalid(str(exc)) from None
+            # PyJWT names the failed check (signature, audience, issuer, a missing claim), never a value.
+            raise token_invalid(str(exc)[:120]) from None
         return principal_from_claims(claims)
