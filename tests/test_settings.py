@@ -41,6 +41,7 @@ from tenantry.settings import (
     migrations_dir_from,
 )
 from tenantry_dev.embedded import BIN_DIR
+from tenantry_dev.tokens import PAGE_TOKEN_KEY_FILE_NAME, ensure_page_token_key
 from tests.stack import REPO_ROOT
 
 DATABASE_URL = "postgresql+asyncpg://tenantry:secret@127.0.0.1:1/tenantry"
@@ -331,6 +332,15 @@ def test_the_page_token_key_is_never_shown() -> None:
         base64.urlsafe_b64encode(PAGE_TOKEN_KEY).decode().rstrip("="),
     ):
         assert ApiSettings.from_env({**REQUIRED, "TENANTRY_PAGE_TOKEN_KEY": text}).page_token_key == PAGE_TOKEN_KEY
+
+
+def test_tenantry_dev_makes_a_page_token_key_once_and_keeps_it(tmp_path: Path) -> None:
+    directory = tmp_path / ".tenantry"
+    key = ensure_page_token_key(directory)
+    assert ensure_page_token_key(directory) == key
+    assert (directory / PAGE_TOKEN_KEY_FILE_NAME).stat().st_mode & 0o077 == 0
+    assert len(ApiSettings.from_env({**REQUIRED, "TENANTRY_PAGE_TOKEN_KEY": key}).page_token_key) == 32
+    assert ensure_page_token_key(tmp_path / "elsewhere") != key
 
 
 def test_every_readme_variable_is_read_here() -> None:
