@@ -24,7 +24,7 @@ MAX_PAGE_SIZE = 500
 TOKEN_LIFETIME = timedelta(hours=1)
 # Issue times up to this far in the future are accepted: replicas' clocks differ a little.
 CLOCK_SKEW = timedelta(minutes=5)
-# Refused before any decoding. Our tokens are ~100 characters (keys are at most 200).
+# Refused before any decoding. Our tokens are 90-140 characters (keys are ids of at most 200).
 MAX_TOKEN_CHARS = 2048
 MIN_KEY_BYTES = 32
 _TAG_BYTES = hashlib.sha256().digest_size
