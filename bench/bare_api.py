@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import uuid
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tenant_api.call_transaction import call_transaction, open_transaction, unscoped_connection
 from tenant_api.headers import TENANT_ID_HEADER
+from tenant_api.pagination import PageTokens
 from tenant_api.projects import Projects
 from tenant_api.server import SERVER_OPTIONS
 from tenant_api.servicers import ProjectServicer
@@ -45,7 +47,8 @@ class UngatedProjectServicer(ProjectServicer):
     """Sets `current_tenant` itself, as the gate interceptor would, then delegates."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__(Projects())
+        # Its own throwaway key: the baseline signs page tokens like the API does.
+        super().__init__(Projects(PageTokens(secrets.token_bytes(32))))
         self._engine = engine
 
     @asynccontextmanager

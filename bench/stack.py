@@ -41,7 +41,7 @@ from tenantry_dev.embedded import (
     wait_grpc_serving,
 )
 from tenantry_dev.embedded import ChildProcess as Service
-from tenantry_dev.tokens import DEV_ISSUER, SigningKey, ensure_signing_key, mint_token
+from tenantry_dev.tokens import DEV_ISSUER, SigningKey, ensure_page_token_key, ensure_signing_key, mint_token
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_SECONDS = 60.0
@@ -144,6 +144,7 @@ class BenchStack:
                 "TENANTRY_WORKER_LIVENESS_FILE": str(self.workdir / "worker.alive"),
                 "TENANTRY_AUTH_ISSUER": DEV_ISSUER,
                 "TENANTRY_AUTH_JWKS_FILE": str(self.signing_key().jwks_file),
+                "TENANTRY_PAGE_TOKEN_KEY": ensure_page_token_key(self.workdir / "auth"),
             }
         )
         return env

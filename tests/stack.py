@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import pkgutil
+import secrets
 import socket
 import sys
 import tempfile
@@ -19,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ import tenantry.v1 as tenantry_v1
 from provisioner_worker.worker import activities_for, build_worker
 from tenant_api.authentication import JwksKeys, TokenVerifier
 from tenant_api.headers import TENANT_ID_HEADER
+from tenant_api.pagination import PageTokens
 from tenant_api.server import RunningApi, start_api
 from tenantry.settings import AuthSettings
 from tenantry.v1 import (
@@ -92,9 +94,24 @@ def verifier_for_tests() -> TokenVerifier:
     return TokenVerifier(TEST_AUTH, JwksKeys.from_settings(TEST_AUTH))
 
 
+# The page token key of every API these tests start (in-process or not).
+TEST_PAGE_TOKEN_KEY = secrets.token_bytes(32)
+
+
+def page_tokens_for_tests(**kwargs: Any) -> PageTokens:
+    """The page token signer of the APIs these tests start; `kwargs` (key,
+    lifetime, clock) make one that differs."""
+    return PageTokens(kwargs.pop("key", TEST_PAGE_TOKEN_KEY), **kwargs)
+
+
 def auth_env() -> dict[str, str]:
-    """What a tenant-api process needs to verify these tests' tokens."""
-    return {"TENANTRY_AUTH_ISSUER": TEST_AUTH.issuer, "TENANTRY_AUTH_JWKS_FILE": str(TEST_AUTH.jwks_file)}
+    """What a tenant-api process needs to verify these tests' tokens (and sign
+    page tokens the in-process APIs accept too)."""
+    return {
+        "TENANTRY_AUTH_ISSUER": TEST_AUTH.issuer,
+        "TENANTRY_AUTH_JWKS_FILE": str(TEST_AUTH.jwks_file),
+        "TENANTRY_PAGE_TOKEN_KEY": TEST_PAGE_TOKEN_KEY.hex(),
+    }
 
 
 def api_channel(target: str, token: str | None = ADMIN_TOKEN, **kwargs: Any) -> grpc.aio.Channel:
@@ -146,11 +163,18 @@ async def running_stack(
     task_queue: str | None = None,
     activities: list[Callable[..., Any]] | None = None,
     with_worker: bool = True,
+    page_tokens: PageTokens | None = None,
 ) -> AsyncIterator[Stack]:
-    """API in-process on port 0 plus (optionally) a worker, on their own task queue."""
+    """API in-process on port 0 plus (optionally) a worker, on their own task
+    queue. `page_tokens`: default page_tokens_for_tests()."""
     queue = task_queue or f"test-{uuid.uuid4().hex[:12]}"
     api = await start_api(
-        engine=engine, client=client, task_queue=queue, address="127.0.0.1:0", verifier=verifier_for_tests()
+        engine=engine,
+        client=client,
+        task_queue=queue,
+        address="127.0.0.1:0",
+        verifier=verifier_for_tests(),
+        page_tokens=page_tokens or page_tokens_for_tests(),
     )
     channel = api_channel(f"127.0.0.1:{api.port}")
     try:
@@ -299,7 +323,15 @@ async def count_tenants(engine: AsyncEngine) -> int:
 
 
 def forged_page_token(position: str, key: str, query: str) -> str:
-    """A well-formed but unsigned page token, as a client could forge one."""
+    """A page token pointing anywhere (`position` in ISO 8601), signed with the
+    tests' key: what only a holder of the key (or a bug of ours) could make.
+    Even that must never break the server."""
+    return page_tokens_for_tests().encode(datetime.fromisoformat(position), key, query)
+
+
+def unsigned_page_token(position: str, key: str, query: str) -> str:
+    """A well-formed page token as it was before tokens were signed, and as a
+    client can forge one: always refused now."""
     raw = json.dumps({"p": position, "k": key, "q": query}).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 

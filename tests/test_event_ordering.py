@@ -18,6 +18,7 @@ from tenantry.db.engine import create_session_factory
 from tenantry.db.events import EventRecord, append_event
 from tenantry.schema_names import schema_name_for
 from tenantry.states import TenantEventType, TenantState
+from tests.stack import page_tokens_for_tests
 
 WRITERS = 12
 TRANSACTIONS_PER_WRITER = 15
@@ -52,7 +53,7 @@ async def test_resumed_watchers_see_every_committed_event_once_in_order(engine: 
     tenants = await _tenant_rows(engine, 5)
     sessions = create_session_factory(engine)
     feed = EventFeed(engine)
-    events = TenantEvents(sessions, feed)
+    events = TenantEvents(sessions, feed, page_tokens_for_tests())
     async with sessions() as session:
         start = int((await session.execute(text("SELECT last_sequence FROM tenant_event_counter"))).scalar_one())
     committed: list[int] = []
@@ -124,7 +125,7 @@ async def test_a_watch_from_now_skips_the_backlog_and_gets_live_events(engine: A
     (tenant,) = await _tenant_rows(engine, 1)
     sessions = create_session_factory(engine)
     feed = EventFeed(engine)
-    events = TenantEvents(sessions, feed)
+    events = TenantEvents(sessions, feed, page_tokens_for_tests())
     async with engine.begin() as conn:
         await append_event(conn, EventRecord(tenant, TenantEventType.UPDATED, TenantState.ACTIVE, "before"))
     stream = events.watch(tenant, None)
@@ -142,7 +143,7 @@ async def test_a_watch_from_now_skips_the_backlog_and_gets_live_events(engine: A
 async def test_closing_the_feed_ends_open_watches(engine: AsyncEngine) -> None:
     sessions = create_session_factory(engine)
     feed = EventFeed(engine)
-    events = TenantEvents(sessions, feed)
+    events = TenantEvents(sessions, feed, page_tokens_for_tests())
 
     async def drain() -> int:
         return len([event async for event in events.watch(None, None)])

@@ -30,6 +30,7 @@ from tests.stack import (
     api_channel,
     error_info,
     eventually,
+    page_tokens_for_tests,
     registration,
     running_stack,
     service_env,
@@ -144,6 +145,7 @@ async def test_health_follows_database_and_outage_is_unavailable(
         task_queue="unused",
         address="127.0.0.1:0",
         verifier=verifier_for_tests(),
+        page_tokens=page_tokens_for_tests(),
     )
     try:
         async with api_channel(f"127.0.0.1:{api.port}") as channel:

@@ -3,6 +3,7 @@ one clear line, and the real console scripts exiting 2 without a traceback."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -41,6 +42,7 @@ from tenantry.settings import (
     migrations_dir_from,
 )
 from tenantry_dev.embedded import BIN_DIR
+from tenantry_dev.tokens import PAGE_TOKEN_KEY_FILE_NAME, ensure_page_token_key
 from tests.stack import REPO_ROOT
 
 DATABASE_URL = "postgresql+asyncpg://tenantry:secret@127.0.0.1:1/tenantry"
@@ -51,11 +53,13 @@ JWKS_FILE.write_text('{"keys": []}')
 # handshake checks what is in them (tests/test_temporal_tls.py).
 PEM_FILE = JWKS_FILE.with_name("temporal.pem")
 PEM_FILE.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+PAGE_TOKEN_KEY = bytes(range(32))
 REQUIRED = {
     "TENANTRY_DATABASE_URL": DATABASE_URL,
     "TENANTRY_TEMPORAL_ADDRESS": TEMPORAL_ADDRESS,
     "TENANTRY_AUTH_ISSUER": "https://idp.example",
     "TENANTRY_AUTH_JWKS_FILE": str(JWKS_FILE),
+    "TENANTRY_PAGE_TOKEN_KEY": PAGE_TOKEN_KEY.hex(),
 }
 AUTH_DEFAULTS = AuthSettings(
     issuer="https://idp.example", audience=DEFAULT_AUTH_AUDIENCE, jwks_file=JWKS_FILE, jwks_url=None
@@ -75,6 +79,7 @@ def test_defaults() -> None:
         metrics_address=DEFAULT_API_METRICS_ADDRESS,
         grpc_address=DEFAULT_GRPC_ADDRESS,
         auth=AUTH_DEFAULTS,
+        page_token_key=PAGE_TOKEN_KEY,
     )
     assert WorkerSettings.from_env(REQUIRED) == WorkerSettings(
         **COMMON_DEFAULTS,
@@ -150,6 +155,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "TENANTRY_TEMPORAL_TLS_CERT_FILE": f" {PEM_FILE} ",
         "TENANTRY_TEMPORAL_TLS_KEY_FILE": str(PEM_FILE),
         "TENANTRY_TEMPORAL_API_KEY": " tk-cloud-key ",
+        "TENANTRY_PAGE_TOKEN_KEY": base64.b64encode(bytes(range(40))).decode(),
     }
     common: dict[str, Any] = {
         "database_url": "postgresql+asyncpg://postgres@/postgres?host=/tmp/pg",
@@ -167,6 +173,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
             "https://login.example.com/", "tenantry-prod", None, "https://login.example.com/.well-known/jwks.json"
         ),
         tls=TlsSettings(Path("/tls/cert.pem"), Path("/tls/key.pem"), Path("/tls/clients.pem")),
+        page_token_key=bytes(range(40)),
     )
     assert WorkerSettings.from_env(env) == WorkerSettings(
         **common,
@@ -271,6 +278,13 @@ API_MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_AUTH_JWKS_FILE", None),  # and no URL either
     ("TENANTRY_AUTH_JWKS_FILE", "/nonexistent/jwks.json"),
     ("TENANTRY_AUTH_JWKS_URL", "http://idp.example/jwks.json"),  # keys over plaintext: refused
+    ("TENANTRY_PAGE_TOKEN_KEY", None),
+    ("TENANTRY_PAGE_TOKEN_KEY", "  "),
+    ("TENANTRY_PAGE_TOKEN_KEY", "00" * 31),  # 31 bytes: too short
+    ("TENANTRY_PAGE_TOKEN_KEY", base64.b64encode(bytes(31)).decode()),  # too short as base64 too
+    ("TENANTRY_PAGE_TOKEN_KEY", "secret"),  # decodes, to 4 bytes
+    ("TENANTRY_PAGE_TOKEN_KEY", "not a key: " + "x" * 64),  # neither hex nor base64
+    ("TENANTRY_PAGE_TOKEN_KEY", "A" * 45),  # base64 of a length no encoder writes
 ]
 HEALTHCHECK_MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_HEALTHCHECK_SERVER_NAME", "local host"),
@@ -306,8 +320,8 @@ DEV_MALFORMED = [
     (v, value)
     for v, value in COMMON_MALFORMED + API_MALFORMED + WORKER_MALFORMED
     if not (v in ("TENANTRY_DATABASE_URL", "TENANTRY_TEMPORAL_ADDRESS") and not (value or "").strip())
-    # tenantry-dev makes its own signing key and sets these for the API.
-    and not v.startswith("TENANTRY_AUTH_")
+    # tenantry-dev makes its own signing key and page token key and sets these for the API.
+    and not v.startswith(("TENANTRY_AUTH_", "TENANTRY_PAGE_TOKEN_KEY"))
 ]
 
 READERS: dict[str, tuple[Callable[[Mapping[str, str]], object], list[tuple[str, str | None]]]] = {
@@ -338,6 +352,32 @@ def test_malformed_variable_is_named(process: str, variable: str, value: str | N
     assert "\n" not in message
     # A URL's password never reaches logs through an error message.
     assert "secret@" not in message
+
+
+def test_the_page_token_key_is_never_shown() -> None:
+    settings = ApiSettings.from_env(REQUIRED)
+    assert settings.page_token_key == PAGE_TOKEN_KEY
+    assert PAGE_TOKEN_KEY.hex() not in repr(settings) and repr(PAGE_TOKEN_KEY) not in repr(settings)
+    short = "ab" * 31
+    with pytest.raises(SettingsError) as caught:
+        ApiSettings.from_env({**REQUIRED, "TENANTRY_PAGE_TOKEN_KEY": short})
+    assert short not in str(caught.value) and "got 31" in str(caught.value)
+    # Hex, base64 and base64url, padded or not, all work; hex wins when both read.
+    for text in (
+        PAGE_TOKEN_KEY.hex().upper(),
+        base64.b64encode(PAGE_TOKEN_KEY).decode(),
+        base64.urlsafe_b64encode(PAGE_TOKEN_KEY).decode().rstrip("="),
+    ):
+        assert ApiSettings.from_env({**REQUIRED, "TENANTRY_PAGE_TOKEN_KEY": text}).page_token_key == PAGE_TOKEN_KEY
+
+
+def test_tenantry_dev_makes_a_page_token_key_once_and_keeps_it(tmp_path: Path) -> None:
+    directory = tmp_path / ".tenantry"
+    key = ensure_page_token_key(directory)
+    assert ensure_page_token_key(directory) == key
+    assert (directory / PAGE_TOKEN_KEY_FILE_NAME).stat().st_mode & 0o077 == 0
+    assert len(ApiSettings.from_env({**REQUIRED, "TENANTRY_PAGE_TOKEN_KEY": key}).page_token_key) == 32
+    assert ensure_page_token_key(tmp_path / "elsewhere") != key
 
 
 def test_every_readme_variable_is_read_here() -> None:

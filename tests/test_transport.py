@@ -30,6 +30,7 @@ from tests.stack import (
     ServiceProcess,
     auth_env,
     eventually,
+    page_tokens_for_tests,
     service_env,
     spawn,
     stopping,
@@ -135,6 +136,7 @@ async def _start(
         task_queue=f"tls-{uuid.uuid4().hex[:8]}",
         address="127.0.0.1:0",
         verifier=verifier_for_tests(),
+        page_tokens=page_tokens_for_tests(),
         credentials=credentials,
     )
     started.append(api)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import grpc
 import pytest
@@ -474,44 +474,105 @@ def test_negative_page_size_is_invalid(requested: int) -> None:
 
 # --- page tokens -------------------------------------------------------------
 
+KEY = bytes(range(32))
+TOKENS = pagination.PageTokens(KEY)
+POSITION = datetime(2024, 5, 17, 12, 30, 45, 123456, tzinfo=UTC)
+
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _json_token(data: object) -> str:
-    return _b64(json.dumps(data).encode())
+def _signed(payload: bytes, query: str = "tenants:0") -> str:
+    """A payload signed with TOKENS' key: what only we could issue, malformed or not."""
+    return _b64(payload + TOKENS._tag(query, payload))
 
 
-POSITION = datetime(2024, 5, 17, 12, 30, 45, 123456, tzinfo=UTC)
+def _signed_json(data: object, query: str = "tenants:0") -> str:
+    return _signed(json.dumps(data).encode(), query)
+
+
+def _now() -> int:
+    return int(datetime.now(UTC).timestamp())
+
+
+def _micros(when: datetime) -> int:
+    return (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def test_page_token_round_trip() -> None:
     key = uuid.uuid4()
-    token = pagination.encode_token(POSITION, str(key), "tenants:0")
-    assert pagination.decode_token(token, "tenants:0", uuid.UUID) == (POSITION, key)
-    # URL-safe, unpadded, and it does not spell out its content.
+    token = TOKENS.encode(POSITION, str(key), "tenants:0")
+    assert TOKENS.decode(token, "tenants:0", uuid.UUID) == (POSITION, key)
+    # URL-safe, unpadded, compact, and it does not spell out its content.
     assert token.replace("-", "").replace("_", "").isalnum()
     assert "=" not in token
+    assert len(token) < 140
     assert str(key) not in token
+    # Positions come back in UTC whatever offset they had.
+    shifted = POSITION.astimezone(timezone(timedelta(hours=2)))
+    decoded = TOKENS.decode(TOKENS.encode(shifted, str(key), "q"), "q", uuid.UUID)
+    assert decoded == (POSITION, key) and decoded[0] is not None and decoded[0].utcoffset() == timedelta(0)
+    # Unpositioned listings (the event feed) carry the key alone.
+    assert TOKENS.decode(TOKENS.encode(None, "42", "events:"), "events:", int, positioned=False) == (None, 42)
 
 
 def test_empty_token_means_first_page() -> None:
-    assert pagination.decode_token("", "tenants:0", uuid.UUID) is None
+    assert TOKENS.decode("", "tenants:0", uuid.UUID) is None
 
 
 def test_token_cannot_be_replayed_on_another_query() -> None:
-    token = pagination.encode_token(POSITION, str(uuid.uuid4()), "tenants:0")
+    token = TOKENS.encode(POSITION, str(uuid.uuid4()), "tenants:0")
     with pytest.raises(ApiError) as caught:
-        pagination.decode_token(token, "tenants:1", uuid.UUID)
+        TOKENS.decode(token, "tenants:1", uuid.UUID)
     _assert_invalid(caught.value, "page_token")
-    op_token = pagination.encode_token(POSITION, "tenant-provision-x", "operations::")
+    op_token = TOKENS.encode(POSITION, "tenant-provision-x", "operations::")
     with pytest.raises(ApiError) as caught:
-        pagination.decode_token(op_token, "operations::SUCCEEDED", str)
+        TOKENS.decode(op_token, "operations::SUCCEEDED", str)
+    _assert_invalid(caught.value, "page_token")
+    # The tenant is part of the query of tenant-scoped listings.
+    project_token = TOKENS.encode(POSITION, str(uuid.uuid4()), f"projects:{uuid.UUID(int=1)}")
+    with pytest.raises(ApiError) as caught:
+        TOKENS.decode(project_token, f"projects:{uuid.UUID(int=2)}", uuid.UUID)
     _assert_invalid(caught.value, "page_token")
 
 
-GOOD = {"p": POSITION.isoformat(), "k": str(uuid.UUID(int=1)), "q": "tenants:0"}
+def test_another_key_refuses_the_token() -> None:
+    token = TOKENS.encode(POSITION, str(uuid.uuid4()), "tenants:0")
+    with pytest.raises(ApiError) as caught:
+        pagination.PageTokens(bytes(reversed(KEY))).decode(token, "tenants:0", uuid.UUID)
+    _assert_invalid(caught.value, "page_token")
+    assert pagination.PageTokens(KEY).decode(token, "tenants:0", uuid.UUID) is not None
+
+
+def test_tokens_expire_after_their_lifetime() -> None:
+    # Issue times are whole seconds.
+    issued = POSITION.replace(microsecond=0)
+    now = [issued]
+    tokens = pagination.PageTokens(KEY, lifetime=timedelta(minutes=10), clock=lambda: now[0])
+    token = tokens.encode(POSITION, "w", "ops")
+    now[0] += timedelta(minutes=10)
+    assert tokens.decode(token, "ops", str) == (POSITION, "w")
+    now[0] += timedelta(seconds=1)
+    with pytest.raises(ApiError) as caught:
+        tokens.decode(token, "ops", str)
+    _assert_invalid(caught.value, "page_token")
+    assert "expired" in caught.value.violations[0].description
+    # Issued more than the allowed clock skew in the future: refused too.
+    now[0] = issued - pagination.CLOCK_SKEW - timedelta(seconds=1)
+    with pytest.raises(ApiError):
+        tokens.decode(token, "ops", str)
+
+
+def test_a_short_key_or_no_lifetime_is_a_programming_error() -> None:
+    with pytest.raises(ValueError):
+        pagination.PageTokens(bytes(31))
+    with pytest.raises(ValueError):
+        pagination.PageTokens(KEY, lifetime=timedelta(0))
+    assert KEY.hex() not in repr(TOKENS)
+
+
+GOOD = [_now(), str(uuid.UUID(int=1)), _micros(POSITION)]
 
 GARBAGE_TOKENS = [
     "x",
@@ -520,64 +581,62 @@ GARBAGE_TOKENS = [
     "not a token",
     "\u00e9\u00e9\u00e9\u00e9",
     "\x00\x00\x00\x00",
+    "A" * (pagination.MAX_TOKEN_CHARS + 1),
     _b64(b"\xff\xfe\xfd\xfc"),
     _b64(b"{"),
-    _b64(b"null"),
-    _b64(b"42"),
-    _b64(b'"string"'),
-    _b64(b"[]"),
-    _b64(b"{}"),
-    _b64(b"[" * 100_000),  # deeply nested JSON must not blow the stack
-    _b64(b'{"p":' * 50_000),
-    _json_token({**GOOD, "q": "tenants:1"}),
-    _json_token({k: v for k, v in GOOD.items() if k != "q"}),
-    _json_token({k: v for k, v in GOOD.items() if k != "p"}),
-    _json_token({k: v for k, v in GOOD.items() if k != "k"}),
-    _json_token({**GOOD, "k": "not-a-uuid"}),
-    _json_token({**GOOD, "k": 7}),
-    _json_token({**GOOD, "k": None}),
-    _json_token({**GOOD, "k": [str(uuid.UUID(int=1))]}),
-    _json_token({**GOOD, "p": "yesterday"}),
-    _json_token({**GOOD, "p": 1715949045}),
-    _json_token({**GOOD, "p": None}),
-    _json_token({**GOOD, "p": "2024-05-17T12:30:45"}),  # naive timestamp
-    _json_token({**GOOD, "q": None}),
-    # Well-formed but forged: would reach the database and break there.
-    _json_token({**GOOD, "p": "0001-01-01T00:00:00+14:00"}),
-    _json_token({**GOOD, "p": "9999-12-31T23:59:59.999999-14:00"}),
+    _b64(b"[" * 100_000),
+    # Unsigned: the format of before, and today's payload without its tag.
+    _b64(json.dumps({"p": POSITION.isoformat(), "k": str(uuid.UUID(int=1)), "q": "tenants:0"}).encode()),
+    _b64(json.dumps(GOOD).encode()),
+    _b64(json.dumps(GOOD).encode() + bytes(32)),
+    # Signed, yet malformed: only a bug of ours could issue these, and still no crash.
+    _signed(b"{"),
+    _signed(b"\xff\xfe"),
+    _signed(b"null"),
+    _signed(b"42"),
+    _signed(b"[]"),
+    _signed(b"{}"),
+    _signed(b"[" * 100_000),  # deeply nested JSON must not blow the stack
+    _signed(b"[" + b"9" * 5000 + b"]"),  # an int too long to parse
+    _signed_json([_now()]),
+    _signed_json([_now(), str(uuid.UUID(int=1))]),  # an unpositioned token
+    _signed_json([*GOOD, 1]),
+    _signed_json([str(_now()), *GOOD[1:]]),
+    _signed_json([True, *GOOD[1:]]),
+    _signed_json([10**30, *GOOD[1:]]),  # issued at no representable time
+    _signed_json([_now(), "not-a-uuid", GOOD[2]]),
+    _signed_json([_now(), 7, GOOD[2]]),
+    _signed_json([_now(), None, GOOD[2]]),
+    _signed_json([_now(), GOOD[1], "2024-05-17T12:30:45+00:00"]),
+    _signed_json([_now(), GOOD[1], 1.5]),
+    _signed_json([_now(), GOOD[1], None]),
+    _signed_json([_now(), GOOD[1], 10**30]),  # beyond year 9999
+    _signed_json([_now(), GOOD[1], -(10**30)]),  # before year 1
 ]
 
 OPERATION_GARBAGE_TOKENS = [
-    _json_token({"p": POSITION.isoformat(), "k": key, "q": "operations::"})
+    _signed_json([_now(), key, _micros(POSITION)], "operations::")
     for key in ("\x00", "tenant-provision-\x00", "\ud800", "a\nb", "\x1b[2J")
 ]
 
 
-@pytest.mark.parametrize("token", GARBAGE_TOKENS)
+@pytest.mark.parametrize("token", GARBAGE_TOKENS, ids=lambda v: repr(v)[:40])
 def test_garbage_tokens_are_invalid_argument(token: str) -> None:
     with pytest.raises(ApiError) as caught:
-        pagination.decode_token(token, "tenants:0", uuid.UUID)
+        TOKENS.decode(token, "tenants:0", uuid.UUID)
     _assert_invalid(caught.value, "page_token")
 
 
 @pytest.mark.parametrize("token", OPERATION_GARBAGE_TOKENS)
 def test_operation_tokens_with_unprintable_keys_are_invalid(token: str) -> None:
     with pytest.raises(ApiError) as caught:
-        pagination.decode_token(token, "operations::", str)
+        TOKENS.decode(token, "operations::", str)
     _assert_invalid(caught.value, "page_token")
 
 
-def test_token_positions_come_back_in_utc() -> None:
-    token = _json_token({**GOOD, "p": "2024-05-17T14:30:45.123456+02:00"})
-    decoded = pagination.decode_token(token, "tenants:0", uuid.UUID)
-    assert decoded is not None
-    assert decoded[0] == POSITION
-    assert decoded[0].utcoffset() == timedelta(0)
-
-
-def test_well_formed_foreign_token_is_accepted() -> None:
+def test_well_formed_signed_token_is_accepted() -> None:
     # The control for GARBAGE_TOKENS: the same construction with nothing wrong decodes.
-    assert pagination.decode_token(_json_token(GOOD), "tenants:0", uuid.UUID) == (POSITION, uuid.UUID(int=1))
+    assert TOKENS.decode(_signed_json(GOOD), "tenants:0", uuid.UUID) == (POSITION, uuid.UUID(int=1))
 
 
 # --- keyset pagination --------------------------------------------------------
@@ -596,7 +655,7 @@ def _sql(query: Select[Operation]) -> str:
 
 
 def test_keyset_first_page_orders_and_fetches_one_row_past_the_page() -> None:
-    sql = _sql(_OPERATIONS_KEYSET.select(select(Operation), pagination.PageRequest(3, "", "ops")))
+    sql = _sql(_OPERATIONS_KEYSET.select(select(Operation), pagination.PageRequest(3, "", "ops", TOKENS)))
     assert "ORDER BY workflow_executions.create_time DESC, workflow_executions.workflow_id DESC" in sql
     assert "LIMIT" in sql
     assert "WHERE" not in sql
@@ -605,7 +664,7 @@ def test_keyset_first_page_orders_and_fetches_one_row_past_the_page() -> None:
 def test_keyset_next_page_starts_after_the_token_row() -> None:
     descending = _sql(
         _OPERATIONS_KEYSET.select(
-            select(Operation), pagination.PageRequest(3, pagination.encode_token(POSITION, "w", "ops"), "ops")
+            select(Operation), pagination.PageRequest(3, TOKENS.encode(POSITION, "w", "ops"), "ops", TOKENS)
         )
     )
     assert "(workflow_executions.create_time, workflow_executions.workflow_id) < (" in descending
@@ -614,7 +673,7 @@ def test_keyset_next_page_starts_after_the_token_row() -> None:
     )
     ascending = _sql(
         ascending_keyset.select(
-            select(Operation), pagination.PageRequest(3, pagination.encode_token(POSITION, "w", "ops"), "ops")
+            select(Operation), pagination.PageRequest(3, TOKENS.encode(POSITION, "w", "ops"), "ops", TOKENS)
         )
     )
     assert "ORDER BY workflow_executions.create_time, workflow_executions.workflow_id" in ascending
@@ -623,10 +682,10 @@ def test_keyset_next_page_starts_after_the_token_row() -> None:
 
 def test_keyset_page_token_is_the_last_row_of_the_page() -> None:
     rows = [Operation(workflow_id=f"w-{i}", create_time=POSITION - timedelta(seconds=i)) for i in range(3)]
-    request = pagination.PageRequest(2, "", "ops")
+    request = pagination.PageRequest(2, "", "ops", TOKENS)
     page, token = _OPERATIONS_KEYSET.page(rows, request)
     assert page == rows[:2]
-    assert pagination.decode_token(token, "ops", str) == (rows[1].create_time, "w-1")
+    assert TOKENS.decode(token, "ops", str) == (rows[1].create_time, "w-1")
     assert _OPERATIONS_KEYSET.page(rows[:2], request) == (rows[:2], "")
 
 

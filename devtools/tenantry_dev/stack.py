@@ -36,7 +36,7 @@ from tenantry_dev.embedded import (
     temporal_is_healthy,
     tool_path,
 )
-from tenantry_dev.tokens import DEV_AUDIENCE, DEV_ISSUER, ensure_signing_key, mint_token
+from tenantry_dev.tokens import DEV_AUDIENCE, DEV_ISSUER, ensure_page_token_key, ensure_signing_key, mint_token
 
 DEV_DIR_NAME = ".tenantry"
 TEMPORAL_ADDRESS = "127.0.0.1:7233"
@@ -88,6 +88,8 @@ class DevStack:
             "TENANTRY_AUTH_AUDIENCE": DEV_AUDIENCE,
             "TENANTRY_AUTH_JWKS_FILE": str(key.jwks_file),
             "TENANTRY_AUTH_JWKS_URL": "",
+            # Page tokens are signed with a key kept there too.
+            "TENANTRY_PAGE_TOKEN_KEY": ensure_page_token_key(self.dev_dir),
         }
         if port_is_open(env["TENANTRY_GRPC_ADDRESS"]):
             raise DevStackError(f"{env['TENANTRY_GRPC_ADDRESS']} is already in use (TENANTRY_GRPC_ADDRESS)")

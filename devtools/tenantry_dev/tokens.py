@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import sys
 import tempfile
 import time
@@ -43,6 +44,7 @@ DEFAULT_TTL = timedelta(hours=1)
 DEV_DIR_NAME = ".tenantry"
 KEY_FILE_NAME = "signing-key.pem"
 JWKS_FILE_NAME = "jwks.json"
+PAGE_TOKEN_KEY_FILE_NAME = "page-token.key"
 
 Algorithm = Literal["EdDSA", "ES256"]
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
@@ -142,6 +144,26 @@ def ensure_signing_key(directory: Path, algorithm: Algorithm = "EdDSA") -> Signi
     if not jwks_file.exists() or jwks_file.read_bytes() != wanted:
         _write_atomically(jwks_file, wanted, 0o644)
     return key
+
+
+def ensure_page_token_key(directory: Path) -> str:
+    """The API's page token key under `directory` (TENANTRY_PAGE_TOKEN_KEY:
+    32 random bytes, hex), created on first use and kept, so page tokens
+    survive restarts of the API. Safe when two processes race, like
+    ensure_signing_key: the first key to land wins."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key_file = directory / PAGE_TOKEN_KEY_FILE_NAME
+    if not key_file.exists():
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{PAGE_TOKEN_KEY_FILE_NAME}.")
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+            with contextlib.suppress(FileExistsError):  # another process got there first
+                os.link(tmp, key_file)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return key_file.read_text().strip()
 
 
 def mint_token(

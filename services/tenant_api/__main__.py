@@ -10,6 +10,7 @@ import sys
 import grpc
 
 from tenant_api.authentication import JwksKeys, TokenVerifier
+from tenant_api.pagination import PageTokens
 from tenant_api.server import start_api
 from tenant_api.transport import listen_credentials
 from tenantry.db.engine import create_engine
@@ -35,6 +36,7 @@ async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | Non
             task_queue=settings.task_queue,
             address=settings.grpc_address,
             verifier=verifier,
+            page_tokens=PageTokens(settings.page_token_key),
             credentials=credentials,
         )
     except (OSError, RuntimeError) as exc:

@@ -92,12 +92,15 @@ _KEYSET: pagination.Keyset[TenantEvent, int] = pagination.Keyset(
 
 
 class TenantEvents:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], feed: EventFeed) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], feed: EventFeed, page_tokens: pagination.PageTokens
+    ) -> None:
         self._sessions = sessions
         self._feed = feed
+        self._page_tokens = page_tokens
 
     async def list(self, tenant_id: uuid.UUID | None, size: int, token: str) -> tuple[list[TenantEvent], str]:
-        request = pagination.PageRequest(size, token, f"events:{tenant_id or ''}")
+        request = pagination.PageRequest(size, token, f"events:{tenant_id or ''}", self._page_tokens)
         query = select(TenantEvent)
         if tenant_id is not None:
             query = query.where(TenantEvent.tenant_id == tenant_id)

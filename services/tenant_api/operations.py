@@ -103,9 +103,15 @@ class OperationNotifications:
 
 
 class Operations:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], notifications: OperationNotifications) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        notifications: OperationNotifications,
+        page_tokens: pagination.PageTokens,
+    ) -> None:
         self._sessions = sessions
         self._notifications = notifications
+        self._page_tokens = page_tokens
 
     async def get(self, name: str) -> Operation:
         workflow_id = workflow_id_from_name(name)
@@ -120,7 +126,7 @@ class Operations:
     async def list(
         self, tenant_id: uuid.UUID | None, state: OperationState | None, size: int, token: str
     ) -> tuple[list[Operation], str]:
-        request = pagination.PageRequest(size, token, f"operations:{tenant_id or ''}:{state or ''}")
+        request = pagination.PageRequest(size, token, f"operations:{tenant_id or ''}:{state or ''}", self._page_tokens)
         query = select(Operation)
         if tenant_id is not None:
             query = query.where(Operation.tenant_id == tenant_id)

@@ -28,6 +28,9 @@ _KEYSET: pagination.Keyset[Project, uuid.UUID] = pagination.Keyset(
 
 
 class Projects:
+    def __init__(self, page_tokens: pagination.PageTokens) -> None:
+        self._page_tokens = page_tokens
+
     async def create(self, scope: TenantScope, name: str, description: str) -> Project:
         try:
             return (
@@ -47,7 +50,9 @@ class Projects:
         return project
 
     async def list(self, scope: TenantScope, size: int, token: str) -> tuple[list[Project], str]:
-        request = pagination.PageRequest(size, token, "projects")
+        # The admitted tenant is part of what the token signs: a token from
+        # tenant A's listing is refused on tenant B's.
+        request = pagination.PageRequest(size, token, f"projects:{scope.tenant_id}", self._page_tokens)
         projects = list((await scope.session.scalars(_KEYSET.select(select(Project), request))).all())
         return _KEYSET.page(projects, request)
 

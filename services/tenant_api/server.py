@@ -24,6 +24,7 @@ from tenant_api.interceptors.authentication import AuthenticationInterceptor
 from tenant_api.interceptors.error_mapping import ErrorMappingInterceptor
 from tenant_api.interceptors.tenant_gate import TenantGateInterceptor
 from tenant_api.operations import OperationNotifications, Operations
+from tenant_api.pagination import PageTokens
 from tenant_api.projects import Projects
 from tenant_api.servicers import OperationServicer, ProjectServicer, TenantEventServicer, TenantServicer
 from tenant_api.tenant_gate import TenantGate
@@ -153,11 +154,13 @@ async def start_api(
     task_queue: str,
     address: str,
     verifier: TokenVerifier,
+    page_tokens: PageTokens,
     credentials: grpc.ServerCredentials | None = None,
 ) -> RunningApi:
     """`verifier`: checks every call's bearer token (there is no way to turn
-    that off). `credentials`: TLS / mTLS (see tenant_api.transport); None
-    serves plaintext."""
+    that off). `page_tokens`: signs and checks the listings' page tokens (its
+    key is TENANTRY_PAGE_TOKEN_KEY). `credentials`: TLS / mTLS (see
+    tenant_api.transport); None serves plaintext."""
     sessions = create_session_factory(engine)
     notifications = OperationNotifications(engine.url)
     events = EventFeed(engine)
@@ -167,14 +170,14 @@ async def start_api(
     )
     starter = OperationStarter(client, engine, task_queue)
     tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(
-        TenantServicer(Tenants(engine, sessions, starter)), server
+        TenantServicer(Tenants(engine, sessions, starter, page_tokens)), server
     )
     operation_service_pb2_grpc.add_OperationServiceServicer_to_server(
-        OperationServicer(Operations(sessions, notifications)), server
+        OperationServicer(Operations(sessions, notifications, page_tokens)), server
     )
-    project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(Projects()), server)
+    project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(Projects(page_tokens)), server)
     event_service_pb2_grpc.add_TenantEventServiceServicer_to_server(
-        TenantEventServicer(TenantEvents(sessions, events)), server
+        TenantEventServicer(TenantEvents(sessions, events, page_tokens)), server
     )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

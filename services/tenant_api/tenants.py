@@ -52,11 +52,16 @@ _KEYSET: pagination.Keyset[tuple[Tenant, str], uuid.UUID] = pagination.Keyset(
 
 class Tenants:
     def __init__(
-        self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], starter: OperationStarter
+        self,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        starter: OperationStarter,
+        page_tokens: pagination.PageTokens,
     ) -> None:
         self._engine = engine
         self._sessions = sessions
         self._starter = starter
+        self._page_tokens = page_tokens
 
     async def register(self, request: RegistrationInput, actor: str) -> TenantWithOperation:
         # No pre-read of request_id: a replay collides on the slug (or the
@@ -100,7 +105,9 @@ class Tenants:
         self, size: int, token: str, show_deleted: bool, where: TenantFilter = NO_FILTER
     ) -> tuple[list[tuple[Tenant, str]], str]:
         # The fingerprint binds the token to the filter too.
-        request = pagination.PageRequest(size, token, f"tenants:{int(show_deleted)}:{where.fingerprint()}")
+        request = pagination.PageRequest(
+            size, token, f"tenants:{int(show_deleted)}:{where.fingerprint()}", self._page_tokens
+        )
         query = tenant_sql.with_admin_email()
         if not show_deleted:
             query = query.where(Tenant.state.not_in((TenantState.DELETING, TenantState.DELETED)))

@@ -19,8 +19,11 @@ exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -43,6 +46,8 @@ DEFAULT_AUTH_AUDIENCE = "tenantry"
 DEFAULT_LIVENESS_FILE = Path("/tmp/provisioner-worker.alive")
 # services/tenantry/settings.py -> the checkout's migrations/ (the images set the variable).
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+PAGE_TOKEN_KEY = "TENANTRY_PAGE_TOKEN_KEY"
+MIN_SECRET_KEY_BYTES = 32
 
 
 TLS_CERT_FILE = "TENANTRY_TLS_CERT_FILE"
@@ -210,8 +215,11 @@ class AuthSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class ApiSettings(CommonSettings):
+    """`page_token_key`: signs page tokens (HMAC-SHA256); never in a repr."""
+
     grpc_address: str
     auth: AuthSettings
+    page_token_key: bytes = field(repr=False)
     tls: TlsSettings = TlsSettings()
 
     @classmethod
@@ -221,6 +229,7 @@ class ApiSettings(CommonSettings):
             **cls._common(env, default_metrics_address=DEFAULT_API_METRICS_ADDRESS),
             grpc_address=grpc_address_from(env),
             auth=AuthSettings.from_env(env),
+            page_token_key=_secret_key(env, PAGE_TOKEN_KEY),
             tls=TlsSettings.from_env(env),
         )
 
@@ -313,6 +322,8 @@ class DevSettings:
             "TENANTRY_AUTH_ISSUER": "tenantry-dev",
             "TENANTRY_AUTH_JWKS_FILE": "",
             "TENANTRY_AUTH_JWKS_URL": "https://tenantry-dev.invalid/jwks.json",
+            # ... and its own page token key.
+            PAGE_TOKEN_KEY: "00" * MIN_SECRET_KEY_BYTES,
         }
         ApiSettings.from_env(probe)
         worker = WorkerSettings.from_env(probe)
@@ -442,6 +453,29 @@ def _seconds(env: Env, name: str, default: float) -> float:
     if not as_delta > timedelta(0):
         raise SettingsError(f"{name} must be positive, got {raw!r}")
     return value
+
+
+def _secret_key(env: Env, name: str) -> bytes:
+    """Required: at least MIN_SECRET_KEY_BYTES random bytes, written as hex
+    (`openssl rand -hex 32`) or base64 / base64url, padded or not
+    (`openssl rand -base64 32`). Hex wins when the text is both. Errors never
+    echo the value."""
+    raw = _required(env, name)
+    try:
+        if re.fullmatch(r"(?:[0-9a-fA-F]{2})+", raw):
+            key = bytes.fromhex(raw)
+        elif re.fullmatch(r"[A-Za-z0-9+/\-_]+={0,2}", raw):
+            unpadded = raw.rstrip("=").replace("-", "+").replace("_", "/")
+            key = base64.b64decode(unpadded + "=" * (-len(unpadded) % 4), validate=True)
+        else:
+            raise ValueError("neither hex nor base64")
+    except (ValueError, binascii.Error):
+        raise SettingsError(f"{name} must be hex or base64 (e.g. `openssl rand -hex 32`)") from None
+    if len(key) < MIN_SECRET_KEY_BYTES:
+        raise SettingsError(
+            f"{name} must hold at least {MIN_SECRET_KEY_BYTES} bytes, got {len(key)} (e.g. `openssl rand -hex 32`)"
+        )
+    return key
 
 
 def _directory(env: Env, name: str, default: Path) -> Path:
