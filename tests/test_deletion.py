@@ -475,7 +475,12 @@ async def test_forged_deletion_workflow_refuses_and_provisioning_carries_on(
         await get_tenant(stack.stubs, tenant_id, tenant_pb2.TENANT_STATE_DELETED)
         await assert_purged(engine, tenant)
 
-        # Once done, the deletion cannot be run again by hand either.
+        # Once done, the deletion cannot be run again by hand either. (The
+        # operation is SUCCEEDED when the purge commits; its workflow closes
+        # a moment later, and only then is the id free to start again.)
+        await asyncio.wait_for(
+            temporal_client.get_workflow_handle(delete_workflow_id(uuid.UUID(tenant_id))).result(), 60
+        )
         again = await temporal_client.start_workflow(
             DELETE_WORKFLOW,
             DeleteTenantInput(tenant_id=tenant_id),
