@@ -77,9 +77,20 @@ MAX_SEND_MESSAGE_BYTES = 16 * 1024 * 1024
 # WaitOperation calls, events.MAX_WATCHES open watches) so that waits and
 # watches at their caps still leave room for short calls.
 MAX_CONCURRENT_RPCS = 1024
+# Calls grpc core has accepted but the event loop has not picked up yet. They
+# queue in front of the admission interceptor while the loop is busy (a burst
+# of thousands of calls). grpc's defaults (1000, and 3000 at most) start
+# refusing them at random beyond 1000, with a bare CANCELLED (no ErrorInfo),
+# before our admission can answer; 4096 (soft = hard: no random refusals
+# below it) lets a burst of four times MAX_CONCURRENT_RPCS reach our own
+# refusal. Each pending call holds its metadata and at most one flow-control
+# window, so this stays in the range grpc's own hard limit allows.
+MAX_PENDING_CALLS = 4096
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
     # Refuse clients that ping more often than every 10 s without calls.
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_time_ms", 60_000),
