@@ -39,7 +39,8 @@ import tenantry.v1 as tenantry_v1
 from provisioner_worker.worker import activities_for, build_worker
 from tenant_api.authentication import JwksKeys, TokenVerifier
 from tenant_api.headers import TENANT_ID_HEADER
-from tenant_api.server import RunningApi, start_api
+from tenant_api.operations import MAX_WAITS
+from tenant_api.server import MAX_CONCURRENT_RPCS, RunningApi, start_api
 from tenantry.settings import AuthSettings
 from tenantry.v1 import (
     operation_pb2,
@@ -146,11 +147,20 @@ async def running_stack(
     task_queue: str | None = None,
     activities: list[Callable[..., Any]] | None = None,
     with_worker: bool = True,
+    max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
+    max_waits: int = MAX_WAITS,
 ) -> AsyncIterator[Stack]:
-    """API in-process on port 0 plus (optionally) a worker, on their own task queue."""
+    """API in-process on port 0 plus (optionally) a worker, on their own task
+    queue, with start_api's caps (tests lower them)."""
     queue = task_queue or f"test-{uuid.uuid4().hex[:12]}"
     api = await start_api(
-        engine=engine, client=client, task_queue=queue, address="127.0.0.1:0", verifier=verifier_for_tests()
+        engine=engine,
+        client=client,
+        task_queue=queue,
+        address="127.0.0.1:0",
+        verifier=verifier_for_tests(),
+        max_concurrent_rpcs=max_concurrent_rpcs,
+        max_waits=max_waits,
     )
     channel = api_channel(f"127.0.0.1:{api.port}")
     try:
@@ -251,10 +261,15 @@ async def unreachable_temporal_client() -> Client:
 
 
 @asynccontextmanager
-async def stack_without_temporal(engine: AsyncEngine) -> AsyncIterator[Stack]:
-    """An API whose real Temporal client points at a closed port: operations stay PENDING."""
+async def stack_without_temporal(
+    engine: AsyncEngine, *, max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS, max_waits: int = MAX_WAITS
+) -> AsyncIterator[Stack]:
+    """An API whose real Temporal client points at a closed port: operations
+    stay PENDING. The caps: as for running_stack."""
     client = await unreachable_temporal_client()
-    async with running_stack(engine=engine, client=client, with_worker=False) as stack:
+    async with running_stack(
+        engine=engine, client=client, with_worker=False, max_concurrent_rpcs=max_concurrent_rpcs, max_waits=max_waits
+    ) as stack:
         yield stack
 
 
