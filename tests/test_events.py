@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import TypeAlias
 
 import grpc
 import pytest
@@ -26,7 +27,8 @@ from tests.stack import (
     wait_done,
 )
 
-Events = event_service_pb2_grpc.TenantEventServiceAsyncStub
+# The async stub type exists only in the generated stubs (.pyi), not at run time.
+Events: TypeAlias = "event_service_pb2_grpc.TenantEventServiceAsyncStub"
 
 
 def _events(stack: Stack) -> Events:
