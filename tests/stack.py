@@ -40,8 +40,9 @@ import tenantry.v1 as tenantry_v1
 from provisioner_worker.worker import activities_for, build_worker
 from tenant_api.authentication import JwksKeys, TokenVerifier
 from tenant_api.headers import TENANT_ID_HEADER
+from tenant_api.operations import MAX_WAITS
 from tenant_api.pagination import PageTokens
-from tenant_api.server import RunningApi, start_api
+from tenant_api.server import MAX_CONCURRENT_RPCS, RunningApi, start_api
 from tenantry.settings import AuthSettings
 from tenantry.v1 import (
     operation_pb2,
@@ -164,9 +165,12 @@ async def running_stack(
     activities: list[Callable[..., Any]] | None = None,
     with_worker: bool = True,
     page_tokens: PageTokens | None = None,
+    max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
+    max_waits: int = MAX_WAITS,
 ) -> AsyncIterator[Stack]:
     """API in-process on port 0 plus (optionally) a worker, on their own task
-    queue. `page_tokens`: default page_tokens_for_tests()."""
+    queue. `page_tokens`: default page_tokens_for_tests(); the caps are
+    start_api's (tests lower them)."""
     queue = task_queue or f"test-{uuid.uuid4().hex[:12]}"
     api = await start_api(
         engine=engine,
@@ -175,6 +179,8 @@ async def running_stack(
         address="127.0.0.1:0",
         verifier=verifier_for_tests(),
         page_tokens=page_tokens or page_tokens_for_tests(),
+        max_concurrent_rpcs=max_concurrent_rpcs,
+        max_waits=max_waits,
     )
     channel = api_channel(f"127.0.0.1:{api.port}")
     try:
@@ -275,10 +281,15 @@ async def unreachable_temporal_client() -> Client:
 
 
 @asynccontextmanager
-async def stack_without_temporal(engine: AsyncEngine) -> AsyncIterator[Stack]:
-    """An API whose real Temporal client points at a closed port: operations stay PENDING."""
+async def stack_without_temporal(
+    engine: AsyncEngine, *, max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS, max_waits: int = MAX_WAITS
+) -> AsyncIterator[Stack]:
+    """An API whose real Temporal client points at a closed port: operations
+    stay PENDING. The caps: as for running_stack."""
     client = await unreachable_temporal_client()
-    async with running_stack(engine=engine, client=client, with_worker=False) as stack:
+    async with running_stack(
+        engine=engine, client=client, with_worker=False, max_concurrent_rpcs=max_concurrent_rpcs, max_waits=max_waits
+    ) as stack:
         yield stack
 
 

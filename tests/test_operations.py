@@ -233,7 +233,9 @@ async def test_list_operations_huge_page_size_is_capped(stack: Stack, paged_tena
 @pytest.mark.parametrize(
     ("position", "key"),
     [(p, "tenant-provision-x") for p in EXTREME_POSITIONS]
-    + [("2999-01-01T00:00:00+00:00", k) for k in ("\x00", "a\x00b", "\ud800", "\x1b", "x" * 100_000, "\u0430", "")],
+    # The long key stays under the server's 64 KiB receive limit once base64-encoded
+    # (beyond it grpc refuses the request unread; tests/test_limits.py covers that).
+    + [("2999-01-01T00:00:00+00:00", k) for k in ("\x00", "a\x00b", "\ud800", "\x1b", "x" * 40_000, "\u0430", "")],
     ids=lambda v: repr(v)[:30],
 )
 async def test_forged_operation_token_never_breaks_the_server(

@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tenant_api import pagination
-from tenant_api.errors import FieldViolation, invalid_fields, not_found
+from tenant_api.errors import FieldViolation, invalid_fields, not_found, resource_exhausted
 from tenantry.db.models import Operation
 from tenantry.states import DONE_OPERATION_STATES, OperationState
 
@@ -31,6 +31,14 @@ OPERATION_NAME_PREFIX = "operations/"
 NOTIFY_CHANNEL = "tenantry_operation_done"
 # Re-read at least this often even without a notification.
 RECHECK_SECONDS = 5.0
+# Open WaitOperation calls per process; beyond it RESOURCE_EXHAUSTED
+# TOO_MANY_WAITS at once, before any database read. Each open wait re-reads
+# its operation every RECHECK_SECONDS: 128 waits are ~26 reads/s at most.
+MAX_WAITS = 128
+# Waits' reads of the shared connection pool (10 + 10 overflow) in flight at
+# once: a burst of waits starting (or waking) together queues here, not in the
+# pool, so the pool always has connections left for every other call.
+MAX_CONCURRENT_WAIT_READS = 4
 
 # Listing order: newest first, ties broken by workflow id
 # (ix_workflow_executions_create_time_workflow_id).
@@ -108,10 +116,20 @@ class Operations:
         sessions: async_sessionmaker[AsyncSession],
         notifications: OperationNotifications,
         page_tokens: pagination.PageTokens,
+        *,
+        max_waits: int = MAX_WAITS,
     ) -> None:
         self._sessions = sessions
         self._notifications = notifications
         self._page_tokens = page_tokens
+        self.max_waits = max_waits
+        self._open_waits = 0
+        self._wait_reads = asyncio.Semaphore(MAX_CONCURRENT_WAIT_READS)
+
+    @property
+    def open_waits(self) -> int:
+        """WaitOperation calls admitted and not answered yet."""
+        return self._open_waits
 
     async def get(self, name: str) -> Operation:
         workflow_id = workflow_id_from_name(name)
@@ -137,7 +155,22 @@ class Operations:
         return _KEYSET.page(operations, request)
 
     async def wait(self, name: str, timeout_seconds: float) -> Operation:
+        """The operation once done, or as it is after `timeout_seconds` (the
+        servicer caps that). At most `max_waits` calls wait at once."""
         workflow_id = workflow_id_from_name(name)
+        if self._open_waits >= self.max_waits:
+            raise resource_exhausted(
+                "TOO_MANY_WAITS",
+                f"at most {self.max_waits} open WaitOperation calls per server, retry later or poll GetOperation",
+                limit=str(self.max_waits),
+            )
+        self._open_waits += 1
+        try:
+            return await self._wait(name, workflow_id, timeout_seconds)
+        finally:
+            self._open_waits -= 1
+
+    async def _wait(self, name: str, workflow_id: str, timeout_seconds: float) -> Operation:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_seconds
         await self._notifications.ensure_listening()
@@ -146,7 +179,8 @@ class Operations:
             # the wait is not lost.
             fired = self._notifications.subscribe(workflow_id)
             try:
-                operation = await self.get(name)
+                async with self._wait_reads:
+                    operation = await self.get(name)
                 remaining = deadline - loop.time()
                 if OperationState(operation.state) in DONE_OPERATION_STATES or remaining <= 0:
                     return operation

@@ -20,10 +20,11 @@ from temporalio.client import Client
 from tenant_api.authentication import TokenVerifier
 from tenant_api.events import EventFeed, TenantEvents
 from tenant_api.interceptors.access_log import AccessLogInterceptor
+from tenant_api.interceptors.admission import AdmissionInterceptor
 from tenant_api.interceptors.authentication import AuthenticationInterceptor
 from tenant_api.interceptors.error_mapping import ErrorMappingInterceptor
 from tenant_api.interceptors.tenant_gate import TenantGateInterceptor
-from tenant_api.operations import OperationNotifications, Operations
+from tenant_api.operations import MAX_WAITS, OperationNotifications, Operations
 from tenant_api.pagination import PageTokens
 from tenant_api.projects import Projects
 from tenant_api.servicers import OperationServicer, ProjectServicer, TenantEventServicer, TenantServicer
@@ -54,10 +55,43 @@ SERVICE_NAMES = (
 # lists these, and the access log serves only their methods: a service
 # registered without being named here answers UNIMPLEMENTED.
 SERVED_SERVICE_NAMES = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Message sizes, from the contract (design.md), not grpc's 4 MiB default.
+# Requests: the largest valid one is a RegisterTenant / UpdateTenant carrying
+# a tenant with 64 labels (key <= 63 + value <= 63 chars, ~132 bytes each on
+# the wire: ~8.5 KiB), names and display names of <= 100 characters (<= 400
+# bytes of UTF-8), an email (<= 254), ids, masks and page tokens (a few hundred
+# bytes). That is under 12 KiB; 64 KiB leaves room for the contract to grow
+# while a client can make the server buffer at most 64 KiB per call before the
+# request is refused (grpc answers RESOURCE_EXHAUSTED itself; it cannot carry
+# ErrorInfo, and no valid request gets there).
+MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024
+# Responses: the largest is a ListTenants page of 500 (pagination.MAX_PAGE_SIZE)
+# tenants of ~10.5 KiB each at worst (64 labels ~8.5 KiB, display name <= 400 B,
+# email <= 254 B, state message and ids, names, timestamps, etag ~1.5 KiB):
+# ~5.3 MB. ListOperations and ListTenantEvents pages of 500 are far smaller.
+# 16 MiB is three times that; tests/test_limits.py builds the worst page from
+# the compiled contract and checks it still fits with room to spare.
+MAX_SEND_MESSAGE_BYTES = 16 * 1024 * 1024
+# Calls in flight per process (admission interceptor: RESOURCE_EXHAUSTED
+# TOO_MANY_REQUESTS beyond it; health checks are never counted nor refused).
+# It stays above the long-lived calls' own caps (operations.MAX_WAITS open
+# WaitOperation calls, events.MAX_WATCHES open watches) so that waits and
+# watches at their caps still leave room for short calls.
+MAX_CONCURRENT_RPCS = 1024
+# Calls grpc core has accepted but the event loop has not picked up yet. They
+# queue in front of the admission interceptor while the loop is busy (a burst
+# of thousands of calls). grpc's defaults (1000, and 3000 at most) start
+# refusing them at random beyond 1000, with a bare CANCELLED (no ErrorInfo),
+# before our admission can answer; 4096 (soft = hard: no random refusals
+# below it) lets a burst of four times MAX_CONCURRENT_RPCS reach our own
+# refusal. Each pending call holds its metadata and at most one flow-control
+# window, so this stays in the range grpc's own hard limit allows.
+MAX_PENDING_CALLS = 4096
 SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
     # Refuse clients that ping more often than every 10 s without calls.
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_time_ms", 60_000),
@@ -71,7 +105,9 @@ def method_paths(service_names: tuple[str, ...]) -> list[str]:
     return [f"/{name}/{method.name}" for name in service_names for method in pool.FindServiceByName(name).methods]
 
 
-def interceptor_chain(gate: TenantGate, verifier: TokenVerifier) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+def interceptor_chain(
+    gate: TenantGate, verifier: TokenVerifier, admission: AdmissionInterceptor
+) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
     """The interceptors, outermost first; each wraps the ones after it, so a
     call runs through them in this order and its outcome comes back in reverse.
 
@@ -80,21 +116,27 @@ def interceptor_chain(gate: TenantGate, verifier: TokenVerifier) -> list[grpc.ai
        work. It also holds the per-method handler table: each method's chain is
        built once, and unregistered paths stop here (UNIMPLEMENTED) without
        reaching anything inside or leaving anything behind.
-    2. Error mapping: turns whatever the inner interceptors and the servicer
+    2. Admission: right inside the access log, so refusals are logged and
+       counted like any call; outside everything else, so a call beyond the
+       cap of calls in flight is refused (RESOURCE_EXHAUSTED
+       TOO_MANY_REQUESTS, answered by the interceptor itself) before it costs
+       a token verification or a database round trip. Health is exempt.
+    3. Error mapping: turns whatever the inner interceptors and the servicer
        raise (domain errors, database failures, unparseable requests) into a
        deliberate status with ErrorInfo; so it must enclose all of them.
-    3. Authentication: inside the error mapping, so anything unexpected in it
+    4. Authentication: inside the error mapping, so anything unexpected in it
        still leaves as a deliberate status; outside the gate, so a call without
        a valid principal, or with a tenant-bound token naming another tenant, is
        refused before it costs a database round trip or reveals whether a
        tenant exists. Health and reflection pass without a token.
-    4. Tenant gate: innermost, next to the servicer, because it opens the call's
+    5. Tenant gate: innermost, next to the servicer, because it opens the call's
        transaction (with the admission check, in one round trip) and commits it
        when the servicer returns: the transaction spans the servicer's work and
        nothing else.
     """
     return [
         AccessLogInterceptor(method_paths(SERVED_SERVICE_NAMES)),
+        admission,
         ErrorMappingInterceptor(),
         AuthenticationInterceptor(verifier),
         TenantGateInterceptor(gate),
@@ -132,6 +174,8 @@ class RunningApi:
     health: health_aio.HealthServicer
     notifications: OperationNotifications
     events: EventFeed
+    admission: AdmissionInterceptor
+    operations: Operations
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float) -> None:
@@ -156,25 +200,30 @@ async def start_api(
     verifier: TokenVerifier,
     page_tokens: PageTokens,
     credentials: grpc.ServerCredentials | None = None,
+    max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
+    max_waits: int = MAX_WAITS,
 ) -> RunningApi:
     """`verifier`: checks every call's bearer token (there is no way to turn
     that off). `page_tokens`: signs and checks the listings' page tokens (its
     key is TENANTRY_PAGE_TOKEN_KEY). `credentials`: TLS / mTLS (see
-    tenant_api.transport); None serves plaintext."""
+    tenant_api.transport); None serves plaintext. `max_concurrent_rpcs`,
+    `max_waits`: the caps on calls in flight and on open WaitOperation calls
+    (tests lower them)."""
     sessions = create_session_factory(engine)
     notifications = OperationNotifications(engine.url)
     events = EventFeed(engine)
+    admission = AdmissionInterceptor(max_concurrent_rpcs, exempt_services=(health.SERVICE_NAME,))
+    operations = Operations(sessions, notifications, page_tokens, max_waits=max_waits)
+    # No `maximum_concurrent_rpcs` here: see tenant_api.interceptors.admission.
     server = grpc.aio.server(
-        interceptors=interceptor_chain(TenantGate(engine, sessions), verifier),
+        interceptors=interceptor_chain(TenantGate(engine, sessions), verifier, admission),
         options=SERVER_OPTIONS,
     )
     starter = OperationStarter(client, engine, task_queue)
     tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(
         TenantServicer(Tenants(engine, sessions, starter, page_tokens)), server
     )
-    operation_service_pb2_grpc.add_OperationServiceServicer_to_server(
-        OperationServicer(Operations(sessions, notifications, page_tokens)), server
-    )
+    operation_service_pb2_grpc.add_OperationServiceServicer_to_server(OperationServicer(operations), server)
     project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(Projects(page_tokens)), server)
     event_service_pb2_grpc.add_TenantEventServiceServicer_to_server(
         TenantEventServicer(TenantEvents(sessions, events, page_tokens)), server
@@ -195,5 +244,7 @@ async def start_api(
         health=health_servicer,
         notifications=notifications,
         events=events,
+        admission=admission,
+        operations=operations,
         background=[watcher],
     )

@@ -2,6 +2,8 @@
 
 - `access_log`: one log line and one metric sample per call, with its final
   status; holds the per-method handler table (each method's chain is built once).
+- `admission`: a cap on calls in flight (RESOURCE_EXHAUSTED TOO_MANY_REQUESTS);
+  health checks are exempt.
 - `error_mapping`: every failure leaves as a deliberate status with ErrorInfo.
 - authentication (next, not here yet: `authentication.py`): who is calling.
 - `tenant_gate`: admits a tenant-scoped call for an ACTIVE tenant, in the
