@@ -192,9 +192,18 @@ async def test_one_json_log_line_and_metrics_per_rpc(database_url: str, temporal
             )
             with pytest.raises(grpc.aio.AioRpcError):
                 await stubs.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id="not-a-uuid"))
-        metrics = await asyncio.to_thread(
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-        )
+        # An error's status reaches the client as the server aborts, a moment
+        # before the access log records it: scrape until the last call shows.
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+                body: bytes = response.read()
+            return body.decode()
+
+        async def recorded() -> str | None:
+            text = await asyncio.to_thread(scrape)
+            return text if 'code="INVALID_ARGUMENT",method="/tenantry.v1.TenantService/GetTenant"' in text else None
+
+        metrics = await eventually(recorded, timeout=10)
         api.stop()
     lines = [line for line in api.log_lines() if line.get("message") == "rpc"]
     get_ok = [line for line in lines if line.get("request_id") == request_id]
