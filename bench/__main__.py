@@ -21,6 +21,7 @@ import psutil
 
 from bench import report
 from bench.config import FULL, SMOKE, BenchConfig
+from bench.events import scenario_event_delivery, scenario_event_write
 from bench.scenarios import (
     Bench,
     growth_level,
@@ -81,7 +82,9 @@ async def run(config: BenchConfig, stack: BenchStack) -> dict[str, Any]:
             "levels": growth,
         }
         scenarios["register"] = await scenario_register(bench)
+        scenarios["event_write"] = await scenario_event_write(bench)
         scenarios["reads"] = await scenario_reads(bench)
+        scenarios["event_delivery"] = await scenario_event_delivery(bench)
         scenarios["provisioning"] = await scenario_provisioning(bench)
         scenarios["deletion"] = await scenario_deletion(bench)
         stack.check_alive()

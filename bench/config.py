@@ -27,6 +27,15 @@ class BenchConfig:
     seed_batch: int
     # Scenario 5: deletions, one after the other.
     deletions: int
+    # Scenario 7: registration's statement with and without its event write,
+    # at each concurrency (calls per side, in two alternating rounds).
+    event_write_concurrency: tuple[int, ...]
+    event_write_requests: int
+    # Scenario 8: this many WatchTenantEvents streams while `event_registrations`
+    # tenants register, `event_register_concurrency` at a time.
+    event_watchers: int
+    event_registrations: int
+    event_register_concurrency: int
     # Bounds every wait for a workflow outcome.
     settle_timeout_seconds: float
 
@@ -52,6 +61,11 @@ FULL = BenchConfig(
     growth_reads=400,
     seed_batch=100,
     deletions=20,
+    event_write_concurrency=(1, 8),
+    event_write_requests=600,
+    event_watchers=10,
+    event_registrations=200,
+    event_register_concurrency=4,
     settle_timeout_seconds=300.0,
 )
 
@@ -70,5 +84,10 @@ SMOKE = BenchConfig(
     growth_reads=10,
     seed_batch=10,
     deletions=2,
+    event_write_concurrency=(1, 2),
+    event_write_requests=8,
+    event_watchers=2,
+    event_registrations=4,
+    event_register_concurrency=2,
     settle_timeout_seconds=60.0,
 )

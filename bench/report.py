@@ -16,6 +16,8 @@ from bench.stats import ratio
 
 REGISTER_GOAL = 1.5
 READ_GOAL = 1.15
+EVENT_WRITE_GOAL = 1.05
+EVENT_DELIVERY_P99_GOAL_MS = 100.0
 PROVISIONING_GOAL = 0.7
 GROWTH_GOAL = 1.3
 API_RSS_GOAL_MIB = 150.0
@@ -55,12 +57,42 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(
                 _goal(
                     f"read_{rpc}_c{c}",
-                    f"{rpc} p50 with the interceptor chain / without, concurrency {c}",
+                    f"{rpc} p50 with authentication + gate + access log / bare API, concurrency {c}",
                     "<=",
                     READ_GOAL,
                     row["ratio_p50"],
                 )
             )
+    for row in scenarios["event_write"]["levels"]:
+        c = row["concurrency"]
+        out.append(
+            _goal(
+                f"event_write_c{c}",
+                f"RegisterTenant statement p50 with the event write / without, concurrency {c}",
+                "<=",
+                EVENT_WRITE_GOAL,
+                row["ratio_p50"],
+            )
+        )
+    delivery = scenarios["event_delivery"]
+    out.append(
+        _goal(
+            "event_delivery_p99",
+            f"event delivery p99, commit -> watcher (upper bound), ms, {delivery['watchers']} watchers",
+            "<=",
+            EVENT_DELIVERY_P99_GOAL_MS,
+            delivery["commit_to_watcher"].get("p99_ms"),
+        )
+    )
+    out.append(
+        _goal(
+            "event_delivery_missing",
+            f"REGISTERED events missing at a watcher (of {delivery['deliveries_expected']})",
+            "<=",
+            0,
+            delivery["missing"],
+        )
+    )
     provisioning = scenarios["provisioning"]
     out.append(
         _goal(
@@ -185,9 +217,10 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     lines += [
         "",
-        "## 2. Tenant-scoped reads: interceptor chain vs none (ms)",
+        "## 2. Tenant-scoped reads: authentication + gate + access log vs the bare API (ms)",
         "",
-        "| RPC | c | with gate p50 / p99 | without p50 / p99 | ratio p50 | server CPU ms/call with / without |",
+        "| RPC | c | auth + gate + log p50 / p99 | bare API p50 / p99 | ratio p50 "
+        "| server CPU ms/call with / without |",
         "|---|---|---|---|---|---|",
     ]
     for rpc, rows in s["reads"]["rpcs"].items():
@@ -265,8 +298,44 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for name, peak in s["rss"]["peak_mib"].items():
         lines.append(f"| {name} | {peak} |")
+    lines += _event_sections(s)
     lines.append("")
     return "\n".join(lines)
+
+
+def _event_sections(s: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "## 7. Event write: RegisterTenant's statement with vs without the event CTEs (ms)",
+        "",
+        "| c | with event p50 / p99 | without p50 / p99 | ratio p50 | PostgreSQL CPU ms/call with / without |",
+        "|---|---|---|---|---|",
+    ]
+    for row in s["event_write"]["levels"]:
+        w, wo = row["with_event"], row["without_event"]
+        cpu_w = w.get("cpu_ms_per_op", {}).get("postgres")
+        cpu_wo = wo.get("cpu_ms_per_op", {}).get("postgres")
+        lines.append(
+            f"| {row['concurrency']} | {_ms(w)} / {_ms(w, 'p99_ms')} | {_ms(wo)} / {_ms(wo, 'p99_ms')} "
+            f"| {_num(row['ratio_p50'])} | {_num(cpu_w)} / {_num(cpu_wo)} |"
+        )
+    d = s["event_delivery"]
+    lat = d["commit_to_watcher"]
+    lines += [
+        "",
+        f"## 8. Event delivery: {d['watchers']} watchers, {d['registrations']} registrations",
+        "",
+        "| commit → watcher (ms, upper bound) | p50 | p95 | p99 | max |",
+        "|---|---|---|---|---|",
+        f"| event_time → received | {_ms(lat)} | {_ms(lat, 'p95_ms')} | {_ms(lat, 'p99_ms')} | {_ms(lat, 'max_ms')} |",
+        "",
+        f"Delivered {d['deliveries']} of {d['deliveries_expected']} (missing {d['missing']}, duplicates "
+        f"{d['duplicates']}, out of order {d['out_of_order']}); {d['register_errors']} registration errors; "
+        f"registrations took {d['registering_s']} s, the last delivery came {d['all_delivered_s']} s after the first "
+        "registration. event_time is the registering transaction's start (PostgreSQL now()), before its commit, "
+        "so these latencies are upper bounds.",
+    ]
+    return lines
 
 
 def _cpu_table(rows: list[tuple[str, dict[str, Any]]], key: str) -> list[str]:

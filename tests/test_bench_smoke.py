@@ -19,7 +19,9 @@ import psutil
 from tests.stack import REPO_ROOT
 
 SMOKE_TIMEOUT_SECONDS = 120
-SCENARIOS = ("register", "reads", "provisioning", "deletion", "growth", "rss")
+SCENARIOS = ("register", "event_write", "reads", "event_delivery", "provisioning", "deletion", "growth", "rss")
+# Goals whose measurement is a count that must be zero, not a positive number.
+ZERO_GOALS = {"event_delivery_missing"}
 
 
 def _positive(value: Any) -> bool:
@@ -59,6 +61,22 @@ def test_smoke_run_reports_every_scenario_and_leaves_nothing_running(tmp_path: P
             _no_errors(row["without_interceptors"])
             assert _positive(row["ratio_p50"])
 
+    event_write = scenarios["event_write"]
+    assert [row["concurrency"] for row in event_write["levels"]] == results["meta"]["config"]["event_write_concurrency"]
+    for row in event_write["levels"]:
+        _no_errors(row["with_event"])
+        _no_errors(row["without_event"])
+        assert _positive(row["ratio_p50"])
+    # Every statement-level registration was cleaned up or closed: none is left CREATING.
+    assert event_write["cleanup"]["closed_with_event"] > 0 and event_write["cleanup"]["removed_without_event"] > 0
+
+    delivery = scenarios["event_delivery"]
+    assert delivery["registrations"] == results["meta"]["config"]["event_registrations"]
+    assert delivery["register_errors"] == 0 and delivery["watch_errors"] == []
+    assert delivery["deliveries"] == delivery["deliveries_expected"] == delivery["watchers"] * delivery["registrations"]
+    assert delivery["missing"] == delivery["duplicates"] == delivery["out_of_order"] == 0
+    assert _positive(delivery["commit_to_watcher"]["p50_ms"]) and _positive(delivery["commit_to_watcher"]["p99_ms"])
+
     provisioning = scenarios["provisioning"]
     tenantry = provisioning["tenantry"]
     assert tenantry["active"] == tenantry["count"] > 0 and tenantry["errors"] == 0
@@ -88,9 +106,19 @@ def test_smoke_run_reports_every_scenario_and_leaves_nothing_running(tmp_path: P
     assert _positive(peaks["tenant-api"]) and _positive(peaks["provisioner-worker"])
 
     goals = results["goals"]
-    assert {g["id"] for g in goals} >= {"provisioning_throughput", "growth_cost", "api_peak_rss", "worker_peak_rss"}
+    assert {g["id"] for g in goals} >= {
+        "provisioning_throughput",
+        "growth_cost",
+        "api_peak_rss",
+        "worker_peak_rss",
+        "event_delivery_p99",
+        *ZERO_GOALS,
+    }
     for goal in goals:
-        assert _positive(goal["measured"]), goal
+        if goal["id"] in ZERO_GOALS:
+            assert goal["measured"] == 0 and goal["met"] is True, goal
+        else:
+            assert _positive(goal["measured"]), goal
         assert isinstance(goal["met"], bool)
 
     # Nothing the benchmark started is still running.
@@ -101,7 +129,7 @@ def test_smoke_run_reports_every_scenario_and_leaves_nothing_running(tmp_path: P
             assert status == psutil.STATUS_ZOMBIE, f"{name} ({pid}) still {status}"
 
     markdown = (out / "latest.md").read_text()
-    for heading in ("## Goals", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."):
+    for heading in ("## Goals", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8."):
         assert heading in markdown
     assert len([line for line in markdown.splitlines() if line.startswith("| ")]) > len(goals)
     if importlib.util.find_spec("matplotlib") is not None:

@@ -35,12 +35,28 @@ SLUG_UNIQUE_CONSTRAINT = f"uq_{TENANTS}_slug"
 
 # --- registration ------------------------------------------------------------
 
+
 # Registration as one statement: a data-modifying CTE is atomic on its own, so
 # it runs in autocommit with a single round trip. Uniqueness stays with the
 # database: a taken slug fails on uq_tenants_slug, a replayed request_id on
 # uq_workflow_executions_request_id.
-_REGISTER = text(
-    f"""
+def _register_statement(*, record_event: bool) -> TextClause:
+    """Registration's statement. The product always records the REGISTERED
+    event (`_REGISTER`); `record_event=False` exists only so the benchmark can
+    measure what the event write costs (bench/scenarios.py)."""
+    events = ""
+    if record_event:
+        events = ", " + event_ctes(
+            after="operation",
+            tenant_id="(SELECT tenant_id FROM operation)",
+            type=TenantEventType.REGISTERED,
+            state=TenantState.CREATING,
+            actor="CAST(:actor AS text)",
+            operation="CAST(:workflow_id AS varchar)",
+            request_id="CAST(:request_id AS uuid)",
+        )
+    return text(
+        f"""
     WITH admin AS (
         INSERT INTO {User.__tablename__} (id, email, display_name) VALUES (:user_id, :email, :admin_display_name)
         -- A no-op update so RETURNING yields an existing user's id too; it also
@@ -59,23 +75,16 @@ _REGISTER = text(
                CAST(:request_id AS uuid), CAST(:actor AS text)
         FROM tenant
         RETURNING {", ".join(OPERATION_COLUMNS)}
-    ), {
-        event_ctes(
-            after="operation",
-            tenant_id="(SELECT tenant_id FROM operation)",
-            type=TenantEventType.REGISTERED,
-            state=TenantState.CREATING,
-            actor="CAST(:actor AS text)",
-            operation="CAST(:workflow_id AS varchar)",
-            request_id="CAST(:request_id AS uuid)",
-        )
-    }
+    ){events}
     SELECT admin.email AS admin_email,
            {", ".join(f"tenant.{c} AS t_{c}" for c in TENANT_COLUMNS)},
            {", ".join(f"operation.{c} AS o_{c}" for c in OPERATION_COLUMNS)}
     FROM admin, tenant, operation
     """
-)
+    )
+
+
+_REGISTER = _register_statement(record_event=True)
 
 
 @dataclass(frozen=True)
