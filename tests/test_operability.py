@@ -192,6 +192,7 @@ async def test_one_json_log_line_and_metrics_per_rpc(database_url: str, temporal
             )
             with pytest.raises(grpc.aio.AioRpcError):
                 await stubs.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id="not-a-uuid"))
+
         # An error's status reaches the client as the server aborts, a moment
         # before the access log records it: scrape until the last call shows.
         def scrape() -> str:
