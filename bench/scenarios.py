@@ -27,10 +27,10 @@ from bench import db
 from bench.config import BenchConfig
 from bench.noop_worker import NOOP_ACTIVITY_WORKFLOW, NOOP_WORKFLOW
 from bench.rss import CpuMeter, RssSampler
-from bench.stack import BenchStack, asyncpg_dsn
+from bench.stack import BenchStack
 from bench.stats import LoadResult, progress, ratio, run_load, summarize
 from provisioner_worker.worker import MAX_CONCURRENT_ACTIVITIES
-from tenantry.db.engine import create_engine
+from tenantry.db.engine import asyncpg_dsn, create_engine
 from tenantry.v1 import (
     event_service_pb2_grpc,
     operation_pb2,

@@ -27,8 +27,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
 from bench.stats import progress
 from tenantry.migrations import upgrade_control_plane
 from tenantry_dev.embedded import (
@@ -46,11 +44,6 @@ from tenantry_dev.tokens import DEV_ISSUER, SigningKey, ensure_page_token_key, e
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 20.0
-
-
-def asyncpg_dsn(database_url: str) -> str:
-    """The SQLAlchemy URL as a plain libpq-style DSN for raw asyncpg."""
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @dataclass

@@ -23,7 +23,8 @@ log = logging.getLogger("tenant_api")
 
 async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | None) -> None:
     keys = JwksKeys.from_settings(settings.auth)
-    # Load the signing keys now: a bad key set shows at start, not at the first call.
+    # Load the signing keys now: a key set that cannot be read is logged at
+    # start (calls get UNAVAILABLE AUTH_KEYS_UNAVAILABLE until it can be).
     await keys.refresh()
     verifier = TokenVerifier(settings.auth, keys)
     engine = create_engine(settings.database_url)

@@ -16,6 +16,7 @@ The verification itself is PyJWT's; this module decides what to ask of it.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import ssl
@@ -49,9 +50,6 @@ MAX_TOKEN_LENGTH = 8192
 MAX_JWKS_BYTES = 1 << 20
 MAX_JWKS_KEYS = 100
 JWKS_FETCH_TIMEOUT_SECONDS = 5.0
-
-
-# -- settings ------------------------------------------------------------------
 
 
 # -- the principal ---------------------------------------------------------------
@@ -213,7 +211,7 @@ class JwksKeys:
         self._keys: dict[str, PyJWK] = {}
         self._loaded_at: float | None = None
         self._lock = asyncio.Lock()
-        self.loads = 0  # how many reads or fetches were attempted (for tests and metrics)
+        self.loads = 0  # how many reads or fetches were attempted (tests read it)
 
     @classmethod
     def from_settings(cls, settings: AuthSettings, **kwargs: Any) -> JwksKeys:
@@ -230,7 +228,7 @@ class JwksKeys:
                 assert self._url is not None
                 data = await asyncio.to_thread(_fetch_url, self._url, self._ssl_context)
             keys = parse_jwks(data)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             log.warning("could not load the JWKS from %s: %s", source, exc)
             return
         if not keys:

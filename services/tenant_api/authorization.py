@@ -16,6 +16,7 @@ from tenant_api.validation import parse_uuid
 
 # Importing the generated modules registers our services in the default pool.
 from tenantry.v1 import (
+    event_service_pb2,  # noqa: F401
     operation_service_pb2,  # noqa: F401
     options_pb2,
     project_service_pb2,  # noqa: F401

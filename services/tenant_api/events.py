@@ -16,12 +16,12 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 
-import asyncpg
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tenant_api import pagination
 from tenant_api.errors import resource_exhausted
+from tenant_api.pg_listener import PgListener
 from tenantry.db.events import EVENT_CHANNEL, LAST_SEQUENCE
 from tenantry.db.models import TenantEvent
 
@@ -39,9 +39,7 @@ class EventFeed:
     """Fans PostgreSQL notifications out to this process's watchers."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        self._connection: asyncpg.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._listener = PgListener(engine.url, EVENT_CHANNEL, self._on_notify)
         self._changed = asyncio.Event()
         self._closed = False
         self.open_watches = 0
@@ -51,17 +49,9 @@ class EventFeed:
         return self._closed
 
     async def ensure_listening(self) -> None:
-        async with self._lock:
-            if self._closed or (self._connection is not None and not self._connection.is_closed()):
-                return
-            try:
-                self._connection = await asyncpg.connect(self._dsn, timeout=5)
-                await self._connection.add_listener(EVENT_CHANNEL, self._on_notify)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("event notifications unavailable, falling back to re-reads: %s", exc)
-                self._connection = None
+        await self._listener.ensure_listening()
 
-    def _on_notify(self, *_: object) -> None:
+    def _on_notify(self, _sequence: str = "") -> None:
         # Wake every current waiter; later waiters get a fresh Event.
         self._changed.set()
         self._changed = asyncio.Event()
@@ -79,10 +69,7 @@ class EventFeed:
         """Ends every watch (cleanly, at its next wake-up) and stops listening."""
         self._closed = True
         self._on_notify()
-        if self._connection is not None:
-            with contextlib.suppress(Exception):
-                await self._connection.close(timeout=2)
-            self._connection = None
+        await self._listener.close()
 
 
 # In sequence order, which is the order events became visible.
@@ -128,6 +115,8 @@ class TenantEvents:
                 async with self._sessions() as session:
                     after = int((await session.execute(LAST_SEQUENCE)).scalar_one())
             while not feed.closed:
+                # Also brings a dropped listener back while watches are open.
+                await feed.ensure_listening()
                 change = feed.next_change()
                 events = await self._after(tenant_id, after, WATCH_BATCH)
                 for event in events:

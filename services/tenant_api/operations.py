@@ -14,13 +14,13 @@ import logging
 import uuid
 from collections import defaultdict
 
-import asyncpg
 from sqlalchemy import select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tenant_api import pagination
 from tenant_api.errors import FieldViolation, invalid_fields, not_found, resource_exhausted
+from tenant_api.pg_listener import PgListener
 from tenantry.db.models import Operation
 from tenantry.states import DONE_OPERATION_STATES, OperationState
 
@@ -70,23 +70,13 @@ class OperationNotifications:
 
     def __init__(self, database_url: URL) -> None:
         """`database_url`: the engine's (`engine.url`); the listener connects with asyncpg itself."""
-        self._dsn = database_url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
-        self._connection: asyncpg.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._listener = PgListener(database_url, NOTIFY_CHANNEL, self._on_notify)
 
     async def ensure_listening(self) -> None:
-        async with self._lock:
-            if self._connection is not None and not self._connection.is_closed():
-                return
-            try:
-                self._connection = await asyncpg.connect(self._dsn, timeout=5)
-                await self._connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("operation notifications unavailable, falling back to re-reads: %s", exc)
-                self._connection = None
+        await self._listener.ensure_listening()
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, workflow_id: str) -> None:
+    def _on_notify(self, workflow_id: str) -> None:
         for future in self._waiters.pop(workflow_id, set()):
             if not future.done():
                 future.set_result(None)
@@ -104,10 +94,7 @@ class OperationNotifications:
                 del self._waiters[workflow_id]
 
     async def close(self) -> None:
-        if self._connection is not None:
-            with contextlib.suppress(Exception):
-                await self._connection.close(timeout=2)
-            self._connection = None
+        await self._listener.close()
 
 
 class Operations:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from tenant_api.errors import FieldViolation, invalid_field, invalid_fields
 from tenant_api.validation import display_text_problem, normalize_display_text
-from tenantry.states import TenantState
+from tenantry.states import GONE_TENANT_STATES, TenantState
 
 MAX_LABELS = 64
 LABEL_KEY_RE = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
@@ -18,7 +18,6 @@ LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9_.-]{0,63}")
 MAX_REASON_LENGTH = 500
 # UpdateTenant's field mask paths (AIP-134); `labels` replaces the whole map.
 UPDATABLE_PATHS = ("display_name", "labels")
-HIDDEN_STATES = frozenset({TenantState.DELETING, TenantState.DELETED})
 
 
 def label_problems(labels: Mapping[str, str], field: str = "labels") -> list[FieldViolation]:
@@ -114,7 +113,7 @@ def parse_filter(text: str, show_deleted: bool) -> TenantFilter:
                 state = TenantState(name)
             except ValueError:
                 raise invalid_field("filter", f"unknown state {match.group(3)!r}") from None
-            if state in HIDDEN_STATES and not show_deleted:
+            if state in GONE_TENANT_STATES and not show_deleted:
                 raise invalid_field("filter", f"state={state} needs show_deleted")
             states.add(state)
         else:

@@ -1,4 +1,5 @@
-"""TenantService logic: registration, lookup, listing and soft deletion.
+"""TenantService logic: registration, lookup, listing, soft deletion, and the
+synchronous changes (update, suspend, resume).
 
 Discipline shared by RegisterTenant and DeleteTenant: write the change and its
 PENDING operation atomically (one transaction, or one statement), commit, and
@@ -26,13 +27,20 @@ from tenantry.db.models import Operation, RequestRecord, Tenant
 from tenantry.db.tenants import TenantWithOperation
 from tenantry.operation_starter import OperationRef, OperationStarter
 from tenantry.pg_errors import UNIQUE_VIOLATION, pg_error
-from tenantry.states import DELETABLE_TENANT_STATES, OperationKind, OperationState, TenantEventType, TenantState
+from tenantry.states import (
+    DELETABLE_TENANT_STATES,
+    GONE_TENANT_STATES,
+    OperationKind,
+    OperationState,
+    TenantEventType,
+    TenantState,
+)
 from tenantry.v1 import tenant_pb2
 from tenantry.workflow_contract import delete_workflow_id
 
 NO_FILTER = TenantFilter(frozenset(), {})
 # UpdateTenant changes names and labels of any tenant not (being) deleted.
-UPDATABLE_TENANT_STATES = frozenset(TenantState) - {TenantState.DELETING, TenantState.DELETED}
+UPDATABLE_TENANT_STATES = frozenset(TenantState) - GONE_TENANT_STATES
 # An UPDATE ... RETURNING of a row already in the session's identity map (locked
 # above): without populate_existing it hands back the stale pre-update object.
 _REFRESH = {"synchronize_session": False, "populate_existing": True}
@@ -110,7 +118,7 @@ class Tenants:
         )
         query = tenant_sql.with_admin_email()
         if not show_deleted:
-            query = query.where(Tenant.state.not_in((TenantState.DELETING, TenantState.DELETED)))
+            query = query.where(Tenant.state.not_in(GONE_TENANT_STATES))
         if where.states:
             query = query.where(Tenant.state.in_(sorted(where.states)))
         if where.labels:
@@ -169,7 +177,7 @@ class Tenants:
     async def update(
         self, tenant_id: uuid.UUID, etag: str, change: TenantUpdate, request_id: uuid.UUID | None, actor: str
     ) -> tenant_pb2.Tenant:
-        async def apply(session: AsyncSession, tenant: Tenant) -> Tenant | None:
+        async def apply(session: AsyncSession) -> Tenant | None:
             return (
                 await session.scalars(
                     tenant_sql.update_fields(tenant_id, UPDATABLE_TENANT_STATES, change.values()),
@@ -223,7 +231,7 @@ class Tenants:
         message: str,
         event: TenantEventType,
     ) -> tenant_pb2.Tenant:
-        async def apply(session: AsyncSession, tenant: Tenant) -> Tenant | None:
+        async def apply(session: AsyncSession) -> Tenant | None:
             return (
                 await session.scalars(
                     tenant_sql.change_state(tenant_id, expected, new, message), execution_options=_REFRESH
@@ -241,7 +249,7 @@ class Tenants:
         actor: str,
         allowed: frozenset[TenantState],
         event: TenantEventType,
-        apply: Callable[[AsyncSession, Tenant], Awaitable[Tenant | None]],
+        apply: Callable[[AsyncSession], Awaitable[Tenant | None]],
     ) -> tenant_pb2.Tenant:
         """One synchronous change in one transaction: the row locked, a
         repeated request_id answered from its record, the etag and the state
@@ -273,7 +281,7 @@ class Tenants:
                 )
             if tenant.state not in allowed:
                 raise _wrong_state(tenant_id, tenant.state)
-            changed = await apply(session, tenant)
+            changed = await apply(session)
             if changed is None:  # not reached while the row is locked; kept for safety
                 raise _wrong_state(tenant_id, tenant.state)
             result = tenant_to_proto(changed, admin_email)

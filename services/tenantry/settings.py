@@ -1,7 +1,9 @@
 """Process configuration from the environment: every TENANTRY_* variable a
 process reads is read, validated and defaulted here, once, at its start (the
-README's table). Nothing else in services/ or devtools/ parses a TENANTRY_* variable
-(tenantry.migrations asks `migrations_dir_from` for its directory).
+README's table). Nothing else in services/ parses a TENANTRY_* variable
+(tenantry.migrations asks `migrations_dir_from` for its directory); in
+devtools/, `tenantry-token` takes its defaults for --issuer and --audience
+from TENANTRY_AUTH_ISSUER / _AUDIENCE when set.
 
 One settings class per process, the services sharing their common part:
 

@@ -28,6 +28,8 @@ class OperationState(StrEnum):
 
 
 DONE_OPERATION_STATES = frozenset({OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED})
+# Deleted or being deleted: hidden from listings unless asked for, never updated.
+GONE_TENANT_STATES = frozenset({TenantState.DELETING, TenantState.DELETED})
 # States from which DeleteTenant may soft-delete a tenant.
 DELETABLE_TENANT_STATES = frozenset(
     {TenantState.CREATING, TenantState.ACTIVE, TenantState.FAILED, TenantState.SUSPENDED}

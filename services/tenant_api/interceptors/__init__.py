@@ -5,7 +5,8 @@
 - `admission`: a cap on calls in flight (RESOURCE_EXHAUSTED TOO_MANY_REQUESTS);
   health checks are exempt.
 - `error_mapping`: every failure leaves as a deliberate status with ErrorInfo.
-- authentication (next, not here yet: `authentication.py`): who is calling.
+- `authentication`: who is calling (bearer token, the method's permission, a
+  tenant-bound token's tenant).
 - `tenant_gate`: admits a tenant-scoped call for an ACTIVE tenant, in the
   call's transaction (the gate's domain logic is `tenant_api.tenant_gate`).
 

@@ -80,7 +80,7 @@ class _MethodMetrics:
 
 
 class AccessLogInterceptor(ServerInterceptor):
-    """Sees the final status of every unary call to a registered method."""
+    """Sees the final status of every call (unary or server-streaming) to a registered method."""
 
     def __init__(self, methods: Iterable[str]) -> None:
         """`methods`: the gRPC paths (`/package.Service/Method`) the server

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import event
+from sqlalchemy import URL, event, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -52,3 +52,9 @@ async def driver_of(conn: AsyncConnection) -> asyncpg.Connection:
     """The asyncpg connection under `conn`, for what SQLAlchemy cannot do in
     one round trip (several statements in one message; see its callers)."""
     return cast("asyncpg.Connection", (await conn.get_raw_connection()).driver_connection)
+
+
+def asyncpg_dsn(url: URL | str) -> str:
+    """The DSN asyncpg takes for an engine URL (for connections SQLAlchemy does
+    not manage: LISTEN, benchmark floors)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)

@@ -139,7 +139,7 @@ class Operation(Base):
 class TenantEventCounter(Base):
     """One row: the last event sequence number handed out. Taking a number
     locks this row until commit, so numbers become visible in the order they
-    were handed out (see the 0002 migration)."""
+    were handed out (see the 0003 migration)."""
 
     __tablename__ = "tenant_event_counter"
     __table_args__ = (CheckConstraint("id", name="one_row"),)

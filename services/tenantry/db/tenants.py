@@ -43,7 +43,7 @@ SLUG_UNIQUE_CONSTRAINT = f"uq_{TENANTS}_slug"
 def _register_statement(*, record_event: bool) -> TextClause:
     """Registration's statement. The product always records the REGISTERED
     event (`_REGISTER`); `record_event=False` exists only so the benchmark can
-    measure what the event write costs (bench/scenarios.py)."""
+    measure what the event write costs (bench/events.py)."""
     events = ""
     if record_event:
         events = ", " + event_ctes(
