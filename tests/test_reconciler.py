@@ -192,6 +192,30 @@ async def test_database_and_python_agree_on_schema_names(engine: AsyncEngine) ->
     assert migrated == modelled
 
 
+async def test_the_schedule_itself_finishes_work_left_pending(engine: AsyncEngine, temporal_client: Client) -> None:
+    """Not a test calling reconcile() by hand: the Temporal Schedule fires on its
+    own (every second here) and its run starts the workflow Temporal missed."""
+    async with stack_without_temporal(engine) as dead:
+        response = await dead.stubs.tenants.RegisterTenant(registration(), timeout=30)
+    assert response.operation.state == operation_pb2.OPERATION_STATE_PENDING
+    async with engine.begin() as conn:
+        # Older than the scheduled run's pending threshold.
+        await conn.execute(
+            text("UPDATE workflow_executions SET update_time = now() - interval '1 minute' WHERE workflow_id = :w"),
+            {"w": response.operation.name.removeprefix("operations/")},
+        )
+    async with running_stack(engine=engine, client=temporal_client) as live:
+        schedule_id = f"test-schedule-fires-{uuid.uuid4().hex[:8]}"
+        await ensure_reconcile_schedule(temporal_client, live.task_queue, 1.0, schedule_id)
+        handle = temporal_client.get_schedule_handle(schedule_id)
+        try:
+            operation = await wait_done(live.stubs, response.operation.name, timeout=60)
+            assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED
+            assert (await handle.describe()).info.num_actions >= 1
+        finally:
+            await handle.delete()
+
+
 # --- lost RUNNING operations --------------------------------------------------------------------
 
 
