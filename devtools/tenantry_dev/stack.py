@@ -36,9 +36,15 @@ from tenantry_dev.embedded import (
     temporal_is_healthy,
     tool_path,
 )
-from tenantry_dev.tokens import DEV_AUDIENCE, DEV_ISSUER, ensure_page_token_key, ensure_signing_key, mint_token
+from tenantry_dev.tokens import (
+    DEV_AUDIENCE,
+    DEV_DIR_NAME,
+    DEV_ISSUER,
+    ensure_page_token_key,
+    ensure_signing_key,
+    mint_token,
+)
 
-DEV_DIR_NAME = ".tenantry"
 TEMPORAL_ADDRESS = "127.0.0.1:7233"
 TEMPORAL_UI_PORT = 8233
 STARTUP_TIMEOUT_SECONDS = 60.0

@@ -36,6 +36,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
+from tenant_api.headers import AUTHORIZATION_HEADER
+
 DEV_ISSUER = "tenantry-dev"
 DEV_AUDIENCE = "tenantry"
 ADMIN_SCOPE = "tenantry.admin"
@@ -247,7 +249,6 @@ if __name__ == "__main__":
 
 # --- calling an API with a token (tests, the benchmark) ------------------------------
 
-AUTHORIZATION_HEADER = "authorization"
 
 if TYPE_CHECKING:
     UnaryUnaryClientInterceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 # Which tenant a tenant-scoped call is for: one of the two (see the tenant gate).
 TENANT_ID_HEADER = "x-tenant-id"
 TENANT_SLUG_HEADER = "x-tenant-slug"
+# `Bearer <JWT>`: who is calling (see tenant_api.authentication).
+AUTHORIZATION_HEADER = "authorization"
 # The caller's id for the call, logged with it (one is made up when absent).
 REQUEST_ID_HEADER = "x-request-id"
 

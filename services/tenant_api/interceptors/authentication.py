@@ -17,7 +17,7 @@ import grpc
 from tenant_api.authentication import Principal, TokenVerifier, bearer_token, current_principal
 from tenant_api.authorization import authorize, check_tenant, is_public
 from tenant_api.errors import ApiError
-from tenant_api.headers import TENANT_ID_HEADER, TENANT_SLUG_HEADER, metadata_value
+from tenant_api.headers import AUTHORIZATION_HEADER, TENANT_ID_HEADER, TENANT_SLUG_HEADER, metadata_value
 from tenant_api.interceptors.handlers import ServerInterceptor, replace_stream, replace_unary
 from tenant_api.tenant_gate import is_tenant_scoped
 
@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from tenant_api.interceptors.handlers import Behavior, Continuation, Handler, StreamBehavior
-
-AUTHORIZATION_HEADER = "authorization"
 
 
 class AuthenticationInterceptor(ServerInterceptor):
