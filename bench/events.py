@@ -48,6 +48,7 @@ def _registration_params() -> dict[str, Any]:
         "workflow_id": provision_workflow_id(tenant_id),
         "request_id": None,
         "actor": ACTOR,
+        "labels": {},
     }
 
 

@@ -225,9 +225,10 @@ def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
 # --- tenants, operations and schemas -------------------------------------------------
 
 
-def registration(slug: str | None = None, **overrides: str) -> tenant_service_pb2.RegisterTenantRequest:
+def registration(slug: str | None = None, **overrides: Any) -> tenant_service_pb2.RegisterTenantRequest:
+    """A valid RegisterTenantRequest; `overrides` replace or add fields (`labels` a mapping)."""
     slug = slug or f"t-{uuid.uuid4().hex[:12]}"
-    fields = {
+    fields: dict[str, Any] = {
         "slug": slug,
         "display_name": f"Tenant {slug}",
         "admin_email": f"admin@{slug}.example.com",

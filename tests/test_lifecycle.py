@@ -14,16 +14,20 @@ from alembic.config import Config
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from tenant_api.headers import TENANT_ID_HEADER, TENANT_SLUG_HEADER
 from tenantry.migrations import migrations_dir, tenant_head_revision
 from tenantry.schema_names import schema_name_for
 from tenantry.v1 import operation_pb2, project_service_pb2, tenant_pb2, tenant_service_pb2
+from tenantry.workflow_contract import delete_workflow_id
 from tests.stack import (
     TEST_SUBJECT,
     Stack,
     Stubs,
     api_channel,
+    count_tenants,
     error_info,
     eventually,
     expect_error,
@@ -206,6 +210,118 @@ async def test_stale_or_foreign_etag_is_aborted(stack: Stack, engine: AsyncEngin
 
     assert await event_types(engine, first.id) == ["REGISTERED", "ACTIVATED", "UPDATED", "SUSPENDED", "RESUMED"]
     assert await get(stack.stubs, second.id) == second
+
+
+# --- RegisterTenant labels ----------------------------------------------------------
+
+
+async def test_register_stores_labels_and_a_replay_returns_them(stack: Stack, engine: AsyncEngine) -> None:
+    labels = {"plan": "gold", "region": "eu-west-1", "a.b_c-d": ""}
+    request_id = str(uuid.uuid4())
+    request = registration(labels=labels, request_id=request_id)
+    first = await stack.stubs.tenants.RegisterTenant(request, timeout=30)
+    assert first.tenant.labels == labels
+    assert (await wait_done(stack.stubs, first.operation.name)).state == operation_pb2.OPERATION_STATE_SUCCEEDED
+    active = await get(stack.stubs, first.tenant.id)
+    assert active.labels == labels and active.state == tenant_pb2.TENANT_STATE_ACTIVE
+    assert await list_all(stack.stubs, "label.plan=gold AND label.region=eu-west-1") == [first.tenant.id]
+
+    # A replay (even one with other labels) returns the original tenant, labels included.
+    replay = registration(request.slug, labels={"plan": "silver"}, request_id=request_id)
+    again = await stack.stubs.tenants.RegisterTenant(replay, timeout=30)
+    assert again.tenant == active and again.operation.name == first.operation.name
+    assert await event_types(engine, first.tenant.id) == ["REGISTERED", "ACTIVATED"]
+
+    # No labels: an empty map.
+    plain = await stack.stubs.tenants.RegisterTenant(registration(), timeout=30)
+    assert dict(plain.tenant.labels) == {}
+
+
+async def test_register_refuses_bad_labels(stack: Stack, engine: AsyncEngine) -> None:
+    before = await count_tenants(engine)
+    for labels, fields in (
+        ({"Plan": "gold"}, {"labels['Plan']"}),
+        ({"plan": "gold plus"}, {"labels['plan']"}),
+        ({"plan": "g" * 64}, {"labels['plan']"}),
+        ({f"k{i}": "v" for i in range(65)}, {"labels"}),
+    ):
+        error = await expect_error(
+            stack.stubs.tenants.RegisterTenant(registration(labels=labels), timeout=30),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_FIELD",
+        )
+        assert set(field_violations(error)) == fields, field_violations(error)
+    # Reported together with the other fields' problems.
+    await expect_invalid_field(
+        stack.stubs.tenants.RegisterTenant(registration(display_name=" ", labels={"Plan": "x"}), timeout=30),
+        "display_name",
+        "labels['Plan']",
+    )
+    assert await count_tenants(engine) == before
+
+
+async def delete_operations(engine: AsyncEngine, tenant_id: str) -> int:
+    async with engine.connect() as conn:
+        return int(
+            (
+                await conn.execute(
+                    text("SELECT count(*) FROM workflow_executions WHERE tenant_id = :t AND kind = 'DELETE'"),
+                    {"t": uuid.UUID(tenant_id)},
+                )
+            ).scalar_one()
+        )
+
+
+async def test_delete_with_a_stale_or_foreign_etag_changes_nothing(
+    stack: Stack, engine: AsyncEngine, temporal_client: Client
+) -> None:
+    tenant = await register_active(stack.stubs)
+    other = await register_active(stack.stubs)
+    renamed = await update(stack.stubs, update_request(tenant.id, ["display_name"], display_name="Renamed"))
+    for etag in (tenant.etag, other.etag):  # stale; another tenant's
+        await expect_error(
+            stack.stubs.tenants.DeleteTenant(
+                tenant_service_pb2.DeleteTenantRequest(tenant_id=tenant.id, etag=etag), timeout=30
+            ),
+            ABORTED,
+            "ETAG_MISMATCH",
+        )
+    # Nothing changed: no state, no operation, no event, no workflow.
+    assert await get(stack.stubs, tenant.id) == renamed
+    assert await delete_operations(engine, tenant.id) == 0
+    assert await event_types(engine, tenant.id) == ["REGISTERED", "ACTIVATED", "UPDATED"]
+    with pytest.raises(RPCError) as caught:
+        await temporal_client.get_workflow_handle(delete_workflow_id(uuid.UUID(tenant.id))).describe()
+    assert caught.value.status == RPCStatusCode.NOT_FOUND
+
+    # The current etag deletes.
+    deleted = await stack.stubs.tenants.DeleteTenant(
+        tenant_service_pb2.DeleteTenantRequest(tenant_id=tenant.id, etag=renamed.etag), timeout=30
+    )
+    assert deleted.tenant.state == tenant_pb2.TENANT_STATE_DELETING
+    assert await get(stack.stubs, other.id) == other
+
+
+async def test_repeated_delete_while_deleting_ignores_the_etag(
+    idle_stack: Stack, stack: Stack, engine: AsyncEngine
+) -> None:
+    """The etag is checked only when a change would be made: a retry of a
+    conditional delete (its etag now stale, the deletion bumped it) gets the
+    same operation, and so does a repeat with any other etag."""
+    tenant = await register_active(stack.stubs)
+    # Deleted through the stack without a worker: the tenant stays DELETING.
+    first = await idle_stack.stubs.tenants.DeleteTenant(
+        tenant_service_pb2.DeleteTenantRequest(tenant_id=tenant.id, etag=tenant.etag), timeout=30
+    )
+    assert first.tenant.etag != tenant.etag
+    for etag in (tenant.etag, 'W/"not-an-etag"', first.tenant.etag):
+        again = await idle_stack.stubs.tenants.DeleteTenant(
+            tenant_service_pb2.DeleteTenantRequest(tenant_id=tenant.id, etag=etag), timeout=30
+        )
+        assert again.operation.name == first.operation.name
+        assert again.tenant.state == tenant_pb2.TENANT_STATE_DELETING
+    assert await delete_operations(engine, tenant.id) == 1
+    assert await event_types(engine, tenant.id) == ["REGISTERED", "ACTIVATED", "DELETED"]
 
 
 # --- request_id ------------------------------------------------------------------

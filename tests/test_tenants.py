@@ -6,6 +6,7 @@ deliberate status carrying ErrorInfo (and BadRequest for invalid fields)."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import grpc
 import pytest
@@ -97,7 +98,7 @@ HOSTILE_FIELDS: list[tuple[str, str]] = [
 ]
 
 
-def _valid_fields() -> dict[str, str]:
+def _valid_fields() -> dict[str, Any]:
     slug = f"h-{uuid.uuid4().hex[:12]}"
     return {
         "slug": slug,

@@ -6,6 +6,7 @@ import base64
 import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import grpc
 import pytest
@@ -30,7 +31,8 @@ from tenant_api.validation import (
 from tenantry.db.models import Operation
 from tenantry.schema_names import is_tenant_schema_name, quote_schema, schema_name_for
 
-VALID = {
+# Any: validate_registration's labels is a mapping, the other fields strings.
+VALID: dict[str, Any] = {
     "slug": "acme-corp",
     "display_name": "Acme Corp",
     "admin_email": "ada@acme.example.com",

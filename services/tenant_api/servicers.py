@@ -53,7 +53,12 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
         self, request: tenant_service_pb2.RegisterTenantRequest, context: Context
     ) -> tenant_service_pb2.RegisterTenantResponse:
         registration = validate_registration(
-            request.slug, request.display_name, request.admin_email, request.admin_display_name, request.request_id
+            request.slug,
+            request.display_name,
+            request.admin_email,
+            request.admin_display_name,
+            request.request_id,
+            request.labels,
         )
         result = await self._tenants.register(registration, current_actor())
         return tenant_service_pb2.RegisterTenantResponse(
@@ -116,7 +121,7 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
     ) -> tenant_service_pb2.DeleteTenantResponse:
         tenant_id = require_uuid("tenant_id", request.tenant_id)
         request_id = optional_uuid("request_id", request.request_id)
-        result = await self._tenants.delete(tenant_id, request_id, current_actor())
+        result = await self._tenants.delete(tenant_id, request_id, current_actor(), etag=request.etag)
         return tenant_service_pb2.DeleteTenantResponse(
             tenant=tenant_to_proto(result.tenant, result.admin_email), operation=operation_to_proto(result.operation)
         )

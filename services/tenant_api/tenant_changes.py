@@ -9,27 +9,20 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from tenant_api.errors import FieldViolation, invalid_field, invalid_fields
-from tenant_api.validation import display_text_problem, normalize_display_text
+
+# The label rules live with the other input rules (RegisterTenant uses them too).
+from tenant_api.validation import (
+    LABEL_KEY_RE,
+    LABEL_VALUE_RE,
+    display_text_problem,
+    label_problems,
+    normalize_display_text,
+)
 from tenantry.states import GONE_TENANT_STATES, TenantState
 
-MAX_LABELS = 64
-LABEL_KEY_RE = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
-LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9_.-]{0,63}")
 MAX_REASON_LENGTH = 500
 # UpdateTenant's field mask paths (AIP-134); `labels` replaces the whole map.
 UPDATABLE_PATHS = ("display_name", "labels")
-
-
-def label_problems(labels: Mapping[str, str], field: str = "labels") -> list[FieldViolation]:
-    problems = []
-    if len(labels) > MAX_LABELS:
-        problems.append(FieldViolation(field, f"must have at most {MAX_LABELS} entries"))
-    for key, value in sorted(labels.items()):
-        if not LABEL_KEY_RE.fullmatch(key):
-            problems.append(FieldViolation(f"{field}[{key!r}]", "key must match ^[a-z][a-z0-9_.-]{0,62}$"))
-        elif not LABEL_VALUE_RE.fullmatch(value):
-            problems.append(FieldViolation(f"{field}[{key!r}]", "value must be at most 63 of [A-Za-z0-9_.-]"))
-    return problems
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,17 @@ def _wrong_state(tenant_id: uuid.UUID, state: str) -> ApiError:
     )
 
 
+def _check_etag(tenant: Tenant, etag: str) -> None:
+    """An etag given (AIP-154) must be the tenant's current one: a stale one,
+    or another tenant's, is ABORTED before anything is written."""
+    if etag and etag != tenant_etag(tenant):
+        raise aborted(
+            "ETAG_MISMATCH",
+            f"tenant {tenant.id} changed since etag {etag} was read; read it again",
+            tenant_id=str(tenant.id),
+        )
+
+
 # Listing order: registration time, then id (ix_tenants_create_time_id).
 _KEYSET: pagination.Keyset[tuple[Tenant, str], uuid.UUID] = pagination.Keyset(
     Tenant.create_time, Tenant.id, uuid.UUID, lambda row: (row[0].create_time, row[0].id)
@@ -86,6 +97,7 @@ class Tenants:
                     admin_display_name=request.admin_display_name,
                     request_id=request.request_id,
                     actor=actor,
+                    labels=request.labels,
                 )
         except IntegrityError as exc:
             # A replay, or a concurrent call with the same request_id, won the slug.
@@ -127,7 +139,13 @@ class Tenants:
             rows = [(r[0], r[1]) for r in (await session.execute(_KEYSET.select(query, request))).all()]
         return _KEYSET.page(rows, request)
 
-    async def delete(self, tenant_id: uuid.UUID, request_id: uuid.UUID | None, actor: str) -> TenantWithOperation:
+    async def delete(
+        self, tenant_id: uuid.UUID, request_id: uuid.UUID | None, actor: str, etag: str = ""
+    ) -> TenantWithOperation:
+        """Soft delete. `etag`, if set, must be the tenant's current one, but
+        only when a change would be made: a tenant already DELETING answers
+        with its deletion operation whatever the etag (the deletion itself
+        changed it, so a retry of a conditional delete still succeeds)."""
         workflow_id = delete_workflow_id(tenant_id)
         async with self._sessions() as session, session.begin():
             row = (
@@ -145,6 +163,7 @@ class Tenants:
                 result = TenantWithOperation(tenant, admin_email, operation)
             else:
                 assert tenant.state in DELETABLE_TENANT_STATES
+                _check_etag(tenant, etag)
                 tenant = (
                     await session.scalars(
                         tenant_sql.soft_delete(tenant_id),
@@ -273,12 +292,7 @@ class Tenants:
                     return tenant_pb2.Tenant.FromString(earlier.response)
             if tenant.state == TenantState.DELETED:
                 raise not_found("TENANT_DELETED", f"tenant {tenant_id} was deleted", tenant_id=str(tenant_id))
-            if etag and etag != tenant_etag(tenant):
-                raise aborted(
-                    "ETAG_MISMATCH",
-                    f"tenant {tenant_id} changed since etag {etag} was read; read it again",
-                    tenant_id=str(tenant_id),
-                )
+            _check_etag(tenant, etag)
             if tenant.state not in allowed:
                 raise _wrong_state(tenant_id, tenant.state)
             changed = await apply(session)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import unicodedata
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from tenant_api.errors import FieldViolation, invalid_fields
 
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 RESERVED_SLUGS = frozenset({"public", "admin", "api", "www", "system"})
+# A tenant's labels (RegisterTenant, UpdateTenant, ListTenants' filter).
+MAX_LABELS = 64
+LABEL_KEY_RE = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
+LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9_.-]{0,63}")
 # Deliberately plain: printable ASCII, one @, a dotted domain. Anything exotic
 # is refused rather than stored in a form some other system misreads.
 EMAIL_RE = re.compile(
@@ -94,6 +99,18 @@ def email_problem(email: str) -> str | None:
     return None
 
 
+def label_problems(labels: Mapping[str, str], field: str = "labels") -> list[FieldViolation]:
+    problems = []
+    if len(labels) > MAX_LABELS:
+        problems.append(FieldViolation(field, f"must have at most {MAX_LABELS} entries"))
+    for key, value in sorted(labels.items()):
+        if not LABEL_KEY_RE.fullmatch(key):
+            problems.append(FieldViolation(f"{field}[{key!r}]", "key must match ^[a-z][a-z0-9_.-]{0,62}$"))
+        elif not LABEL_VALUE_RE.fullmatch(value):
+            problems.append(FieldViolation(f"{field}[{key!r}]", "value must be at most 63 of [A-Za-z0-9_.-]"))
+    return problems
+
+
 def parse_uuid(value: str) -> uuid.UUID | None:
     """A canonical UUID string, or None when it is not one."""
     try:
@@ -110,10 +127,16 @@ class RegistrationInput:
     admin_email: str
     admin_display_name: str
     request_id: uuid.UUID | None
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def validate_registration(
-    slug: str, display_name: str, admin_email: str, admin_display_name: str, request_id: str
+    slug: str,
+    display_name: str,
+    admin_email: str,
+    admin_display_name: str,
+    request_id: str,
+    labels: Mapping[str, str] | None = None,
 ) -> RegistrationInput:
     def problems() -> Iterator[FieldViolation]:
         if (p := slug_problem(slug)) is not None:
@@ -126,6 +149,7 @@ def validate_registration(
             yield FieldViolation("admin_display_name", p)
         if request_id and parse_uuid(request_id) is None:
             yield FieldViolation("request_id", "must be a UUID")
+        yield from label_problems(labels or {})
 
     violations = list(problems())
     if violations:
@@ -136,6 +160,7 @@ def validate_registration(
         admin_email=admin_email,
         admin_display_name=normalize_display_text(admin_display_name),
         request_id=parse_uuid(request_id) if request_id else None,
+        labels=dict(labels or {}),
     )
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Delete, Select, TextClause, bindparam, column, delete, exists, func, select, table, text, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import ReturningUpdate
@@ -64,9 +65,9 @@ def _register_statement(*, record_event: bool) -> TextClause:
         ON CONFLICT ((lower(email))) DO UPDATE SET email = {User.__tablename__}.email
         RETURNING id, email
     ), tenant AS (
-        INSERT INTO {TENANTS} (id, slug, display_name, admin_user_id, state, schema_name)
+        INSERT INTO {TENANTS} (id, slug, display_name, admin_user_id, state, schema_name, labels)
         SELECT CAST(:tenant_id AS uuid), CAST(:slug AS varchar), CAST(:display_name AS varchar), admin.id,
-               '{TenantState.CREATING}', CAST(:schema_name AS varchar)
+               '{TenantState.CREATING}', CAST(:schema_name AS varchar), CAST(:labels AS jsonb)
         FROM admin
         RETURNING {", ".join(TENANT_COLUMNS)}
     ), operation AS (
@@ -81,7 +82,7 @@ def _register_statement(*, record_event: bool) -> TextClause:
            {", ".join(f"operation.{c} AS o_{c}" for c in OPERATION_COLUMNS)}
     FROM admin, tenant, operation
     """
-    )
+    ).bindparams(bindparam("labels", type_=JSONB))
 
 
 _REGISTER = _register_statement(record_event=True)
@@ -109,8 +110,9 @@ async def register(
     admin_display_name: str,
     request_id: uuid.UUID | None,
     actor: str,
+    labels: Mapping[str, str] | None = None,
 ) -> TenantWithOperation:
-    """The admin user (found or created), the CREATING tenant and its PENDING
+    """The admin user (found or created), the CREATING tenant (with `labels`) and its PENDING
     provisioning operation and the REGISTERED event, in one statement. Raises IntegrityError for a taken
     slug (`SLUG_UNIQUE_CONSTRAINT`) or a reused request_id."""
     params = {
@@ -124,6 +126,7 @@ async def register(
         "workflow_id": provision_workflow_id(tenant_id),
         "request_id": request_id,
         "actor": actor,
+        "labels": dict(labels or {}),
     }
     row = (await conn.execute(_REGISTER, params)).one()._mapping
     return TenantWithOperation(

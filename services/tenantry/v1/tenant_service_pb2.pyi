@@ -11,18 +11,27 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterTenantRequest(_message.Message):
-    __slots__ = ("slug", "display_name", "admin_email", "admin_display_name", "request_id")
+    __slots__ = ("slug", "display_name", "admin_email", "admin_display_name", "request_id", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SLUG_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     ADMIN_EMAIL_FIELD_NUMBER: _ClassVar[int]
     ADMIN_DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     slug: str
     display_name: str
     admin_email: str
     admin_display_name: str
     request_id: str
-    def __init__(self, slug: _Optional[str] = ..., display_name: _Optional[str] = ..., admin_email: _Optional[str] = ..., admin_display_name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, slug: _Optional[str] = ..., display_name: _Optional[str] = ..., admin_email: _Optional[str] = ..., admin_display_name: _Optional[str] = ..., request_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RegisterTenantResponse(_message.Message):
     __slots__ = ("tenant", "operation")
@@ -67,12 +76,14 @@ class ListTenantsResponse(_message.Message):
     def __init__(self, tenants: _Optional[_Iterable[_Union[_tenant_pb2.Tenant, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DeleteTenantRequest(_message.Message):
-    __slots__ = ("tenant_id", "request_id")
+    __slots__ = ("tenant_id", "request_id", "etag")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     request_id: str
-    def __init__(self, tenant_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    etag: str
+    def __init__(self, tenant_id: _Optional[str] = ..., request_id: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
 
 class DeleteTenantResponse(_message.Message):
     __slots__ = ("tenant", "operation")
