@@ -148,14 +148,7 @@ class Tenants:
         changed it, so a retry of a conditional delete still succeeds)."""
         workflow_id = delete_workflow_id(tenant_id)
         async with self._sessions() as session, session.begin():
-            row = (
-                await session.execute(
-                    tenant_sql.with_admin_email().where(Tenant.id == tenant_id).with_for_update(of=Tenant)
-                )
-            ).one_or_none()
-            if row is None:
-                raise not_found("TENANT_NOT_FOUND", f"tenant {tenant_id} not found", tenant_id=str(tenant_id))
-            tenant, admin_email = row[0], row[1]
+            tenant, admin_email = await _locked(session, tenant_id)
             if tenant.state == TenantState.DELETED:
                 raise not_found("TENANT_DELETED", f"tenant {tenant_id} was deleted", tenant_id=str(tenant_id))
             if tenant.state == TenantState.DELETING:
@@ -275,14 +268,7 @@ class Tenants:
         checked, the change (itself conditional on the state), the request
         record, and last the event. Refused calls write nothing."""
         async with self._sessions() as session, session.begin():
-            row = (
-                await session.execute(
-                    tenant_sql.with_admin_email().where(Tenant.id == tenant_id).with_for_update(of=Tenant)
-                )
-            ).one_or_none()
-            if row is None:
-                raise not_found("TENANT_NOT_FOUND", f"tenant {tenant_id} not found", tenant_id=str(tenant_id))
-            tenant, admin_email = row[0], row[1]
+            tenant, admin_email = await _locked(session, tenant_id)
             if request_id is not None:
                 # Read under the row lock: a concurrent first attempt has committed (or not) by now.
                 earlier = await session.get(RequestRecord, request_id)
@@ -344,3 +330,13 @@ class Tenants:
             operation.state = OperationState.RUNNING
             operation.start_time = start_time
         return result
+
+
+async def _locked(session: AsyncSession, tenant_id: uuid.UUID) -> tuple[Tenant, str]:
+    """The tenant and its admin's email, its row locked until the transaction ends."""
+    row = (
+        await session.execute(tenant_sql.with_admin_email().where(Tenant.id == tenant_id).with_for_update(of=Tenant))
+    ).one_or_none()
+    if row is None:
+        raise not_found("TENANT_NOT_FOUND", f"tenant {tenant_id} not found", tenant_id=str(tenant_id))
+    return row[0], row[1]
