@@ -17,6 +17,15 @@ class TenantState(StrEnum):
 class OperationKind(StrEnum):
     PROVISION = "PROVISION"
     DELETE = "DELETE"
+    # Fleet-wide schema rollouts and moves between shards (their workflows
+    # come later; the kinds exist so the one-open-operation rule covers them).
+    MIGRATE = "MIGRATE"
+    MOVE = "MOVE"
+
+
+# Operations that change a tenant's lifecycle: at most one of them is open
+# (PENDING or RUNNING) per tenant, enforced by a partial unique index.
+LIFECYCLE_OPERATION_KINDS = (OperationKind.PROVISION, OperationKind.DELETE, OperationKind.MOVE)
 
 
 class OperationState(StrEnum):
@@ -27,6 +36,7 @@ class OperationState(StrEnum):
     CANCELLED = "CANCELLED"
 
 
+OPEN_OPERATION_STATES = (OperationState.PENDING, OperationState.RUNNING)
 DONE_OPERATION_STATES = frozenset({OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED})
 # Deleted or being deleted: hidden from listings unless asked for, never updated.
 GONE_TENANT_STATES = frozenset({TenantState.DELETING, TenantState.DELETED})
@@ -34,6 +44,10 @@ GONE_TENANT_STATES = frozenset({TenantState.DELETING, TenantState.DELETED})
 DELETABLE_TENANT_STATES = frozenset(
     {TenantState.CREATING, TenantState.ACTIVE, TenantState.FAILED, TenantState.SUSPENDED}
 )
+# States whose data a soft delete keeps until `purge_time` (an undelete
+# returns the tenant to the state it had); a CREATING or FAILED tenant has
+# nothing worth keeping and is purged at once.
+RETAINED_TENANT_STATES = frozenset({TenantState.ACTIVE, TenantState.SUSPENDED})
 
 
 class TenantEventType(StrEnum):

@@ -8,7 +8,9 @@ in the tenant's schema with `schema_translate_map`; lineage `migrations/tenant`)
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -27,7 +29,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tenantry.schema_names import SCHEMA_NAME_FROM_ID_SQL
-from tenantry.states import OperationKind, OperationState, TenantEventType, TenantState
+from tenantry.states import (
+    LIFECYCLE_OPERATION_KINDS,
+    OPEN_OPERATION_STATES,
+    OperationKind,
+    OperationState,
+    TenantEventType,
+    TenantState,
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -38,9 +47,7 @@ NAMING_CONVENTION = {
 }
 
 
-def _in(
-    column: str, values: type[TenantState] | type[OperationState] | type[OperationKind] | type[TenantEventType]
-) -> str:
+def _in(column: str, values: Iterable[StrEnum]) -> str:
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
 
@@ -76,10 +83,20 @@ class Tenant(Base):
         CheckConstraint(f"schema_name = {SCHEMA_NAME_FROM_ID_SQL}", name="schema_name_from_id"),
         Index("ix_tenants_create_time_id", "create_time", "id"),
         Index("ix_tenants_labels", "labels", postgresql_using="gin"),
+        # A slug is held by at most one tenant that is not DELETED: a purged
+        # tenant's slug can be registered again (its record stays, for audit).
+        Index(
+            "uq_tenants_slug",
+            "slug",
+            unique=True,
+            postgresql_where=text(f"state <> '{TenantState.DELETED}'"),
+        ),
+        # GetTenant by slug also finds purged holders (most recent first).
+        Index("ix_tenants_slug_update_time", "slug", "update_time"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    slug: Mapped[str] = mapped_column(String(40), unique=True)
+    slug: Mapped[str] = mapped_column(String(40))
     display_name: Mapped[str] = mapped_column(String(100))
     # The admin membership intent: the provisioning workflow creates the
     # membership for this user.
@@ -97,6 +114,9 @@ class Tenant(Base):
     labels: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     # The tenant-lineage revision its schema is at, stamped by provisioning ("" before).
     schema_version: Mapped[str] = mapped_column(String(32), server_default="")
+    # While DELETING: the state UndeleteTenant restores (ACTIVE or SUSPENDED
+    # when the data is retained; CREATING or FAILED when it is purged at once).
+    state_before_delete: Mapped[str | None] = mapped_column(String(16))
 
 
 class TenantMembership(Base):
@@ -119,6 +139,15 @@ class Operation(Base):
         Index("ix_workflow_executions_tenant_id_create_time", "tenant_id", "create_time"),
         Index("ix_workflow_executions_state_create_time", "state", "create_time"),
         Index("ix_workflow_executions_create_time_workflow_id", "create_time", "workflow_id"),
+        # At most one open lifecycle operation per tenant (design.md, OperationService).
+        Index(
+            "uq_workflow_executions_open_lifecycle",
+            "tenant_id",
+            unique=True,
+            postgresql_where=text(
+                f"{_in('state', OPEN_OPERATION_STATES)} AND {_in('kind', LIFECYCLE_OPERATION_KINDS)}"
+            ),
+        ),
     )
 
     workflow_id: Mapped[str] = mapped_column(String(200), primary_key=True)

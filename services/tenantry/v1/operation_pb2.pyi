@@ -14,6 +14,8 @@ class OperationKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OPERATION_KIND_UNSPECIFIED: _ClassVar[OperationKind]
     OPERATION_KIND_PROVISION: _ClassVar[OperationKind]
     OPERATION_KIND_DELETE: _ClassVar[OperationKind]
+    OPERATION_KIND_MIGRATE: _ClassVar[OperationKind]
+    OPERATION_KIND_MOVE: _ClassVar[OperationKind]
 
 class OperationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -26,6 +28,8 @@ class OperationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 OPERATION_KIND_UNSPECIFIED: OperationKind
 OPERATION_KIND_PROVISION: OperationKind
 OPERATION_KIND_DELETE: OperationKind
+OPERATION_KIND_MIGRATE: OperationKind
+OPERATION_KIND_MOVE: OperationKind
 OPERATION_STATE_UNSPECIFIED: OperationState
 OPERATION_STATE_PENDING: OperationState
 OPERATION_STATE_RUNNING: OperationState

@@ -93,6 +93,56 @@ class DeleteTenantResponse(_message.Message):
     operation: _operation_pb2.Operation
     def __init__(self, tenant: _Optional[_Union[_tenant_pb2.Tenant, _Mapping]] = ..., operation: _Optional[_Union[_operation_pb2.Operation, _Mapping]] = ...) -> None: ...
 
+class UndeleteTenantRequest(_message.Message):
+    __slots__ = ("tenant_id", "etag", "request_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    etag: str
+    request_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., etag: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class UndeleteTenantResponse(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: _tenant_pb2.Tenant
+    def __init__(self, tenant: _Optional[_Union[_tenant_pb2.Tenant, _Mapping]] = ...) -> None: ...
+
+class PurgeTenantRequest(_message.Message):
+    __slots__ = ("tenant_id", "request_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    request_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class PurgeTenantResponse(_message.Message):
+    __slots__ = ("tenant", "operation")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    tenant: _tenant_pb2.Tenant
+    operation: _operation_pb2.Operation
+    def __init__(self, tenant: _Optional[_Union[_tenant_pb2.Tenant, _Mapping]] = ..., operation: _Optional[_Union[_operation_pb2.Operation, _Mapping]] = ...) -> None: ...
+
+class RetryTenantProvisioningRequest(_message.Message):
+    __slots__ = ("tenant_id", "etag", "request_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    etag: str
+    request_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., etag: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RetryTenantProvisioningResponse(_message.Message):
+    __slots__ = ("tenant", "operation")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    tenant: _tenant_pb2.Tenant
+    operation: _operation_pb2.Operation
+    def __init__(self, tenant: _Optional[_Union[_tenant_pb2.Tenant, _Mapping]] = ..., operation: _Optional[_Union[_operation_pb2.Operation, _Mapping]] = ...) -> None: ...
+
 class UpdateTenantRequest(_message.Message):
     __slots__ = ("tenant", "update_mask", "request_id")
     TENANT_FIELD_NUMBER: _ClassVar[int]

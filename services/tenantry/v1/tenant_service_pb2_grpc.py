@@ -70,6 +70,21 @@ class TenantServiceStub:
                 request_serializer=tenantry_dot_v1_dot_tenant__service__pb2.DeleteTenantRequest.SerializeToString,
                 response_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.DeleteTenantResponse.FromString,
                 _registered_method=True)
+        self.UndeleteTenant = channel.unary_unary(
+                '/tenantry.v1.TenantService/UndeleteTenant',
+                request_serializer=tenantry_dot_v1_dot_tenant__service__pb2.UndeleteTenantRequest.SerializeToString,
+                response_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.UndeleteTenantResponse.FromString,
+                _registered_method=True)
+        self.PurgeTenant = channel.unary_unary(
+                '/tenantry.v1.TenantService/PurgeTenant',
+                request_serializer=tenantry_dot_v1_dot_tenant__service__pb2.PurgeTenantRequest.SerializeToString,
+                response_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.PurgeTenantResponse.FromString,
+                _registered_method=True)
+        self.RetryTenantProvisioning = channel.unary_unary(
+                '/tenantry.v1.TenantService/RetryTenantProvisioning',
+                request_serializer=tenantry_dot_v1_dot_tenant__service__pb2.RetryTenantProvisioningRequest.SerializeToString,
+                response_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.RetryTenantProvisioningResponse.FromString,
+                _registered_method=True)
 
 
 class TenantServiceServicer:
@@ -85,7 +100,8 @@ class TenantServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTenant(self, request, context):
-        """Returns a tenant in any state, including DELETED.
+        """Returns a tenant in any state, including DELETED. By slug: the tenant
+        that holds the slug now, else the one that held it most recently.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,7 +136,36 @@ class TenantServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTenant(self, request, context):
-        """Soft-deletes a tenant (DELETING) and starts dropping its schema.
+        """Soft-deletes a tenant (DELETING). An ACTIVE or SUSPENDED tenant's data
+        is kept until `purge_time` (now + the deployment's retention), a CREATING
+        or FAILED tenant is purged at once. The operation stays open until the
+        purge (SUCCEEDED) or an undelete (CANCELLED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndeleteTenant(self, request, context):
+        """DELETING (data retained, purge not begun) -> the state it had before the
+        delete (ACTIVE or SUSPENDED), every row intact; the pending purge is
+        cancelled. Once the purge is due or has begun: FAILED_PRECONDITION
+        `WRONG_TENANT_STATE`. The purge and an undelete lock the tenant row:
+        exactly one of them wins.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeTenant(self, request, context):
+        """Purges a DELETING tenant now instead of at `purge_time` (erasure
+        requests); returns its deletion operation, which ends SUCCEEDED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryTenantProvisioning(self, request, context):
+        """FAILED -> CREATING with a new provisioning operation (PENDING).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -163,6 +208,21 @@ def add_TenantServiceServicer_to_server(servicer, server):
                     servicer.DeleteTenant,
                     request_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.DeleteTenantRequest.FromString,
                     response_serializer=tenantry_dot_v1_dot_tenant__service__pb2.DeleteTenantResponse.SerializeToString,
+            ),
+            'UndeleteTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndeleteTenant,
+                    request_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.UndeleteTenantRequest.FromString,
+                    response_serializer=tenantry_dot_v1_dot_tenant__service__pb2.UndeleteTenantResponse.SerializeToString,
+            ),
+            'PurgeTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeTenant,
+                    request_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.PurgeTenantRequest.FromString,
+                    response_serializer=tenantry_dot_v1_dot_tenant__service__pb2.PurgeTenantResponse.SerializeToString,
+            ),
+            'RetryTenantProvisioning': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryTenantProvisioning,
+                    request_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.RetryTenantProvisioningRequest.FromString,
+                    response_serializer=tenantry_dot_v1_dot_tenant__service__pb2.RetryTenantProvisioningResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +415,87 @@ class TenantService:
             '/tenantry.v1.TenantService/DeleteTenant',
             tenantry_dot_v1_dot_tenant__service__pb2.DeleteTenantRequest.SerializeToString,
             tenantry_dot_v1_dot_tenant__service__pb2.DeleteTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndeleteTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantry.v1.TenantService/UndeleteTenant',
+            tenantry_dot_v1_dot_tenant__service__pb2.UndeleteTenantRequest.SerializeToString,
+            tenantry_dot_v1_dot_tenant__service__pb2.UndeleteTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantry.v1.TenantService/PurgeTenant',
+            tenantry_dot_v1_dot_tenant__service__pb2.PurgeTenantRequest.SerializeToString,
+            tenantry_dot_v1_dot_tenant__service__pb2.PurgeTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryTenantProvisioning(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantry.v1.TenantService/RetryTenantProvisioning',
+            tenantry_dot_v1_dot_tenant__service__pb2.RetryTenantProvisioningRequest.SerializeToString,
+            tenantry_dot_v1_dot_tenant__service__pb2.RetryTenantProvisioningResponse.FromString,
             options,
             channel_credentials,
             insecure,

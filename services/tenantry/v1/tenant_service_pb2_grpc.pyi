@@ -38,7 +38,9 @@ class TenantServiceStub:
     `request_id`.
     """
     GetTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.GetTenantRequest, _tenant_service_pb2.GetTenantResponse]
-    """Returns a tenant in any state, including DELETED."""
+    """Returns a tenant in any state, including DELETED. By slug: the tenant
+    that holds the slug now, else the one that held it most recently.
+    """
     ListTenants: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.ListTenantsRequest, _tenant_service_pb2.ListTenantsResponse]
     """Lists tenants in creation order, optionally filtered."""
     UpdateTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.UpdateTenantRequest, _tenant_service_pb2.UpdateTenantResponse]
@@ -48,7 +50,24 @@ class TenantServiceStub:
     ResumeTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.ResumeTenantRequest, _tenant_service_pb2.ResumeTenantResponse]
     """SUSPENDED -> ACTIVE, synchronously."""
     DeleteTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.DeleteTenantRequest, _tenant_service_pb2.DeleteTenantResponse]
-    """Soft-deletes a tenant (DELETING) and starts dropping its schema."""
+    """Soft-deletes a tenant (DELETING). An ACTIVE or SUSPENDED tenant's data
+    is kept until `purge_time` (now + the deployment's retention), a CREATING
+    or FAILED tenant is purged at once. The operation stays open until the
+    purge (SUCCEEDED) or an undelete (CANCELLED).
+    """
+    UndeleteTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.UndeleteTenantRequest, _tenant_service_pb2.UndeleteTenantResponse]
+    """DELETING (data retained, purge not begun) -> the state it had before the
+    delete (ACTIVE or SUSPENDED), every row intact; the pending purge is
+    cancelled. Once the purge is due or has begun: FAILED_PRECONDITION
+    `WRONG_TENANT_STATE`. The purge and an undelete lock the tenant row:
+    exactly one of them wins.
+    """
+    PurgeTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.PurgeTenantRequest, _tenant_service_pb2.PurgeTenantResponse]
+    """Purges a DELETING tenant now instead of at `purge_time` (erasure
+    requests); returns its deletion operation, which ends SUCCEEDED.
+    """
+    RetryTenantProvisioning: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.RetryTenantProvisioningRequest, _tenant_service_pb2.RetryTenantProvisioningResponse]
+    """FAILED -> CREATING with a new provisioning operation (PENDING)."""
 
 @_typing.type_check_only
 class TenantServiceAsyncStub(TenantServiceStub):
@@ -60,7 +79,9 @@ class TenantServiceAsyncStub(TenantServiceStub):
     `request_id`.
     """
     GetTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.GetTenantRequest, _tenant_service_pb2.GetTenantResponse]  # type: ignore[assignment]
-    """Returns a tenant in any state, including DELETED."""
+    """Returns a tenant in any state, including DELETED. By slug: the tenant
+    that holds the slug now, else the one that held it most recently.
+    """
     ListTenants: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.ListTenantsRequest, _tenant_service_pb2.ListTenantsResponse]  # type: ignore[assignment]
     """Lists tenants in creation order, optionally filtered."""
     UpdateTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.UpdateTenantRequest, _tenant_service_pb2.UpdateTenantResponse]  # type: ignore[assignment]
@@ -70,7 +91,24 @@ class TenantServiceAsyncStub(TenantServiceStub):
     ResumeTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.ResumeTenantRequest, _tenant_service_pb2.ResumeTenantResponse]  # type: ignore[assignment]
     """SUSPENDED -> ACTIVE, synchronously."""
     DeleteTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.DeleteTenantRequest, _tenant_service_pb2.DeleteTenantResponse]  # type: ignore[assignment]
-    """Soft-deletes a tenant (DELETING) and starts dropping its schema."""
+    """Soft-deletes a tenant (DELETING). An ACTIVE or SUSPENDED tenant's data
+    is kept until `purge_time` (now + the deployment's retention), a CREATING
+    or FAILED tenant is purged at once. The operation stays open until the
+    purge (SUCCEEDED) or an undelete (CANCELLED).
+    """
+    UndeleteTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.UndeleteTenantRequest, _tenant_service_pb2.UndeleteTenantResponse]  # type: ignore[assignment]
+    """DELETING (data retained, purge not begun) -> the state it had before the
+    delete (ACTIVE or SUSPENDED), every row intact; the pending purge is
+    cancelled. Once the purge is due or has begun: FAILED_PRECONDITION
+    `WRONG_TENANT_STATE`. The purge and an undelete lock the tenant row:
+    exactly one of them wins.
+    """
+    PurgeTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.PurgeTenantRequest, _tenant_service_pb2.PurgeTenantResponse]  # type: ignore[assignment]
+    """Purges a DELETING tenant now instead of at `purge_time` (erasure
+    requests); returns its deletion operation, which ends SUCCEEDED.
+    """
+    RetryTenantProvisioning: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.RetryTenantProvisioningRequest, _tenant_service_pb2.RetryTenantProvisioningResponse]  # type: ignore[assignment]
+    """FAILED -> CREATING with a new provisioning operation (PENDING)."""
 
 class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
     """Registers, looks up and deletes tenants."""
@@ -91,7 +129,9 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tenant_service_pb2.GetTenantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tenant_service_pb2.GetTenantResponse, _abc.Awaitable[_tenant_service_pb2.GetTenantResponse]]:
-        """Returns a tenant in any state, including DELETED."""
+        """Returns a tenant in any state, including DELETED. By slug: the tenant
+        that holds the slug now, else the one that held it most recently.
+        """
 
     @_abc_1.abstractmethod
     def ListTenants(
@@ -131,6 +171,41 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tenant_service_pb2.DeleteTenantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tenant_service_pb2.DeleteTenantResponse, _abc.Awaitable[_tenant_service_pb2.DeleteTenantResponse]]:
-        """Soft-deletes a tenant (DELETING) and starts dropping its schema."""
+        """Soft-deletes a tenant (DELETING). An ACTIVE or SUSPENDED tenant's data
+        is kept until `purge_time` (now + the deployment's retention), a CREATING
+        or FAILED tenant is purged at once. The operation stays open until the
+        purge (SUCCEEDED) or an undelete (CANCELLED).
+        """
+
+    @_abc_1.abstractmethod
+    def UndeleteTenant(
+        self,
+        request: _tenant_service_pb2.UndeleteTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenant_service_pb2.UndeleteTenantResponse, _abc.Awaitable[_tenant_service_pb2.UndeleteTenantResponse]]:
+        """DELETING (data retained, purge not begun) -> the state it had before the
+        delete (ACTIVE or SUSPENDED), every row intact; the pending purge is
+        cancelled. Once the purge is due or has begun: FAILED_PRECONDITION
+        `WRONG_TENANT_STATE`. The purge and an undelete lock the tenant row:
+        exactly one of them wins.
+        """
+
+    @_abc_1.abstractmethod
+    def PurgeTenant(
+        self,
+        request: _tenant_service_pb2.PurgeTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenant_service_pb2.PurgeTenantResponse, _abc.Awaitable[_tenant_service_pb2.PurgeTenantResponse]]:
+        """Purges a DELETING tenant now instead of at `purge_time` (erasure
+        requests); returns its deletion operation, which ends SUCCEEDED.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryTenantProvisioning(
+        self,
+        request: _tenant_service_pb2.RetryTenantProvisioningRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenant_service_pb2.RetryTenantProvisioningResponse, _abc.Awaitable[_tenant_service_pb2.RetryTenantProvisioningResponse]]:
+        """FAILED -> CREATING with a new provisioning operation (PENDING)."""
 
 def add_TenantServiceServicer_to_server(servicer: TenantServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
