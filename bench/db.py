@@ -12,7 +12,7 @@ import asyncpg
 
 from tenantry.migrations import tenant_schema_script
 from tenantry.schema_names import SCHEMA_NAME_FROM_ID_SQL, quote_schema, schema_name_for
-from tenantry.workflow_contract import delete_workflow_id, provision_workflow_id
+from tenantry.workflow_contract import provision_workflow_id
 
 NOTIFY_CHANNEL = "tenantry_operation_done"
 
@@ -157,7 +157,3 @@ class Outcomes:
     @staticmethod
     def provisioned(tenant_id: str | uuid.UUID) -> str:
         return provision_workflow_id(uuid.UUID(str(tenant_id)))
-
-    @staticmethod
-    def deleted(tenant_id: str | uuid.UUID) -> str:
-        return delete_workflow_id(uuid.UUID(str(tenant_id)))

@@ -138,12 +138,19 @@ class Bench:
     async def register(self, slug: str | None = None) -> tenant_service_pb2.RegisterTenantResponse:
         return await self.tenants.RegisterTenant(registration(slug or _slug()), timeout=RPC_TIMEOUT)
 
-    async def settle(self, tenant_ids: list[str], what: str = "provisioned") -> dict[str, float]:
-        """Waits (bounded) until every tenant's operation finished."""
-        name = db.Outcomes.provisioned if what == "provisioned" else db.Outcomes.deleted
-        done = await self.outcomes.wait_all([name(t) for t in tenant_ids], self.config.settle_timeout_seconds)
-        if len(done) < len(tenant_ids):
-            progress(f"WARNING: {len(tenant_ids) - len(done)} of {len(tenant_ids)} tenants not {what} in time")
+    async def settle(self, tenant_ids: list[str]) -> dict[str, float]:
+        """Waits (bounded) until every tenant's provisioning finished."""
+        return await self._settle([db.Outcomes.provisioned(t) for t in tenant_ids], "provisioned")
+
+    async def settle_deletions(self, operation_names: list[str]) -> dict[str, float]:
+        """Waits (bounded) until every deletion operation finished (the bench's
+        API purges at once: its retention is a millisecond)."""
+        return await self._settle([name.removeprefix("operations/") for name in operation_names], "deleted")
+
+    async def _settle(self, workflow_ids: list[str], what: str) -> dict[str, float]:
+        done = await self.outcomes.wait_all(workflow_ids, self.config.settle_timeout_seconds)
+        if len(done) < len(workflow_ids):
+            progress(f"WARNING: {len(workflow_ids) - len(done)} of {len(workflow_ids)} tenants not {what} in time")
         return done
 
     async def states(self, tenant_ids: list[str]) -> dict[str, int]:
@@ -187,11 +194,13 @@ async def warmup(bench: Bench) -> None:
     )
     await bench.projects.ListProjects(project_service_pb2.ListProjectsRequest(), metadata=metadata)
     await bench.bare_projects.ListProjects(project_service_pb2.ListProjectsRequest(), metadata=metadata)
-    for tenant_id in ids:
+    deletions = [
         await bench.tenants.DeleteTenant(
             tenant_service_pb2.DeleteTenantRequest(tenant_id=tenant_id), timeout=RPC_TIMEOUT
         )
-    await bench.settle(ids, "deleted")
+        for tenant_id in ids
+    ]
+    await bench.settle_deletions([d.operation.name for d in deletions])
     for workflow in (NOOP_WORKFLOW, NOOP_ACTIVITY_WORKFLOW):
         handles = [await bench.start_noop(workflow, f"warmup-{uuid.uuid4().hex}") for _ in range(3)]
         await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), bench.config.settle_timeout_seconds)
@@ -647,7 +656,9 @@ async def scenario_deletion(bench: Bench) -> dict[str, Any]:
         rpc.append(time.perf_counter() - begin)
         if response.tenant.state != tenant_pb2.TENANT_STATE_DELETING:
             wrong_state += 1
-        finished = await bench.outcomes.wait(db.Outcomes.deleted(tenant_id), bench.config.settle_timeout_seconds)
+        finished = await bench.outcomes.wait(
+            response.operation.name.removeprefix("operations/"), bench.config.settle_timeout_seconds
+        )
         to_deleted.append(finished - begin)
     sequential: dict[str, Any] = {
         "count": count,
@@ -668,11 +679,16 @@ async def scenario_deletion(bench: Bench) -> dict[str, Any]:
     progress(f"scenario 5: deleting the other {len(rest)} registered tenants at concurrency {concurrency}")
     t0 = time.perf_counter()
 
+    deletions: list[str] = []
+
     async def delete(i: int) -> None:
-        await bench.tenants.DeleteTenant(tenant_service_pb2.DeleteTenantRequest(tenant_id=rest[i]), timeout=RPC_TIMEOUT)
+        response = await bench.tenants.DeleteTenant(
+            tenant_service_pb2.DeleteTenantRequest(tenant_id=rest[i]), timeout=RPC_TIMEOUT
+        )
+        deletions.append(response.operation.name)
 
     result = await run_load(delete, concurrency=concurrency, total=len(rest))
-    done = await bench.settle(rest, "deleted")
+    done = await bench.settle_deletions(deletions)
     total = (max(done.values()) - t0) if done else float("nan")
     bulk = {
         "count": len(rest),

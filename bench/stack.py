@@ -133,6 +133,8 @@ class BenchStack:
                 "TENANTRY_METRICS_ADDRESS": "off",
                 "TENANTRY_SDK_METRICS_ADDRESS": "off",
                 "TENANTRY_RECONCILE_INTERVAL_SECONDS": "3600",
+                # The deletion scenario measures the purge: keep no data.
+                "TENANTRY_DELETION_RETENTION_SECONDS": "0.001",
                 "TENANTRY_SHUTDOWN_GRACE_SECONDS": "3",
                 "TENANTRY_WORKER_LIVENESS_FILE": str(self.workdir / "worker.alive"),
                 "TENANTRY_AUTH_ISSUER": DEV_ISSUER,

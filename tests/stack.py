@@ -167,10 +167,13 @@ async def running_stack(
     page_tokens: PageTokens | None = None,
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
     max_waits: int = MAX_WAITS,
+    deletion_retention: timedelta = timedelta(days=7),
 ) -> AsyncIterator[Stack]:
     """API in-process on port 0 plus (optionally) a worker, on their own task
     queue. `page_tokens`: default page_tokens_for_tests(); the caps are
-    start_api's (tests lower them)."""
+    start_api's (tests lower them). `deletion_retention`: a deleted ACTIVE or
+    SUSPENDED tenant's data is kept this long (tests that want it gone call
+    PurgeTenant: see delete_and_purge)."""
     queue = task_queue or f"test-{uuid.uuid4().hex[:12]}"
     api = await start_api(
         engine=engine,
@@ -181,6 +184,7 @@ async def running_stack(
         page_tokens=page_tokens or page_tokens_for_tests(),
         max_concurrent_rpcs=max_concurrent_rpcs,
         max_waits=max_waits,
+        deletion_retention=deletion_retention,
     )
     channel = api_channel(f"127.0.0.1:{api.port}")
     try:
@@ -257,6 +261,19 @@ async def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: 
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def delete_and_purge(stubs: Stubs, tenant_id: str) -> operation_pb2.Operation:
+    """DeleteTenant, then PurgeTenant (an ACTIVE tenant's data would otherwise
+    be kept for the retention); returns the deletion operation once done."""
+    deleted = await stubs.tenants.DeleteTenant(tenant_service_pb2.DeleteTenantRequest(tenant_id=tenant_id), timeout=30)
+    try:
+        await stubs.tenants.PurgeTenant(tenant_service_pb2.PurgeTenantRequest(tenant_id=tenant_id), timeout=30)
+    except grpc.aio.AioRpcError as error:
+        # Purged at once already (a CREATING or FAILED tenant): nothing to bring forward.
+        assert error.code() == grpc.StatusCode.NOT_FOUND, error
+        assert error_info(error).reason == "TENANT_DELETED"
+    return await asyncio.wait_for(wait_done(stubs, deleted.operation.name), 70)
 
 
 async def register_active(stubs: Stubs) -> tenant_pb2.Tenant:

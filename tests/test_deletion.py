@@ -34,13 +34,13 @@ from tenantry.workflow_contract import (
     DELETE_WORKFLOW,
     DeleteTenantInput,
     ProvisionTenantInput,
-    delete_workflow_id,
     provision_workflow_id,
 )
 from tests.stack import (
     BUG_CODES,
     Stack,
     Stubs,
+    delete_and_purge,
     error_info,
     eventually,
     expect_error,
@@ -73,6 +73,10 @@ async def delete(stubs: Stubs, tenant_id: str) -> tenant_service_pb2.DeleteTenan
     return await stubs.tenants.DeleteTenant(tenant_service_pb2.DeleteTenantRequest(tenant_id=tenant_id), timeout=30)
 
 
+async def purge(stubs: Stubs, tenant_id: str) -> tenant_service_pb2.PurgeTenantResponse:
+    return await stubs.tenants.PurgeTenant(tenant_service_pb2.PurgeTenantRequest(tenant_id=tenant_id), timeout=30)
+
+
 async def membership_count(engine: AsyncEngine, tenant_id: str) -> int:
     async with engine.connect() as conn:
         count = await conn.execute(
@@ -97,7 +101,7 @@ async def failing_stack(engine: AsyncEngine, temporal_client: Client) -> AsyncIt
 # --- the basic contract -------------------------------------------------------------
 
 
-async def test_delete_active_tenant_soft_deletes_then_purges(stack: Stack, engine: AsyncEngine) -> None:
+async def test_delete_active_tenant_keeps_its_data_until_purged(stack: Stack, engine: AsyncEngine) -> None:
     tenant = await register_active(stack.stubs)
     assert await schema_exists(engine, tenant.schema_name)
     assert await membership_count(engine, tenant.id) == 1
@@ -106,13 +110,33 @@ async def test_delete_active_tenant_soft_deletes_then_purges(stack: Stack, engin
     assert response.tenant.id == tenant.id
     assert response.tenant.state == tenant_pb2.TENANT_STATE_DELETING
     assert response.tenant.HasField("delete_time")
-    assert response.tenant.HasField("purge_time")
+    # Retained for the stack's retention (7 days), not purged.
+    retained = response.tenant.purge_time.ToSeconds() - response.tenant.delete_time.ToSeconds()
+    assert retained == 7 * 24 * 3600
     assert response.tenant.etag != tenant.etag
     assert response.operation.kind == operation_pb2.OPERATION_KIND_DELETE
     assert response.operation.tenant_id == tenant.id
-    assert response.operation.name == f"operations/{delete_workflow_id(uuid.UUID(tenant.id))}"
+    # Its own workflow id (a tenant may be deleted, undeleted and deleted again).
+    assert response.operation.name.startswith(f"operations/tenant-delete-{tenant.id}-")
+    # Recorded, not yet picked up: the worker writes RUNNING.
+    assert response.operation.state == operation_pb2.OPERATION_STATE_PENDING
     assert not response.operation.done
 
+    async def running() -> bool:
+        got = await stack.stubs.operations.GetOperation(
+            operation_service_pb2.GetOperationRequest(name=response.operation.name)
+        )
+        return got.operation.state == operation_pb2.OPERATION_STATE_RUNNING
+
+    await eventually(running, timeout=30)
+    # The workflow waits on its timer: the data stays.
+    assert await schema_exists(engine, tenant.schema_name)
+    assert await membership_count(engine, tenant.id) == 1
+    await get_tenant(stack.stubs, tenant.id, tenant_pb2.TENANT_STATE_DELETING)
+
+    purged = await purge(stack.stubs, tenant.id)
+    assert purged.operation.name == response.operation.name
+    assert purged.tenant.purge_time.ToSeconds() <= purged.tenant.update_time.ToSeconds() + 1
     operation = await wait_done(stack.stubs, response.operation.name)
     assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED
     assert operation.done and operation.error_message == ""
@@ -242,7 +266,7 @@ async def test_list_tenants_hides_deleting_and_deleted(stack: Stack, idle_stack:
     deleting = await register_active(stack.stubs)
     await delete(idle_stack.stubs, deleting.id)
     deleted = await register_active(stack.stubs)
-    await wait_done(stack.stubs, (await delete(stack.stubs, deleted.id)).operation.name)
+    await delete_and_purge(stack.stubs, deleted.id)
 
     async def all_tenants(show_deleted: bool) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -359,6 +383,8 @@ async def test_requests_racing_deletion_see_only_ok_deleting_or_deleted(stack: S
             response = await delete(stack.stubs, target.id)
             delete_returned = loop.time()
             assert response.tenant.state == tenant_pb2.TENANT_STATE_DELETING
+            await asyncio.sleep(0.5)  # soft-deleted: its data kept, its calls refused
+            await purge(stack.stubs, target.id)
 
             async def is_deleted() -> bool:
                 return (await get_tenant(stack.stubs, target.id)).state == tenant_pb2.TENANT_STATE_DELETED
@@ -438,8 +464,8 @@ async def test_forged_deletion_workflow_refuses_and_provisioning_carries_on(
         await asyncio.wait_for(provisioning_started.wait(), 30)
         provisioning = temporal_client.get_workflow_handle(provision_workflow_id(uuid.UUID(tenant_id)))
 
-        # Under the tenant's own deletion id, and under any other id.
-        for workflow_id in (delete_workflow_id(uuid.UUID(tenant_id)), f"forged-{uuid.uuid4().hex}"):
+        # Under the id earlier releases gave a tenant's deletion, and under any other id.
+        for workflow_id in (f"tenant-delete-{tenant_id}", f"forged-{uuid.uuid4().hex}"):
             forged = await temporal_client.start_workflow(
                 DELETE_WORKFLOW, DeleteTenantInput(tenant_id=tenant_id), id=workflow_id, task_queue=queue
             )
@@ -460,7 +486,9 @@ async def test_forged_deletion_workflow_refuses_and_provisioning_carries_on(
             operation = await stack.stubs.operations.GetOperation(
                 operation_service_pb2.GetOperationRequest(name=registered.operation.name)
             )
-            assert operation.operation.state == operation_pb2.OPERATION_STATE_RUNNING
+            # Not cancelled: still PENDING (the held activity has not reached
+            # the real one, which writes RUNNING first).
+            assert operation.operation.state == operation_pb2.OPERATION_STATE_PENDING
 
         release.set()
         assert (await wait_done(stack.stubs, registered.operation.name)).state == (
@@ -469,22 +497,26 @@ async def test_forged_deletion_workflow_refuses_and_provisioning_carries_on(
         tenant = await get_tenant(stack.stubs, tenant_id, tenant_pb2.TENANT_STATE_ACTIVE)
         assert await schema_exists(engine, tenant.schema_name)
 
-        # The real deletion reuses the id the forged run closed under.
-        response = await delete(stack.stubs, tenant_id)
-        assert (await wait_done(stack.stubs, response.operation.name)).state == operation_pb2.OPERATION_STATE_SUCCEEDED
+        # A real deletion still works.
+        assert (await delete_and_purge(stack.stubs, tenant_id)).state == operation_pb2.OPERATION_STATE_SUCCEEDED
         await get_tenant(stack.stubs, tenant_id, tenant_pb2.TENANT_STATE_DELETED)
         await assert_purged(engine, tenant)
 
         # Once done, the deletion cannot be run again by hand either. (The
         # operation is SUCCEEDED when the purge commits; its workflow closes
         # a moment later, and only then is the id free to start again.)
-        await asyncio.wait_for(
-            temporal_client.get_workflow_handle(delete_workflow_id(uuid.UUID(tenant_id))).result(), 60
-        )
+        deletion_id = (
+            await stack.stubs.operations.ListOperations(
+                operation_service_pb2.ListOperationsRequest(tenant_id=tenant_id)
+            )
+        ).operations
+        [deletion_name] = [op.name for op in deletion_id if op.kind == operation_pb2.OPERATION_KIND_DELETE]
+        workflow_id = deletion_name.removeprefix("operations/")
+        await asyncio.wait_for(temporal_client.get_workflow_handle(workflow_id).result(), 60)
         again = await temporal_client.start_workflow(
             DELETE_WORKFLOW,
             DeleteTenantInput(tenant_id=tenant_id),
-            id=delete_workflow_id(uuid.UUID(tenant_id)),
+            id=workflow_id,
             task_queue=queue,
         )
         with pytest.raises(WorkflowFailureError) as failed:

@@ -65,6 +65,7 @@ async def _last_sequence(stack: Stack) -> int:
 async def test_a_tenants_life_is_listed_in_order(stack: Stack) -> None:
     tenant = await register_active(stack.stubs)
     deleted = await stack.stubs.tenants.DeleteTenant(tenant_service_pb2.DeleteTenantRequest(tenant_id=tenant.id))
+    await stack.stubs.tenants.PurgeTenant(tenant_service_pb2.PurgeTenantRequest(tenant_id=tenant.id))
     await wait_done(stack.stubs, deleted.operation.name)
     listed = await _events(stack).ListTenantEvents(
         event_service_pb2.ListTenantEventsRequest(tenant_id=tenant.id), timeout=10

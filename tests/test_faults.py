@@ -202,8 +202,8 @@ async def test_worker_killed_mid_activity_new_worker_finishes_all(
             )
             tenant_ids = [r.tenant.id for r in responses]
             workflow_ids = [r.operation.name.removeprefix("operations/") for r in responses]
-            # Workflows started, nobody polls the queue yet.
-            assert {r.operation.state for r in responses} == {operation_pb2.OPERATION_STATE_RUNNING}
+            # Workflows started, nobody polls the queue yet: recorded, PENDING.
+            assert {r.operation.state for r in responses} == {operation_pb2.OPERATION_STATE_PENDING}
 
             # Hold the tenant rows: the schema step's first statement (a shared
             # row lock) then blocks inside the activity, deterministically.

@@ -161,7 +161,8 @@ async def test_two_apis_two_workers_one_killed(database_url: str, engine: AsyncE
                 assert error_info(raised.value).reason in ("TENANT_DELETING", "TENANT_DELETED")
                 seen = await b.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id=target.id))
                 assert seen.tenant.state in (tenant_pb2.TENANT_STATE_DELETING, tenant_pb2.TENANT_STATE_DELETED)
-                # The surviving worker finishes the deletion: the schema is gone.
+                # Purged on request; the surviving worker finishes the deletion: the schema is gone.
+                await b.tenants.PurgeTenant(tenant_service_pb2.PurgeTenantRequest(tenant_id=target.id))
                 operation = await wait_done(b, deletion.operation.name)
                 assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, operation
                 assert not await schema_exists(engine, target.schema_name)

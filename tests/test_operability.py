@@ -94,6 +94,9 @@ async def test_worker_finishes_running_activity_on_sigterm(
                 deleted = await stack.stubs.tenants.DeleteTenant(
                     tenant_service_pb2.DeleteTenantRequest(tenant_id=registered.tenant.id)
                 )
+                await stack.stubs.tenants.PurgeTenant(
+                    tenant_service_pb2.PurgeTenantRequest(tenant_id=registered.tenant.id)
+                )
 
                 async def drop_is_waiting() -> bool:
                     async with engine.connect() as conn:

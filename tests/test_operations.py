@@ -165,6 +165,9 @@ async def test_list_operations_paginates_within_a_tenant(stack: Stack) -> None:
     deleted = await stack.stubs.tenants.DeleteTenant(
         tenant_service_pb2.DeleteTenantRequest(tenant_id=registered.tenant.id), timeout=TIMEOUT
     )
+    await stack.stubs.tenants.PurgeTenant(
+        tenant_service_pb2.PurgeTenantRequest(tenant_id=registered.tenant.id), timeout=TIMEOUT
+    )
     assert (await wait_done(stack.stubs, deleted.operation.name)).state == operation_pb2.OPERATION_STATE_SUCCEEDED
 
     operations, tokens = await _all_operation_pages(stack, page_size=1, tenant_id=registered.tenant.id)

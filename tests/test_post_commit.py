@@ -1,8 +1,10 @@
 """After its commit, RegisterTenant answers OK whatever goes wrong with the
-workflow start or its bookkeeping: the change is already durable."""
+workflow start: the change is already durable. The RUNNING mark is the
+worker's bookkeeping: its failure never fails provisioning."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import grpc
@@ -11,13 +13,15 @@ from google.protobuf.duration_pb2 import Duration
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
 
+from provisioner_worker.activities import TenantActivities
 from tenantry.db.engine import create_engine
 from tenantry.v1 import operation_pb2, operation_service_pb2, project_service_pb2, tenant_pb2
 from tests.stack import BUG_CODES, Stack, error_info, field_violations, registration, running_stack, wait_done
 
 
-async def test_register_is_ok_when_marking_running_fails(stack: Stack, engine: AsyncEngine) -> None:
+async def test_provisioning_finishes_when_marking_running_fails(stack: Stack, engine: AsyncEngine) -> None:
     prefix = f"bk{uuid.uuid4().hex[:8]}"
     # Real fault injection: PostgreSQL refuses PENDING -> RUNNING for our tenants.
     async with engine.begin() as conn:
@@ -41,28 +45,36 @@ async def test_register_is_ok_when_marking_running_fails(stack: Stack, engine: A
     try:
         response = await stack.stubs.tenants.RegisterTenant(registration(f"{prefix}-a"), timeout=30)
         assert response.tenant.state == tenant_pb2.TENANT_STATE_CREATING
-        # The workflow was started; only the RUNNING mark failed, so it still says PENDING.
         assert response.operation.state == operation_pb2.OPERATION_STATE_PENDING
+        # The worker's RUNNING mark fails; its step goes on and finishes the operation.
+        operation = await wait_done(stack.stubs, response.operation.name)
+        assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED
     finally:
         async with engine.begin() as conn:
             await conn.execute(text(f"DROP TRIGGER {prefix}_refuse ON workflow_executions"))
             await conn.execute(text(f"DROP FUNCTION {prefix}_refuse()"))
-    # The workflow runs anyway and its own activities finish the operation.
-    operation = await wait_done(stack.stubs, response.operation.name)
-    assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED
 
 
 async def test_running_mark_commits_asynchronously_for_itself_only(database_url: str, temporal_client: Client) -> None:
-    """The RUNNING mark turns synchronous_commit off for its own transaction:
-    the connection it ran on (the API's only one here) commits the next
-    registration synchronously again."""
+    """The worker's RUNNING mark turns synchronous_commit off for its own
+    transaction: the connection it ran on (the only one here) commits the
+    provisioning itself synchronously again."""
     small = create_engine(database_url, pool_size=1, max_overflow=0)
     try:
         async with running_stack(engine=small, client=temporal_client, with_worker=False) as api:
             response = await api.stubs.tenants.RegisterTenant(registration(), timeout=30)
-            assert response.operation.state == operation_pb2.OPERATION_STATE_RUNNING
-            async with small.connect() as conn:
-                assert await conn.scalar(text("SHOW synchronous_commit")) == "on"
+            assert response.operation.state == operation_pb2.OPERATION_STATE_PENDING
+        workflow_id = response.operation.name.removeprefix("operations/")
+        environment = ActivityEnvironment()
+        environment.info = dataclasses.replace(environment.info, workflow_id=workflow_id)
+        activities = TenantActivities(small, temporal_client)
+        await environment.run(activities._mark_running, workflow_id)
+        async with small.connect() as conn:
+            assert await conn.scalar(text("SHOW synchronous_commit")) == "on"
+            state = await conn.scalar(
+                text("SELECT state FROM workflow_executions WHERE workflow_id = :w"), {"w": workflow_id}
+            )
+        assert state == "RUNNING"
     finally:
         await small.dispose()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import uuid
@@ -28,6 +29,7 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.exceptions import ApplicationError, TimeoutType
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 from temporalio.service import RPCError
+from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Replayer
 
 from provisioner_worker import workflows as workflows_module
@@ -55,8 +57,17 @@ from tenantry.workflow_contract import (
     RECONCILE_WORKFLOW,
     ProvisionTenantInput,
     ReconcileInput,
+    provision_workflow_id,
 )
-from tests.stack import REPO_ROOT, Stack, failing_provisioning_stack, registration, running_stack, wait_done
+from tests.stack import (
+    REPO_ROOT,
+    Stack,
+    delete_and_purge,
+    failing_provisioning_stack,
+    registration,
+    running_stack,
+    wait_done,
+)
 
 HISTORIES_DIR = Path(__file__).resolve().parent / "histories"
 WORKFLOWS_SOURCE = REPO_ROOT / "services" / "provisioner_worker" / "workflows.py"
@@ -64,6 +75,16 @@ _TIMEOUT = timedelta(seconds=90)
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def as_step(tenant_id: uuid.UUID | str) -> ActivityEnvironment:
+    """Runs an activity as the tenant's first provisioning workflow would: the
+    activities take their operation from the calling workflow's id."""
+    environment = ActivityEnvironment()
+    environment.info = dataclasses.replace(
+        environment.info, workflow_id=provision_workflow_id(uuid.UUID(str(tenant_id)))
+    )
+    return environment
 
 
 @asynccontextmanager
@@ -176,8 +197,8 @@ async def test_provision_tenant_is_idempotent_and_safe_concurrently(
     assert schema == schema_name_for(tenant_id)
     step = ProvisionTenantInput(tenant_id=str(tenant_id), admin_user_id=str(user_id))
 
-    await asyncio.gather(*(activities.provision_tenant(step) for _ in range(5)))
-    await activities.provision_tenant(step)
+    await asyncio.gather(*(as_step(tenant_id).run(activities.provision_tenant, step) for _ in range(5)))
+    await as_step(tenant_id).run(activities.provision_tenant, step)
 
     assert await schema_count(engine, schema) == 1
     assert await _provisioned_state(engine, tenant_id, schema) == {
@@ -204,7 +225,9 @@ async def test_provision_tenant_finishes_what_a_crashed_attempt_left(
             text("INSERT INTO tenant_memberships (tenant_id, user_id, role) VALUES (:t, :u, 'admin')"),
             {"t": tenant_id, "u": user_id},
         )
-    await activities.provision_tenant(ProvisionTenantInput(tenant_id=str(tenant_id), admin_user_id=str(user_id)))
+    await as_step(tenant_id).run(
+        activities.provision_tenant, ProvisionTenantInput(tenant_id=str(tenant_id), admin_user_id=str(user_id))
+    )
     state = await _provisioned_state(engine, tenant_id, schema)
     assert state["tables"] == {"projects", "alembic_version"}
     assert state["members"] == [(user_id, "admin")]
@@ -221,7 +244,7 @@ async def test_provision_tenant_concurrently_for_different_tenants(
         tenants = [await register_idle(stack, engine) for _ in range(8)]
     await asyncio.gather(
         *(
-            activities.provision_tenant(ProvisionTenantInput(tenant_id=str(t), admin_user_id=str(u)))
+            as_step(t).run(activities.provision_tenant, ProvisionTenantInput(tenant_id=str(t), admin_user_id=str(u)))
             for t, u, _ in tenants
         )
     )
@@ -239,14 +262,18 @@ async def test_missing_admin_user_is_non_retryable_and_leaves_nothing(
         tenant_id, user_id, schema = await register_idle(stack, engine)
 
     missing_user = ProvisionTenantInput(tenant_id=str(tenant_id), admin_user_id=str(uuid.uuid4()))
-    await expect_application_error(activities.provision_tenant(missing_user), MEMBERSHIP_REFERENCE_MISSING)
+    await expect_application_error(
+        as_step(tenant_id).run(activities.provision_tenant, missing_user), MEMBERSHIP_REFERENCE_MISSING
+    )
     # All or nothing: the schema created before the failing insert is gone too.
     assert await schema_count(engine, schema) == 0
     assert await membership_count(engine, tenant_id) == 0
     assert (await tenant_row(engine, tenant_id))[0] == "CREATING"
 
     missing_tenant = ProvisionTenantInput(tenant_id=str(uuid.uuid4()), admin_user_id=str(user_id))
-    await expect_application_error(activities.provision_tenant(missing_tenant), TENANT_NOT_FOUND)
+    await expect_application_error(
+        as_step(missing_tenant.tenant_id).run(activities.provision_tenant, missing_tenant), TENANT_NOT_FOUND
+    )
 
 
 # --- a late step cannot resurrect a deleted tenant ----------------------------------------------
@@ -262,9 +289,11 @@ async def test_late_steps_cannot_resurrect_a_deleted_tenant(engine: AsyncEngine,
         assert deleted.tenant.state == tenant_pb2.TENANT_STATE_DELETING
 
     step = ProvisionTenantInput(tenant_id=str(tenant_id), admin_user_id=str(user_id))
-    await expect_application_error(activities.provision_tenant(step), TENANT_NOT_PROVISIONABLE)
+    await expect_application_error(as_step(tenant_id).run(activities.provision_tenant, step), TENANT_NOT_PROVISIONABLE)
     # Compensation after a delete leaves the cleanup to the deletion workflow.
-    await activities.fail_provisioning(FailProvisioningInput(tenant_id=str(tenant_id), error_message="late"))
+    await as_step(tenant_id).run(
+        activities.fail_provisioning, FailProvisioningInput(tenant_id=str(tenant_id), error_message="late")
+    )
 
     assert (await tenant_row(engine, tenant_id))[0] == "DELETING"
     assert await schema_count(engine, schema) == 0
@@ -407,12 +436,16 @@ async def test_replay_of_fresh_histories(stack: Stack, engine: AsyncEngine, temp
 
     registered = await stack.stubs.tenants.RegisterTenant(registration())
     assert (await wait_done(stack.stubs, registered.operation.name)).state == operation_pb2.OPERATION_STATE_SUCCEEDED
-    deleted = await stack.stubs.tenants.DeleteTenant(
-        tenant_service_pb2.DeleteTenantRequest(tenant_id=registered.tenant.id)
-    )
-    assert (await wait_done(stack.stubs, deleted.operation.name)).state == operation_pb2.OPERATION_STATE_SUCCEEDED
+    # Deleted, undeleted (the deletion's wait ends CANCELLED), deleted again and purged on request.
+    tenant_id = registered.tenant.id
+    undone = await stack.stubs.tenants.DeleteTenant(tenant_service_pb2.DeleteTenantRequest(tenant_id=tenant_id))
+    await stack.stubs.tenants.UndeleteTenant(tenant_service_pb2.UndeleteTenantRequest(tenant_id=tenant_id))
+    assert (await wait_done(stack.stubs, undone.operation.name)).state == operation_pb2.OPERATION_STATE_CANCELLED
+    purged = await delete_and_purge(stack.stubs, tenant_id)
+    assert purged.state == operation_pb2.OPERATION_STATE_SUCCEEDED
     histories["provision-succeeded"] = await _history(temporal_client, registered.operation.name)
-    histories["delete-succeeded"] = await _history(temporal_client, deleted.operation.name)
+    histories["delete-undeleted"] = await _history(temporal_client, undone.operation.name)
+    histories["delete-purged"] = await _history(temporal_client, purged.name)
 
     async with failing_provisioning_stack(engine=engine, client=temporal_client, message="boom") as boom:
         failed = await boom.stubs.tenants.RegisterTenant(registration())
@@ -436,11 +469,13 @@ async def test_replay_of_fresh_histories(stack: Stack, engine: AsyncEngine, temp
         await _replay(WorkflowHistory.from_json(history.workflow_id, history.to_json()))
 
     if os.environ.get("TENANTRY_WRITE_HISTORIES") == "1":
+        # Adds the labels not committed yet; committed ones stay, since they
+        # prove that histories recorded by earlier releases keep replaying.
         HISTORIES_DIR.mkdir(exist_ok=True)
-        for old in HISTORIES_DIR.glob("*.json"):
-            old.unlink()
+        committed = {path.name.split("__", 1)[0] for path in HISTORIES_DIR.glob("*.json")}
         for label, history in histories.items():
-            (HISTORIES_DIR / f"{label}__{history.workflow_id}.json").write_text(history.to_json() + "\n")
+            if label not in committed:
+                (HISTORIES_DIR / f"{label}__{history.workflow_id}.json").write_text(history.to_json() + "\n")
 
 
 async def _history(client: Client, operation_name: str) -> WorkflowHistory:
@@ -454,7 +489,14 @@ def _committed_histories() -> list[Path]:
 async def test_replay_of_committed_histories() -> None:
     files = _committed_histories()
     labels = {path.name.split("__", 1)[0] for path in files}
-    assert labels >= {"provision-succeeded", "provision-compensated", "delete-succeeded", "reconcile"}, labels
+    assert labels >= {
+        "provision-succeeded",
+        "provision-compensated",
+        "delete-succeeded",  # recorded before retention: purged at once
+        "delete-undeleted",
+        "delete-purged",
+        "reconcile",
+    }, labels
     workflow_types = set()
     for path in files:
         workflow_id = path.name.split("__", 1)[1].removesuffix(".json")

@@ -17,7 +17,7 @@ from provisioner_worker.schedule import ensure_reconcile_schedule
 from tenantry.schema_names import SCHEMA_NAME_FROM_ID_SQL, SCHEMA_NAME_REGEX, is_tenant_schema_name, schema_name_for
 from tenantry.v1 import operation_pb2, tenant_pb2, tenant_service_pb2
 from tenantry.workflow_contract import RECONCILE_WORKFLOW, ReconcileInput
-from tests.stack import Stack, registration, running_stack, stack_without_temporal, wait_done
+from tests.stack import Stack, register_active, registration, running_stack, stack_without_temporal, wait_done
 
 _TIMEOUT = timedelta(seconds=90)
 # Leaves other tests' PENDING operations alone: only the RUNNING and orphan checks act.
@@ -241,7 +241,7 @@ async def test_running_operation_without_workflow_is_restarted_to_completion(
     assert tenant.state == tenant_pb2.TENANT_STATE_ACTIVE
 
 
-async def test_unwanted_lost_operation_is_cancelled_and_pending_deletion_is_driven(
+async def test_pending_deletion_is_driven_and_unwanted_lost_operation_is_cancelled(
     engine: AsyncEngine, temporal_client: Client
 ) -> None:
     async with stack_without_temporal(engine) as dead:
@@ -252,29 +252,38 @@ async def test_unwanted_lost_operation_is_cancelled_and_pending_deletion_is_driv
     provision_id = registered.operation.name.removeprefix("operations/")
     delete_id = deleted.operation.name.removeprefix("operations/")
     assert deleted.operation.state == operation_pb2.OPERATION_STATE_PENDING
-    # Provisioning "was running" when the tenant got deleted, and its workflow is gone.
-    await _age_as_running(engine, provision_id)
+    # The deletion superseded the provisioning in its own transaction.
+    assert await _states(engine, provision_id) == ("DELETING", "CANCELLED", "the tenant was deleted")
 
     async with running_stack(engine=engine, client=temporal_client) as live:
-        # First pass: only the lost RUNNING operation is looked at.
-        report = await reconcile(temporal_client, live, _NO_PENDING)
-        assert provision_id in report.cancelled
-        assert provision_id not in report.restarted
-        assert delete_id not in report.started
-        assert await _states(engine, provision_id) == ("DELETING", "CANCELLED", "workflow no longer exists")
-        # Second pass: the stale PENDING deletion gets its workflow started.
+        # The stale PENDING deletion gets its workflow started; it purges at once.
         report = await reconcile(temporal_client, live, ReconcileInput(pending_threshold_seconds=0))
         assert delete_id in report.started
-        assert provision_id not in report.cancelled
+        assert provision_id not in report.started
         operation = await wait_done(live.stubs, deleted.operation.name)
-    assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED
-    assert await _states(engine, provision_id) == ("DELETED", "CANCELLED", "workflow no longer exists")
-    assert await _states(engine, delete_id) == ("DELETED", "SUCCEEDED", "")
-    async with engine.connect() as conn:
-        schemas = (
+        assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED
+        assert await _states(engine, delete_id) == ("DELETED", "SUCCEEDED", "")
+        async with engine.connect() as conn:
+            schemas = (
+                await conn.execute(
+                    text("SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = :s"),
+                    {"s": registered.tenant.schema_name},
+                )
+            ).scalar_one()
+        assert schemas == 0
+
+        # The safety net: a RUNNING operation whose workflow closed and that
+        # nobody wants any more (an ACTIVE tenant's provisioning) is cancelled.
+        active = await register_active(live.stubs)
+        lost = f"tenant-provision-{active.id}"
+        async with engine.begin() as conn:
             await conn.execute(
-                text("SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = :s"),
-                {"s": registered.tenant.schema_name},
+                text(
+                    "UPDATE workflow_executions SET state = 'RUNNING', end_time = NULL, "
+                    "update_time = now() - interval '1 minute' WHERE workflow_id = :w"
+                ),
+                {"w": lost},
             )
-        ).scalar_one()
-    assert schemas == 0
+        report = await reconcile(temporal_client, live, _NO_PENDING)
+        assert lost in report.cancelled and lost not in report.restarted
+        assert await _states(engine, lost) == ("ACTIVE", "CANCELLED", "workflow closed as COMPLETED")

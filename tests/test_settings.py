@@ -262,6 +262,10 @@ COMMON_MALFORMED: list[tuple[str, str | None]] = [
     *(("TENANTRY_METRICS_ADDRESS", value) for value in ("nowhere", "127.0.0.1:port", "127.0.0.1:99999")),
 ]
 API_MALFORMED: list[tuple[str, str | None]] = [
+    ("TENANTRY_DELETION_RETENTION_SECONDS", "7d"),
+    ("TENANTRY_DELETION_RETENTION_SECONDS", "0"),
+    ("TENANTRY_DELETION_RETENTION_SECONDS", "-1"),
+    ("TENANTRY_DELETION_RETENTION_SECONDS", "inf"),
     ("TENANTRY_GRPC_ADDRESS", "localhost"),
     ("TENANTRY_GRPC_ADDRESS", "127.0.0.1:abc"),
     ("TENANTRY_GRPC_ADDRESS", "127.0.0.1:65536"),

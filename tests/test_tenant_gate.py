@@ -33,6 +33,7 @@ from tests.stack import (
     Stubs,
     by_id,
     contract_services,
+    delete_and_purge,
     error_info,
     expect_error,
     failing_provisioning_stack,
@@ -152,10 +153,7 @@ async def test_deleting_tenant_is_deleting(stack: Stack, idle_stack: Stack) -> N
 
 async def test_deleted_tenant_is_deleted(stack: Stack) -> None:
     tenant = await register_active(stack.stubs)
-    deleted = await stack.stubs.tenants.DeleteTenant(
-        tenant_service_pb2.DeleteTenantRequest(tenant_id=tenant.id), timeout=30
-    )
-    operation = await wait_done(stack.stubs, deleted.operation.name)
+    operation = await delete_and_purge(stack.stubs, tenant.id)
     assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED
     await assert_gate(stack.stubs, by_id(tenant.id), grpc.StatusCode.NOT_FOUND, "TENANT_DELETED")
     slug = ((TENANT_SLUG_HEADER, tenant.slug),)

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -32,13 +32,8 @@ from tenantry.db.events import SYSTEM_WORKER, EventRecord, append_event
 from tenantry.migrations import tenant_head_revision, tenant_schema_script, upgrade_tenant_schema
 from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, pg_error
 from tenantry.schema_names import schema_name_for
-from tenantry.states import OperationKind, OperationState, TenantEventType, TenantState
-from tenantry.workflow_contract import (
-    TEMPORAL_CALL_TIMEOUT,
-    ProvisionTenantInput,
-    delete_workflow_id,
-    provision_workflow_id,
-)
+from tenantry.states import OPEN_OPERATION_STATES, OperationKind, OperationState, TenantEventType, TenantState
+from tenantry.workflow_contract import TEMPORAL_CALL_TIMEOUT, ProvisionTenantInput
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +54,16 @@ _TENANT_UPGRADE_LOCK = asyncio.Lock()
 @dataclass(frozen=True)
 class TenantActivityInput:
     tenant_id: str
+
+
+@dataclass(frozen=True)
+class PurgeOutcome:
+    """`done`: the deletion is over, by a purge (`purged`) or an undelete.
+    Otherwise the purge is due in `seconds_left`."""
+
+    done: bool
+    purged: bool = False
+    seconds_left: float = 0.0
 
 
 # Why provisioning failed, as clients see it: a stable reason and a short
@@ -127,7 +132,7 @@ async def _lock_tenant_state(conn: AsyncConnection, tenant_id: uuid.UUID) -> str
 async def _finish_operation(
     conn: AsyncConnection, workflow_id: str, state: OperationState, error_message: str = ""
 ) -> None:
-    await conn.execute(operation_sql.transition(workflow_id, operation_sql.OPEN_OPERATION_STATES, state, error_message))
+    await conn.execute(operation_sql.transition(workflow_id, OPEN_OPERATION_STATES, state, error_message))
 
 
 async def _run_script(conn: AsyncConnection, script: str) -> None:
@@ -172,6 +177,8 @@ class TenantActivities:
         any point leaves nothing behind and the retry starts clean."""
         tenant_id, user_id = uuid.UUID(input.tenant_id), uuid.UUID(input.admin_user_id)
         schema = schema_name_for(tenant_id)
+        workflow_id = _workflow_id()
+        await self._mark_running(workflow_id)
         try:
             async with self._engine.begin() as conn:
                 # The row lock serialises concurrent attempts for this tenant
@@ -185,7 +192,7 @@ class TenantActivities:
                 state, schema_exists = row
                 if state == TenantState.ACTIVE:
                     # An earlier attempt committed; only its acknowledgement was lost.
-                    await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.SUCCEEDED)
+                    await _finish_operation(conn, workflow_id, OperationState.SUCCEEDED)
                     return
                 if state != TenantState.CREATING:
                     raise ApplicationError(
@@ -204,7 +211,7 @@ class TenantActivities:
                     {
                         "tenant_id": tenant_id,
                         "user_id": user_id,
-                        "workflow_id": provision_workflow_id(tenant_id),
+                        "workflow_id": workflow_id,
                         "schema_version": tenant_head_revision(),
                     },
                 )
@@ -232,7 +239,7 @@ class TenantActivities:
             await conn.execute(tenant_sql.drop_schema(tenant_id))
             await conn.execute(tenant_sql.revoke_memberships(tenant_id))
             elapsed = await conn.scalar(tenant_sql.mark_failed(tenant_id, message))
-            workflow_id = provision_workflow_id(tenant_id)
+            workflow_id = _workflow_id()
             await _finish_operation(conn, workflow_id, OperationState.FAILED, message)
             await _append_event(conn, tenant_id, TenantEventType.PROVISIONING_FAILED, TenantState.FAILED, workflow_id)
         PROVISIONING_SECONDS.labels("failed").observe(float(elapsed or 0))
@@ -241,21 +248,17 @@ class TenantActivities:
     async def check_deletion_requested(self, input: TenantActivityInput) -> None:
         """Anyone who can reach Temporal can start a deletion workflow; only
         DeleteTenant (or the reconciler re-driving it) means one. Passes when
-        the calling workflow has the tenant's deletion id, the tenant is
-        DELETING (or already DELETED) and its DELETE operation row exists and
-        is open; otherwise a non-retryable DELETION_NOT_REQUESTED error, before
-        anything is cancelled or dropped."""
-        workflow_id = activity.info().workflow_id or ""  # None: not called by a workflow
+        the calling workflow's id is an open DELETE operation of this tenant and
+        the tenant is DELETING (or already DELETED), and then marks the
+        operation RUNNING; otherwise a non-retryable DELETION_NOT_REQUESTED
+        error, before anything is cancelled or dropped."""
+        workflow_id = _workflow_id()
         try:
             tenant_id = uuid.UUID(input.tenant_id)
         except ValueError:
             raise _deletion_not_requested(workflow_id, f"{input.tenant_id!r} is not a tenant id") from None
-        if workflow_id != delete_workflow_id(tenant_id):
-            raise _deletion_not_requested(
-                workflow_id, f"a deletion of tenant {tenant_id} runs as {delete_workflow_id(tenant_id)}"
-            )
         async with self._engine.connect() as conn:
-            tenant_state = await conn.scalar(tenant_sql.state_of(tenant_id))
+            tenant_state = (await conn.execute(tenant_sql.state_of(tenant_id))).scalar_one_or_none()
             operation = (await conn.execute(operation_sql.tenant_kind_state_of(workflow_id))).one_or_none()
         if tenant_state not in (TenantState.DELETING, TenantState.DELETED):
             raise _deletion_not_requested(
@@ -263,14 +266,22 @@ class TenantActivities:
             )
         if operation is None or operation.tenant_id != tenant_id or operation.kind != OperationKind.DELETE:
             raise _deletion_not_requested(workflow_id, f"no DELETE operation {workflow_id} for tenant {tenant_id}")
-        if operation.state not in operation_sql.OPEN_OPERATION_STATES:
+        if operation.state not in OPEN_OPERATION_STATES:
             raise _deletion_not_requested(workflow_id, f"operation {workflow_id} is already {operation.state}")
+        await self._mark_running(workflow_id)
 
     @activity.defn(name="cancel_provisioning")
     async def cancel_provisioning(self, input: TenantActivityInput) -> None:
-        """Cancels a still-running provisioning workflow and waits until it closed."""
+        """Cancels the tenant's latest provisioning workflow if it still runs
+        and waits until it closed; its operation ends CANCELLED (DeleteTenant
+        already closed it in its transaction; deletions recorded by earlier
+        releases did not)."""
         tenant_id = uuid.UUID(input.tenant_id)
-        handle = self._client.get_workflow_handle(provision_workflow_id(tenant_id))
+        async with self._engine.connect() as conn:
+            provisioning = await conn.scalar(operation_sql.latest_id(tenant_id, OperationKind.PROVISION))
+        if provisioning is None:
+            return
+        handle = self._client.get_workflow_handle(provisioning)
         cancel_requested = False
         while True:
             try:
@@ -286,27 +297,68 @@ class TenantActivities:
                 cancel_requested = True
             await asyncio.sleep(0.2)
         async with self._engine.begin() as conn:
-            await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.CANCELLED)
+            await _finish_operation(conn, provisioning, OperationState.CANCELLED)
 
     @activity.defn(name="purge_tenant")
     async def purge_tenant(self, input: TenantActivityInput) -> None:
-        """Drop the schema, revoke memberships, tenant DELETED, operation SUCCEEDED."""
-        tenant_id = uuid.UUID(input.tenant_id)
+        """The purge of deletion workflows recorded before retention existed
+        (they purge at once): see `purge_when_due`."""
+        await self._purge(uuid.UUID(input.tenant_id), _workflow_id(), when_due=False)
+
+    @activity.defn(name="purge_when_due")
+    async def purge_when_due(self, input: TenantActivityInput) -> PurgeOutcome:
+        """Purges the tenant if its purge is due (`purge_time` reached, by the
+        database's clock) and its deletion is still on: drop the schema, revoke
+        memberships, tenant DELETED, operation SUCCEEDED, PURGED event, in one
+        transaction under the tenant's row lock. An undelete takes the same
+        lock and cancels the operation, so exactly one of them wins. Not due
+        yet: how long to wait. Undone (operation no longer open): done."""
+        return await self._purge(uuid.UUID(input.tenant_id), _workflow_id(), when_due=True)
+
+    async def _purge(self, tenant_id: uuid.UUID, workflow_id: str, *, when_due: bool) -> PurgeOutcome:
         elapsed = None
         async with self._engine.begin() as conn:
-            state = await _lock_tenant_state(conn, tenant_id)
-            if state not in (TenantState.DELETING, TenantState.DELETED):
+            row = (await conn.execute(tenant_sql.LOCK_FOR_PURGE, {"tenant_id": tenant_id})).one_or_none()
+            if row is None:
+                raise ApplicationError(f"tenant {tenant_id} not found", type=TENANT_NOT_FOUND, non_retryable=True)
+            state, seconds_left = row
+            operation_state = await conn.scalar(operation_sql.state_of(workflow_id))
+            if operation_state not in OPEN_OPERATION_STATES:
+                # Undeleted (CANCELLED), or an earlier attempt committed (SUCCEEDED).
+                return PurgeOutcome(done=True, purged=operation_state == OperationState.SUCCEEDED)
+            if state == TenantState.DELETED:
+                await _finish_operation(conn, workflow_id, OperationState.SUCCEEDED)
+                return PurgeOutcome(done=True, purged=True)
+            if state != TenantState.DELETING:
                 raise ApplicationError(
                     f"tenant {tenant_id} is {state}, not DELETING", type=TENANT_NOT_DELETABLE, non_retryable=True
                 )
+            if when_due and seconds_left > 0:
+                return PurgeOutcome(done=False, seconds_left=float(seconds_left))
             # Waits for in-flight tenant queries, but never forever.
             await conn.execute(text("SET LOCAL lock_timeout = '10s'"))
             await conn.execute(tenant_sql.drop_schema(tenant_id))
             await conn.execute(tenant_sql.revoke_memberships(tenant_id))
-            workflow_id = delete_workflow_id(tenant_id)
             await _finish_operation(conn, workflow_id, OperationState.SUCCEEDED)
-            if state == TenantState.DELETING:
-                elapsed = await conn.scalar(tenant_sql.mark_deleted(tenant_id))
-                await _append_event(conn, tenant_id, TenantEventType.PURGED, TenantState.DELETED, workflow_id)
+            elapsed = await conn.scalar(tenant_sql.mark_deleted(tenant_id))
+            await _append_event(conn, tenant_id, TenantEventType.PURGED, TenantState.DELETED, workflow_id)
         if elapsed is not None:
             DELETION_SECONDS.labels("succeeded").observe(float(elapsed))
+        return PurgeOutcome(done=True, purged=True)
+
+    async def _mark_running(self, workflow_id: str) -> None:
+        """The worker's first statement for an operation: PENDING -> RUNNING
+        (a retry or a later step finds it RUNNING already: no change).
+        Bookkeeping: a failure is logged, never fails the step, whose own
+        transaction finishes the operation from PENDING as well."""
+        try:
+            async with self._engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.execute(operation_sql.MARK_RUNNING, {"workflow_id": workflow_id})
+        except DBAPIError as exc:
+            log.warning("could not mark operation %s RUNNING: %s", workflow_id, type(exc).__name__)
+
+
+def _workflow_id() -> str:
+    """The calling workflow's id: the id of the operation the activity works for."""
+    return activity.info().workflow_id or ""

@@ -34,6 +34,8 @@ class ReconcileReport:
     cancelled: list[str] = field(default_factory=list)
     orphan_schemas: list[str] = field(default_factory=list)
     orphan_schema_count: int = 0
+    # Deletion workflows woken because their tenant's purge is overdue.
+    woken: list[str] = field(default_factory=list)
 
 
 class ReconcilerActivities:
@@ -47,20 +49,23 @@ class ReconcilerActivities:
         report = ReconcileReport()
         await self._start_stale_pending(input, report)
         await self._recover_lost_running(report)
+        await self._wake_overdue_purges(report)
         await self._find_orphan_schemas(report)
         for kind, found in (
             ("started", report.started),
             ("restarted", report.restarted),
             ("cancelled", report.cancelled),
+            ("woken", report.woken),
             ("orphan_schema", report.orphan_schemas),
         ):
             RECONCILER_FINDINGS.labels(kind).inc(len(found))
-        if report.started or report.restarted or report.cancelled or report.orphan_schemas:
+        if report.started or report.restarted or report.cancelled or report.woken or report.orphan_schemas:
             log.warning(
-                "reconciler: started=%d restarted=%d cancelled=%d orphan_schemas=%d %s",
+                "reconciler: started=%d restarted=%d cancelled=%d woken=%d orphan_schemas=%d %s",
                 len(report.started),
                 len(report.restarted),
                 len(report.cancelled),
+                len(report.woken),
                 len(report.orphan_schemas),
                 report.orphan_schemas[:20],
             )
@@ -125,6 +130,16 @@ class ReconcilerActivities:
             reason = "workflow no longer exists" if status is None else f"workflow closed as {status.name}"
             if await self._set_state(operation.workflow_id, OperationState.RUNNING, OperationState.CANCELLED, reason):
                 report.cancelled.append(operation.workflow_id)
+
+    async def _wake_overdue_purges(self, report: ReconcileReport) -> None:
+        """A deletion workflow sleeps until the purge time it read; a
+        PurgeTenant whose wake-up signal was lost (Temporal down) would wait
+        for that time. Wake the ones overdue (a wake-up is harmless)."""
+        async with self._engine.connect() as conn:
+            overdue = list((await conn.execute(operation_sql.OVERDUE_PURGES, {"age": 30.0})).scalars())
+        for workflow_id in overdue:
+            if await self._starter.recheck_purge(workflow_id):
+                report.woken.append(workflow_id)
 
     @contextlib.asynccontextmanager
     async def _isolated(self, operation: OperationRef) -> AsyncIterator[None]:

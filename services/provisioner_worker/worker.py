@@ -24,13 +24,14 @@ MAX_CONCURRENT_ACTIVITIES = 20
 
 def activities_for(engine: AsyncEngine, client: Client, task_queue: str) -> list[Callable[..., Any]]:
     provisioning = TenantActivities(engine, client)
-    reconciler = ReconcilerActivities(engine, client, OperationStarter(client, engine, task_queue))
+    reconciler = ReconcilerActivities(engine, client, OperationStarter(client, task_queue))
     return [
         provisioning.provision_tenant,
         provisioning.fail_provisioning,
         provisioning.check_deletion_requested,
         provisioning.cancel_provisioning,
         provisioning.purge_tenant,
+        provisioning.purge_when_due,
         reconciler.reconcile,
     ]
 

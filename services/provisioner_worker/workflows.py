@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from typing import TypedDict
 
@@ -12,6 +13,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 from tenantry.workflow_contract import (
     DELETE_WORKFLOW,
     PROVISION_WORKFLOW,
+    RECHECK_PURGE_SIGNAL,
     RECONCILE_WORKFLOW,
     DeleteTenantInput,
     ProvisionTenantInput,
@@ -51,6 +53,7 @@ STEP_TIMEOUT = timedelta(seconds=60)
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 # workflow.patched ids: histories recorded before a step existed replay without it.
 CHECK_DELETION_REQUESTED_PATCH = "check-deletion-requested"
+RETENTION_PATCH = "retention-timer"
 
 
 class ActivityOptions(TypedDict):
@@ -98,6 +101,19 @@ class TenantProvisioningWorkflow:
 
 @workflow.defn(name=DELETE_WORKFLOW)
 class TenantDeletionWorkflow:
+    """Cancels provisioning, then waits on a durable timer until the tenant's
+    purge time and purges. The database decides: each wake-up asks
+    `purge_when_due`, which purges when the purge is due and the deletion is
+    still on, says how long to wait otherwise, and reports an undelete."""
+
+    def __init__(self) -> None:
+        self._recheck = False
+
+    @workflow.signal(name=RECHECK_PURGE_SIGNAL)
+    def recheck_purge(self) -> None:
+        """PurgeTenant brought the purge forward, or UndeleteTenant cancelled it."""
+        self._recheck = True
+
     @workflow.run
     async def run(self, input: DeleteTenantInput) -> str:
         tenant = TenantActivityInput(tenant_id=input.tenant_id)
@@ -120,12 +136,25 @@ class TenantDeletionWorkflow:
             tenant,
             **step(UNTIL_DONE_RETRY, timeout=timedelta(minutes=2)),
         )
-        await workflow.execute_activity_method(
-            TenantActivities.purge_tenant,
-            tenant,
-            **step(UNTIL_DONE_RETRY),
-        )
-        return "deleted"
+        if not workflow.patched(RETENTION_PATCH):
+            await workflow.execute_activity_method(
+                TenantActivities.purge_tenant,
+                tenant,
+                **step(UNTIL_DONE_RETRY),
+            )
+            return "deleted"
+        while True:
+            self._recheck = False
+            outcome = await workflow.execute_activity_method(
+                TenantActivities.purge_when_due,
+                tenant,
+                **step(UNTIL_DONE_RETRY),
+            )
+            if outcome.done:
+                return "deleted" if outcome.purged else "undeleted"
+            # Returns on a signal; raises TimeoutError when the purge time came.
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(lambda: self._recheck, timeout=timedelta(seconds=outcome.seconds_left))
 
 
 @workflow.defn(name=RECONCILE_WORKFLOW)

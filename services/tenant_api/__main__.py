@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+from datetime import timedelta
 
 import grpc
 
@@ -39,6 +40,7 @@ async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | Non
             verifier=verifier,
             page_tokens=PageTokens(settings.page_token_key),
             credentials=credentials,
+            deletion_retention=timedelta(seconds=settings.deletion_retention_seconds),
         )
     except (OSError, RuntimeError) as exc:
         print(f"tenant-api: cannot listen on {settings.grpc_address}: {exc}", file=sys.stderr)

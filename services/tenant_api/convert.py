@@ -31,6 +31,8 @@ OPERATION_STATE_FROM_PROTO = {v: k for k, v in _OPERATION_STATES.items()}
 _OPERATION_KINDS = {
     OperationKind.PROVISION: operation_pb2.OPERATION_KIND_PROVISION,
     OperationKind.DELETE: operation_pb2.OPERATION_KIND_DELETE,
+    OperationKind.MIGRATE: operation_pb2.OPERATION_KIND_MIGRATE,
+    OperationKind.MOVE: operation_pb2.OPERATION_KIND_MOVE,
 }
 
 

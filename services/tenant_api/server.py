@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -32,6 +33,7 @@ from tenant_api.tenant_gate import TenantGate
 from tenant_api.tenants import Tenants
 from tenantry.db.engine import create_session_factory
 from tenantry.operation_starter import OperationStarter
+from tenantry.settings import DEFAULT_DELETION_RETENTION_SECONDS
 from tenantry.v1 import (
     event_service_pb2,
     event_service_pb2_grpc,
@@ -202,13 +204,15 @@ async def start_api(
     credentials: grpc.ServerCredentials | None = None,
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
     max_waits: int = MAX_WAITS,
+    deletion_retention: timedelta = timedelta(seconds=DEFAULT_DELETION_RETENTION_SECONDS),
 ) -> RunningApi:
     """`verifier`: checks every call's bearer token (there is no way to turn
     that off). `page_tokens`: signs and checks the listings' page tokens (its
     key is TENANTRY_PAGE_TOKEN_KEY). `credentials`: TLS / mTLS (see
     tenant_api.transport); None serves plaintext. `max_concurrent_rpcs`,
     `max_waits`: the caps on calls in flight and on open WaitOperation calls
-    (tests lower them)."""
+    (tests lower them). `deletion_retention`: how long a soft-deleted tenant's
+    data is kept (TENANTRY_DELETION_RETENTION_SECONDS)."""
     sessions = create_session_factory(engine)
     notifications = OperationNotifications(engine.url)
     events = EventFeed(engine)
@@ -219,9 +223,9 @@ async def start_api(
         interceptors=interceptor_chain(TenantGate(engine, sessions), verifier, admission),
         options=SERVER_OPTIONS,
     )
-    starter = OperationStarter(client, engine, task_queue)
+    starter = OperationStarter(client, task_queue)
     tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(
-        TenantServicer(Tenants(engine, sessions, starter, page_tokens)), server
+        TenantServicer(Tenants(engine, sessions, starter, page_tokens, deletion_retention)), server
     )
     operation_service_pb2_grpc.add_OperationServiceServicer_to_server(OperationServicer(operations), server)
     project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(Projects(page_tokens)), server)

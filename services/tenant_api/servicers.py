@@ -126,6 +126,31 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
             tenant=tenant_to_proto(result.tenant, result.admin_email), operation=operation_to_proto(result.operation)
         )
 
+    async def UndeleteTenant(
+        self, request: tenant_service_pb2.UndeleteTenantRequest, context: Context
+    ) -> tenant_service_pb2.UndeleteTenantResponse:
+        tenant_id = require_uuid("tenant_id", request.tenant_id)
+        request_id = optional_uuid("request_id", request.request_id)
+        tenant = await self._tenants.undelete(tenant_id, request.etag, request_id, current_actor())
+        return tenant_service_pb2.UndeleteTenantResponse(tenant=tenant)
+
+    async def PurgeTenant(
+        self, request: tenant_service_pb2.PurgeTenantRequest, context: Context
+    ) -> tenant_service_pb2.PurgeTenantResponse:
+        tenant_id = require_uuid("tenant_id", request.tenant_id)
+        request_id = optional_uuid("request_id", request.request_id)
+        return await self._tenants.purge(tenant_id, request_id, current_actor())
+
+    async def RetryTenantProvisioning(
+        self, request: tenant_service_pb2.RetryTenantProvisioningRequest, context: Context
+    ) -> tenant_service_pb2.RetryTenantProvisioningResponse:
+        tenant_id = require_uuid("tenant_id", request.tenant_id)
+        request_id = optional_uuid("request_id", request.request_id)
+        result = await self._tenants.retry_provisioning(tenant_id, request.etag, request_id, current_actor())
+        return tenant_service_pb2.RetryTenantProvisioningResponse(
+            tenant=tenant_to_proto(result.tenant, result.admin_email), operation=operation_to_proto(result.operation)
+        )
+
 
 class OperationServicer(operation_service_pb2_grpc.OperationServiceServicer):
     def __init__(self, operations: Operations) -> None:

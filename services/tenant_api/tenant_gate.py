@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 
 import grpc
@@ -112,8 +113,8 @@ class TenantGate:
                 row = await driver_call(conn, driver, driver.fetchrow(query, key))
                 if row is None:
                     raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
-                admitted_id, state, schema_name = row
-                refused = gate_error(str(admitted_id), state)
+                admitted_id, state, schema_name, purge_time = row
+                refused = gate_error(str(admitted_id), state, purge_time)
                 if refused is not None:
                     raise refused
                 await open_transaction(conn, driver)
@@ -130,17 +131,17 @@ class TenantGate:
             return _tenant_deleted(tenant_id)
         try:
             async with self._sessions() as session:
-                state = (await session.scalars(tenant_sql.state_of(scope.tenant_id))).one_or_none()
+                row = (await session.execute(tenant_sql.state_of(scope.tenant_id))).one_or_none()
         except DBAPIError:
             return None
-        return _tenant_deleted(tenant_id) if state is None else gate_error(tenant_id, state)
+        return _tenant_deleted(tenant_id) if row is None else gate_error(tenant_id, *row)
 
 
 def _tenant_deleted(tenant_id: str) -> ApiError:
     return not_found("TENANT_DELETED", f"tenant {tenant_id} was deleted", tenant_id=tenant_id)
 
 
-def gate_error(tenant_id: str, state: str) -> ApiError | None:
+def gate_error(tenant_id: str, state: str, purge_time: datetime | None = None) -> ApiError | None:
     """Why a tenant in `state` may not serve tenant-scoped calls (None: it may)."""
     if state == TenantState.ACTIVE:
         return None
@@ -153,5 +154,12 @@ def gate_error(tenant_id: str, state: str) -> ApiError | None:
     if state == TenantState.SUSPENDED:
         return failed_precondition("TENANT_SUSPENDED", f"tenant {tenant_id} is suspended", tenant_id=tenant_id)
     if state == TenantState.DELETING:
-        return failed_precondition("TENANT_DELETING", f"tenant {tenant_id} is being deleted", tenant_id=tenant_id)
+        # Soft-deleted: recoverable (UndeleteTenant) until purge_time.
+        when = purge_time.isoformat() if purge_time is not None else ""
+        return failed_precondition(
+            "TENANT_DELETING",
+            f"tenant {tenant_id} is deleted; its data is purged at {when or 'once'}",
+            tenant_id=tenant_id,
+            purge_time=when,
+        )
     return _tenant_deleted(tenant_id)

@@ -1,23 +1,31 @@
-"""TenantService logic: registration, lookup, listing, soft deletion, and the
-synchronous changes (update, suspend, resume).
+"""TenantService logic: registration, lookup, listing, soft deletion and its
+undo (undelete, purge), retried provisioning, and the synchronous changes
+(update, suspend, resume).
 
-Discipline shared by RegisterTenant and DeleteTenant: write the change and its
-PENDING operation atomically (one transaction, or one statement), commit, and
-only then start the workflow. A start that fails leaves a PENDING operation the reconciler picks up.
+Discipline shared by the calls that start a workflow (RegisterTenant,
+DeleteTenant, RetryTenantProvisioning): write the change and its PENDING
+operation atomically (one transaction, or one statement), commit, and only then
+start the workflow. A start that fails leaves a PENDING operation the
+reconciler picks up; the worker's first activity marks it RUNNING.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
 
+from google.protobuf.message import Message
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tenant_api import pagination
-from tenant_api.convert import tenant_etag, tenant_to_proto
+from tenant_api.convert import operation_to_proto, tenant_etag, tenant_to_proto
 from tenant_api.errors import ApiError, aborted, already_exists, failed_precondition, invalid_field, not_found
+from tenant_api.operations import OPERATION_NAME_PREFIX
 from tenant_api.tenant_changes import TenantFilter, TenantUpdate
 from tenant_api.validation import RegistrationInput
 from tenantry.db import operations as operation_sql
@@ -27,16 +35,19 @@ from tenantry.db.models import Operation, RequestRecord, Tenant
 from tenantry.db.tenants import TenantWithOperation
 from tenantry.operation_starter import OperationRef, OperationStarter
 from tenantry.pg_errors import UNIQUE_VIOLATION, pg_error
+from tenantry.settings import DEFAULT_DELETION_RETENTION_SECONDS
 from tenantry.states import (
     DELETABLE_TENANT_STATES,
     GONE_TENANT_STATES,
+    OPEN_OPERATION_STATES,
+    RETAINED_TENANT_STATES,
     OperationKind,
     OperationState,
     TenantEventType,
     TenantState,
 )
-from tenantry.v1 import tenant_pb2
-from tenantry.workflow_contract import delete_workflow_id
+from tenantry.v1 import tenant_pb2, tenant_service_pb2
+from tenantry.workflow_contract import new_workflow_id
 
 NO_FILTER = TenantFilter(frozenset(), {})
 # UpdateTenant changes names and labels of any tenant not (being) deleted.
@@ -76,11 +87,15 @@ class Tenants:
         sessions: async_sessionmaker[AsyncSession],
         starter: OperationStarter,
         page_tokens: pagination.PageTokens,
+        retention: timedelta = timedelta(seconds=DEFAULT_DELETION_RETENTION_SECONDS),
     ) -> None:
+        """`retention`: how long DeleteTenant keeps an ACTIVE or SUSPENDED
+        tenant's data (TENANTRY_DELETION_RETENTION_SECONDS)."""
         self._engine = engine
         self._sessions = sessions
         self._starter = starter
         self._page_tokens = page_tokens
+        self._retention = retention
 
     async def register(self, request: RegistrationInput, actor: str) -> TenantWithOperation:
         # No pre-read of request_id: a replay collides on the slug (or the
@@ -112,8 +127,12 @@ class Tenants:
         return await self._ensure_started(registered)
 
     async def get(self, tenant_id: uuid.UUID | None, slug: str | None) -> tuple[Tenant, str]:
-        query = tenant_sql.with_admin_email()
-        query = query.where(Tenant.id == tenant_id) if tenant_id is not None else query.where(Tenant.slug == slug)
+        everyone = tenant_sql.with_admin_email()
+        query = (
+            everyone.where(Tenant.id == tenant_id)
+            if tenant_id is not None
+            else tenant_sql.holder_of_slug(everyone, slug)
+        )
         async with self._sessions() as session:
             row = (await session.execute(query)).one_or_none()
         if row is None:
@@ -146,59 +165,164 @@ class Tenants:
         only when a change would be made: a tenant already DELETING answers
         with its deletion operation whatever the etag (the deletion itself
         changed it, so a retry of a conditional delete still succeeds)."""
-        workflow_id = delete_workflow_id(tenant_id)
         async with self._sessions() as session, session.begin():
             tenant, admin_email = await _locked(session, tenant_id)
+            if request_id is not None and (earlier := await _operation_by_request_id(session, request_id)):
+                return await self._ensure_started(_replayed(earlier, OperationKind.DELETE, tenant, admin_email))
             if tenant.state == TenantState.DELETED:
                 raise not_found("TENANT_DELETED", f"tenant {tenant_id} was deleted", tenant_id=str(tenant_id))
             if tenant.state == TenantState.DELETING:
-                operation = (await session.scalars(select(Operation).where(Operation.workflow_id == workflow_id))).one()
-                result = TenantWithOperation(tenant, admin_email, operation)
-            else:
-                assert tenant.state in DELETABLE_TENANT_STATES
-                _check_etag(tenant, etag)
-                tenant = (
-                    await session.scalars(
-                        tenant_sql.soft_delete(tenant_id),
-                        # The row is already in the identity map (locked above):
-                        # without populate_existing RETURNING hands back the stale
-                        # pre-update object (state ACTIVE, old etag).
-                        execution_options={"synchronize_session": False, "populate_existing": True},
-                    )
-                ).one()
-                try:
-                    operation = (
-                        await session.scalars(
-                            operation_sql.insert_pending(
-                                workflow_id, tenant_id, OperationKind.DELETE, request_id, actor
-                            )
-                        )
-                    ).one()
-                except IntegrityError as exc:
-                    raise invalid_field("request_id", "was already used for another request") from exc
-                # Last: the event counter is held from here to the commit.
-                await append_event(
-                    session,
-                    EventRecord(
-                        tenant_id, TenantEventType.DELETED, TenantState.DELETING, actor, workflow_id, request_id
-                    ),
+                operation = (await session.scalars(operation_sql.latest(tenant_id, OperationKind.DELETE))).one()
+                return await self._ensure_started(TenantWithOperation(tenant, admin_email, operation))
+            assert tenant.state in DELETABLE_TENANT_STATES
+            _check_etag(tenant, etag)
+            # The deletion supersedes a provisioning still open (a CREATING
+            # tenant): the deletion workflow cancels its workflow first.
+            await session.execute(
+                operation_sql.cancel_open(tenant_id, OperationKind.PROVISION, "the tenant was deleted")
+            )
+            tenant = (
+                await session.scalars(tenant_sql.soft_delete(tenant_id, self._retention), execution_options=_REFRESH)
+            ).one()
+            workflow_id = new_workflow_id(OperationKind.DELETE, tenant_id)
+            operation = await _insert_operation(
+                session, workflow_id, tenant_id, OperationKind.DELETE, request_id, actor
+            )
+            # Last: the event counter is held from here to the commit.
+            await append_event(
+                session,
+                EventRecord(tenant_id, TenantEventType.DELETED, TenantState.DELETING, actor, workflow_id, request_id),
+            )
+        return await self._ensure_started(TenantWithOperation(tenant, admin_email, operation))
+
+    async def retry_provisioning(
+        self, tenant_id: uuid.UUID, etag: str, request_id: uuid.UUID | None, actor: str
+    ) -> TenantWithOperation:
+        """FAILED -> CREATING with a new provisioning operation."""
+        async with self._sessions() as session, session.begin():
+            tenant, admin_email = await _locked(session, tenant_id)
+            if request_id is not None and (earlier := await _operation_by_request_id(session, request_id)):
+                return await self._ensure_started(_replayed(earlier, OperationKind.PROVISION, tenant, admin_email))
+            if tenant.state == TenantState.DELETED:
+                raise not_found("TENANT_DELETED", f"tenant {tenant_id} was deleted", tenant_id=str(tenant_id))
+            _check_etag(tenant, etag)
+            if tenant.state != TenantState.FAILED:
+                raise _wrong_state(tenant_id, tenant.state)
+            tenant = (await session.scalars(tenant_sql.retry_provisioning(tenant_id), execution_options=_REFRESH)).one()
+            workflow_id = new_workflow_id(OperationKind.PROVISION, tenant_id)
+            operation = await _insert_operation(
+                session, workflow_id, tenant_id, OperationKind.PROVISION, request_id, actor
+            )
+            await append_event(
+                session,
+                EventRecord(
+                    tenant_id,
+                    TenantEventType.PROVISIONING_RETRIED,
+                    TenantState.CREATING,
+                    actor,
+                    workflow_id,
+                    request_id,
+                ),
+            )
+        return await self._ensure_started(TenantWithOperation(tenant, admin_email, operation))
+
+    async def undelete(
+        self, tenant_id: uuid.UUID, etag: str, request_id: uuid.UUID | None, actor: str
+    ) -> tenant_pb2.Tenant:
+        """DELETING (data retained, purge not due) -> the state it had; the
+        deletion operation ends CANCELLED in the same transaction, so the
+        purge (which locks the same row and checks both) can never follow."""
+        cancelled: list[str] = []
+
+        async def apply(session: AsyncSession, tenant: Tenant) -> _Applied | None:
+            if tenant.state_before_delete not in RETAINED_TENANT_STATES:
+                # From CREATING or FAILED: purged at once, nothing to restore.
+                return None
+            restored = (await session.scalars(tenant_sql.undelete(tenant_id), execution_options=_REFRESH)).one_or_none()
+            if restored is None:
+                return None  # the purge is due: it wins
+            deletion = (await session.scalars(operation_sql.latest(tenant_id, OperationKind.DELETE))).one()
+            await session.execute(
+                operation_sql.transition(
+                    deletion.workflow_id, OPEN_OPERATION_STATES, OperationState.CANCELLED, "the tenant was undeleted"
                 )
-                result = TenantWithOperation(tenant, admin_email, operation)
-        return await self._ensure_started(result)
+            )
+            cancelled.append(deletion.workflow_id)
+            return _Applied(restored, deletion.workflow_id)
+
+        response = await self._change(
+            "UndeleteTenant",
+            tenant_id,
+            etag,
+            request_id,
+            actor,
+            frozenset({TenantState.DELETING}),
+            TenantEventType.UNDELETED,
+            apply,
+            _tenant_only,
+            _tenant_from_record,
+        )
+        for workflow_id in cancelled:
+            # Ends the workflow's wait now instead of at its purge time.
+            await self._starter.recheck_purge(workflow_id)
+        return response
+
+    async def purge(
+        self, tenant_id: uuid.UUID, request_id: uuid.UUID | None, actor: str
+    ) -> tenant_service_pb2.PurgeTenantResponse:
+        """A DELETING tenant's purge becomes due now; its deletion workflow is
+        woken to do it."""
+        woken: list[str] = []
+
+        async def apply(session: AsyncSession, tenant: Tenant) -> _Applied | None:
+            due = (await session.scalars(tenant_sql.purge_now(tenant_id), execution_options=_REFRESH)).one_or_none()
+            if due is None:
+                return None
+            deletion = (await session.scalars(operation_sql.latest(tenant_id, OperationKind.DELETE))).one()
+            woken.append(deletion.workflow_id)
+            return _Applied(due, deletion.workflow_id, deletion)
+
+        def respond(tenant: tenant_pb2.Tenant, applied: _Applied) -> tenant_service_pb2.PurgeTenantResponse:
+            assert applied.operation is not None
+            return tenant_service_pb2.PurgeTenantResponse(
+                tenant=tenant, operation=operation_to_proto(applied.operation)
+            )
+
+        response = await self._change(
+            "PurgeTenant",
+            tenant_id,
+            "",
+            request_id,
+            actor,
+            frozenset({TenantState.DELETING}),
+            None,
+            apply,
+            respond,
+            tenant_service_pb2.PurgeTenantResponse.FromString,
+        )
+        for workflow_id in woken:
+            await self._starter.recheck_purge(workflow_id)
+        return response
 
     async def update(
         self, tenant_id: uuid.UUID, etag: str, change: TenantUpdate, request_id: uuid.UUID | None, actor: str
     ) -> tenant_pb2.Tenant:
-        async def apply(session: AsyncSession) -> Tenant | None:
-            return (
-                await session.scalars(
-                    tenant_sql.update_fields(tenant_id, UPDATABLE_TENANT_STATES, change.values()),
-                    execution_options=_REFRESH,
-                )
-            ).one_or_none()
+        async def apply(session: AsyncSession, tenant: Tenant) -> _Applied | None:
+            statement = tenant_sql.update_fields(tenant_id, UPDATABLE_TENANT_STATES, change.values())
+            updated = (await session.scalars(statement, execution_options=_REFRESH)).one_or_none()
+            return None if updated is None else _Applied(updated)
 
         return await self._change(
-            "UpdateTenant", tenant_id, etag, request_id, actor, UPDATABLE_TENANT_STATES, TenantEventType.UPDATED, apply
+            "UpdateTenant",
+            tenant_id,
+            etag,
+            request_id,
+            actor,
+            UPDATABLE_TENANT_STATES,
+            TenantEventType.UPDATED,
+            apply,
+            _tenant_only,
+            _tenant_from_record,
         )
 
     async def suspend(
@@ -243,14 +367,23 @@ class Tenants:
         message: str,
         event: TenantEventType,
     ) -> tenant_pb2.Tenant:
-        async def apply(session: AsyncSession) -> Tenant | None:
-            return (
-                await session.scalars(
-                    tenant_sql.change_state(tenant_id, expected, new, message), execution_options=_REFRESH
-                )
-            ).one_or_none()
+        async def apply(session: AsyncSession, tenant: Tenant) -> _Applied | None:
+            statement = tenant_sql.change_state(tenant_id, expected, new, message)
+            changed = (await session.scalars(statement, execution_options=_REFRESH)).one_or_none()
+            return None if changed is None else _Applied(changed)
 
-        return await self._change(method, tenant_id, etag, request_id, actor, frozenset({expected}), event, apply)
+        return await self._change(
+            method,
+            tenant_id,
+            etag,
+            request_id,
+            actor,
+            frozenset({expected}),
+            event,
+            apply,
+            _tenant_only,
+            _tenant_from_record,
+        )
 
     async def _change(
         self,
@@ -260,13 +393,16 @@ class Tenants:
         request_id: uuid.UUID | None,
         actor: str,
         allowed: frozenset[TenantState],
-        event: TenantEventType,
-        apply: Callable[[AsyncSession], Awaitable[Tenant | None]],
-    ) -> tenant_pb2.Tenant:
+        event: TenantEventType | None,
+        apply: Callable[[AsyncSession, Tenant], Awaitable[_Applied | None]],
+        respond: Callable[[tenant_pb2.Tenant, _Applied], _Response],
+        parse_record: Callable[[bytes], _Response],
+    ) -> _Response:
         """One synchronous change in one transaction: the row locked, a
         repeated request_id answered from its record, the etag and the state
-        checked, the change (itself conditional on the state), the request
-        record, and last the event. Refused calls write nothing."""
+        checked, the change (itself conditional on the state: None when the
+        tenant is not in a state it may be made from), the request record, and
+        last the event. Refused calls write nothing."""
         async with self._sessions() as session, session.begin():
             tenant, admin_email = await _locked(session, tenant_id)
             if request_id is not None:
@@ -275,16 +411,16 @@ class Tenants:
                 if earlier is not None:
                     if earlier.method != method or earlier.tenant_id != tenant_id:
                         raise invalid_field("request_id", "was already used for another request")
-                    return tenant_pb2.Tenant.FromString(earlier.response)
+                    return parse_record(earlier.response)
             if tenant.state == TenantState.DELETED:
                 raise not_found("TENANT_DELETED", f"tenant {tenant_id} was deleted", tenant_id=str(tenant_id))
             _check_etag(tenant, etag)
             if tenant.state not in allowed:
                 raise _wrong_state(tenant_id, tenant.state)
-            changed = await apply(session)
-            if changed is None:  # not reached while the row is locked; kept for safety
+            applied = await apply(session, tenant)
+            if applied is None:
                 raise _wrong_state(tenant_id, tenant.state)
-            result = tenant_to_proto(changed, admin_email)
+            result = respond(tenant_to_proto(applied.tenant, admin_email), applied)
             if request_id is not None:
                 try:
                     async with session.begin_nested():
@@ -299,37 +435,54 @@ class Tenants:
                 except IntegrityError as exc:
                     # Used at the same moment for another tenant.
                     raise invalid_field("request_id", "was already used for another request") from exc
-            # Last: the event counter is held from here to the commit.
-            await append_event(
-                session, EventRecord(tenant_id, event, TenantState(changed.state), actor, "", request_id)
-            )
+            if event is not None:
+                # Last: the event counter is held from here to the commit.
+                state = TenantState(applied.tenant.state)
+                await append_event(
+                    session, EventRecord(tenant_id, event, state, actor, applied.operation_name, request_id)
+                )
         return result
 
     async def _by_request_id(self, request_id: uuid.UUID, kind: OperationKind) -> TenantWithOperation | None:
         async with self._sessions() as session:
-            operation = (
-                await session.scalars(select(Operation).where(Operation.request_id == request_id))
-            ).one_or_none()
+            operation = await _operation_by_request_id(session, request_id)
             if operation is None:
                 return None
-            if operation.kind != kind:
-                raise invalid_field("request_id", "was already used for another kind of request")
             tenant, admin_email = (
                 await session.execute(tenant_sql.with_admin_email().where(Tenant.id == operation.tenant_id))
             ).one()
-        return TenantWithOperation(tenant, admin_email, operation)
+        return _replayed(operation, kind, tenant, admin_email)
 
     async def _ensure_started(self, result: TenantWithOperation) -> TenantWithOperation:
+        """Starts the operation's workflow while it is PENDING. The response
+        shows the operation as committed (PENDING): the worker writes RUNNING."""
         operation = result.operation
-        if operation.state != OperationState.PENDING:
-            return result
-        start_time = await self._starter.start(
-            OperationRef(operation.workflow_id, operation.kind, operation.tenant_id, result.tenant.admin_user_id)
-        )
-        if start_time is not None:
-            operation.state = OperationState.RUNNING
-            operation.start_time = start_time
+        if operation.state == OperationState.PENDING:
+            await self._starter.start(
+                OperationRef(operation.workflow_id, operation.kind, operation.tenant_id, result.tenant.admin_user_id)
+            )
         return result
+
+
+_Response = TypeVar("_Response", bound=Message)
+
+
+@dataclass(frozen=True)
+class _Applied:
+    """What a synchronous change made: the tenant as it is now and the
+    operation the change belongs to, if any (named in its event)."""
+
+    tenant: Tenant
+    operation_name: str = ""
+    operation: Operation | None = None
+
+
+def _tenant_only(tenant: tenant_pb2.Tenant, applied: _Applied) -> tenant_pb2.Tenant:
+    return tenant
+
+
+def _tenant_from_record(response: bytes) -> tenant_pb2.Tenant:
+    return tenant_pb2.Tenant.FromString(response)
 
 
 async def _locked(session: AsyncSession, tenant_id: uuid.UUID) -> tuple[Tenant, str]:
@@ -340,3 +493,45 @@ async def _locked(session: AsyncSession, tenant_id: uuid.UUID) -> tuple[Tenant, 
     if row is None:
         raise not_found("TENANT_NOT_FOUND", f"tenant {tenant_id} not found", tenant_id=str(tenant_id))
     return row[0], row[1]
+
+
+async def _operation_by_request_id(session: AsyncSession, request_id: uuid.UUID) -> Operation | None:
+    return (await session.scalars(select(Operation).where(Operation.request_id == request_id))).one_or_none()
+
+
+def _replayed(operation: Operation, kind: OperationKind, tenant: Tenant, admin_email: str) -> TenantWithOperation:
+    """A repeated request_id: the operation it created, with its tenant as it
+    is now; a request_id used for another kind of call or tenant is refused."""
+    if operation.kind != kind or operation.tenant_id != tenant.id:
+        raise invalid_field("request_id", "was already used for another request")
+    return TenantWithOperation(tenant, admin_email, operation)
+
+
+async def _insert_operation(
+    session: AsyncSession,
+    workflow_id: str,
+    tenant_id: uuid.UUID,
+    kind: OperationKind,
+    request_id: uuid.UUID | None,
+    actor: str,
+) -> Operation:
+    """A new PENDING operation. The database keeps one lifecycle operation
+    open per tenant: another one open is FAILED_PRECONDITION
+    `OPERATION_IN_PROGRESS` naming it (the transaction is rolled back)."""
+    try:
+        async with session.begin_nested():
+            return (
+                await session.scalars(operation_sql.insert_pending(workflow_id, tenant_id, kind, request_id, actor))
+            ).one()
+    except IntegrityError as exc:
+        if pg_error(exc).constraint_name != operation_sql.OPEN_LIFECYCLE_INDEX:
+            # A request_id used at the same moment by another call.
+            raise invalid_field("request_id", "was already used for another request") from exc
+        open_id = await session.scalar(operation_sql.open_lifecycle_operation(tenant_id))
+        name = f"{OPERATION_NAME_PREFIX}{open_id}"
+        raise failed_precondition(
+            "OPERATION_IN_PROGRESS",
+            f"tenant {tenant_id} has an operation in progress: {name}; wait for it to finish",
+            tenant_id=str(tenant_id),
+            operation=name,
+        ) from exc

@@ -10,18 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 
-from tenantry.db import operations as operation_sql
 from tenantry.states import OperationKind
 from tenantry.workflow_contract import (
     DELETE_WORKFLOW,
     PROVISION_WORKFLOW,
+    RECHECK_PURGE_SIGNAL,
     WORKFLOW_START_TIMEOUT,
     DeleteTenantInput,
     ProvisionTenantInput,
@@ -42,56 +43,57 @@ class OperationStarter:
     def __init__(
         self,
         client: Client,
-        engine: AsyncEngine,
         task_queue: str,
         timeout: timedelta = WORKFLOW_START_TIMEOUT,
     ) -> None:
         self._client = client
-        self._engine = engine
         self._task_queue = task_queue
         self._timeout = timeout
 
-    async def start(self, operation: OperationRef) -> datetime | None:
-        """Starts the workflow and marks the operation RUNNING, returning its
-        start time. None when the operation is not (yet) RUNNING: Temporal did
-        not accept the start in time, or the bookkeeping failed; it stays
-        PENDING and the reconciler starts it again (a repeat is harmless).
-        Never raises for either: the caller's change is already committed."""
+    async def start(self, operation: OperationRef) -> bool:
+        """Starts the operation's workflow; False when Temporal did not accept
+        the start in time. Never raises for that: the caller's change is
+        already committed, the operation stays PENDING (the worker's first
+        activity marks it RUNNING) and the reconciler starts it again (a
+        repeat is harmless)."""
+        workflow_name, workflow_input = _workflow_for(operation)
+        return await self._call(
+            operation.workflow_id,
+            "workflow start failed after commit; the reconciler will start it",
+            self._client.start_workflow(
+                workflow_name,
+                workflow_input,
+                id=operation.workflow_id,
+                task_queue=self._task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                rpc_timeout=self._timeout,
+            ),
+        )
+
+    async def recheck_purge(self, workflow_id: str) -> bool:
+        """Wakes a deletion workflow waiting for its purge time, so it reads the
+        tenant again now (PurgeTenant, UndeleteTenant). Best effort, like a
+        start: the database already holds the change, and the workflow's own
+        timer (or the reconciler, for an overdue purge) reaches the same end."""
+        handle = self._client.get_workflow_handle(workflow_id)
+        return await self._call(
+            workflow_id,
+            "could not wake the deletion workflow; its timer or the reconciler will",
+            handle.signal(RECHECK_PURGE_SIGNAL, rpc_timeout=self._timeout),
+        )
+
+    async def _call(self, workflow_id: str, warning: str, call: Coroutine[Any, Any, object]) -> bool:
         try:
-            workflow_name, workflow_input = _workflow_for(operation)
             # Bounds the lazy client's connecting too, which rpc_timeout does
             # not; unlike wait_for, no extra task per call.
             async with asyncio.timeout(self._timeout.total_seconds()):
-                await self._client.start_workflow(
-                    workflow_name,
-                    workflow_input,
-                    id=operation.workflow_id,
-                    task_queue=self._task_queue,
-                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                    rpc_timeout=self._timeout,
-                )
+                await call
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure here is handled the same way
-            log.warning(
-                "workflow start failed after commit; the reconciler will start it",
-                extra={"workflow_id": operation.workflow_id, "error": f"{type(exc).__name__}: {exc}"},
-            )
-            return None
-        try:
-            # One statement: autocommit saves the BEGIN/COMMIT round trips.
-            async with self._engine.connect() as conn:
-                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                started: datetime | None = await conn.scalar(
-                    operation_sql.MARK_RUNNING, {"workflow_id": operation.workflow_id}
-                )
-        except Exception as exc:  # noqa: BLE001 - the workflow runs; only the bookkeeping lags
-            log.warning(
-                "workflow started but the operation could not be marked RUNNING",
-                extra={"workflow_id": operation.workflow_id, "error": f"{type(exc).__name__}: {exc}"},
-            )
-            return None
-        return started
+            log.warning(warning, extra={"workflow_id": workflow_id, "error": f"{type(exc).__name__}: {exc}"})
+            return False
+        return True
 
 
 def _workflow_for(operation: OperationRef) -> tuple[str, object]:

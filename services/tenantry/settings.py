@@ -39,6 +39,8 @@ DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
 DEFAULT_NAMESPACE = "default"
 DEFAULT_TASK_QUEUE = "tenant-provisioning"
 DEFAULT_RECONCILE_INTERVAL_SECONDS = 30.0
+# How long DeleteTenant keeps an ACTIVE or SUSPENDED tenant's data (7 days).
+DEFAULT_DELETION_RETENTION_SECONDS = 7 * 24 * 3600.0
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
 DEFAULT_API_METRICS_ADDRESS = "127.0.0.1:9464"
 DEFAULT_WORKER_METRICS_ADDRESS = "127.0.0.1:9466"
@@ -223,6 +225,7 @@ class ApiSettings(CommonSettings):
     auth: AuthSettings
     page_token_key: bytes = field(repr=False)
     tls: TlsSettings = TlsSettings()
+    deletion_retention_seconds: float = DEFAULT_DELETION_RETENTION_SECONDS
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> ApiSettings:
@@ -233,6 +236,9 @@ class ApiSettings(CommonSettings):
             auth=AuthSettings.from_env(env),
             page_token_key=_secret_key(env, PAGE_TOKEN_KEY),
             tls=TlsSettings.from_env(env),
+            deletion_retention_seconds=_seconds(
+                env, "TENANTRY_DELETION_RETENTION_SECONDS", DEFAULT_DELETION_RETENTION_SECONDS
+            ),
         )
 
 

@@ -28,11 +28,23 @@ def reconcile_schedule_id(task_queue: str) -> str:
 
 
 def provision_workflow_id(tenant_id: uuid.UUID) -> str:
+    """The workflow id of a tenant's first provisioning (RegisterTenant's operation)."""
     return f"tenant-provision-{tenant_id}"
 
 
-def delete_workflow_id(tenant_id: uuid.UUID) -> str:
-    return f"tenant-delete-{tenant_id}"
+def new_workflow_id(kind: str, tenant_id: uuid.UUID) -> str:
+    """A fresh workflow id for another operation on the tenant (a retried
+    provisioning, each deletion): a tenant has many operations over its
+    life, each with its own id. Earlier releases used `tenant-delete-{id}` for
+    the one deletion a tenant could have; those names keep resolving, since an
+    operation is looked up by its stored id, never rebuilt."""
+    return f"tenant-{kind.lower()}-{tenant_id}-{uuid.uuid4().hex[:12]}"
+
+
+# The deletion workflow waits on a durable timer until the tenant's
+# `purge_time`; this signal makes it look at the database again now
+# (PurgeTenant brought the purge forward, or UndeleteTenant cancelled it).
+RECHECK_PURGE_SIGNAL = "recheck_purge"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The operation aggregate's statements: the RUNNING mark, state transitions,
-and the reconciler's scan for operations left open."""
+the one-open-lifecycle-operation rule, and the reconciler's scans."""
 
 from __future__ import annotations
 
@@ -10,16 +10,26 @@ from sqlalchemy import Select, Update, bindparam, insert, select, text, update
 from sqlalchemy.sql.dml import ReturningInsert
 
 from tenantry.db.models import Operation, Tenant
-from tenantry.states import DONE_OPERATION_STATES, OperationKind, OperationState
+from tenantry.states import (
+    DONE_OPERATION_STATES,
+    LIFECYCLE_OPERATION_KINDS,
+    OPEN_OPERATION_STATES,
+    OperationKind,
+    OperationState,
+    TenantState,
+)
 
-OPEN_OPERATION_STATES = (OperationState.PENDING, OperationState.RUNNING)
+# The partial unique index that keeps a tenant to one open (PENDING or
+# RUNNING) lifecycle operation (models.Operation).
+OPEN_LIFECYCLE_INDEX = "uq_workflow_executions_open_lifecycle"
 
-# The RUNNING mark is bookkeeping that commits asynchronously
-# (synchronous_commit off for its own transaction only, set_config(..., true)):
-# it does not wait for a WAL flush. A database crash can lose it, and only it
-# (WAL is replayed in order: nothing committed after it survives either); the
-# operation then stays PENDING and the reconciler starts the workflow again,
-# which is harmless. Every RegisterTenant and DeleteTenant saves the flush.
+# The RUNNING mark, written by the worker as the first statement of a
+# workflow's first activity (so the API answers PENDING: it never waits for
+# it). Bookkeeping that commits asynchronously (synchronous_commit off for its
+# own transaction only, set_config(..., true)): it does not wait for a WAL
+# flush. A database crash can lose it, and only it (WAL is replayed in order:
+# nothing committed after it survives either); the operation then looks
+# PENDING until the activity's own transaction finishes it.
 # One statement, meant for autocommit; parameter `workflow_id`; returns the
 # start time, or no row when the operation was no longer PENDING.
 MARK_RUNNING = text(
@@ -78,6 +88,60 @@ def insert_pending(
         )
         .returning(Operation)
     )
+
+
+def cancel_open(tenant_id: uuid.UUID, kind: OperationKind, message: str) -> Update:
+    """Closes the tenant's open operations of `kind` as CANCELLED (a deletion
+    supersedes provisioning)."""
+    return (
+        update(Operation)
+        .where(Operation.tenant_id == tenant_id, Operation.kind == kind)
+        .where(Operation.state.in_(OPEN_OPERATION_STATES))
+        .values(
+            state=OperationState.CANCELLED, error_message=message, end_time=text("now()"), update_time=text("now()")
+        )
+    )
+
+
+def open_lifecycle_operation(tenant_id: uuid.UUID) -> Select[str]:
+    """The workflow id of the tenant's open lifecycle operation, if any."""
+    return (
+        select(Operation.workflow_id)
+        .where(Operation.tenant_id == tenant_id, Operation.kind.in_(LIFECYCLE_OPERATION_KINDS))
+        .where(Operation.state.in_(OPEN_OPERATION_STATES))
+    )
+
+
+def latest(tenant_id: uuid.UUID, kind: OperationKind) -> Select[Operation]:
+    """The tenant's most recent operation of `kind` (for a session)."""
+    return select(Operation).where(Operation.workflow_id == latest_id(tenant_id, kind).scalar_subquery())
+
+
+def latest_id(tenant_id: uuid.UUID, kind: OperationKind) -> Select[str]:
+    """The workflow id of the tenant's most recent operation of `kind`."""
+    return (
+        select(Operation.workflow_id)
+        .where(Operation.tenant_id == tenant_id, Operation.kind == kind)
+        .order_by(Operation.create_time.desc())
+        .limit(1)
+    )
+
+
+# Deletions whose purge is overdue by more than `age` seconds while their
+# workflow should have woken (a PurgeTenant whose signal never arrived).
+OVERDUE_PURGES = (
+    select(Operation.workflow_id)
+    .join(Tenant, Tenant.id == Operation.tenant_id)
+    .where(Operation.kind == OperationKind.DELETE, Operation.state == OperationState.RUNNING)
+    .where(Tenant.state == TenantState.DELETING)
+    .where(Tenant.purge_time < text("now() - make_interval(secs => :age)"))
+    .order_by(Tenant.purge_time)
+    .limit(500)
+)
+
+
+def state_of(workflow_id: str) -> Select[str]:
+    return select(Operation.state).where(Operation.workflow_id == workflow_id)
 
 
 def actor_of(workflow_id: str) -> Select[str]:

@@ -13,8 +13,25 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
-from sqlalchemy import Delete, Select, TextClause, bindparam, column, delete, exists, func, select, table, text, update
+from sqlalchemy import (
+    Delete,
+    Select,
+    TextClause,
+    bindparam,
+    case,
+    column,
+    delete,
+    exists,
+    func,
+    literal_column,
+    select,
+    table,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -22,10 +39,19 @@ from sqlalchemy.sql.dml import ReturningUpdate
 
 from tenantry.db.events import event_ctes, operation_actor
 from tenantry.db.models import Operation, Tenant, TenantMembership, User
-from tenantry.db.operations import OPEN_OPERATION_STATES
 from tenantry.schema_names import SCHEMA_NAME_REGEX, quote_schema, schema_name_for
-from tenantry.states import OperationKind, OperationState, TenantEventType, TenantState
+from tenantry.states import (
+    DELETABLE_TENANT_STATES,
+    OPEN_OPERATION_STATES,
+    RETAINED_TENANT_STATES,
+    OperationKind,
+    OperationState,
+    TenantEventType,
+    TenantState,
+)
 from tenantry.workflow_contract import provision_workflow_id
+
+_Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 
 TENANTS = Tenant.__tablename__
 OPERATIONS = Operation.__tablename__
@@ -138,14 +164,27 @@ async def register(
 
 # --- the gate's admission ----------------------------------------------------
 
-_ADMIT_BY_ID = select(Tenant.id, Tenant.state, Tenant.schema_name).where(Tenant.id == bindparam("key"))
-_ADMIT_BY_SLUG = select(Tenant.id, Tenant.state, Tenant.schema_name).where(Tenant.slug == bindparam("key"))
+
+def holder_of_slug(query: _Query, slug: object) -> _Query:
+    """`query` narrowed to the tenant that holds `slug`: the one not DELETED
+    (at most one, uq_tenants_slug), else the one purged most recently. Its
+    only parameter is `slug` (the gate runs it with the driver's `$1`)."""
+    return (
+        query.where(Tenant.slug == slug)
+        .order_by(literal_column(f"{TENANTS}.state = '{TenantState.DELETED}'"), Tenant.update_time.desc())
+        .limit(literal_column("1"))
+    )
+
+
+_ADMISSION_COLUMNS = select(Tenant.id, Tenant.state, Tenant.schema_name, Tenant.purge_time)
+_ADMIT_BY_ID = _ADMISSION_COLUMNS.where(Tenant.id == bindparam("key"))
+_ADMIT_BY_SLUG = holder_of_slug(_ADMISSION_COLUMNS, bindparam("key"))
 
 
 @dataclass(frozen=True)
 class AdmissionQueries:
     """The admission reads as the driver's SQL (`$1` the tenant id or slug;
-    rows `(id, state, schema_name)`), rendered once per engine: admission runs
+    rows `(id, state, schema_name, purge_time)`), rendered once per engine: admission runs
     on every tenant-scoped call, so it skips SQLAlchemy's execution layer."""
 
     by_id: str
@@ -169,8 +208,9 @@ def begin_if_active(tenant_id: uuid.UUID) -> str:
     return f"BEGIN; SELECT 1 FROM {TENANTS} WHERE id = '{tenant_id}' AND state = '{TenantState.ACTIVE.value}'"
 
 
-def state_of(tenant_id: uuid.UUID) -> Select[str]:
-    return select(Tenant.state).where(Tenant.id == tenant_id)
+def state_of(tenant_id: uuid.UUID) -> Select[str, datetime | None]:
+    """The tenant's state and purge time."""
+    return select(Tenant.state, Tenant.purge_time).where(Tenant.id == tenant_id)
 
 
 # --- provisioning and deletion -----------------------------------------------
@@ -253,27 +293,105 @@ def mark_deleted(tenant_id: uuid.UUID) -> ReturningUpdate[float]:
     """Purged; returns the seconds since the soft delete."""
     return (
         update(Tenant)
-        .where(Tenant.id == tenant_id)
+        .where(Tenant.id == tenant_id, Tenant.state == TenantState.DELETING)
         .values(state=TenantState.DELETED, update_time=text("now()"), version=Tenant.version + 1)
         .returning(func.extract("epoch", func.now() - Tenant.delete_time))
     )
 
 
-def soft_delete(tenant_id: uuid.UUID) -> ReturningUpdate[Tenant]:
-    """DeleteTenant's change: DELETING, to be purged right away by the deletion
-    workflow; returns the updated tenant."""
+def soft_delete(tenant_id: uuid.UUID, retention: timedelta) -> ReturningUpdate[Tenant]:
+    """DeleteTenant's change: DELETING, remembering the state it left (what an
+    undelete restores). An ACTIVE or SUSPENDED tenant's data is kept for
+    `retention`; a CREATING or FAILED tenant's purge is due at once. Only from
+    a deletable state (no row otherwise); returns the updated tenant. (SET
+    expressions read the row as it was, so `state` there is the old state.)"""
     return (
         update(Tenant)
-        .where(Tenant.id == tenant_id)
+        .where(Tenant.id == tenant_id, Tenant.state.in_(sorted(DELETABLE_TENANT_STATES)))
         .values(
             state=TenantState.DELETING,
+            state_before_delete=Tenant.state,
             delete_time=text("now()"),
-            purge_time=text("now()"),
+            purge_time=case(
+                (Tenant.state.in_(sorted(RETAINED_TENANT_STATES)), func.now() + retention), else_=func.now()
+            ),
             update_time=text("now()"),
             version=Tenant.version + 1,
         )
         .returning(Tenant)
     )
+
+
+# Clocks for the purge race. `now()` is when the transaction began, which can
+# be before another transaction that took the tenant row lock first: the
+# undelete and PurgeTenant compare with `statement_timestamp()` (their
+# statement runs after they hold the lock), the purge with `clock_timestamp()`
+# (read while it holds the lock, or earlier, which only makes it wait longer).
+# With the lock serialising them, exactly one of purge and undelete wins.
+
+
+def undelete(tenant_id: uuid.UUID) -> ReturningUpdate[Tenant]:
+    """UndeleteTenant's change: back to the state the delete left, only while
+    the data is retained and its purge is not due (by the database's clock,
+    which the purge reads under the same row lock: exactly one of them wins).
+    Run under the tenant's row lock. No row otherwise; returns the updated
+    tenant."""
+    return (
+        update(Tenant)
+        .where(
+            Tenant.id == tenant_id,
+            Tenant.state == TenantState.DELETING,
+            Tenant.state_before_delete.in_(sorted(RETAINED_TENANT_STATES)),
+            Tenant.purge_time > func.statement_timestamp(),
+        )
+        .values(
+            state=Tenant.state_before_delete,
+            state_before_delete=None,
+            delete_time=None,
+            purge_time=None,
+            update_time=text("now()"),
+            version=Tenant.version + 1,
+        )
+        .returning(Tenant)
+    )
+
+
+def purge_now(tenant_id: uuid.UUID) -> ReturningUpdate[Tenant]:
+    """PurgeTenant's change: a DELETING tenant's purge is due now (no row
+    otherwise). Run under the tenant's row lock; returns the updated tenant."""
+    return (
+        update(Tenant)
+        .where(Tenant.id == tenant_id, Tenant.state == TenantState.DELETING)
+        .values(
+            purge_time=func.least(Tenant.purge_time, func.statement_timestamp()),
+            update_time=text("now()"),
+            version=Tenant.version + 1,
+        )
+        .returning(Tenant)
+    )
+
+
+def retry_provisioning(tenant_id: uuid.UUID) -> ReturningUpdate[Tenant]:
+    """RetryTenantProvisioning's change: FAILED -> CREATING (no row otherwise);
+    returns the updated tenant."""
+    return (
+        update(Tenant)
+        .where(Tenant.id == tenant_id, Tenant.state == TenantState.FAILED)
+        .values(state=TenantState.CREATING, state_message="", update_time=text("now()"), version=Tenant.version + 1)
+        .returning(Tenant)
+    )
+
+
+# The tenant's state and whether its purge is due, its row locked (parameter
+# `tenant_id`; no row: no such tenant). `seconds_left` is how long until it is.
+LOCK_FOR_PURGE = (
+    select(
+        Tenant.state,
+        func.greatest(func.extract("epoch", Tenant.purge_time - func.clock_timestamp()), 0).label("seconds_left"),
+    )
+    .where(Tenant.id == bindparam("tenant_id"))
+    .with_for_update()
+)
 
 
 def change_state(
