@@ -46,6 +46,13 @@ DEFAULT_SDK_METRICS_ADDRESS = "127.0.0.1:9465"
 DEFAULT_HEALTHCHECK_SERVER_NAME = "localhost"
 DEFAULT_AUTH_AUDIENCE = "tenantry"
 DEFAULT_LIVENESS_FILE = Path("/tmp/provisioner-worker.alive")
+# SQLAlchemy's pool per process: pool_size kept open, up to max_overflow more
+# under load (tenantry.db.connection_budget checks both fit at start). The worker
+# may run MAX_CONCURRENT_ACTIVITIES (20) activities at once, one connection each.
+DEFAULT_DB_POOL_SIZE = 10
+DEFAULT_API_DB_MAX_OVERFLOW = 10
+DEFAULT_WORKER_DB_MAX_OVERFLOW = 20
+MAX_DB_CONNECTIONS = 10_000
 # services/tenantry/settings.py -> the checkout's migrations/ (the images set the variable).
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 PAGE_TOKEN_KEY = "TENANTRY_PAGE_TOKEN_KEY"
@@ -129,9 +136,11 @@ class CommonSettings:
     shutdown_grace_seconds: float
     metrics_address: str | None
     temporal_tls: TemporalTlsSettings = TemporalTlsSettings()
+    db_pool_size: int = DEFAULT_DB_POOL_SIZE
+    db_max_overflow: int = DEFAULT_API_DB_MAX_OVERFLOW
 
     @classmethod
-    def _common(cls, env: Env, *, default_metrics_address: str) -> dict[str, Any]:
+    def _common(cls, env: Env, *, default_metrics_address: str, default_max_overflow: int) -> dict[str, Any]:
         common = CommonSettings(
             database_url=database_url_from(env),
             temporal_address=_address(env, "TENANTRY_TEMPORAL_ADDRESS", None),
@@ -140,6 +149,8 @@ class CommonSettings:
             shutdown_grace_seconds=_seconds(env, "TENANTRY_SHUTDOWN_GRACE_SECONDS", DEFAULT_SHUTDOWN_GRACE_SECONDS),
             metrics_address=_address_or_off(env, "TENANTRY_METRICS_ADDRESS", default_metrics_address),
             temporal_tls=TemporalTlsSettings.from_env(env),
+            db_pool_size=_count(env, "TENANTRY_DB_POOL_SIZE", DEFAULT_DB_POOL_SIZE, minimum=1),
+            db_max_overflow=_count(env, "TENANTRY_DB_MAX_OVERFLOW", default_max_overflow, minimum=0),
         )
         # Shallow (asdict would turn the nested settings into dicts).
         return {f.name: getattr(common, f.name) for f in fields(common)}
@@ -228,7 +239,11 @@ class ApiSettings(CommonSettings):
     def from_env(cls, env: Env | None = None) -> ApiSettings:
         env = _environ(env)
         return cls(
-            **cls._common(env, default_metrics_address=DEFAULT_API_METRICS_ADDRESS),
+            **cls._common(
+                env,
+                default_metrics_address=DEFAULT_API_METRICS_ADDRESS,
+                default_max_overflow=DEFAULT_API_DB_MAX_OVERFLOW,
+            ),
             grpc_address=grpc_address_from(env),
             auth=AuthSettings.from_env(env),
             page_token_key=_secret_key(env, PAGE_TOKEN_KEY),
@@ -280,12 +295,17 @@ class WorkerSettings(CommonSettings):
     sdk_metrics_address: str | None
     liveness_file: Path
     migrations_dir: Path
+    db_max_overflow: int = DEFAULT_WORKER_DB_MAX_OVERFLOW
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> WorkerSettings:
         env = _environ(env)
         return cls(
-            **cls._common(env, default_metrics_address=DEFAULT_WORKER_METRICS_ADDRESS),
+            **cls._common(
+                env,
+                default_metrics_address=DEFAULT_WORKER_METRICS_ADDRESS,
+                default_max_overflow=DEFAULT_WORKER_DB_MAX_OVERFLOW,
+            ),
             reconcile_interval_seconds=_seconds(
                 env, "TENANTRY_RECONCILE_INTERVAL_SECONDS", DEFAULT_RECONCILE_INTERVAL_SECONDS
             ),
@@ -454,6 +474,20 @@ def _seconds(env: Env, name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
     if not as_delta > timedelta(0):
         raise SettingsError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def _count(env: Env, name: str, default: int, *, minimum: int) -> int:
+    """A whole number from `minimum` to MAX_DB_CONNECTIONS."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    # isascii: "²".isdigit() is true but int("²") raises.
+    if not (raw.isascii() and raw.isdigit()):
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}")
+    value = int(raw)
+    if not minimum <= value <= MAX_DB_CONNECTIONS:
+        raise SettingsError(f"{name} must be from {minimum} to {MAX_DB_CONNECTIONS}, got {raw!r}")
     return value
 
 
