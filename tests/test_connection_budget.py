@@ -8,12 +8,17 @@ import asyncio
 import json
 import shutil
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
 
+from tenant_api.server import start_api
 from tenantry.db.connection_budget import (
     API_LISTEN_CONNECTIONS,
     ConnectionBudget,
@@ -22,8 +27,20 @@ from tenantry.db.connection_budget import (
     refusal,
 )
 from tenantry.db.engine import asyncpg_dsn
+from tenantry.v1 import event_service_pb2, event_service_pb2_grpc
 from tenantry_dev.embedded import start_embedded_postgres
-from tests.stack import ServiceProcess, service_env, spawn, spawn_api, stopping, wait_serving
+from tests.stack import (
+    ServiceProcess,
+    api_channel,
+    eventually,
+    page_tokens_for_tests,
+    service_env,
+    spawn,
+    spawn_api,
+    stopping,
+    verifier_for_tests,
+    wait_serving,
+)
 
 MAX_CONNECTIONS = 20
 # Nothing listens there: the API connects to Temporal lazily, and the worker
@@ -173,3 +190,48 @@ async def test_a_server_with_no_free_slot_is_a_refusal_too(small_database_url: s
     worker = spawn("worker", "provisioner_worker", _env(small_database_url, 1, 0))
     line = await _refused(worker)
     assert line.startswith("provisioner-worker: its database pool cannot fit: ")
+
+
+async def test_the_listener_connects_to_the_listen_url(
+    engine: AsyncEngine, temporal_client: Client, database_url: str
+) -> None:
+    """TENANTRY_LISTEN_DATABASE_URL: LISTEN goes there (past a bouncer), the pool does not."""
+    name = f"tenantry-listen-{uuid.uuid4().hex[:8]}"
+    listen_url = make_url(database_url).update_query_dict({"application_name": name})
+    api = await start_api(
+        engine=engine,
+        client=temporal_client,
+        task_queue=f"test-{name}",
+        address="127.0.0.1:0",
+        verifier=verifier_for_tests(),
+        page_tokens=page_tokens_for_tests(),
+        listen_url=listen_url.render_as_string(hide_password=False),
+    )
+    channel = api_channel(f"127.0.0.1:{api.port}")
+    sessions = text("SELECT query FROM pg_stat_activity WHERE application_name = :name")
+    try:
+        stub = event_service_pb2_grpc.TenantEventServiceStub(channel)
+        watch = stub.WatchTenantEvents(event_service_pb2.WatchTenantEventsRequest(), timeout=30)
+
+        async def queries() -> list[str]:
+            async with engine.connect() as conn:
+                return list((await conn.execute(sessions, {"name": name})).scalars())
+
+        async def listening() -> list[str]:
+            # Connected first, LISTEN a moment later.
+            found = await queries()
+            return found if any(query.startswith("LISTEN") for query in found) else []
+
+        # One session under that name, the event feed's LISTEN (the pool's are not there).
+        found = await eventually(listening, timeout=20)
+        assert len(found) == 1, found
+        watch.cancel()
+    finally:
+        await channel.close(None)
+        await api.stop(0)
+
+    async def closed() -> bool:
+        # A backend leaves pg_stat_activity a moment after its client closes.
+        return not await queries()
+
+    await eventually(closed, timeout=20)

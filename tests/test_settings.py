@@ -133,6 +133,7 @@ def test_blank_optional_variables_mean_default() -> None:
         "TENANTRY_SDK_METRICS_ADDRESS": "",
         "TENANTRY_WORKER_LIVENESS_FILE": " ",
         "TENANTRY_MIGRATIONS_DIR": "",
+        "TENANTRY_LISTEN_DATABASE_URL": " ",
         "TENANTRY_DB_POOL_SIZE": " ",
         "TENANTRY_DB_MAX_OVERFLOW": "",
     }
@@ -170,6 +171,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "TENANTRY_TEMPORAL_API_KEY": " tk-cloud-key ",
         "TENANTRY_PAGE_TOKEN_KEY": base64.b64encode(bytes(range(40))).decode(),
         "TENANTRY_DB_POOL_SIZE": " 4 ",
+        "TENANTRY_LISTEN_DATABASE_URL": "postgresql+asyncpg://postgres@db-direct/postgres",
         "TENANTRY_DB_MAX_OVERFLOW": "0",
     }
     common: dict[str, Any] = {
@@ -191,6 +193,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         ),
         tls=TlsSettings(Path("/tls/cert.pem"), Path("/tls/key.pem"), Path("/tls/clients.pem")),
         page_token_key=bytes(range(40)),
+        listen_database_url="postgresql+asyncpg://postgres@db-direct/postgres",
     )
     assert WorkerSettings.from_env(env) == WorkerSettings(
         **common,
@@ -298,6 +301,8 @@ API_MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_AUTH_JWKS_FILE", "/nonexistent/jwks.json"),
     ("TENANTRY_AUTH_JWKS_URL", "http://idp.example/jwks.json"),  # keys over plaintext: refused
     ("TENANTRY_PAGE_TOKEN_KEY", None),
+    ("TENANTRY_LISTEN_DATABASE_URL", "postgresql://tenantry:secret@db/tenantry"),
+    ("TENANTRY_LISTEN_DATABASE_URL", "secret"),
     ("TENANTRY_PAGE_TOKEN_KEY", "  "),
     ("TENANTRY_PAGE_TOKEN_KEY", "00" * 31),  # 31 bytes: too short
     ("TENANTRY_PAGE_TOKEN_KEY", base64.b64encode(bytes(31)).decode()),  # too short as base64 too

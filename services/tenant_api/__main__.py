@@ -47,6 +47,7 @@ async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | Non
             verifier=verifier,
             page_tokens=PageTokens(settings.page_token_key),
             credentials=credentials,
+            listen_url=settings.listen_database_url,
         )
     except (OSError, RuntimeError) as exc:
         print(f"tenant-api: cannot listen on {settings.grpc_address}: {exc}", file=sys.stderr)

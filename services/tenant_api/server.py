@@ -13,7 +13,7 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
@@ -202,16 +202,19 @@ async def start_api(
     credentials: grpc.ServerCredentials | None = None,
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
     max_waits: int = MAX_WAITS,
+    listen_url: str | None = None,
 ) -> RunningApi:
     """`verifier`: checks every call's bearer token (there is no way to turn
     that off). `page_tokens`: signs and checks the listings' page tokens (its
     key is TENANTRY_PAGE_TOKEN_KEY). `credentials`: TLS / mTLS (see
     tenant_api.transport); None serves plaintext. `max_concurrent_rpcs`,
     `max_waits`: the caps on calls in flight and on open WaitOperation calls
-    (tests lower them)."""
+    (tests lower them). `listen_url`: where the two LISTEN connections go
+    (TENANTRY_LISTEN_DATABASE_URL; None: the engine's URL)."""
     sessions = create_session_factory(engine)
-    notifications = OperationNotifications(engine.url)
-    events = EventFeed(engine)
+    direct = make_url(listen_url) if listen_url is not None else engine.url
+    notifications = OperationNotifications(direct)
+    events = EventFeed(engine, direct)
     admission = AdmissionInterceptor(max_concurrent_rpcs, exempt_services=(health.SERVICE_NAME,))
     operations = Operations(sessions, notifications, page_tokens, max_waits=max_waits)
     # No `maximum_concurrent_rpcs` here: see tenant_api.interceptors.admission.

@@ -56,6 +56,7 @@ MAX_DB_CONNECTIONS = 10_000
 # services/tenantry/settings.py -> the checkout's migrations/ (the images set the variable).
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 PAGE_TOKEN_KEY = "TENANTRY_PAGE_TOKEN_KEY"
+LISTEN_DATABASE_URL = "TENANTRY_LISTEN_DATABASE_URL"
 MIN_SECRET_KEY_BYTES = 32
 
 
@@ -228,12 +229,15 @@ class AuthSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class ApiSettings(CommonSettings):
-    """`page_token_key`: signs page tokens (HMAC-SHA256); never in a repr."""
+    """`page_token_key`: signs page tokens (HMAC-SHA256); never in a repr.
+    `listen_database_url`: where the LISTEN connections go when the pool's
+    `database_url` is a transaction-mode PgBouncer (None: `database_url`)."""
 
     grpc_address: str
     auth: AuthSettings
     page_token_key: bytes = field(repr=False)
     tls: TlsSettings = TlsSettings()
+    listen_database_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> ApiSettings:
@@ -248,6 +252,9 @@ class ApiSettings(CommonSettings):
             auth=AuthSettings.from_env(env),
             page_token_key=_secret_key(env, PAGE_TOKEN_KEY),
             tls=TlsSettings.from_env(env),
+            listen_database_url=database_url_from(env, LISTEN_DATABASE_URL)
+            if _is_set(env, LISTEN_DATABASE_URL)
+            else None,
         )
 
 
@@ -360,8 +367,7 @@ class DevSettings:
 # --- single variables, also for the container probes and the migrations runner -------
 
 
-def database_url_from(env: Env) -> str:
-    name = "TENANTRY_DATABASE_URL"
+def database_url_from(env: Env, name: str = "TENANTRY_DATABASE_URL") -> str:
     value = _required(env, name)
     if not value.startswith("postgresql+asyncpg://"):
         # Only the scheme: the rest may hold a password.
