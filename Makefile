@@ -7,25 +7,51 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_SMOKE_OUTPUT ?= /tmp/tenantry-bench-smoke
 GEN_DIR := services/tenantry/v1
+LOCK := requirements.lock
+UV_VERSION := 0.13.9
+# Part of the lock's input digest: changing them makes the lock stale.
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	--no-emit-package tenantry --no-emit-package tenantry-devtools
+LOCK_CHECK = $(PYTHON) devtools/lockfile.py check $(LOCK) "$(LOCK_FLAGS)"
 PROTOS := $(wildcard proto/tenantry/v1/*.proto)
 
-.PHONY: help install proto proto-check buf-breaking lint test dev bench bench-smoke clean
+.PHONY: help install lock lock-upgrade lock-check proto proto-check buf-breaking lint test dev bench bench-smoke clean
 
 help:
 	@echo "make dev    run the whole stack locally (embedded PostgreSQL + Temporal dev server)"
 	@echo "make test   run the test suite"
 	@echo "make lint   buf lint, ruff, mypy, generated-code check"
 	@echo "make proto  regenerate Python code from proto/"
+	@echo "make lock   re-resolve requirements.in into the hash-pinned requirements.lock (make install uses it)"
 	@echo "make bench  benchmark against the floors: bench/results/latest.{json,md,png} (minutes)"
 	@echo "make bench-smoke  a tiny benchmark run that checks the benchmark works"
 
-$(STAMP): pyproject.toml devtools/pyproject.toml
+# Every dependency (product, dev extra, devtools, build backend, pip) comes from
+# the hash-pinned lock, the same for CI and every clone; the two local projects
+# go on top without dependencies. A lock older than its inputs stops here.
+$(STAMP): $(LOCK) requirements.in pyproject.toml devtools/pyproject.toml
+	$(LOCK_CHECK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./devtools
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . -e ./devtools
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolves requirements.in into the lock for CPython 3.11 on Linux x86_64 with
+# a pinned uv, keeping every pin that still satisfies the ranges (`make
+# lock-upgrade` moves everything to the newest allowed). Needs PyPI.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip compile --quiet requirements.in $(LOCK_FLAGS) $(LOCK_EXTRA) --custom-compile-command 'make lock' -o $(LOCK)
+	$(PYTHON) devtools/lockfile.py stamp $(LOCK) "$(LOCK_FLAGS)"
+
+lock-upgrade:
+	$(MAKE) lock LOCK_EXTRA=--upgrade
+
+lock-check:
+	$(LOCK_CHECK)
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
@@ -55,7 +81,7 @@ buf-breaking: $(STAMP)
 		$(BIN)/buf breaking --against '.git#ref=HEAD~1'; \
 	else echo "buf breaking: no earlier contract to compare with"; fi
 
-lint: $(STAMP) proto-check buf-breaking
+lint: $(STAMP) lock-check proto-check buf-breaking
 	$(BIN)/buf lint
 	$(BIN)/hadolint services/tenant_api/Dockerfile services/provisioner_worker/Dockerfile
 	$(BIN)/ruff check .

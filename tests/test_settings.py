@@ -14,9 +14,12 @@ from typing import Any
 
 import pytest
 
+from provisioner_worker.worker import MAX_CONCURRENT_ACTIVITIES
 from tenantry.settings import (
+    DEFAULT_API_DB_MAX_OVERFLOW,
     DEFAULT_API_METRICS_ADDRESS,
     DEFAULT_AUTH_AUDIENCE,
+    DEFAULT_DB_POOL_SIZE,
     DEFAULT_GRPC_ADDRESS,
     DEFAULT_LIVENESS_FILE,
     DEFAULT_MIGRATIONS_DIR,
@@ -25,6 +28,7 @@ from tenantry.settings import (
     DEFAULT_SDK_METRICS_ADDRESS,
     DEFAULT_SHUTDOWN_GRACE_SECONDS,
     DEFAULT_TASK_QUEUE,
+    DEFAULT_WORKER_DB_MAX_OVERFLOW,
     DEFAULT_WORKER_METRICS_ADDRESS,
     ApiSettings,
     AuthSettings,
@@ -77,6 +81,8 @@ def test_defaults() -> None:
     assert ApiSettings.from_env(REQUIRED) == ApiSettings(
         **COMMON_DEFAULTS,
         metrics_address=DEFAULT_API_METRICS_ADDRESS,
+        db_pool_size=DEFAULT_DB_POOL_SIZE,
+        db_max_overflow=DEFAULT_API_DB_MAX_OVERFLOW,
         grpc_address=DEFAULT_GRPC_ADDRESS,
         auth=AUTH_DEFAULTS,
         page_token_key=PAGE_TOKEN_KEY,
@@ -84,6 +90,8 @@ def test_defaults() -> None:
     assert WorkerSettings.from_env(REQUIRED) == WorkerSettings(
         **COMMON_DEFAULTS,
         metrics_address=DEFAULT_WORKER_METRICS_ADDRESS,
+        db_pool_size=DEFAULT_DB_POOL_SIZE,
+        db_max_overflow=DEFAULT_WORKER_DB_MAX_OVERFLOW,
         reconcile_interval_seconds=DEFAULT_RECONCILE_INTERVAL_SECONDS,
         sdk_metrics_address=DEFAULT_SDK_METRICS_ADDRESS,
         liveness_file=DEFAULT_LIVENESS_FILE,
@@ -108,6 +116,9 @@ def test_defaults() -> None:
         "127.0.0.1:9465",
     )
     assert str(DEFAULT_LIVENESS_FILE) == "/tmp/provisioner-worker.alive"
+    assert (DEFAULT_DB_POOL_SIZE, DEFAULT_API_DB_MAX_OVERFLOW, DEFAULT_WORKER_DB_MAX_OVERFLOW) == (10, 10, 20)
+    # The worker's overflow covers one connection per concurrent activity.
+    assert DEFAULT_WORKER_DB_MAX_OVERFLOW == MAX_CONCURRENT_ACTIVITIES
     assert DEFAULT_MIGRATIONS_DIR == REPO_ROOT / "migrations"
 
 
@@ -122,6 +133,9 @@ def test_blank_optional_variables_mean_default() -> None:
         "TENANTRY_SDK_METRICS_ADDRESS": "",
         "TENANTRY_WORKER_LIVENESS_FILE": " ",
         "TENANTRY_MIGRATIONS_DIR": "",
+        "TENANTRY_LISTEN_DATABASE_URL": " ",
+        "TENANTRY_DB_POOL_SIZE": " ",
+        "TENANTRY_DB_MAX_OVERFLOW": "",
     }
     assert ApiSettings.from_env({**REQUIRED, **blank}) == ApiSettings.from_env(REQUIRED)
     assert WorkerSettings.from_env({**REQUIRED, **blank}) == WorkerSettings.from_env(REQUIRED)
@@ -156,6 +170,9 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "TENANTRY_TEMPORAL_TLS_KEY_FILE": str(PEM_FILE),
         "TENANTRY_TEMPORAL_API_KEY": " tk-cloud-key ",
         "TENANTRY_PAGE_TOKEN_KEY": base64.b64encode(bytes(range(40))).decode(),
+        "TENANTRY_DB_POOL_SIZE": " 4 ",
+        "TENANTRY_LISTEN_DATABASE_URL": "postgresql+asyncpg://postgres@db-direct/postgres",
+        "TENANTRY_DB_MAX_OVERFLOW": "0",
     }
     common: dict[str, Any] = {
         "database_url": "postgresql+asyncpg://postgres@/postgres?host=/tmp/pg",
@@ -165,6 +182,8 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "shutdown_grace_seconds": 0.5,
         "metrics_address": "0.0.0.0:9999",
         "temporal_tls": TemporalTlsSettings(PEM_FILE, PEM_FILE, PEM_FILE, "tk-cloud-key"),
+        "db_pool_size": 4,
+        "db_max_overflow": 0,
     }
     assert ApiSettings.from_env(env) == ApiSettings(
         **common,
@@ -174,6 +193,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         ),
         tls=TlsSettings(Path("/tls/cert.pem"), Path("/tls/key.pem"), Path("/tls/clients.pem")),
         page_token_key=bytes(range(40)),
+        listen_database_url="postgresql+asyncpg://postgres@db-direct/postgres",
     )
     assert WorkerSettings.from_env(env) == WorkerSettings(
         **common,
@@ -260,6 +280,8 @@ COMMON_MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_TASK_QUEUE", "queue\nx"),
     *(("TENANTRY_SHUTDOWN_GRACE_SECONDS", value) for value in ("abc", "0", "-1", "inf", "nan", "1e300")),
     *(("TENANTRY_METRICS_ADDRESS", value) for value in ("nowhere", "127.0.0.1:port", "127.0.0.1:99999")),
+    *(("TENANTRY_DB_POOL_SIZE", value) for value in ("0", "-1", "ten", "2.5", "1e3", "10001", "\u00b2", "1 0")),
+    *(("TENANTRY_DB_MAX_OVERFLOW", value) for value in ("-1", "many", "0.5", "10001", "\uff15")),
 ]
 API_MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_DELETION_RETENTION_SECONDS", "7d"),
@@ -283,6 +305,8 @@ API_MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_AUTH_JWKS_FILE", "/nonexistent/jwks.json"),
     ("TENANTRY_AUTH_JWKS_URL", "http://idp.example/jwks.json"),  # keys over plaintext: refused
     ("TENANTRY_PAGE_TOKEN_KEY", None),
+    ("TENANTRY_LISTEN_DATABASE_URL", "postgresql://tenantry:secret@db/tenantry"),
+    ("TENANTRY_LISTEN_DATABASE_URL", "secret"),
     ("TENANTRY_PAGE_TOKEN_KEY", "  "),
     ("TENANTRY_PAGE_TOKEN_KEY", "00" * 31),  # 31 bytes: too short
     ("TENANTRY_PAGE_TOKEN_KEY", base64.b64encode(bytes(31)).decode()),  # too short as base64 too

@@ -16,7 +16,8 @@ from temporalio.service import RPCError
 
 from provisioner_worker.liveness import keep_alive
 from provisioner_worker.schedule import ensure_reconcile_schedule
-from provisioner_worker.worker import MAX_CONCURRENT_ACTIVITIES, build_worker
+from provisioner_worker.worker import build_worker
+from tenantry.db.connection_budget import ConnectionNeed, check_connection_budget
 from tenantry.db.engine import create_engine
 from tenantry.process import start_process
 from tenantry.settings import WorkerSettings, exit_with_config_error
@@ -34,12 +35,19 @@ def _sdk_runtime(address: str | None) -> Runtime | None:
 
 async def serve(settings: WorkerSettings) -> None:
     grace_seconds = settings.shutdown_grace_seconds
+    # Before the SDK runtime exists (see the os._exit below).
+    await check_connection_budget(
+        "provisioner-worker", settings.database_url, ConnectionNeed(settings.db_pool_size, settings.db_max_overflow)
+    )
     try:
         runtime = _sdk_runtime(settings.sdk_metrics_address)
     except ValueError as exc:  # the SDK refuses the bind address
         exit_with_config_error(f"TENANTRY_SDK_METRICS_ADDRESS is not a listen address: {exc}")
-    # One connection per concurrent activity, plus headroom for the reconciler.
-    engine = create_engine(settings.database_url, pool_size=10, max_overflow=MAX_CONCURRENT_ACTIVITIES)
+    # Defaults: one connection per concurrent activity (MAX_CONCURRENT_ACTIVITIES
+    # overflow), plus headroom for the reconciler.
+    engine = create_engine(
+        settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+    )
     try:
         client = await connect(settings, runtime=runtime)
     except RuntimeError as exc:

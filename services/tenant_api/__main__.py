@@ -14,6 +14,7 @@ from tenant_api.authentication import JwksKeys, TokenVerifier
 from tenant_api.pagination import PageTokens
 from tenant_api.server import start_api
 from tenant_api.transport import listen_credentials
+from tenantry.db.connection_budget import API_LISTEN_CONNECTIONS, ConnectionNeed, check_connection_budget
 from tenantry.db.engine import create_engine
 from tenantry.process import start_process
 from tenantry.settings import ApiSettings, SettingsError, exit_with_config_error
@@ -28,7 +29,14 @@ async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | Non
     # start (calls get UNAVAILABLE AUTH_KEYS_UNAVAILABLE until it can be).
     await keys.refresh()
     verifier = TokenVerifier(settings.auth, keys)
-    engine = create_engine(settings.database_url)
+    await check_connection_budget(
+        "tenant-api",
+        settings.database_url,
+        ConnectionNeed(settings.db_pool_size, settings.db_max_overflow, direct=API_LISTEN_CONNECTIONS),
+    )
+    engine = create_engine(
+        settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+    )
     # Lazy: the API serves (and records intents) even while Temporal is down.
     client = await connect(settings, lazy=True)
     try:
@@ -41,6 +49,7 @@ async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | Non
             page_tokens=PageTokens(settings.page_token_key),
             credentials=credentials,
             deletion_retention=timedelta(seconds=settings.deletion_retention_seconds),
+            listen_url=settings.listen_database_url,
         )
     except (OSError, RuntimeError) as exc:
         print(f"tenant-api: cannot listen on {settings.grpc_address}: {exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import URL, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tenant_api import pagination
@@ -38,8 +38,9 @@ MAX_WATCHES = 256
 class EventFeed:
     """Fans PostgreSQL notifications out to this process's watchers."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._listener = PgListener(engine.url, EVENT_CHANNEL, self._on_notify)
+    def __init__(self, engine: AsyncEngine, listen_url: URL | None = None) -> None:
+        """`listen_url`: where to LISTEN when not the engine's (a direct connection past a bouncer)."""
+        self._listener = PgListener(listen_url or engine.url, EVENT_CHANNEL, self._on_notify)
         self._changed = asyncio.Event()
         self._closed = False
         self.open_watches = 0

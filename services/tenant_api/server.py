@@ -14,7 +14,7 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
@@ -205,6 +205,7 @@ async def start_api(
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
     max_waits: int = MAX_WAITS,
     deletion_retention: timedelta = timedelta(seconds=DEFAULT_DELETION_RETENTION_SECONDS),
+    listen_url: str | None = None,
 ) -> RunningApi:
     """`verifier`: checks every call's bearer token (there is no way to turn
     that off). `page_tokens`: signs and checks the listings' page tokens (its
@@ -212,10 +213,13 @@ async def start_api(
     tenant_api.transport); None serves plaintext. `max_concurrent_rpcs`,
     `max_waits`: the caps on calls in flight and on open WaitOperation calls
     (tests lower them). `deletion_retention`: how long a soft-deleted tenant's
-    data is kept (TENANTRY_DELETION_RETENTION_SECONDS)."""
+    data is kept (TENANTRY_DELETION_RETENTION_SECONDS). `listen_url`: where
+    the two LISTEN connections go (TENANTRY_LISTEN_DATABASE_URL; None: the
+    engine's URL)."""
     sessions = create_session_factory(engine)
-    notifications = OperationNotifications(engine.url)
-    events = EventFeed(engine)
+    direct = make_url(listen_url) if listen_url is not None else engine.url
+    notifications = OperationNotifications(direct)
+    events = EventFeed(engine, direct)
     admission = AdmissionInterceptor(max_concurrent_rpcs, exempt_services=(health.SERVICE_NAME,))
     operations = Operations(sessions, notifications, page_tokens, max_waits=max_waits)
     # No `maximum_concurrent_rpcs` here: see tenant_api.interceptors.admission.

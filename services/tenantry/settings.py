@@ -48,9 +48,17 @@ DEFAULT_SDK_METRICS_ADDRESS = "127.0.0.1:9465"
 DEFAULT_HEALTHCHECK_SERVER_NAME = "localhost"
 DEFAULT_AUTH_AUDIENCE = "tenantry"
 DEFAULT_LIVENESS_FILE = Path("/tmp/provisioner-worker.alive")
+# SQLAlchemy's pool per process: pool_size kept open, up to max_overflow more
+# under load (tenantry.db.connection_budget checks both fit at start). The worker
+# may run MAX_CONCURRENT_ACTIVITIES (20) activities at once, one connection each.
+DEFAULT_DB_POOL_SIZE = 10
+DEFAULT_API_DB_MAX_OVERFLOW = 10
+DEFAULT_WORKER_DB_MAX_OVERFLOW = 20
+MAX_DB_CONNECTIONS = 10_000
 # services/tenantry/settings.py -> the checkout's migrations/ (the images set the variable).
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 PAGE_TOKEN_KEY = "TENANTRY_PAGE_TOKEN_KEY"
+LISTEN_DATABASE_URL = "TENANTRY_LISTEN_DATABASE_URL"
 MIN_SECRET_KEY_BYTES = 32
 
 
@@ -131,9 +139,11 @@ class CommonSettings:
     shutdown_grace_seconds: float
     metrics_address: str | None
     temporal_tls: TemporalTlsSettings = TemporalTlsSettings()
+    db_pool_size: int = DEFAULT_DB_POOL_SIZE
+    db_max_overflow: int = DEFAULT_API_DB_MAX_OVERFLOW
 
     @classmethod
-    def _common(cls, env: Env, *, default_metrics_address: str) -> dict[str, Any]:
+    def _common(cls, env: Env, *, default_metrics_address: str, default_max_overflow: int) -> dict[str, Any]:
         common = CommonSettings(
             database_url=database_url_from(env),
             temporal_address=_address(env, "TENANTRY_TEMPORAL_ADDRESS", None),
@@ -142,6 +152,8 @@ class CommonSettings:
             shutdown_grace_seconds=_seconds(env, "TENANTRY_SHUTDOWN_GRACE_SECONDS", DEFAULT_SHUTDOWN_GRACE_SECONDS),
             metrics_address=_address_or_off(env, "TENANTRY_METRICS_ADDRESS", default_metrics_address),
             temporal_tls=TemporalTlsSettings.from_env(env),
+            db_pool_size=_count(env, "TENANTRY_DB_POOL_SIZE", DEFAULT_DB_POOL_SIZE, minimum=1),
+            db_max_overflow=_count(env, "TENANTRY_DB_MAX_OVERFLOW", default_max_overflow, minimum=0),
         )
         # Shallow (asdict would turn the nested settings into dicts).
         return {f.name: getattr(common, f.name) for f in fields(common)}
@@ -219,19 +231,26 @@ class AuthSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class ApiSettings(CommonSettings):
-    """`page_token_key`: signs page tokens (HMAC-SHA256); never in a repr."""
+    """`page_token_key`: signs page tokens (HMAC-SHA256); never in a repr.
+    `listen_database_url`: where the LISTEN connections go when the pool's
+    `database_url` is a transaction-mode PgBouncer (None: `database_url`)."""
 
     grpc_address: str
     auth: AuthSettings
     page_token_key: bytes = field(repr=False)
     tls: TlsSettings = TlsSettings()
     deletion_retention_seconds: float = DEFAULT_DELETION_RETENTION_SECONDS
+    listen_database_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> ApiSettings:
         env = _environ(env)
         return cls(
-            **cls._common(env, default_metrics_address=DEFAULT_API_METRICS_ADDRESS),
+            **cls._common(
+                env,
+                default_metrics_address=DEFAULT_API_METRICS_ADDRESS,
+                default_max_overflow=DEFAULT_API_DB_MAX_OVERFLOW,
+            ),
             grpc_address=grpc_address_from(env),
             auth=AuthSettings.from_env(env),
             page_token_key=_secret_key(env, PAGE_TOKEN_KEY),
@@ -239,6 +258,9 @@ class ApiSettings(CommonSettings):
             deletion_retention_seconds=_seconds(
                 env, "TENANTRY_DELETION_RETENTION_SECONDS", DEFAULT_DELETION_RETENTION_SECONDS
             ),
+            listen_database_url=database_url_from(env, LISTEN_DATABASE_URL)
+            if _is_set(env, LISTEN_DATABASE_URL)
+            else None,
         )
 
 
@@ -286,12 +308,17 @@ class WorkerSettings(CommonSettings):
     sdk_metrics_address: str | None
     liveness_file: Path
     migrations_dir: Path
+    db_max_overflow: int = DEFAULT_WORKER_DB_MAX_OVERFLOW
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> WorkerSettings:
         env = _environ(env)
         return cls(
-            **cls._common(env, default_metrics_address=DEFAULT_WORKER_METRICS_ADDRESS),
+            **cls._common(
+                env,
+                default_metrics_address=DEFAULT_WORKER_METRICS_ADDRESS,
+                default_max_overflow=DEFAULT_WORKER_DB_MAX_OVERFLOW,
+            ),
             reconcile_interval_seconds=_seconds(
                 env, "TENANTRY_RECONCILE_INTERVAL_SECONDS", DEFAULT_RECONCILE_INTERVAL_SECONDS
             ),
@@ -346,8 +373,7 @@ class DevSettings:
 # --- single variables, also for the container probes and the migrations runner -------
 
 
-def database_url_from(env: Env) -> str:
-    name = "TENANTRY_DATABASE_URL"
+def database_url_from(env: Env, name: str = "TENANTRY_DATABASE_URL") -> str:
     value = _required(env, name)
     if not value.startswith("postgresql+asyncpg://"):
         # Only the scheme: the rest may hold a password.
@@ -460,6 +486,20 @@ def _seconds(env: Env, name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
     if not as_delta > timedelta(0):
         raise SettingsError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def _count(env: Env, name: str, default: int, *, minimum: int) -> int:
+    """A whole number from `minimum` to MAX_DB_CONNECTIONS."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    # isascii: "²".isdigit() is true but int("²") raises.
+    if not (raw.isascii() and raw.isdigit()):
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}")
+    value = int(raw)
+    if not minimum <= value <= MAX_DB_CONNECTIONS:
+        raise SettingsError(f"{name} must be from {minimum} to {MAX_DB_CONNECTIONS}, got {raw!r}")
     return value
 
 
