@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_SMOKE_OUTPUT ?= /tmp/tenantry-bench-smoke
 GEN_DIR := services/tenantry/v1
+# The client distribution's copy of the generated code (imports rewritten to tenantry_client.v1).
+CLIENT_GEN_DIR := client/tenantry_client/v1
 PROTOS := $(wildcard proto/tenantry/v1/*.proto)
 
 .PHONY: help install proto proto-check buf-breaking lint test dev bench bench-smoke clean
@@ -19,10 +21,10 @@ help:
 	@echo "make bench  benchmark against the floors: bench/results/latest.{json,md,png} (minutes)"
 	@echo "make bench-smoke  a tiny benchmark run that checks the benchmark works"
 
-$(STAMP): pyproject.toml devtools/pyproject.toml
+$(STAMP): pyproject.toml devtools/pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./devtools
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./devtools -e ./client
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,20 +33,27 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-# Regenerates messages, .pyi stubs and typed gRPC stubs into the shared package.
+# Regenerates messages, .pyi stubs and typed gRPC stubs into the shared package,
+# and the client distribution's copy of them: the same files with only their
+# imports of tenantry.v1 modules pointed at tenantry_client.v1 (the descriptors
+# are byte for byte the same, so both can load in one process).
 proto: $(STAMP)
-	rm -f $(GEN_DIR)/*_pb2*.py $(GEN_DIR)/*_pb2*.pyi
+	rm -f $(GEN_DIR)/*_pb2*.py $(GEN_DIR)/*_pb2*.pyi $(CLIENT_GEN_DIR)/*_pb2*.py $(CLIENT_GEN_DIR)/*_pb2*.pyi
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I proto \
 		--python_out=services --pyi_out=services \
 		--grpc_python_out=services --mypy_grpc_out=services \
 		$(PROTOS)
+	for f in $(GEN_DIR)/*_pb2*.py $(GEN_DIR)/*_pb2*.pyi; do \
+		sed -E 's/\btenantry\.v1( import |\.[a-z_]+_pb2\b)/tenantry_client.v1\1/g' "$$f" > $(CLIENT_GEN_DIR)/$$(basename "$$f") || exit 1; \
+	done
 
 # Fails when the committed generated code is not what `make proto` produces.
 proto-check: proto
-	@git diff --exit-code --stat -- $(GEN_DIR) || \
+	@git diff --exit-code --stat -- $(GEN_DIR) $(CLIENT_GEN_DIR) || \
 		{ echo "generated protobuf code is stale: run 'make proto' and commit"; exit 1; }
-	@test -z "$$(git status --porcelain -- $(GEN_DIR))" || \
-		{ echo "untracked generated files: run 'make proto' and commit"; git status --porcelain -- $(GEN_DIR); exit 1; }
+	@test -z "$$(git status --porcelain -- $(GEN_DIR) $(CLIENT_GEN_DIR))" || \
+		{ echo "untracked generated files: run 'make proto' and commit"; \
+		  git status --porcelain -- $(GEN_DIR) $(CLIENT_GEN_DIR); exit 1; }
 
 # The v1 contract only grows: checked against the first round's contract and
 # against the previous commit.
