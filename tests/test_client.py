@@ -4,6 +4,8 @@ server: in-process API, real PostgreSQL and Temporal."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -11,6 +13,7 @@ from datetime import timedelta
 
 import grpc
 import pytest
+import trustme
 from jwt import PyJWK
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,6 +30,7 @@ from tenantry_client import (
     OperationFailed,
     RetryPolicy,
     TenantryClient,
+    Tls,
     Unavailable,
 )
 from tenantry_client.v1 import event_service_pb2, operation_pb2, tenant_pb2, tenant_service_pb2
@@ -210,6 +214,54 @@ async def test_unavailable_is_retried_by_grpc_itself(engine: AsyncEngine, tempor
     finally:
         await api.stop(0)
     assert keys.lookups == 1
+
+
+async def test_mtls_with_the_token_as_call_credentials(engine: AsyncEngine, temporal_client: Client) -> None:
+    server_ca, client_ca = trustme.CA(), trustme.CA()
+    server = server_ca.issue_cert("api.tenantry.test")
+    client_cert = client_ca.issue_cert("client.tenantry.test")
+    api = await start_api(
+        engine=engine,
+        client=temporal_client,
+        task_queue=f"test-client-{uuid.uuid4().hex[:8]}",
+        address="127.0.0.1:0",
+        verifier=verifier_for_tests(),
+        page_tokens=page_tokens_for_tests(),
+        credentials=grpc.ssl_server_credentials(
+            [(server.private_key_pem.bytes(), server.cert_chain_pems[0].bytes())],
+            root_certificates=client_ca.cert_pem.bytes(),
+            require_client_auth=True,
+        ),
+    )
+    roots = server_ca.cert_pem.bytes()
+    request = tenant_service_pb2.ListTenantsRequest(page_size=1)
+    try:
+        mutual = Tls(
+            root_certificates=roots,
+            certificate_chain=client_cert.cert_chain_pems[0].bytes(),
+            private_key=client_cert.private_key_pem.bytes(),
+            server_name="api.tenantry.test",
+        )
+        async with AsyncTenantryClient(f"127.0.0.1:{api.port}", token=ADMIN_TOKEN, tls=mutual) as client:
+            await client.list_tenants(request)
+        # No client certificate: the handshake fails, and that is typed too.
+        one_way = Tls(root_certificates=roots, server_name="api.tenantry.test")
+        async with AsyncTenantryClient(
+            f"127.0.0.1:{api.port}", token=ADMIN_TOKEN, tls=one_way, retry=RetryPolicy(max_attempts=1), timeout=5
+        ) as client:
+            with pytest.raises(Unavailable):
+                await client.list_tenants(request)
+    finally:
+        await api.stop(0)
+
+
+def test_the_client_needs_nothing_of_the_server() -> None:
+    code = (
+        "import sys, tenantry_client, tenantry_client.v1.tenant_service_pb2_grpc;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tenantry', 'tenant_api', 'provisioner_worker'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert result.stdout.strip() == "[]"
 
 
 async def last_sequence(engine: AsyncEngine) -> int:
