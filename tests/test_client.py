@@ -4,6 +4,8 @@ server: in-process API, real PostgreSQL and Temporal."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +33,7 @@ from tenantry_client import (
     RetryPolicy,
     TenantryClient,
     Tls,
+    Unauthenticated,
     Unavailable,
 )
 from tenantry_client.v1 import event_service_pb2, operation_pb2, tenant_pb2, tenant_service_pb2
@@ -346,8 +349,68 @@ async def test_the_sync_client(stack: Stack) -> None:
     assert error.reason == "TENANT_SLUG_TAKEN"
 
 
-def test_plaintext_is_only_for_loopback_and_only_when_asked() -> None:
-    with pytest.raises(ValueError, match="loopback"):
-        TenantryClient("api.example.com:443", token=ADMIN_TOKEN, plaintext=True)
-    # TLS is the default: no plaintext to a remote host by accident.
+def non_loopback_address() -> str:
+    """This machine's address on its default route (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("198.51.100.1", 9))  # TEST-NET-2: routed by default, never reached
+        except OSError:
+            pytest.skip("no non-loopback IPv4 address here")
+        address: str = probe.getsockname()[0]
+    if ipaddress.ip_address(address).is_loopback:
+        pytest.skip("no non-loopback IPv4 address here")
+    return address
+
+
+async def test_plaintext_off_loopback_carries_the_token_by_interceptor(
+    engine: AsyncEngine, temporal_client: Client, stack: Stack
+) -> None:
+    """As behind a proxy or sidecar that ends TLS: gRPC carries no call
+    credentials on such a channel, so the token goes as metadata."""
+    host = non_loopback_address()
+    api = await start_api(
+        engine=engine,
+        client=temporal_client,
+        task_queue=stack.task_queue,
+        address=f"{host}:0",
+        verifier=verifier_for_tests(),
+        page_tokens=page_tokens_for_tests(),
+    )
+    address = f"{host}:{api.port}"
+    asked: list[str] = []
+
+    def fresh() -> str:
+        asked.append(token(ttl=timedelta(seconds=30)))  # inside the margin: asked for every call
+        return asked[-1]
+
+    try:
+        start = await last_sequence(engine)
+        async with AsyncTenantryClient(address, token=fresh, plaintext=True) as client:
+            name = slug()
+            registered = await client.register_tenant(name, "Proxy Co", f"ops@{name}.example.com", "Ada Admin")
+            async for event in client.watch_events(after=start):  # a stream carries it too
+                if event.tenant_id == registered.tenant.id:
+                    break
+        assert len(asked) == 2
+
+        def blocking() -> str:
+            with TenantryClient(address, token=ADMIN_TOKEN, plaintext=True) as sync_client:
+                for event in sync_client.watch_events(tenant_id=registered.tenant.id, after=start):
+                    return sync_client.get_tenant(event.tenant_id).slug
+            raise AssertionError("the watch ended")
+
+        assert await asyncio.to_thread(blocking) == name
+
+        async with AsyncTenantryClient(address, plaintext=True) as anonymous:
+            with pytest.raises(Unauthenticated) as caught:
+                await anonymous.get_tenant(registered.tenant.id)
+        assert caught.value.reason == "TOKEN_MISSING"
+    finally:
+        await api.stop(0)
+
+
+def test_plaintext_only_when_asked() -> None:
+    with pytest.raises(ValueError, match="exclude"):
+        TenantryClient("127.0.0.1:1", token=ADMIN_TOKEN, plaintext=True, tls=Tls())
+    # TLS is the default: never plaintext to a remote host by accident.
     TenantryClient("api.example.com:443", token=ADMIN_TOKEN).close()

@@ -155,28 +155,40 @@ def is_loopback(target: str) -> bool:
         return False
 
 
-def channel_credentials(
+@dataclass(frozen=True)
+class Security:
+    """How a client's channel is made: `credentials` (None: an insecure
+    channel), extra channel options, and, for a plaintext channel to a
+    non-loopback target, the `tokens` its interceptors add to every call."""
+
+    credentials: grpc.ChannelCredentials | None
+    options: list[tuple[str, Any]]
+    interceptor_tokens: Tokens | None = None
+
+
+def channel_security(
     target: str, token: TokenSource | None, tls: Tls | None, plaintext: bool, refresh_margin: float
-) -> tuple[grpc.ChannelCredentials, list[tuple[str, Any]]]:
-    """Credentials and extra channel options for `target`. The token goes as
-    gRPC call credentials; over plaintext (only on request, and only to a
-    loopback target) gRPC carries call credentials on local credentials only."""
-    options: list[tuple[str, Any]] = []
+) -> Security:
+    """TLS (the default) or, when asked, plaintext. The token goes as gRPC call
+    credentials, which gRPC carries on TLS and on local (loopback) credentials;
+    plaintext to any other target (TLS ended by a proxy or sidecar in front)
+    gets it from an interceptor instead."""
+    tokens = None if token is None else Tokens(token, refresh_margin)
     if plaintext:
         if tls is not None:
             raise ValueError("plaintext and tls exclude each other")
         if not is_loopback(target):
-            raise ValueError(f"plaintext is only for a loopback target (127.0.0.1, ::1, localhost), not {target!r}")
+            return Security(None, [], tokens)
         channel: grpc.ChannelCredentials = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+        options: list[tuple[str, Any]] = []
     else:
         tls = tls or Tls()
         channel = grpc.ssl_channel_credentials(tls.root_certificates, tls.private_key, tls.certificate_chain)
-        if tls.server_name is not None:
-            options.append(("grpc.ssl_target_name_override", tls.server_name))
-    if token is None:
-        return channel, options
-    call = grpc.metadata_call_credentials(_TokenPlugin(Tokens(token, refresh_margin)), name="tenantry-bearer")
-    return grpc.composite_channel_credentials(channel, call), options
+        options = [] if tls.server_name is None else [("grpc.ssl_target_name_override", tls.server_name)]
+    if tokens is None:
+        return Security(channel, options)
+    call = grpc.metadata_call_credentials(_TokenPlugin(tokens), name="tenantry-bearer")
+    return Security(grpc.composite_channel_credentials(channel, call), options)
 
 
 def channel_options(retry: RetryPolicy, extra: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:

@@ -16,9 +16,10 @@ from tenantry_client._channel import (
     RetryPolicy,
     Tls,
     TokenSource,
-    channel_credentials,
     channel_options,
+    channel_security,
 )
+from tenantry_client._plaintext import AioStreamToken, AioUnaryToken
 from tenantry_client.errors import OperationFailed, error_from_rpc
 from tenantry_client.v1 import (
     event_service_pb2,
@@ -48,9 +49,10 @@ RESUMABLE = (grpc.StatusCode.UNAVAILABLE,)
 class AsyncTenantryClient:
     """The Tenantry API. `token`: a bearer token, or a callable returning one
     (asked again shortly before the token expires). TLS by default (`tls`:
-    roots, client certificate for mTLS); `plaintext=True` only for a loopback
-    target. Every call gets `timeout` seconds unless it names its own, and
-    calls failing UNAVAILABLE are retried by gRPC itself (`retry`).
+    roots, client certificate for mTLS); plaintext only with `plaintext=True`
+    (a loopback target, or TLS ended by a proxy or sidecar in front). Every
+    call gets `timeout` seconds unless it names its own, and calls failing
+    UNAVAILABLE are retried by gRPC itself (`retry`).
     Use as `async with AsyncTenantryClient(...) as client:`, or close()."""
 
     def __init__(
@@ -65,11 +67,19 @@ class AsyncTenantryClient:
         token_refresh_margin: float = 60.0,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        credentials, extra = channel_credentials(target, token, tls, plaintext, token_refresh_margin)
+        security = channel_security(target, token, tls, plaintext, token_refresh_margin)
         self.timeout = timeout
-        self.channel = grpc.aio.secure_channel(
-            target, credentials, options=channel_options(retry or RetryPolicy(), [*extra, *options])
-        )
+        all_options = channel_options(retry or RetryPolicy(), [*security.options, *options])
+        if security.credentials is not None:
+            self.channel = grpc.aio.secure_channel(target, security.credentials, options=all_options)
+        else:
+            tokens = security.interceptor_tokens
+            interceptors = [] if tokens is None else [AioUnaryToken(tokens), AioStreamToken(tokens)]
+            self.channel = grpc.aio.insecure_channel(
+                target,
+                options=all_options,
+                interceptors=interceptors,  # type: ignore[arg-type]  # grpc-stubs: a list of one kind only
+            )
         self.tenants: tenant_service_pb2_grpc.TenantServiceAsyncStub = tenant_service_pb2_grpc.TenantServiceStub(
             self.channel
         )

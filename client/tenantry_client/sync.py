@@ -16,9 +16,10 @@ from tenantry_client._channel import (
     RetryPolicy,
     Tls,
     TokenSource,
-    channel_credentials,
     channel_options,
+    channel_security,
 )
+from tenantry_client._plaintext import SyncToken
 from tenantry_client.aio import RESUMABLE, WAIT_SLICE, WATCH_BACKOFF, WATCH_MAX_BACKOFF, _succeeded
 from tenantry_client.errors import error_from_rpc
 from tenantry_client.v1 import (
@@ -52,11 +53,15 @@ class TenantryClient:
         token_refresh_margin: float = 60.0,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        credentials, extra = channel_credentials(target, token, tls, plaintext, token_refresh_margin)
+        security = channel_security(target, token, tls, plaintext, token_refresh_margin)
         self.timeout = timeout
-        self.channel = grpc.secure_channel(
-            target, credentials, options=channel_options(retry or RetryPolicy(), [*extra, *options])
-        )
+        all_options = channel_options(retry or RetryPolicy(), [*security.options, *options])
+        if security.credentials is not None:
+            self.channel = grpc.secure_channel(target, security.credentials, options=all_options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=all_options)
+            if security.interceptor_tokens is not None:
+                self.channel = grpc.intercept_channel(self.channel, SyncToken(security.interceptor_tokens))
         self.tenants = tenant_service_pb2_grpc.TenantServiceStub(self.channel)
         self.operations = operation_service_pb2_grpc.OperationServiceStub(self.channel)
         self.events = event_service_pb2_grpc.TenantEventServiceStub(self.channel)
