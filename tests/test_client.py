@@ -12,10 +12,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import grpc
 import pytest
 import trustme
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 from jwt import PyJWK
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -30,12 +33,14 @@ from tenantry_client import (
     BearerToken,
     InvalidArgument,
     OperationFailed,
+    ResourceExhausted,
     RetryPolicy,
     TenantryClient,
     Tls,
     Unauthenticated,
     Unavailable,
 )
+from tenantry_client.errors import error_from_rpc
 from tenantry_client.v1 import event_service_pb2, operation_pb2, tenant_pb2, tenant_service_pb2
 from tenantry_dev.embedded import free_port
 from tests.stack import (
@@ -414,3 +419,52 @@ def test_plaintext_only_when_asked() -> None:
         TenantryClient("127.0.0.1:1", token=ADMIN_TOKEN, plaintext=True, tls=Tls())
     # TLS is the default: never plaintext to a remote host by accident.
     TenantryClient("api.example.com:443", token=ADMIN_TOKEN).close()
+
+
+class _Refused(grpc.RpcError):
+    """The parts of a failed call error_from_rpc reads, as a server sends them."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, bytes], ...]) -> None:
+        self._code, self._details, self._trailing = code, details, trailing
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> Any:
+        return self._trailing
+
+
+def test_every_detail_of_a_rich_status_is_read() -> None:
+    """RetryInfo, which this server does not send yet, parsed like the rest."""
+    details = [
+        error_details_pb2.ErrorInfo(reason="TOO_MANY_REQUESTS", domain="tenantry.v1", metadata={"limit": "8"}),
+        error_details_pb2.BadRequest(
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field="slug", description="taken")]
+        ),
+        error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1, nanos=500_000_000)),
+    ]
+    packed = []
+    for detail in details:
+        any_detail = any_pb2.Any()
+        any_detail.Pack(detail)
+        packed.append(any_detail)
+    status = status_pb2.Status(code=8, message="busy", details=packed)
+    trailing = (("grpc-status-details-bin", status.SerializeToString()),)
+    error = error_from_rpc(_Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", trailing))
+    assert isinstance(error, ResourceExhausted)
+    assert (error.code, error.message, error.reason, error.domain) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "busy",
+        "TOO_MANY_REQUESTS",
+        "tenantry.v1",
+    )
+    assert error.metadata == {"limit": "8"}
+    assert error.violations == {"slug": "taken"}
+    assert error.retry_delay == 1.5
+    # A status without details (e.g. from the transport) still maps to its class.
+    bare = error_from_rpc(_Refused(grpc.StatusCode.UNAVAILABLE, "connection refused", ()))
+    assert isinstance(bare, Unavailable)
+    assert (bare.reason, bare.metadata, bare.field_violations) == ("", {}, ())
