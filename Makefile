@@ -11,8 +11,10 @@ LOCK := requirements.lock
 UV_VERSION := 0.13.9
 # Part of the lock's input digest: changing them makes the lock stale.
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
-	--no-emit-package tenantry --no-emit-package tenantry-devtools
+	--no-emit-package tenantry --no-emit-package tenantry-devtools --no-emit-package tenantry-client
 LOCK_CHECK = $(PYTHON) devtools/lockfile.py check $(LOCK) "$(LOCK_FLAGS)"
+# The client distribution's copy of the generated code (imports rewritten to tenantry_client.v1).
+CLIENT_GEN_DIR := client/tenantry_client/v1
 PROTOS := $(wildcard proto/tenantry/v1/*.proto)
 
 .PHONY: help install lock lock-upgrade lock-check proto proto-check buf-breaking lint test dev bench bench-smoke clean
@@ -27,13 +29,13 @@ help:
 	@echo "make bench-smoke  a tiny benchmark run that checks the benchmark works"
 
 # Every dependency (product, dev extra, devtools, build backend, pip) comes from
-# the hash-pinned lock, the same for CI and every clone; the two local projects
+# the hash-pinned lock, the same for CI and every clone; the three local projects
 # go on top without dependencies. A lock older than its inputs stops here.
-$(STAMP): $(LOCK) requirements.in pyproject.toml devtools/pyproject.toml
+$(STAMP): $(LOCK) requirements.in pyproject.toml devtools/pyproject.toml client/pyproject.toml
 	$(LOCK_CHECK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . -e ./devtools
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . -e ./devtools -e ./client
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -57,20 +59,27 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-# Regenerates messages, .pyi stubs and typed gRPC stubs into the shared package.
+# Regenerates messages, .pyi stubs and typed gRPC stubs into the shared package,
+# and the client distribution's copy of them: the same files with only their
+# imports of tenantry.v1 modules pointed at tenantry_client.v1 (the descriptors
+# are byte for byte the same, so both can load in one process).
 proto: $(STAMP)
-	rm -f $(GEN_DIR)/*_pb2*.py $(GEN_DIR)/*_pb2*.pyi
+	rm -f $(GEN_DIR)/*_pb2*.py $(GEN_DIR)/*_pb2*.pyi $(CLIENT_GEN_DIR)/*_pb2*.py $(CLIENT_GEN_DIR)/*_pb2*.pyi
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I proto \
 		--python_out=services --pyi_out=services \
 		--grpc_python_out=services --mypy_grpc_out=services \
 		$(PROTOS)
+	for f in $(GEN_DIR)/*_pb2*.py $(GEN_DIR)/*_pb2*.pyi; do \
+		sed -E 's/\btenantry\.v1( import |\.[a-z_]+_pb2\b)/tenantry_client.v1\1/g' "$$f" > $(CLIENT_GEN_DIR)/$$(basename "$$f") || exit 1; \
+	done
 
 # Fails when the committed generated code is not what `make proto` produces.
 proto-check: proto
-	@git diff --exit-code --stat -- $(GEN_DIR) || \
+	@git diff --exit-code --stat -- $(GEN_DIR) $(CLIENT_GEN_DIR) || \
 		{ echo "generated protobuf code is stale: run 'make proto' and commit"; exit 1; }
-	@test -z "$$(git status --porcelain -- $(GEN_DIR))" || \
-		{ echo "untracked generated files: run 'make proto' and commit"; git status --porcelain -- $(GEN_DIR); exit 1; }
+	@test -z "$$(git status --porcelain -- $(GEN_DIR) $(CLIENT_GEN_DIR))" || \
+		{ echo "untracked generated files: run 'make proto' and commit"; \
+		  git status --porcelain -- $(GEN_DIR) $(CLIENT_GEN_DIR); exit 1; }
 
 # The v1 contract only grows: checked against the first round's contract and
 # against the previous commit.

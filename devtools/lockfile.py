@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PYPROJECTS = ("pyproject.toml", "devtools/pyproject.toml")
+PYPROJECTS = ("pyproject.toml", "devtools/pyproject.toml", "client/pyproject.toml")
 INPUT = "requirements.in"
 PREFIX = "# inputs-sha256: "
 
