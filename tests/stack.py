@@ -167,10 +167,12 @@ async def running_stack(
     page_tokens: PageTokens | None = None,
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
     max_waits: int = MAX_WAITS,
+    worker_engine: AsyncEngine | None = None,
 ) -> AsyncIterator[Stack]:
     """API in-process on port 0 plus (optionally) a worker, on their own task
-    queue. `page_tokens`: default page_tokens_for_tests(); the caps are
-    start_api's (tests lower them)."""
+    queue. `engine`: the API's (and the worker's unless `worker_engine`).
+    `page_tokens`: default page_tokens_for_tests(); the caps are start_api's
+    (tests lower them)."""
     queue = task_queue or f"test-{uuid.uuid4().hex[:12]}"
     api = await start_api(
         engine=engine,
@@ -185,7 +187,7 @@ async def running_stack(
     channel = api_channel(f"127.0.0.1:{api.port}")
     try:
         if with_worker:
-            worker: Worker = build_worker(client, engine, queue, activities=activities)
+            worker: Worker = build_worker(client, worker_engine or engine, queue, activities=activities)
             async with worker:
                 yield Stack(api, channel, stubs_for(channel), queue)
         else:
