@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tenantry.db.engine import driver_of
 from tenantry.db.models import Base
 from tenantry.db_roles import API, CONTROL_PLANE_GRANTS, MIGRATOR, WORKER, grant_statements
 from tenantry.migrate import ensure_roles, grant_privileges
@@ -141,7 +142,7 @@ async def test_roles_and_grants_are_idempotent_and_adopt_older_objects(
     schema = schema_name_for(uuid.uuid4())
     quoted = quote_schema(schema)
     async with engine.begin() as conn:
-        await (await conn.get_raw_connection()).driver_connection.execute(tenant_schema_script(schema))
+        await (await driver_of(conn)).execute(tenant_schema_script(schema))
         await conn.execute(text(f"REVOKE ALL ON SCHEMA {quoted} FROM {API}"))
         await conn.execute(text(f"REVOKE ALL ON ALL TABLES IN SCHEMA {quoted} FROM {API}"))
     try:
