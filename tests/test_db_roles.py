@@ -24,7 +24,7 @@ from tenantry.pg_errors import pg_error
 from tenantry.schema_names import quote_schema, schema_name_for
 from tenantry.v1 import operation_pb2, project_service_pb2, tenant_pb2, tenant_service_pb2
 from tenantry_dev.embedded import BIN_DIR, DatabaseUrls
-from tests.stack import Stack, by_id, register_active, schema_exists, wait_done
+from tests.stack import Stack, by_id, eventually, register_active, schema_exists, wait_done
 
 INSUFFICIENT_PRIVILEGE = "42501"
 
@@ -183,3 +183,33 @@ async def test_tenantry_migrate_runs_as_the_migrator_and_roles_needs_a_superuser
     assert "needs a superuser" in refused.stderr, refused.stderr
     unknown = await asyncio.to_thread(run_migrate, database_urls.migrator, "nonsense")
     assert unknown.returncode == 2 and "usage" in unknown.stderr
+
+
+async def test_grants_skip_a_tenant_schema_dropped_while_they_run(
+    database_urls: DatabaseUrls, engine: AsyncEngine, worker_engine: AsyncEngine
+) -> None:
+    schema = schema_name_for(uuid.uuid4())
+    async with worker_engine.begin() as conn:
+        await (await driver_of(conn)).execute(tenant_schema_script(schema))
+    async with worker_engine.connect() as dropper:
+        await dropper.begin()
+        await dropper.execute(text(f"DROP SCHEMA {quote_schema(schema)} CASCADE"))
+        # The grants list the schema (the drop is not committed) and then wait
+        # for the dropping transaction's lock on it.
+        granting = asyncio.create_task(grant_privileges(database_urls.migrator))
+
+        async def waiting_for_the_drop() -> bool:
+            async with engine.connect() as conn:
+                waiting = await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE usename = :migrator "
+                        "AND wait_event_type = 'Lock' AND query LIKE 'GRANT%'"
+                    ),
+                    {"migrator": MIGRATOR},
+                )
+                return bool(waiting)
+
+        await eventually(waiting_for_the_drop, timeout=30)
+        await dropper.commit()
+    await asyncio.wait_for(granting, 30)
+    assert not await schema_exists(engine, schema)

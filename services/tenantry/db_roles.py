@@ -23,8 +23,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tenantry.pg_errors import SCHEMA_GONE_SQLSTATES, pg_error
 from tenantry.schema_names import SCHEMA_NAME_REGEX, quote_schema
 
 MIGRATOR = "tenantry_migrator"
@@ -94,7 +96,9 @@ def tenant_schema_access(schema: str) -> list[str]:
 
 
 def grant_statements(tenant_schemas: Sequence[str]) -> list[str]:
-    """Every statement apply_grants runs, in order (pure: tests read it too)."""
+    """Every statement apply_grants runs, in order (pure: tests read it too);
+    apply_grants runs each schema's part apart, so a schema dropped meanwhile
+    is skipped."""
     grantees = sorted({role for grants in CONTROL_PLANE_GRANTS.values() for role in grants} | {WORKER, API})
     statements = []
     for table, grants in CONTROL_PLANE_GRANTS.items():
@@ -125,8 +129,17 @@ async def apply_grants(conn: AsyncConnection) -> None:
     commits). As the migrator (a member of the worker's role, so it may grant
     on tenant schemas) or a superuser."""
     await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-    for statement in grant_statements(await _tenant_schemas(conn)):
+    for statement in grant_statements([]):
         await conn.execute(text(statement))
+    for schema in await _tenant_schemas(conn):
+        try:
+            async with conn.begin_nested():
+                for statement in tenant_schema_access(schema):
+                    await conn.execute(text(statement))
+        except DBAPIError as exc:
+            # Dropped by a worker since it was listed: nothing left to grant on.
+            if pg_error(exc).sqlstate not in SCHEMA_GONE_SQLSTATES:
+                raise
 
 
 async def create_roles(conn: AsyncConnection) -> None:
