@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -28,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.stats import progress
-from tenantry.migrations import upgrade_control_plane
 from tenantry_dev.embedded import (
     BIN_DIR,
     free_port,
+    prepare_database,
     spawn_child,
     start_embedded_postgres,
     temporal_dev_server_command,
@@ -73,12 +74,15 @@ class BenchStack:
         self._start_postgres()
         self._start_temporal()
         await self._wait_for_temporal()
-        progress("applying control-plane migrations")
-        await asyncio.to_thread(upgrade_control_plane, self.database_url)
+        progress("creating database roles, applying control-plane migrations")
+        # As deployed: the worker and the API each as its own role; the
+        # benchmark's own connections and floors stay the superuser's.
+        urls = await asyncio.to_thread(prepare_database, self.database_url, secrets.token_hex(16))
         env = self.service_env()
-        self.spawn("provisioner-worker", ["-m", "provisioner_worker"], env)
+        self.spawn("provisioner-worker", ["-m", "provisioner_worker"], {**env, "TENANTRY_DATABASE_URL": urls.worker})
         api_address, bare_address = self._address(), self._address()
-        api = self.spawn("tenant-api", ["-m", "tenant_api"], {**env, "TENANTRY_GRPC_ADDRESS": api_address}, api_address)
+        api_env = {**env, "TENANTRY_GRPC_ADDRESS": api_address, "TENANTRY_DATABASE_URL": urls.api}
+        api = self.spawn("tenant-api", ["-m", "tenant_api"], api_env, api_address)
         # Ready once it has run a workflow: see the warmup.
         self.spawn("noop-worker", ["-m", "bench.noop_worker"], {**env, "BENCH_TASK_QUEUE": self.noop_task_queue})
         bare = self.spawn(

@@ -1,11 +1,13 @@
-"""Session fixtures: one embedded PostgreSQL (or TENANTRY_DATABASE_URL), one
-Temporal dev server (or TENANTRY_TEMPORAL_ADDRESS), an engine, and a default
-API + worker stack. Tests that need their own worker build one with
+"""Session fixtures: one embedded PostgreSQL (or TENANTRY_DATABASE_URL, a
+superuser's), one Temporal dev server (or TENANTRY_TEMPORAL_ADDRESS), engines
+(`engine` the superuser's, `api_engine` / `worker_engine` the roles'), and a
+default API + worker stack running as their roles. Tests that need their own worker build one with
 `running_stack` on a unique task queue."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -18,9 +20,8 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from tenantry.db.engine import create_engine
-from tenantry.migrations import upgrade_control_plane
 from tenantry.v1 import operation_pb2, tenant_pb2
-from tenantry_dev.embedded import start_embedded_postgres, tool_path
+from tenantry_dev.embedded import DatabaseUrls, prepare_database, start_embedded_postgres, tool_path
 from tests.stack import Stack, registration, running_stack, wait_done
 
 # embedded-postgres keeps its lock file in the runtime dir; CI shells may not set one.
@@ -28,22 +29,29 @@ os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="tenantry-runti
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+def database_urls() -> Iterator[DatabaseUrls]:
+    """The superuser's URL and each role's (tenantry-migrate roles, then
+    tenantry-migrate as the migrator, as an operator would)."""
+    password = secrets.token_hex(16)
     configured = os.environ.get("TENANTRY_DATABASE_URL")
     if configured:
-        upgrade_control_plane(configured)
-        yield configured
+        yield prepare_database(configured, password)
         return
     # Not under pytest's basetemp: pytest resets that tree to mode 0700, which
     # would lock out the system user embedded PostgreSQL runs as under root.
     root = Path(tempfile.mkdtemp(prefix="tenantry-test-pg-"))
     url, server = start_embedded_postgres(root / "data")
     try:
-        upgrade_control_plane(url)
-        yield url
+        yield prepare_database(url, password)
     finally:
         server.cleanup()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(database_urls: DatabaseUrls) -> str:
+    """The superuser's URL: fixtures that inspect catalogs or set up by hand."""
+    return database_urls.admin
 
 
 @pytest.fixture(scope="session")
@@ -69,16 +77,33 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture(scope="session")
-async def stack(engine: AsyncEngine, temporal_client: Client) -> AsyncIterator[Stack]:
-    async with running_stack(engine=engine, client=temporal_client) as stack:
+async def api_engine(database_urls: DatabaseUrls) -> AsyncIterator[AsyncEngine]:
+    """Connected as the API's role, as tenant-api is."""
+    engine = create_engine(database_urls.api)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def worker_engine(database_urls: DatabaseUrls) -> AsyncIterator[AsyncEngine]:
+    """Connected as the worker's role, as provisioner-worker is."""
+    engine = create_engine(database_urls.worker)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def stack(api_engine: AsyncEngine, worker_engine: AsyncEngine, temporal_client: Client) -> AsyncIterator[Stack]:
+    """The API and the worker each as its own database role."""
+    async with running_stack(engine=api_engine, worker_engine=worker_engine, client=temporal_client) as stack:
         yield stack
 
 
 @pytest.fixture(scope="module")
-async def idle_stack(engine: AsyncEngine, temporal_client: Client) -> AsyncIterator[Stack]:
+async def idle_stack(api_engine: AsyncEngine, temporal_client: Client) -> AsyncIterator[Stack]:
     """An API whose task queue has no worker: workflows it starts never run, so a
     tenant stays CREATING and a deletion stays DELETING."""
-    async with running_stack(engine=engine, client=temporal_client, with_worker=False) as idle:
+    async with running_stack(engine=api_engine, client=temporal_client, with_worker=False) as idle:
         yield idle
 
 

@@ -168,11 +168,13 @@ async def running_stack(
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
     max_waits: int = MAX_WAITS,
     deletion_retention: timedelta = timedelta(days=7),
+    worker_engine: AsyncEngine | None = None,
 ) -> AsyncIterator[Stack]:
     """API in-process on port 0 plus (optionally) a worker, on their own task
-    queue. `page_tokens`: default page_tokens_for_tests(); the caps are
-    start_api's (tests lower them). `deletion_retention`: a deleted ACTIVE or
-    SUSPENDED tenant's data is kept this long (tests that want it gone call
+    queue. `engine`: the API's (and the worker's unless `worker_engine`).
+    `page_tokens`: default page_tokens_for_tests(); the caps are start_api's
+    (tests lower them). `deletion_retention`: a deleted ACTIVE or SUSPENDED
+    tenant's data is kept this long (tests that want it gone call
     PurgeTenant: see delete_and_purge)."""
     queue = task_queue or f"test-{uuid.uuid4().hex[:12]}"
     api = await start_api(
@@ -189,7 +191,7 @@ async def running_stack(
     channel = api_channel(f"127.0.0.1:{api.port}")
     try:
         if with_worker:
-            worker: Worker = build_worker(client, engine, queue, activities=activities)
+            worker: Worker = build_worker(client, worker_engine or engine, queue, activities=activities)
             async with worker:
                 yield Stack(api, channel, stubs_for(channel), queue)
         else:

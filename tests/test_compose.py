@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy import make_url
 
+from tenantry.db_roles import API, MIGRATOR, ROLES, WORKER
 from tests.stack import REPO_ROOT
 
 # Every variable is read in one place.
@@ -93,3 +95,27 @@ def test_dockerignore_keeps_local_state_out_of_images() -> None:
     ignored = (REPO_ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".tenantry", ".git"} <= set(ignored)
     assert Path(REPO_ROOT / "services/tenant_api/healthcheck.py").is_file()
+
+
+def test_compose_runs_each_process_as_its_own_database_role() -> None:
+    services = _compose()["services"]
+
+    def user(name: str) -> str | None:
+        return make_url(services[name]["environment"]["TENANTRY_DATABASE_URL"]).username
+
+    assert (user("migrate"), user("tenant-api"), user("provisioner-worker")) == (MIGRATOR, API, WORKER)
+    # Only `tenantry-migrate roles` connects as the superuser, and before the migrations.
+    superuser = services["postgres"]["environment"]["POSTGRES_USER"]
+    assert user("roles") == superuser
+    assert services["roles"]["entrypoint"] == ["tenantry-migrate", "roles"]
+    assert services["migrate"]["depends_on"]["roles"]["condition"] == "service_completed_successfully"
+    # Temporal has a role and databases of its own, made with the roles' logins.
+    temporal = services["temporal"]["environment"]
+    assert temporal["POSTGRES_USER"] not in (superuser, *ROLES)
+    init = (REPO_ROOT / "compose/postgres-init.sh").read_text()
+    for role in (*ROLES, temporal["POSTGRES_USER"]):
+        assert f"CREATE ROLE {role} LOGIN" in init
+    for database in (temporal["DBNAME"], temporal["VISIBILITY_DBNAME"]):
+        assert f"CREATE DATABASE {database} OWNER {temporal['POSTGRES_USER']}" in init
+    mounted = [volume.split(":")[0] for volume in services["postgres"]["volumes"]]
+    assert "./compose/postgres-init.sh" in mounted

@@ -21,7 +21,7 @@ from temporalio.service import RPCError
 
 from tenantry.v1 import operation_pb2, project_service_pb2, tenant_pb2, tenant_service_pb2
 from tenantry.workflow_contract import reconcile_schedule_id
-from tenantry_dev.embedded import free_port
+from tenantry_dev.embedded import DatabaseUrls, free_port
 from tests.stack import (
     BUG_CODES,
     ServiceProcess,
@@ -88,23 +88,29 @@ async def _register_until_held(
     raise AssertionError(f"{identity} took none of {len(registered)} provisioning activities")
 
 
-async def test_two_apis_two_workers_one_killed(database_url: str, engine: AsyncEngine, temporal_client: Client) -> None:
+async def test_two_apis_two_workers_one_killed(
+    database_urls: DatabaseUrls, engine: AsyncEngine, temporal_client: Client
+) -> None:
     queue = f"topology-{uuid.uuid4().hex[:8]}"
     logs = Path(tempfile.mkdtemp(prefix="tenantry-topology-"))
+    # As deployed: the APIs and the workers each connect as their own role.
     env = service_env(
-        database_url,
+        database_urls.api,
         temporal_client.service_client.config.target_host,
         queue,
         TENANTRY_RECONCILE_INTERVAL_SECONDS="3600",
     )
     metrics_port, sdk_metrics_port = free_port(), free_port()
     api_a, api_b = spawn_api(env, logs, "api-a"), spawn_api(env, logs, "api-b")
-    worker_a = spawn("worker-a", "provisioner_worker", {**env, "TENANTRY_WORKER_LIVENESS_FILE": str(logs / "a")}, logs)
+    worker_env = {**env, "TENANTRY_DATABASE_URL": database_urls.worker}
+    worker_a = spawn(
+        "worker-a", "provisioner_worker", {**worker_env, "TENANTRY_WORKER_LIVENESS_FILE": str(logs / "a")}, logs
+    )
     worker_b = spawn(
         "worker-b",
         "provisioner_worker",
         {
-            **env,
+            **worker_env,
             "TENANTRY_WORKER_LIVENESS_FILE": str(logs / "b"),
             "TENANTRY_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
             "TENANTRY_SDK_METRICS_ADDRESS": f"127.0.0.1:{sdk_metrics_port}",

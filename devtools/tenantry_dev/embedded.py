@@ -190,3 +190,60 @@ async def wait_grpc_serving(
             if loop.time() > deadline:
                 raise TimeoutError(f"{name} not serving after {timeout:.0f}s")
             await asyncio.sleep(0.2)
+
+
+# --- the database as the services use it: three roles, each its own URL ------------
+
+
+@dataclass(frozen=True)
+class DatabaseUrls:
+    """TENANTRY_DATABASE_URL for each process: the superuser's (catalog
+    inspection, tests' fixtures), the migrator's, the worker's, the API's."""
+
+    admin: str
+    migrator: str
+    worker: str
+    api: str
+
+
+def role_url(url: str, role: str, password: str) -> str:
+    """`url` with `role` and `password` as its user (SQLAlchemy URL form)."""
+    from sqlalchemy import make_url
+
+    return make_url(url).set(username=role, password=password).render_as_string(hide_password=False)
+
+
+def prepare_database(admin_url: str, password: str) -> DatabaseUrls:
+    """What an operator does, on a database the superuser `admin_url` reaches:
+    `tenantry-migrate roles`, a password for each role, then `tenantry-migrate`
+    as the migrator. Blocking (runs its own event loop; call from a thread in
+    async code). `password`: every role's, for this run."""
+    from sqlalchemy import pool, text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from tenantry.db_roles import API, MIGRATOR, ROLES, WORKER
+    from tenantry.migrate import ensure_roles, grant_privileges
+    from tenantry.migrations import upgrade_control_plane
+
+    async def roles_with_password() -> None:
+        await ensure_roles(admin_url)
+        engine = create_async_engine(admin_url, poolclass=pool.NullPool)
+        try:
+            async with engine.begin() as conn:
+                for role in ROLES:
+                    # A bound parameter is not allowed here; the password is ours (hex).
+                    assert password.isalnum(), "password must be alphanumeric"
+                    await conn.execute(text(f"ALTER ROLE \"{role}\" PASSWORD '{password}'"))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(roles_with_password())
+    urls = DatabaseUrls(
+        admin=admin_url,
+        migrator=role_url(admin_url, MIGRATOR, password),
+        worker=role_url(admin_url, WORKER, password),
+        api=role_url(admin_url, API, password),
+    )
+    upgrade_control_plane(urls.migrator)
+    asyncio.run(grant_privileges(urls.migrator))
+    return urls

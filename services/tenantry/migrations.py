@@ -12,11 +12,12 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table, create_mock_engine, insert
+from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table, create_mock_engine, insert, text
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.schema import CreateSchema, ExecutableDDLElement
 
 from tenantry.db.models import TenantBase
+from tenantry.db_roles import tenant_schema_access
 from tenantry.settings import migrations_dir_from
 
 
@@ -65,6 +66,10 @@ def upgrade_tenant_schema(connection: Connection, schema: str) -> None:
 
     with EnvironmentContext(config, script, fn=upgrade, destination_rev="head"):
         script.run_env()
+    # The API's access, as for a schema the script creates (the tables just
+    # created already have it by the worker's default privileges).
+    for statement in tenant_schema_access(schema):
+        connection.execute(text(statement))
 
 
 # Alembic's version table as alembic's MigrationContext creates it; in a tenant's
@@ -95,7 +100,9 @@ def tenant_schema_script(schema: str) -> str:
     new tenant costs one round trip and none of alembic's process-global `op`
     and `context` (no lock between concurrent provisionings). Tests hold it to
     what the lineage's migrations build, catalog entry by catalog entry, and
-    check that alembic then upgrades the result like any other schema."""
+    check that alembic then upgrades the result like any other schema. Ends
+    with the API's access to the schema (tenantry.db_roles), so it needs the
+    roles of `tenantry-migrate roles`."""
     dialect, ddl_statements = _tenant_ddl()
     translate: dict[str | None, str] = {None: schema}
     stamp = insert(_TENANT_VERSION_TABLE).values(version_num=tenant_head_revision())
@@ -112,4 +119,5 @@ def tenant_schema_script(schema: str) -> str:
             compile_kwargs={"literal_binds": True},
         ),
     ]
-    return ";\n".join(str(statement).strip() for statement in statements) + ";"
+    rendered = [str(statement).strip() for statement in statements] + tenant_schema_access(schema)
+    return ";\n".join(rendered) + ";"
