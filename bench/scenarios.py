@@ -33,7 +33,6 @@ from provisioner_worker.worker import MAX_CONCURRENT_ACTIVITIES
 from tenantry.db.engine import asyncpg_dsn, create_engine
 from tenantry.v1 import (
     event_service_pb2_grpc,
-    operation_pb2,
     project_service_pb2,
     project_service_pb2_grpc,
     tenant_pb2,
@@ -280,7 +279,6 @@ async def scenario_register(bench: Bench) -> dict[str, Any]:
         busy = await _register_level(bench, "RegisterTenant (busy)", concurrency, total)
         responses = isolated["responses"] + busy["responses"]
         tenant_ids = [r.tenant.id for r in responses]
-        not_started = sum(1 for r in responses if r.operation.state == operation_pb2.OPERATION_STATE_PENDING)
         await bench.settle(tenant_ids)
         states = await bench.states(tenant_ids)
         bench.registered.extend(tenant_ids)
@@ -301,7 +299,6 @@ async def scenario_register(bench: Bench) -> dict[str, Any]:
                 "concurrency": concurrency,
                 "register": isolated["result"].summary(),
                 "register_worker_busy": busy["result"].summary(),
-                "workflow_start_failed": not_started,
                 "tenant_states_after": states,
                 "floors": {
                     "grpc": grpc_floor.summary(),
@@ -423,8 +420,6 @@ async def scenario_provisioning(bench: Bench) -> dict[str, Any]:
     rpc_latencies: list[float] = []
     errors: list[str] = []
 
-    not_started: list[str] = []
-
     async def one() -> None:
         begin = time.perf_counter()
         try:
@@ -434,8 +429,6 @@ async def scenario_provisioning(bench: Bench) -> dict[str, Any]:
             return
         rpc_latencies.append(time.perf_counter() - begin)
         started_at[response.tenant.id] = begin
-        if response.operation.state == operation_pb2.OPERATION_STATE_PENDING:
-            not_started.append(response.tenant.id)
 
     cpu_before = bench.cpu.snapshot()
     t0 = time.perf_counter()
@@ -456,7 +449,6 @@ async def scenario_provisioning(bench: Bench) -> dict[str, Any]:
         "count": count,
         "active": active,
         "errors": len(errors),
-        "workflow_start_failed": len(not_started),
         "tenant_states_after": states,
         "all_rpcs_returned_s": round(rpcs_done, 3),
         "all_active_s": round(total, 3),

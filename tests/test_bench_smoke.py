@@ -51,7 +51,6 @@ def test_smoke_run_reports_every_scenario_and_leaves_nothing_running(tmp_path: P
     for level in scenarios["register"]["levels"]:
         for summary in (level["register"], level["register_worker_busy"], *level["floors"].values()):
             _no_errors(summary)
-        assert level["workflow_start_failed"] == 0
         assert set(level["tenant_states_after"]) == {"ACTIVE"}
         assert _positive(level["ratio_p50_vs_db_plus_engine"])
 
