@@ -39,7 +39,12 @@ async def serve(settings: WorkerSettings) -> None:
     except ValueError as exc:  # the SDK refuses the bind address
         exit_with_config_error(f"TENANTRY_SDK_METRICS_ADDRESS is not a listen address: {exc}")
     # One connection per concurrent activity, plus headroom for the reconciler.
-    engine = create_engine(settings.database_url, pool_size=10, max_overflow=MAX_CONCURRENT_ACTIVITIES)
+    engine = create_engine(
+        settings.database_url,
+        pool_size=10,
+        max_overflow=MAX_CONCURRENT_ACTIVITIES,
+        timeouts=settings.db_timeouts,
+    )
     try:
         client = await connect(settings, runtime=runtime)
     except RuntimeError as exc:

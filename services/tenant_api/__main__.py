@@ -27,7 +27,7 @@ async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | Non
     # start (calls get UNAVAILABLE AUTH_KEYS_UNAVAILABLE until it can be).
     await keys.refresh()
     verifier = TokenVerifier(settings.auth, keys)
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, timeouts=settings.db_timeouts)
     # Lazy: the API serves (and records intents) even while Temporal is down.
     client = await connect(settings, lazy=True)
     try:
