@@ -29,6 +29,7 @@ from tenantry.db import operations as operation_sql
 from tenantry.db import tenants as tenant_sql
 from tenantry.db.engine import driver_of
 from tenantry.db.events import SYSTEM_WORKER, EventRecord, append_event
+from tenantry.db.timeouts import bound_lock_waits
 from tenantry.migrations import tenant_head_revision, tenant_schema_script, upgrade_tenant_schema
 from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, pg_error
 from tenantry.schema_names import schema_name_for
@@ -174,6 +175,7 @@ class TenantActivities:
         schema = schema_name_for(tenant_id)
         try:
             async with self._engine.begin() as conn:
+                await bound_lock_waits(conn)
                 # The row lock serialises concurrent attempts for this tenant
                 # (so whether the schema exists stays true until we commit) and
                 # orders us against DeleteTenant's soft delete.
@@ -226,6 +228,7 @@ class TenantActivities:
         message = failure_text(input.reason)
         log.warning("provisioning of tenant %s failed (%s): %s", tenant_id, input.reason, input.error_message)
         async with self._engine.begin() as conn:
+            await bound_lock_waits(conn)
             state = await _lock_tenant_state(conn, tenant_id)
             if state != TenantState.CREATING:
                 return  # deleted meanwhile: the deletion workflow owns the cleanup
@@ -286,6 +289,7 @@ class TenantActivities:
                 cancel_requested = True
             await asyncio.sleep(0.2)
         async with self._engine.begin() as conn:
+            await bound_lock_waits(conn)
             await _finish_operation(conn, provision_workflow_id(tenant_id), OperationState.CANCELLED)
 
     @activity.defn(name="purge_tenant")
@@ -294,6 +298,7 @@ class TenantActivities:
         tenant_id = uuid.UUID(input.tenant_id)
         elapsed = None
         async with self._engine.begin() as conn:
+            await bound_lock_waits(conn)
             state = await _lock_tenant_state(conn, tenant_id)
             if state not in (TenantState.DELETING, TenantState.DELETED):
                 raise ApplicationError(

@@ -10,6 +10,8 @@ UNIQUE_VIOLATION = "23505"
 FOREIGN_KEY_VIOLATION = "23503"
 INVALID_SCHEMA_NAME = "3F000"
 UNDEFINED_TABLE = "42P01"
+# A lock wait ran out of lock_timeout (also NOWAIT).
+LOCK_NOT_AVAILABLE = "55P03"
 # A tenant schema dropped under a running query surfaces as one of these.
 SCHEMA_GONE_SQLSTATES = frozenset({INVALID_SCHEMA_NAME, UNDEFINED_TABLE})
 # SQLSTATE classes that mean "the database is not there right now", not a bug:
