@@ -16,9 +16,12 @@ import pytest
 
 from tenantry.settings import (
     DEFAULT_API_METRICS_ADDRESS,
+    DEFAULT_API_STATEMENT_TIMEOUT_SECONDS,
     DEFAULT_AUTH_AUDIENCE,
     DEFAULT_GRPC_ADDRESS,
+    DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS,
     DEFAULT_LIVENESS_FILE,
+    DEFAULT_LOCK_TIMEOUT_SECONDS,
     DEFAULT_MIGRATIONS_DIR,
     DEFAULT_NAMESPACE,
     DEFAULT_RECONCILE_INTERVAL_SECONDS,
@@ -26,8 +29,10 @@ from tenantry.settings import (
     DEFAULT_SHUTDOWN_GRACE_SECONDS,
     DEFAULT_TASK_QUEUE,
     DEFAULT_WORKER_METRICS_ADDRESS,
+    DEFAULT_WORKER_STATEMENT_TIMEOUT_SECONDS,
     ApiSettings,
     AuthSettings,
+    DbTimeouts,
     DevSettings,
     HealthcheckSettings,
     MigrateSettings,
@@ -88,6 +93,13 @@ def test_defaults() -> None:
         sdk_metrics_address=DEFAULT_SDK_METRICS_ADDRESS,
         liveness_file=DEFAULT_LIVENESS_FILE,
         migrations_dir=DEFAULT_MIGRATIONS_DIR,
+        # The worker's statements (DDL) get longer than the API's, within its 60 s step.
+        db_timeouts=DbTimeouts(statement_seconds=DEFAULT_WORKER_STATEMENT_TIMEOUT_SECONDS),
+    )
+    assert ApiSettings.from_env(REQUIRED).db_timeouts == DbTimeouts(
+        statement_seconds=DEFAULT_API_STATEMENT_TIMEOUT_SECONDS,
+        lock_seconds=DEFAULT_LOCK_TIMEOUT_SECONDS,
+        idle_in_transaction_seconds=DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS,
     )
     assert MigrateSettings.from_env({"TENANTRY_DATABASE_URL": DATABASE_URL}) == MigrateSettings(
         database_url=DATABASE_URL, migrations_dir=DEFAULT_MIGRATIONS_DIR
@@ -102,6 +114,12 @@ def test_defaults() -> None:
         "tenant-provisioning",
     )
     assert (DEFAULT_RECONCILE_INTERVAL_SECONDS, DEFAULT_SHUTDOWN_GRACE_SECONDS) == (30, 10)
+    assert (
+        DEFAULT_API_STATEMENT_TIMEOUT_SECONDS,
+        DEFAULT_WORKER_STATEMENT_TIMEOUT_SECONDS,
+        DEFAULT_LOCK_TIMEOUT_SECONDS,
+        DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS,
+    ) == (30, 50, 5, 30)
     assert (DEFAULT_API_METRICS_ADDRESS, DEFAULT_WORKER_METRICS_ADDRESS, DEFAULT_SDK_METRICS_ADDRESS) == (
         "127.0.0.1:9464",
         "127.0.0.1:9466",
@@ -118,6 +136,9 @@ def test_blank_optional_variables_mean_default() -> None:
         "TENANTRY_TASK_QUEUE": "",
         "TENANTRY_RECONCILE_INTERVAL_SECONDS": " ",
         "TENANTRY_SHUTDOWN_GRACE_SECONDS": "",
+        "TENANTRY_DB_STATEMENT_TIMEOUT_SECONDS": " ",
+        "TENANTRY_DB_LOCK_TIMEOUT_SECONDS": "",
+        "TENANTRY_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": " ",
         "TENANTRY_METRICS_ADDRESS": " ",
         "TENANTRY_SDK_METRICS_ADDRESS": "",
         "TENANTRY_WORKER_LIVENESS_FILE": " ",
@@ -140,6 +161,9 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "TENANTRY_TASK_QUEUE": "tenant-provisioning-eu",
         "TENANTRY_RECONCILE_INTERVAL_SECONDS": "2.5",
         "TENANTRY_SHUTDOWN_GRACE_SECONDS": "0.5",
+        "TENANTRY_DB_STATEMENT_TIMEOUT_SECONDS": "12",
+        "TENANTRY_DB_LOCK_TIMEOUT_SECONDS": " 0.25 ",
+        "TENANTRY_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": "90",
         "TENANTRY_METRICS_ADDRESS": "0.0.0.0:9999",
         "TENANTRY_SDK_METRICS_ADDRESS": "[::1]:9998",
         "TENANTRY_WORKER_LIVENESS_FILE": str(tmp_path / "alive"),
@@ -165,6 +189,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "shutdown_grace_seconds": 0.5,
         "metrics_address": "0.0.0.0:9999",
         "temporal_tls": TemporalTlsSettings(PEM_FILE, PEM_FILE, PEM_FILE, "tk-cloud-key"),
+        "db_timeouts": DbTimeouts(statement_seconds=12, lock_seconds=0.25, idle_in_transaction_seconds=90),
     }
     assert ApiSettings.from_env(env) == ApiSettings(
         **common,
@@ -259,6 +284,10 @@ COMMON_MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_TASK_QUEUE", "tenant provisioning"),
     ("TENANTRY_TASK_QUEUE", "queue\nx"),
     *(("TENANTRY_SHUTDOWN_GRACE_SECONDS", value) for value in ("abc", "0", "-1", "inf", "nan", "1e300")),
+    # 0 would mean "no limit" to PostgreSQL: refused like any non-positive number.
+    *(("TENANTRY_DB_STATEMENT_TIMEOUT_SECONDS", value) for value in ("abc", "0", "-1", "inf", "30s")),
+    *(("TENANTRY_DB_LOCK_TIMEOUT_SECONDS", value) for value in ("abc", "0", "-0.5", "nan")),
+    *(("TENANTRY_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS", value) for value in ("abc", "0", "-1", "1e300")),
     *(("TENANTRY_METRICS_ADDRESS", value) for value in ("nowhere", "127.0.0.1:port", "127.0.0.1:99999")),
 ]
 API_MALFORMED: list[tuple[str, str | None]] = [

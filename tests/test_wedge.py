@@ -28,7 +28,7 @@ from tenantry.db.models import TenantBase
 from tenantry.db.timeouts import bound_lock_waits, is_lock_timeout
 from tenantry.migrations import tenant_head_revision
 from tenantry.schema_names import is_tenant_schema_name, schema_name_for
-from tenantry.settings import DbTimeouts, WorkerSettings
+from tenantry.settings import DbTimeouts
 from tenantry.states import TenantEventType
 from tenantry.v1 import operation_pb2, tenant_pb2, tenant_service_pb2
 from tenantry.workflow_contract import provision_workflow_id, reconcile_schedule_id
@@ -139,17 +139,6 @@ async def test_every_session_starts_bounded(database_url: str) -> None:
     assert settings["client_connection_check_interval"] == "2000"
     # A sub-millisecond bound is 1 ms, never 0 ("no limit").
     assert session_settings(DbTimeouts(0.0001, 0.0001, 0.0001))["lock_timeout"] == "1"
-
-
-def test_statement_timeouts_differ_per_service() -> None:
-    env = {
-        "TENANTRY_DATABASE_URL": "postgresql+asyncpg://postgres@/postgres",
-        "TENANTRY_TEMPORAL_ADDRESS": "127.0.0.1:7233",
-    }
-    worker = WorkerSettings.from_env(env).db_timeouts
-    assert worker == DbTimeouts(statement_seconds=50, lock_seconds=5, idle_in_transaction_seconds=30)
-    tuned = WorkerSettings.from_env({**env, "TENANTRY_DB_LOCK_TIMEOUT_SECONDS": "0.5"}).db_timeouts
-    assert tuned.lock_seconds == 0.5
 
 
 async def test_a_step_lock_wait_ends_with_lock_not_available(database_url: str, engine: AsyncEngine) -> None:
