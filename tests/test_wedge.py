@@ -136,7 +136,10 @@ async def test_every_session_starts_bounded(database_url: str) -> None:
         "tcp_keepalives_count": "3",
     }
     assert settings["tcp_user_timeout"] == "60000"
-    assert settings["client_connection_check_interval"] == "2000"
+    # The worker's sessions also poll their client's socket while a statement runs.
+    assert "client_connection_check_interval" not in settings
+    worker = session_settings(timeouts, check_client_connection=True)
+    assert worker == {**settings, "client_connection_check_interval": "2000"}
     # A sub-millisecond bound is 1 ms, never 0 ("no limit").
     assert session_settings(DbTimeouts(0.0001, 0.0001, 0.0001))["lock_timeout"] == "1"
 

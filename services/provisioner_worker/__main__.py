@@ -44,6 +44,8 @@ async def serve(settings: WorkerSettings) -> None:
         pool_size=10,
         max_overflow=MAX_CONCURRENT_ACTIVITIES,
         timeouts=settings.db_timeouts,
+        # A killed worker's blocked DDL transaction ends within seconds.
+        check_client_connection=True,
     )
     try:
         client = await connect(settings, runtime=runtime)

@@ -37,7 +37,11 @@ TCP_USER_TIMEOUT_MS = 60_000
 # holds, until the statement ends. This makes it poll the socket while a
 # statement runs and end the session once the kernel reports the connection
 # closed (a killed process at once; a vanished host once the keepalives above
-# give up). PostgreSQL 14 or later.
+# give up). PostgreSQL 14 or later. The worker's sessions only
+# (`check_client_connection`): they hold tenant row locks and uncommitted DDL;
+# the API's statements are short and its statement_timeout ends a killed
+# client's wait within 30 s (and with the check on, the API's wait-storm test
+# missed its health deadlines under load).
 CLIENT_CONNECTION_CHECK_INTERVAL_MS = 2_000
 # Execution option carrying the engine's lock timeout, for the per-step
 # `SET LOCAL lock_timeout` of tenantry.db.timeouts.
@@ -49,10 +53,10 @@ def milliseconds(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def session_settings(timeouts: DbTimeouts) -> dict[str, str]:
+def session_settings(timeouts: DbTimeouts, *, check_client_connection: bool = False) -> dict[str, str]:
     """The server settings every session of ours starts with (asyncpg
     `server_settings`, sent in the startup packet: no extra round trip)."""
-    return {
+    settings = {
         "statement_timeout": str(milliseconds(timeouts.statement_seconds)),
         "lock_timeout": str(milliseconds(timeouts.lock_seconds)),
         "idle_in_transaction_session_timeout": str(milliseconds(timeouts.idle_in_transaction_seconds)),
@@ -60,15 +64,23 @@ def session_settings(timeouts: DbTimeouts) -> dict[str, str]:
         "tcp_keepalives_interval": str(TCP_KEEPALIVES_INTERVAL_SECONDS),
         "tcp_keepalives_count": str(TCP_KEEPALIVES_COUNT),
         "tcp_user_timeout": str(TCP_USER_TIMEOUT_MS),
-        "client_connection_check_interval": str(CLIENT_CONNECTION_CHECK_INTERVAL_MS),
     }
+    if check_client_connection:
+        settings["client_connection_check_interval"] = str(CLIENT_CONNECTION_CHECK_INTERVAL_MS)
+    return settings
 
 
 def create_engine(
-    url: str, *, pool_size: int = 10, max_overflow: int = 10, timeouts: DbTimeouts | None = None
+    url: str,
+    *,
+    pool_size: int = 10,
+    max_overflow: int = 10,
+    timeouts: DbTimeouts | None = None,
+    check_client_connection: bool = False,
 ) -> AsyncEngine:
     """An engine whose every session is bounded by `timeouts` (the process's
-    settings.db_timeouts; None: the defaults) and the keepalives above."""
+    settings.db_timeouts; None: the defaults) and the keepalives above;
+    `check_client_connection` for the worker (see CLIENT_CONNECTION_CHECK_INTERVAL_MS)."""
     timeouts = timeouts or DbTimeouts()
     engine = create_async_engine(
         url,
@@ -82,7 +94,7 @@ def create_engine(
         connect_args={
             "command_timeout": timeouts.statement_seconds + COMMAND_TIMEOUT_MARGIN_SECONDS,
             "timeout": CONNECT_TIMEOUT_SECONDS,
-            "server_settings": session_settings(timeouts),
+            "server_settings": session_settings(timeouts, check_client_connection=check_client_connection),
         },
         execution_options={LOCK_TIMEOUT_OPTION: milliseconds(timeouts.lock_seconds)},
     )
