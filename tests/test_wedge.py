@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -23,6 +24,7 @@ from temporalio.service import RPCError
 
 from provisioner_worker.lock_waits import log as lock_waits_log
 from provisioner_worker.worker import build_worker
+from tenant_api.interceptors.error_mapping import _database_error
 from tenantry.db.engine import create_engine, session_settings
 from tenantry.db.models import TenantBase
 from tenantry.db.timeouts import bound_lock_waits, is_lock_timeout
@@ -328,3 +330,17 @@ async def test_worker_killed_mid_ddl_leaves_one_complete_schema(
 
 async def _gone(engine: AsyncEngine, pid: int) -> bool:
     return not await _backend_alive(engine, pid)
+
+
+async def test_a_session_ended_for_idling_in_its_transaction_is_unavailable(database_url: str) -> None:
+    """What a client whose transaction sat idle past the bound gets next: an
+    error the API maps to UNAVAILABLE (retry), never INTERNAL."""
+    async with _own_engine(database_url, DbTimeouts(idle_in_transaction_seconds=0.2)) as bounded:
+        with pytest.raises(DBAPIError) as raised:
+            async with bounded.connect() as conn:
+                await conn.begin()
+                await conn.execute(text("SELECT 1"))
+                await asyncio.sleep(1)
+                await conn.execute(text("SELECT 1"))
+    mapped = _database_error(raised.value)
+    assert mapped is not None and mapped.code == grpc.StatusCode.UNAVAILABLE, (raised.value, mapped)
