@@ -214,7 +214,7 @@ async def test_provisioning_outlasts_a_frozen_lock_holder(
             assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, operation
             # The holder is still frozen; the server ended its session.
             assert holder.alive()
-            assert not await _backend_alive(engine, holder_backend)
+            await eventually(lambda: _gone(engine, holder_backend), timeout=10)
             assert waited >= HOLDER_IDLE_TIMEOUT_SECONDS - 1.5, waited
 
         got = await stack.stubs.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id=tenant_id), timeout=10)

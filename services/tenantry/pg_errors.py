@@ -16,7 +16,10 @@ LOCK_NOT_AVAILABLE = "55P03"
 SCHEMA_GONE_SQLSTATES = frozenset({INVALID_SCHEMA_NAME, UNDEFINED_TABLE})
 # SQLSTATE classes that mean "the database is not there right now", not a bug:
 # connection exception, insufficient resources, operator intervention.
-UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57")
+# Also 25P03: the server ended a session that sat idle in its transaction
+# (idle_in_transaction_session_timeout); the connection is gone.
+IDLE_IN_TRANSACTION_SESSION_TIMEOUT = "25P03"
+UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57", IDLE_IN_TRANSACTION_SESSION_TIMEOUT)
 
 
 @dataclass(frozen=True)
