@@ -18,10 +18,13 @@ from provisioner_worker.worker import MAX_CONCURRENT_ACTIVITIES
 from tenantry.settings import (
     DEFAULT_API_DB_MAX_OVERFLOW,
     DEFAULT_API_METRICS_ADDRESS,
+    DEFAULT_API_STATEMENT_TIMEOUT_SECONDS,
     DEFAULT_AUTH_AUDIENCE,
     DEFAULT_DB_POOL_SIZE,
     DEFAULT_GRPC_ADDRESS,
+    DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS,
     DEFAULT_LIVENESS_FILE,
+    DEFAULT_LOCK_TIMEOUT_SECONDS,
     DEFAULT_MIGRATIONS_DIR,
     DEFAULT_NAMESPACE,
     DEFAULT_RECONCILE_INTERVAL_SECONDS,
@@ -30,8 +33,10 @@ from tenantry.settings import (
     DEFAULT_TASK_QUEUE,
     DEFAULT_WORKER_DB_MAX_OVERFLOW,
     DEFAULT_WORKER_METRICS_ADDRESS,
+    DEFAULT_WORKER_STATEMENT_TIMEOUT_SECONDS,
     ApiSettings,
     AuthSettings,
+    DbTimeouts,
     DevSettings,
     HealthcheckSettings,
     MigrateSettings,
@@ -96,6 +101,13 @@ def test_defaults() -> None:
         sdk_metrics_address=DEFAULT_SDK_METRICS_ADDRESS,
         liveness_file=DEFAULT_LIVENESS_FILE,
         migrations_dir=DEFAULT_MIGRATIONS_DIR,
+        # The worker's statements (DDL) get longer than the API's, within its 60 s step.
+        db_timeouts=DbTimeouts(statement_seconds=DEFAULT_WORKER_STATEMENT_TIMEOUT_SECONDS),
+    )
+    assert ApiSettings.from_env(REQUIRED).db_timeouts == DbTimeouts(
+        statement_seconds=DEFAULT_API_STATEMENT_TIMEOUT_SECONDS,
+        lock_seconds=DEFAULT_LOCK_TIMEOUT_SECONDS,
+        idle_in_transaction_seconds=DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS,
     )
     assert MigrateSettings.from_env({"TENANTRY_DATABASE_URL": DATABASE_URL}) == MigrateSettings(
         database_url=DATABASE_URL, migrations_dir=DEFAULT_MIGRATIONS_DIR
@@ -110,6 +122,12 @@ def test_defaults() -> None:
         "tenant-provisioning",
     )
     assert (DEFAULT_RECONCILE_INTERVAL_SECONDS, DEFAULT_SHUTDOWN_GRACE_SECONDS) == (30, 10)
+    assert (
+        DEFAULT_API_STATEMENT_TIMEOUT_SECONDS,
+        DEFAULT_WORKER_STATEMENT_TIMEOUT_SECONDS,
+        DEFAULT_LOCK_TIMEOUT_SECONDS,
+        DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS,
+    ) == (30, 50, 5, 30)
     assert (DEFAULT_API_METRICS_ADDRESS, DEFAULT_WORKER_METRICS_ADDRESS, DEFAULT_SDK_METRICS_ADDRESS) == (
         "127.0.0.1:9464",
         "127.0.0.1:9466",
@@ -129,6 +147,9 @@ def test_blank_optional_variables_mean_default() -> None:
         "TENANTRY_TASK_QUEUE": "",
         "TENANTRY_RECONCILE_INTERVAL_SECONDS": " ",
         "TENANTRY_SHUTDOWN_GRACE_SECONDS": "",
+        "TENANTRY_DB_STATEMENT_TIMEOUT_SECONDS": " ",
+        "TENANTRY_DB_LOCK_TIMEOUT_SECONDS": "",
+        "TENANTRY_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": " ",
         "TENANTRY_METRICS_ADDRESS": " ",
         "TENANTRY_SDK_METRICS_ADDRESS": "",
         "TENANTRY_WORKER_LIVENESS_FILE": " ",
@@ -154,6 +175,9 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "TENANTRY_TASK_QUEUE": "tenant-provisioning-eu",
         "TENANTRY_RECONCILE_INTERVAL_SECONDS": "2.5",
         "TENANTRY_SHUTDOWN_GRACE_SECONDS": "0.5",
+        "TENANTRY_DB_STATEMENT_TIMEOUT_SECONDS": "12",
+        "TENANTRY_DB_LOCK_TIMEOUT_SECONDS": " 0.25 ",
+        "TENANTRY_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": "90",
         "TENANTRY_METRICS_ADDRESS": "0.0.0.0:9999",
         "TENANTRY_SDK_METRICS_ADDRESS": "[::1]:9998",
         "TENANTRY_WORKER_LIVENESS_FILE": str(tmp_path / "alive"),
@@ -184,6 +208,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "temporal_tls": TemporalTlsSettings(PEM_FILE, PEM_FILE, PEM_FILE, "tk-cloud-key"),
         "db_pool_size": 4,
         "db_max_overflow": 0,
+        "db_timeouts": DbTimeouts(statement_seconds=12, lock_seconds=0.25, idle_in_transaction_seconds=90),
     }
     assert ApiSettings.from_env(env) == ApiSettings(
         **common,
@@ -279,6 +304,10 @@ COMMON_MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_TASK_QUEUE", "tenant provisioning"),
     ("TENANTRY_TASK_QUEUE", "queue\nx"),
     *(("TENANTRY_SHUTDOWN_GRACE_SECONDS", value) for value in ("abc", "0", "-1", "inf", "nan", "1e300")),
+    # 0 would mean "no limit" to PostgreSQL: refused like any non-positive number.
+    *(("TENANTRY_DB_STATEMENT_TIMEOUT_SECONDS", value) for value in ("abc", "0", "-1", "inf", "30s")),
+    *(("TENANTRY_DB_LOCK_TIMEOUT_SECONDS", value) for value in ("abc", "0", "-0.5", "nan")),
+    *(("TENANTRY_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS", value) for value in ("abc", "0", "-1", "1e300")),
     *(("TENANTRY_METRICS_ADDRESS", value) for value in ("nowhere", "127.0.0.1:port", "127.0.0.1:99999")),
     *(("TENANTRY_DB_POOL_SIZE", value) for value in ("0", "-1", "ten", "2.5", "1e3", "10001", "\u00b2", "1 0")),
     *(("TENANTRY_DB_MAX_OVERFLOW", value) for value in ("-1", "many", "0.5", "10001", "\uff15")),

@@ -46,7 +46,12 @@ async def serve(settings: WorkerSettings) -> None:
     # Defaults: one connection per concurrent activity (MAX_CONCURRENT_ACTIVITIES
     # overflow), plus headroom for the reconciler.
     engine = create_engine(
-        settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        timeouts=settings.db_timeouts,
+        # A killed worker's blocked DDL transaction ends within seconds.
+        check_client_connection=True,
     )
     try:
         client = await connect(settings, runtime=runtime)

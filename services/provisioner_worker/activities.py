@@ -29,6 +29,7 @@ from tenantry.db import operations as operation_sql
 from tenantry.db import tenants as tenant_sql
 from tenantry.db.engine import driver_of
 from tenantry.db.events import SYSTEM_WORKER, EventRecord, append_event
+from tenantry.db.timeouts import bound_lock_waits
 from tenantry.migrations import tenant_head_revision, tenant_schema_script, upgrade_tenant_schema
 from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, pg_error
 from tenantry.schema_names import schema_name_for
@@ -181,6 +182,7 @@ class TenantActivities:
         await self._mark_running(workflow_id)
         try:
             async with self._engine.begin() as conn:
+                await bound_lock_waits(conn)
                 # The row lock serialises concurrent attempts for this tenant
                 # (so whether the schema exists stays true until we commit) and
                 # orders us against DeleteTenant's soft delete.
@@ -233,6 +235,7 @@ class TenantActivities:
         message = failure_text(input.reason)
         log.warning("provisioning of tenant %s failed (%s): %s", tenant_id, input.reason, input.error_message)
         async with self._engine.begin() as conn:
+            await bound_lock_waits(conn)
             state = await _lock_tenant_state(conn, tenant_id)
             if state != TenantState.CREATING:
                 return  # deleted meanwhile: the deletion workflow owns the cleanup
@@ -297,6 +300,7 @@ class TenantActivities:
                 cancel_requested = True
             await asyncio.sleep(0.2)
         async with self._engine.begin() as conn:
+            await bound_lock_waits(conn)
             await _finish_operation(conn, provisioning, OperationState.CANCELLED)
 
     @activity.defn(name="purge_tenant")
@@ -318,6 +322,7 @@ class TenantActivities:
     async def _purge(self, tenant_id: uuid.UUID, workflow_id: str, *, when_due: bool) -> PurgeOutcome:
         elapsed = None
         async with self._engine.begin() as conn:
+            await bound_lock_waits(conn)
             row = (await conn.execute(tenant_sql.LOCK_FOR_PURGE, {"tenant_id": tenant_id})).one_or_none()
             if row is None:
                 raise ApplicationError(f"tenant {tenant_id} not found", type=TENANT_NOT_FOUND, non_retryable=True)

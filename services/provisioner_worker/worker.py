@@ -13,6 +13,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from provisioner_worker.activities import TenantActivities
 from provisioner_worker.heartbeat import HeartbeatInterceptor
+from provisioner_worker.lock_waits import LockWaitRetryInterceptor
 from provisioner_worker.reconciler import ReconcilerActivities
 from provisioner_worker.workflows import WORKFLOWS
 from tenantry.operation_starter import OperationStarter
@@ -59,6 +60,7 @@ def build_worker(
         activities=activities if activities is not None else activities_for(engine, client, task_queue),
         graceful_shutdown_timeout=graceful_shutdown,
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
-        interceptors=[HeartbeatInterceptor()],
+        # Outermost first: heartbeats go on while a lock wait is retried.
+        interceptors=[HeartbeatInterceptor(), LockWaitRetryInterceptor()],
         workflow_runner=_WORKFLOW_RUNNER,
     )

@@ -35,7 +35,10 @@ async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | Non
         ConnectionNeed(settings.db_pool_size, settings.db_max_overflow, direct=API_LISTEN_CONNECTIONS),
     )
     engine = create_engine(
-        settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        timeouts=settings.db_timeouts,
     )
     # Lazy: the API serves (and records intents) even while Temporal is down.
     client = await connect(settings, lazy=True)

@@ -10,11 +10,16 @@ UNIQUE_VIOLATION = "23505"
 FOREIGN_KEY_VIOLATION = "23503"
 INVALID_SCHEMA_NAME = "3F000"
 UNDEFINED_TABLE = "42P01"
+# A lock wait ran out of lock_timeout (also NOWAIT).
+LOCK_NOT_AVAILABLE = "55P03"
 # A tenant schema dropped under a running query surfaces as one of these.
 SCHEMA_GONE_SQLSTATES = frozenset({INVALID_SCHEMA_NAME, UNDEFINED_TABLE})
 # SQLSTATE classes that mean "the database is not there right now", not a bug:
 # connection exception, insufficient resources, operator intervention.
-UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57")
+# Also 25P03: the server ended a session that sat idle in its transaction
+# (idle_in_transaction_session_timeout); the connection is gone.
+IDLE_IN_TRANSACTION_SESSION_TIMEOUT = "25P03"
+UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57", IDLE_IN_TRANSACTION_SESSION_TIMEOUT)
 
 
 @dataclass(frozen=True)

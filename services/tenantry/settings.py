@@ -57,6 +57,12 @@ DEFAULT_WORKER_DB_MAX_OVERFLOW = 20
 MAX_DB_CONNECTIONS = 10_000
 # services/tenantry/settings.py -> the checkout's migrations/ (the images set the variable).
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# Bounds on every database session (tenantry.db.engine): the API answers
+# interactive calls, the worker runs DDL inside a 60 s activity step.
+DEFAULT_API_STATEMENT_TIMEOUT_SECONDS = 30.0
+DEFAULT_WORKER_STATEMENT_TIMEOUT_SECONDS = 50.0
+DEFAULT_LOCK_TIMEOUT_SECONDS = 5.0
+DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS = 30.0
 PAGE_TOKEN_KEY = "TENANTRY_PAGE_TOKEN_KEY"
 LISTEN_DATABASE_URL = "TENANTRY_LISTEN_DATABASE_URL"
 MIN_SECRET_KEY_BYTES = 32
@@ -128,6 +134,29 @@ class TemporalTlsSettings:
         return cls(ca_file=_pem_file(env, TEMPORAL_TLS_CA_FILE), cert_file=cert, key_file=key, api_key=api_key)
 
 
+@dataclass(frozen=True)
+class DbTimeouts:
+    """How long any one database session may wait (see tenantry.db.engine):
+    a statement (`statement_timeout`), a lock (`lock_timeout`; the worker's
+    steps retry a lock wait that runs out), and an open transaction whose
+    client sends nothing (`idle_in_transaction_session_timeout`: the server
+    ends the session of a frozen or vanished holder, releasing its locks)."""
+
+    statement_seconds: float = DEFAULT_API_STATEMENT_TIMEOUT_SECONDS
+    lock_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS
+    idle_in_transaction_seconds: float = DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS
+
+    @classmethod
+    def from_env(cls, env: Env, *, default_statement_seconds: float) -> DbTimeouts:
+        return cls(
+            statement_seconds=_seconds(env, "TENANTRY_DB_STATEMENT_TIMEOUT_SECONDS", default_statement_seconds),
+            lock_seconds=_seconds(env, "TENANTRY_DB_LOCK_TIMEOUT_SECONDS", DEFAULT_LOCK_TIMEOUT_SECONDS),
+            idle_in_transaction_seconds=_seconds(
+                env, "TENANTRY_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS", DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS
+            ),
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class CommonSettings:
     """What both services read. `metrics_address` None: the endpoint is off."""
@@ -141,9 +170,12 @@ class CommonSettings:
     temporal_tls: TemporalTlsSettings = TemporalTlsSettings()
     db_pool_size: int = DEFAULT_DB_POOL_SIZE
     db_max_overflow: int = DEFAULT_API_DB_MAX_OVERFLOW
+    db_timeouts: DbTimeouts = DbTimeouts()
 
     @classmethod
-    def _common(cls, env: Env, *, default_metrics_address: str, default_max_overflow: int) -> dict[str, Any]:
+    def _common(
+        cls, env: Env, *, default_metrics_address: str, default_max_overflow: int, default_statement_seconds: float
+    ) -> dict[str, Any]:
         common = CommonSettings(
             database_url=database_url_from(env),
             temporal_address=_address(env, "TENANTRY_TEMPORAL_ADDRESS", None),
@@ -154,6 +186,7 @@ class CommonSettings:
             temporal_tls=TemporalTlsSettings.from_env(env),
             db_pool_size=_count(env, "TENANTRY_DB_POOL_SIZE", DEFAULT_DB_POOL_SIZE, minimum=1),
             db_max_overflow=_count(env, "TENANTRY_DB_MAX_OVERFLOW", default_max_overflow, minimum=0),
+            db_timeouts=DbTimeouts.from_env(env, default_statement_seconds=default_statement_seconds),
         )
         # Shallow (asdict would turn the nested settings into dicts).
         return {f.name: getattr(common, f.name) for f in fields(common)}
@@ -250,6 +283,7 @@ class ApiSettings(CommonSettings):
                 env,
                 default_metrics_address=DEFAULT_API_METRICS_ADDRESS,
                 default_max_overflow=DEFAULT_API_DB_MAX_OVERFLOW,
+                default_statement_seconds=DEFAULT_API_STATEMENT_TIMEOUT_SECONDS,
             ),
             grpc_address=grpc_address_from(env),
             auth=AuthSettings.from_env(env),
@@ -318,6 +352,7 @@ class WorkerSettings(CommonSettings):
                 env,
                 default_metrics_address=DEFAULT_WORKER_METRICS_ADDRESS,
                 default_max_overflow=DEFAULT_WORKER_DB_MAX_OVERFLOW,
+                default_statement_seconds=DEFAULT_WORKER_STATEMENT_TIMEOUT_SECONDS,
             ),
             reconcile_interval_seconds=_seconds(
                 env, "TENANTRY_RECONCILE_INTERVAL_SECONDS", DEFAULT_RECONCILE_INTERVAL_SECONDS
