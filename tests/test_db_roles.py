@@ -22,9 +22,9 @@ from tenantry.migrate import ensure_roles, grant_privileges
 from tenantry.migrations import tenant_schema_script
 from tenantry.pg_errors import pg_error
 from tenantry.schema_names import quote_schema, schema_name_for
-from tenantry.v1 import operation_pb2, project_service_pb2, tenant_pb2, tenant_service_pb2
+from tenantry.v1 import operation_pb2, project_service_pb2, tenant_pb2
 from tenantry_dev.embedded import BIN_DIR, DatabaseUrls
-from tests.stack import Stack, by_id, eventually, register_active, schema_exists, wait_done
+from tests.stack import Stack, by_id, delete_and_purge, eventually, register_active, schema_exists
 
 INSUFFICIENT_PRIVILEGE = "42501"
 
@@ -126,10 +126,7 @@ async def test_lifecycle_end_to_end_as_the_roles(stack: Stack, engine: AsyncEngi
     )
     assert [p.id for p in listed.projects] == [created.project.id]
 
-    response = await stack.stubs.tenants.DeleteTenant(
-        tenant_service_pb2.DeleteTenantRequest(tenant_id=tenant.id), timeout=30
-    )
-    operation = await asyncio.wait_for(wait_done(stack.stubs, response.operation.name), 70)
+    operation = await delete_and_purge(stack.stubs, tenant.id)
     assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, operation
     assert not await schema_exists(engine, tenant.schema_name)
 

