@@ -9,6 +9,8 @@ from sqlalchemy import URL, event, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from tenantry.tracing import instrument_engine
+
 # Each PostgreSQL backend keeps the catalog entries of every tenant table it has
 # touched; recycling pooled connections bounds that memory.
 POOL_RECYCLE_SECONDS = 300
@@ -33,6 +35,8 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> A
         },
     )
     event.listen(engine.sync_engine, "checkout", _refuse_connection_inside_a_transaction)
+    # SQL spans when this process traces (nothing otherwise).
+    instrument_engine(engine)
     return engine
 
 
