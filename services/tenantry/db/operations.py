@@ -11,6 +11,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 
 from tenantry.db.models import Operation, Tenant
 from tenantry.states import DONE_OPERATION_STATES, OperationKind, OperationState
+from tenantry.tracing import current_trace_id
 
 OPEN_OPERATION_STATES = (OperationState.PENDING, OperationState.RUNNING)
 
@@ -65,7 +66,7 @@ def insert_pending(
     workflow_id: str, tenant_id: uuid.UUID, kind: OperationKind, request_id: uuid.UUID | None, actor: str
 ) -> ReturningInsert[Operation]:
     """A new PENDING operation, returned; a reused request_id violates
-    uq_workflow_executions_request_id."""
+    uq_workflow_executions_request_id. It records the current trace id ("" when not tracing)."""
     return (
         insert(Operation)
         .values(
@@ -75,6 +76,7 @@ def insert_pending(
             state=OperationState.PENDING,
             request_id=request_id,
             actor=actor,
+            trace_id=current_trace_id(),
         )
         .returning(Operation)
     )
