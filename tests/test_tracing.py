@@ -14,11 +14,14 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
 from alembic import command
 from alembic.config import Config
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -33,7 +36,22 @@ from tenantry.migrations import migrations_dir
 from tenantry.observability import JsonFormatter
 from tenantry.schema_names import schema_name_for
 from tenantry.v1 import operation_pb2, operation_service_pb2, tenant_service_pb2
-from tests.stack import Stack, by_id, eventually, expect_error, registration, running_stack, wait_done
+from tests.stack import (
+    Stack,
+    api_channel,
+    by_id,
+    eventually,
+    expect_error,
+    registration,
+    running_stack,
+    service_env,
+    spawn,
+    spawn_api,
+    stopping,
+    stubs_for,
+    wait_done,
+    wait_serving,
+)
 
 REGISTER_SPAN = "tenantry.v1.TenantService/RegisterTenant"
 
@@ -261,3 +279,92 @@ async def test_migration_0006_gives_existing_operations_an_empty_trace_id(databa
         async with admin.connect() as conn:
             await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         await admin.dispose()
+
+
+# --- the services as processes, exporting over OTLP ---------------------------------
+
+
+class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC trace receiver: (service.name, span) of everything exported to it."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, trace_pb2.Span]] = []
+
+    async def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        for resource_spans in request.resource_spans:
+            service = next(
+                (a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"), ""
+            )
+            for scope_spans in resource_spans.scope_spans:
+                self.spans.extend((service, span) for span in scope_spans.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+@asynccontextmanager
+async def otlp_collector() -> AsyncIterator[tuple[str, _Collector]]:
+    collector = _Collector()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"http://127.0.0.1:{port}", collector
+    finally:
+        await server.stop(0)
+
+
+async def test_the_services_export_one_trace_across_processes_over_otlp(
+    database_url: str, temporal_client: Client
+) -> None:
+    async with otlp_collector() as (endpoint, collector):
+        env = service_env(
+            database_url,
+            temporal_client.service_client.config.target_host,
+            f"trace-{uuid.uuid4().hex[:8]}",
+            OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+            OTEL_BSP_SCHEDULE_DELAY="100",
+        )
+        api = spawn_api(env)
+        worker = spawn("worker", "provisioner_worker", env)
+        with stopping(api, worker):
+            await wait_serving(api)
+            async with api_channel(api.address) as channel:
+                stubs = stubs_for(channel)
+                response = await stubs.tenants.RegisterTenant(registration(), timeout=30)
+                operation = await wait_done(stubs, response.operation.name)
+            assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, operation
+            trace_id = response.operation.trace_id
+            assert len(trace_id) == 32 and operation.trace_id == trace_id
+
+            def in_trace() -> set[tuple[str, str]]:
+                return {(service, span.name) for service, span in collector.spans if span.trace_id.hex() == trace_id}
+
+            async def exported() -> bool:
+                return {
+                    ("tenant-api", REGISTER_SPAN),
+                    ("provisioner-worker", "RunActivity:provision_tenant"),
+                } <= in_trace()
+
+            await eventually(exported, timeout=30)
+            assert any(s == "tenant-api" and n.startswith("StartWorkflow:") for s, n in in_trace()), in_trace()
+            assert any(s == "provisioner-worker" and n.startswith("RunWorkflow:") for s, n in in_trace()), in_trace()
+            rpc_lines = [line for line in api.log_lines() if line.get("rpc_method") == "/" + REGISTER_SPAN]
+            assert [line.get("trace_id") for line in rpc_lines] == [trace_id]
+
+
+async def test_an_exporter_the_services_do_not_ship_is_a_configuration_error(
+    database_url: str, temporal_client: Client
+) -> None:
+    env = service_env(
+        database_url,
+        temporal_client.service_client.config.target_host,
+        f"trace-{uuid.uuid4().hex[:8]}",
+        OTEL_TRACES_EXPORTER="zipkin",
+    )
+    api = spawn_api(env)
+    with stopping(api):
+        exit_code = await asyncio.to_thread(api.process.wait, 30)
+    assert exit_code == 2
+    assert "OTEL_TRACES_EXPORTER='zipkin' is not supported" in api.log_tail()
