@@ -20,6 +20,7 @@ import grpc
 import pytest
 from alembic import command
 from alembic.config import Config
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -183,6 +184,10 @@ async def test_an_incoming_traceparent_is_continued(database_url: str, temporal_
         # NOT_FOUND is the caller's problem, not a server error.
         assert span.attributes is not None and span.attributes["rpc.grpc.status_code"] == 5
         assert span.status.is_ok
+        # Health checks (probes) are not traced.
+        health_stub = health_pb2_grpc.HealthStub(traced.stack.channel)
+        await health_stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert not [s for s in traced.exporter.get_finished_spans() if s.name.startswith("grpc.health")]
 
 
 async def test_without_tracing_an_operation_has_no_trace_id(stack: Stack) -> None:

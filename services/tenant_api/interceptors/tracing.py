@@ -8,6 +8,7 @@ the access log) and does one span per call. It continues an incoming W3C
 `traceparent` (the propagators of OTEL_PROPAGATORS), names the span
 `package.Service/Method`, and records the status code (server errors, as
 OpenTelemetry's gRPC conventions define them, mark the span as an error).
+Health checks get no span.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
+from grpc_health.v1 import health
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -36,6 +38,8 @@ _SERVER_ERRORS = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
+# Probes every few seconds would bury the traces that matter.
+UNTRACED_SERVICES = frozenset({health.SERVICE_NAME})
 _PROPAGATION_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
 
 
@@ -76,6 +80,8 @@ class RpcTracingInterceptor(ServerInterceptor):
         tracer = self._tracer
         name = method.lstrip("/")
         service, _, method_name = name.partition("/")
+        if service in UNTRACED_SERVICES:
+            return handler
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method_name}
         if handler.unary_stream is not None:
             inner_stream = cast("StreamBehavior", handler.unary_stream)
