@@ -49,6 +49,7 @@ def _registration_params() -> dict[str, Any]:
         "request_id": None,
         "actor": ACTOR,
         "labels": {},
+        "trace_id": "",
     }
 
 

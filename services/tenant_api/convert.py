@@ -89,6 +89,7 @@ def operation_to_proto(operation: Operation) -> operation_pb2.Operation:
         done=state in DONE_OPERATION_STATES,
         error_message=operation.error_message,
         actor=operation.actor,
+        trace_id=operation.trace_id,
         create_time=_timestamp(operation.create_time),
         start_time=_timestamp(operation.start_time),
         end_time=_timestamp(operation.end_time),

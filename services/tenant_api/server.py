@@ -25,12 +25,14 @@ from tenant_api.interceptors.admission import AdmissionInterceptor
 from tenant_api.interceptors.authentication import AuthenticationInterceptor
 from tenant_api.interceptors.error_mapping import ErrorMappingInterceptor
 from tenant_api.interceptors.tenant_gate import TenantGateInterceptor
+from tenant_api.interceptors.tracing import RpcTracingInterceptor
 from tenant_api.operations import MAX_WAITS, OperationNotifications, Operations
 from tenant_api.pagination import PageTokens
 from tenant_api.projects import Projects
 from tenant_api.servicers import OperationServicer, ProjectServicer, TenantEventServicer, TenantServicer
 from tenant_api.tenant_gate import TenantGate
 from tenant_api.tenants import Tenants
+from tenantry import tracing
 from tenantry.db.engine import create_session_factory
 from tenantry.operation_starter import OperationStarter
 from tenantry.settings import DEFAULT_DELETION_RETENTION_SECONDS
@@ -135,8 +137,13 @@ def interceptor_chain(
        transaction (with the admission check, in one round trip) and commits it
        when the servicer returns: the transaction spans the servicer's work and
        nothing else.
+
+    When the process traces (tenantry.tracing), an RPC span interceptor goes
+    first, so all of the above (and the access log's line) is inside the span.
     """
+    traced = tracing.tracer()
     return [
+        *([RpcTracingInterceptor(traced)] if traced is not None else []),
         AccessLogInterceptor(method_paths(SERVED_SERVICE_NAMES)),
         admission,
         ErrorMappingInterceptor(),

@@ -12,6 +12,8 @@ from typing import Any
 from prometheus_client import start_http_server
 from temporalio import activity
 
+from tenantry.tracing import current_log_fields
+
 # Fields every log line of the current request (or workflow step) carries.
 log_context: ContextVar[dict[str, str]] = ContextVar("log_context", default={})  # noqa: B039 - never mutated
 
@@ -45,6 +47,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             **log_context.get(),
         }
+        ids = current_log_fields()
+        if ids is not None:
+            entry.update(ids)
         if activity.in_activity():
             info = activity.info()
             entry.update(workflow_id=info.workflow_id, activity=info.activity_type, attempt=info.attempt)

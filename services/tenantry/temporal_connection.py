@@ -10,6 +10,7 @@ from temporalio.client import Client
 from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
+from tenantry import tracing
 from tenantry.settings import CommonSettings, TemporalTlsSettings
 
 
@@ -43,5 +44,8 @@ def connect_options(settings: CommonSettings) -> ConnectOptions:
 
 
 async def connect(settings: CommonSettings, *, lazy: bool = False, runtime: Runtime | None = None) -> Client:
-    """`Client.connect` with the service's settings. `lazy`: connect at the first call."""
-    return await Client.connect(**connect_options(settings), lazy=lazy, runtime=runtime)
+    """`Client.connect` with the service's settings. `lazy`: connect at the first call.
+    When the process traces, the client (and a worker built on it) carries the trace context."""
+    return await Client.connect(
+        **connect_options(settings), lazy=lazy, runtime=runtime, interceptors=tracing.temporal_interceptors()
+    )

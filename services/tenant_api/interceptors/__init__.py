@@ -1,5 +1,6 @@
 """The API's server interceptors, one module each:
 
+- `tracing`: a span per call, only while the process traces (OTEL_* set).
 - `access_log`: one log line and one metric sample per call, with its final
   status; holds the per-method handler table (each method's chain is built once).
 - `admission`: a cap on calls in flight (RESOURCE_EXHAUSTED TOO_MANY_REQUESTS);

@@ -10,6 +10,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from tenantry.settings import DbTimeouts
+from tenantry.tracing import instrument_engine
 
 # Each PostgreSQL backend keeps the catalog entries of every tenant table it has
 # touched; recycling pooled connections bounds that memory.
@@ -99,6 +100,8 @@ def create_engine(
         execution_options={LOCK_TIMEOUT_OPTION: milliseconds(timeouts.lock_seconds)},
     )
     event.listen(engine.sync_engine, "checkout", _refuse_connection_inside_a_transaction)
+    # SQL spans when this process traces (nothing otherwise).
+    instrument_engine(engine)
     return engine
 
 

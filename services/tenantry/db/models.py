@@ -163,6 +163,9 @@ class Operation(Base):
     update_time: Mapped[datetime] = mapped_column(server_default=func.now())
     start_time: Mapped[datetime | None]
     end_time: Mapped[datetime | None]
+    # The OpenTelemetry trace id (32 hex digits) of the request that created
+    # it; "" when that process was not tracing (tenantry.tracing).
+    trace_id: Mapped[str] = mapped_column(String(32), server_default="")
 
 
 class TenantEventCounter(Base):

@@ -18,6 +18,7 @@ from tenantry.states import (
     OperationState,
     TenantState,
 )
+from tenantry.tracing import current_trace_id
 
 # The partial unique index that keeps a tenant to one open (PENDING or
 # RUNNING) lifecycle operation (models.Operation).
@@ -75,7 +76,7 @@ def insert_pending(
     workflow_id: str, tenant_id: uuid.UUID, kind: OperationKind, request_id: uuid.UUID | None, actor: str
 ) -> ReturningInsert[Operation]:
     """A new PENDING operation, returned; a reused request_id violates
-    uq_workflow_executions_request_id."""
+    uq_workflow_executions_request_id. It records the current trace id ("" when not tracing)."""
     return (
         insert(Operation)
         .values(
@@ -85,6 +86,7 @@ def insert_pending(
             state=OperationState.PENDING,
             request_id=request_id,
             actor=actor,
+            trace_id=current_trace_id(),
         )
         .returning(Operation)
     )

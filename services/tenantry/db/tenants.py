@@ -49,6 +49,7 @@ from tenantry.states import (
     TenantEventType,
     TenantState,
 )
+from tenantry.tracing import current_trace_id
 from tenantry.workflow_contract import provision_workflow_id
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
@@ -97,9 +98,9 @@ def _register_statement(*, record_event: bool) -> TextClause:
         FROM admin
         RETURNING {", ".join(TENANT_COLUMNS)}
     ), operation AS (
-        INSERT INTO {OPERATIONS} (workflow_id, tenant_id, kind, state, request_id, actor)
+        INSERT INTO {OPERATIONS} (workflow_id, tenant_id, kind, state, request_id, actor, trace_id)
         SELECT CAST(:workflow_id AS varchar), tenant.id, '{OperationKind.PROVISION}', '{OperationState.PENDING}',
-               CAST(:request_id AS uuid), CAST(:actor AS text)
+               CAST(:request_id AS uuid), CAST(:actor AS text), CAST(:trace_id AS varchar)
         FROM tenant
         RETURNING {", ".join(OPERATION_COLUMNS)}
     ){events}
@@ -153,6 +154,8 @@ async def register(
         "request_id": request_id,
         "actor": actor,
         "labels": dict(labels or {}),
+        # The request's trace, so GetOperation leads to it ("" when not tracing).
+        "trace_id": current_trace_id(),
     }
     row = (await conn.execute(_REGISTER, params)).one()._mapping
     return TenantWithOperation(
