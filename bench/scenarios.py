@@ -33,7 +33,6 @@ from provisioner_worker.worker import MAX_CONCURRENT_ACTIVITIES
 from tenantry.db.engine import asyncpg_dsn, create_engine
 from tenantry.v1 import (
     event_service_pb2_grpc,
-    operation_pb2,
     project_service_pb2,
     project_service_pb2_grpc,
     tenant_pb2,
@@ -171,6 +170,19 @@ class Bench:
             )
         return {row["state"]: int(row["n"]) for row in rows}
 
+    async def never_started(self, tenant_ids: list[str]) -> int:
+        """Provisioning operations still PENDING (after settling): their start
+        failed. RegisterTenant answers PENDING either way, since the worker's
+        first activity writes RUNNING, so only the database tells."""
+        async with self.pool.acquire() as conn:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM workflow_executions "
+                    "WHERE workflow_id = ANY($1::text[]) AND state = 'PENDING'",
+                    [db.Outcomes.provisioned(t) for t in tenant_ids],
+                )
+            )
+
     async def active_count(self) -> int:
         async with self.pool.acquire() as conn:
             return int(await conn.fetchval("SELECT count(*) FROM tenants WHERE state = 'ACTIVE'"))
@@ -304,8 +316,8 @@ async def scenario_register(bench: Bench) -> dict[str, Any]:
         busy = await _register_level(bench, "RegisterTenant (busy)", concurrency, total)
         responses = isolated["responses"] + busy["responses"]
         tenant_ids = [r.tenant.id for r in responses]
-        not_started = sum(1 for r in responses if r.operation.state == operation_pb2.OPERATION_STATE_PENDING)
         await bench.settle(tenant_ids)
+        not_started = await bench.never_started(tenant_ids)
         states = await bench.states(tenant_ids)
         bench.registered.extend(tenant_ids)
 
@@ -450,8 +462,6 @@ async def scenario_provisioning(bench: Bench) -> dict[str, Any]:
     rpc_latencies: list[float] = []
     errors: list[str] = []
 
-    not_started: list[str] = []
-
     async def one() -> None:
         begin = time.perf_counter()
         try:
@@ -461,8 +471,6 @@ async def scenario_provisioning(bench: Bench) -> dict[str, Any]:
             return
         rpc_latencies.append(time.perf_counter() - begin)
         started_at[response.tenant.id] = begin
-        if response.operation.state == operation_pb2.OPERATION_STATE_PENDING:
-            not_started.append(response.tenant.id)
 
     cpu_before = bench.cpu.snapshot()
     t0 = time.perf_counter()
@@ -473,6 +481,7 @@ async def scenario_provisioning(bench: Bench) -> dict[str, Any]:
     done = await bench.settle(tenant_ids)
     cpu = bench.cpu.per_operation_ms(cpu_before, count)
     states = await bench.states(tenant_ids)
+    not_started = await bench.never_started(tenant_ids)
     finished = [done[db.Outcomes.provisioned(t)] for t in tenant_ids if db.Outcomes.provisioned(t) in done]
     total = (max(finished) - t0) if finished else float("nan")
     to_active = [
@@ -483,7 +492,7 @@ async def scenario_provisioning(bench: Bench) -> dict[str, Any]:
         "count": count,
         "active": active,
         "errors": len(errors),
-        "workflow_start_failed": len(not_started),
+        "workflow_start_failed": not_started,
         "tenant_states_after": states,
         "all_rpcs_returned_s": round(rpcs_done, 3),
         "all_active_s": round(total, 3),
