@@ -22,6 +22,7 @@ import psutil
 from bench import report
 from bench.config import FULL, SMOKE, BenchConfig
 from bench.events import scenario_event_delivery, scenario_event_write
+from bench.lifecycle import scenario_lifecycle
 from bench.scenarios import (
     Bench,
     growth_level,
@@ -86,6 +87,8 @@ async def run(config: BenchConfig, stack: BenchStack) -> dict[str, Any]:
         scenarios["reads"] = await scenario_reads(bench)
         scenarios["event_delivery"] = await scenario_event_delivery(bench)
         scenarios["provisioning"] = await scenario_provisioning(bench)
+        # Before the deletion scenario, which then deletes these tenants too.
+        scenarios["lifecycle"] = await scenario_lifecycle(bench)
         scenarios["deletion"] = await scenario_deletion(bench)
         stack.check_alive()
     finally:

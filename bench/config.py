@@ -27,6 +27,10 @@ class BenchConfig:
     seed_batch: int
     # Scenario 5: deletions, one after the other.
     deletions: int
+    # Scenario 9: Suspend, Resume, Delete + Undelete cycles, one call at a
+    # time, over this many of the tenants the scenarios registered.
+    lifecycle_cycles: int
+    lifecycle_tenants: int
     # Scenario 7: registration's statement with and without its event write,
     # at each concurrency (calls per side, in two alternating rounds).
     event_write_concurrency: tuple[int, ...]
@@ -61,6 +65,8 @@ FULL = BenchConfig(
     growth_reads=400,
     seed_batch=100,
     deletions=20,
+    lifecycle_cycles=200,
+    lifecycle_tenants=20,
     event_write_concurrency=(1, 8),
     event_write_requests=600,
     event_watchers=10,
@@ -84,6 +90,8 @@ SMOKE = BenchConfig(
     growth_reads=10,
     seed_batch=10,
     deletions=2,
+    lifecycle_cycles=4,
+    lifecycle_tenants=2,
     event_write_concurrency=(1, 2),
     event_write_requests=8,
     event_watchers=2,

@@ -4,52 +4,138 @@ that timestamps workflow outcomes (the control plane's own NOTIFY)."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, cast
 
 import asyncpg
+from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
+from tenantry.db import tenants as tenant_sql
 from tenantry.migrations import tenant_schema_script
 from tenantry.schema_names import SCHEMA_NAME_FROM_ID_SQL, quote_schema, schema_name_for
+from tenantry.states import TenantState
 from tenantry.workflow_contract import provision_workflow_id
 
 NOTIFY_CHANNEL = "tenantry_operation_done"
 
-# The three inserts of RegisterTenant's one statement (tenantry/db/tenants.py), as raw SQL.
+# The user upsert of the growth scenario's seeding fast path.
 UPSERT_USER = (
     "INSERT INTO users (id, email, display_name) VALUES ($1, $2, $3) "
     "ON CONFLICT ((lower(email))) DO UPDATE SET email = users.email RETURNING id, email"
 )
-INSERT_TENANT = (
-    "INSERT INTO tenants (id, slug, display_name, admin_user_id, state, schema_name) "
-    "VALUES ($1, $2, $3, $4, 'CREATING', $5) RETURNING *"
-)
-INSERT_OPERATION = (
-    "INSERT INTO workflow_executions (workflow_id, tenant_id, kind, state, request_id) "
-    "VALUES ($1, $2, 'PROVISION', 'PENDING', NULL) RETURNING *"
-)
+# Slugs of the database floor's registrations (rows without a workflow).
+FLOOR_SLUG_PREFIX = "floor-"
+
+
+@dataclass(frozen=True)
+class RawStatement:
+    """A product statement rendered once for raw asyncpg: the same SQL text
+    SQLAlchemy sends (numbered parameters), its parameter names in order, and
+    the values bound when it was built."""
+
+    sql: str
+    names: tuple[str, ...]
+    bound: dict[str, Any]
+
+    @classmethod
+    def of(cls, statement: ClauseElement) -> RawStatement:
+        dialect = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy's asyncpg dialect is untyped
+        compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
+        return cls(compiled.string, tuple(compiled.positiontup or ()), dict(compiled.params))
+
+    def args(self, **values: Any) -> list[Any]:
+        """Positional arguments: `values` over the bound ones; enum members as their text."""
+        merged = {**self.bound, **values}
+        return [str(v) if isinstance(v, enum.Enum) else v for v in (merged[n] for n in self.names)]
+
+
+# RegisterTenant's one statement, exactly as the API sends it (with its event CTEs).
+REGISTER = RawStatement.of(tenant_sql._REGISTER)
 
 
 async def register_floor_once(pool: asyncpg.Pool, tag: str) -> uuid.UUID:
-    """User upsert + tenant insert + operation insert in one transaction."""
+    """RegisterTenant's one statement on a pooled connection in autocommit: one round trip."""
     tenant_id = uuid.uuid4()
-    slug = f"floor-{tag}"
-    async with pool.acquire() as conn, conn.transaction():
-        user = await conn.fetchrow(UPSERT_USER, uuid.uuid4(), f"admin@{slug}.example.com", "Ada Admin")
-        await conn.fetchrow(INSERT_TENANT, tenant_id, slug, f"Tenant {slug}", user["id"], schema_name_for(tenant_id))
-        await conn.fetchrow(INSERT_OPERATION, provision_workflow_id(tenant_id), tenant_id)
+    slug = f"{FLOOR_SLUG_PREFIX}{tag}"
+    args = REGISTER.args(
+        user_id=uuid.uuid4(),
+        email=f"admin@{slug}.example.com",
+        admin_display_name="Ada Admin",
+        tenant_id=tenant_id,
+        slug=slug,
+        display_name=f"Tenant {slug}",
+        schema_name=schema_name_for(tenant_id),
+        workflow_id=provision_workflow_id(tenant_id),
+        request_id=None,
+        actor="bench",
+        labels="{}",
+    )
+    async with pool.acquire() as conn:
+        await conn.fetchrow(REGISTER.sql, *args)
     return tenant_id
 
 
-async def remove_floor_rows(pool: asyncpg.Pool) -> None:
-    """The database floor's rows are not tenants: gone before anything else runs."""
+async def close_statement_rows(pool: asyncpg.Pool, slug_prefix: str) -> dict[str, int]:
+    """Registrations made by the statement alone (no workflow behind them):
+    those without an event are removed; those with one cannot be (the event log
+    is append-only and references the tenant), so they are closed: operation
+    CANCELLED, tenant DELETED."""
+    pattern = f"{slug_prefix}%"
+    without_event = (
+        "SELECT id FROM tenants t WHERE slug LIKE $1 "
+        "AND NOT EXISTS (SELECT 1 FROM tenant_events e WHERE e.tenant_id = t.id)"
+    )
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "DELETE FROM workflow_executions WHERE tenant_id IN (SELECT id FROM tenants WHERE slug LIKE 'floor-%')"
+        await conn.execute(f"DELETE FROM workflow_executions WHERE tenant_id IN ({without_event})", pattern)
+        removed = await conn.fetchval(
+            f"WITH gone AS (DELETE FROM tenants WHERE id IN ({without_event}) RETURNING id) SELECT count(*) FROM gone",
+            pattern,
         )
-        await conn.execute("DELETE FROM tenants WHERE slug LIKE 'floor-%'")
-        await conn.execute("DELETE FROM users WHERE email LIKE 'admin@floor-%'")
+        await conn.execute(
+            "UPDATE workflow_executions SET state = 'CANCELLED', end_time = now(), update_time = now() "
+            "WHERE tenant_id IN (SELECT id FROM tenants WHERE slug LIKE $1) AND state <> 'CANCELLED'",
+            pattern,
+        )
+        closed = await conn.fetchval(
+            "WITH closed AS (UPDATE tenants SET state = 'DELETED', delete_time = now(), purge_time = now(), "
+            "update_time = now() WHERE slug LIKE $1 AND state <> 'DELETED' RETURNING id) SELECT count(*) FROM closed",
+            pattern,
+        )
+        await conn.execute(
+            "DELETE FROM users u WHERE email LIKE $1 "
+            "AND NOT EXISTS (SELECT 1 FROM tenants t WHERE t.admin_user_id = u.id)",
+            f"admin@{pattern}",
+        )
+    return {"removed_without_event": int(removed), "closed_with_event": int(closed)}
+
+
+# SuspendTenant's and ResumeTenant's state change (tenantry.db.tenants.change_state),
+# as the API sends it: the floor of a synchronous state change.
+_ANY_TENANT = uuid.UUID(int=0)
+SUSPEND = RawStatement.of(tenant_sql.change_state(_ANY_TENANT, TenantState.ACTIVE, TenantState.SUSPENDED, "bench"))
+RESUME = RawStatement.of(tenant_sql.change_state(_ANY_TENANT, TenantState.SUSPENDED, TenantState.ACTIVE, ""))
+
+
+async def change_state_floor_once(pool: asyncpg.Pool, statement: RawStatement, tenant_id: uuid.UUID) -> None:
+    """The state change's one UPDATE on a pooled connection in autocommit; it must change the row."""
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(statement.sql, *statement.args(id_1=tenant_id))
+    if row is None:
+        raise RuntimeError(f"floor tenant {tenant_id} was not in the state the change expects")
+
+
+async def seeded_tenant_ids(pool: asyncpg.Pool, first_index: int, count: int) -> list[uuid.UUID]:
+    """Ids of the tenants `seed_active_tenants(..., first_index)` made."""
+    slugs = [f"seed-{first_index + i:07d}" for i in range(count)]
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT id FROM tenants WHERE slug = ANY($1::text[]) ORDER BY slug", slugs)
+    return [row["id"] for row in rows]
 
 
 async def ddl_floor_once(pool: asyncpg.Pool, schema: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from bench import db
 from bench.scenarios import Bench, _measure
 from bench.stats import LoadResult, progress, ratio, summarize
 from tenantry.db import tenants as tenant_sql
@@ -51,39 +52,6 @@ def _registration_params() -> dict[str, Any]:
         "labels": {},
         "trace_id": "",
     }
-
-
-async def _close_event_write_rows(bench: Bench) -> dict[str, int]:
-    """Scenario 7's tenants have no workflow: those without an event are removed;
-    those with one cannot be (the event log is append-only and references the
-    tenant), so they are closed: operation CANCELLED, tenant DELETED."""
-    pattern = f"{EVENT_WRITE_SLUG_PREFIX}%"
-    without_event = (
-        "SELECT id FROM tenants t WHERE slug LIKE $1 "
-        "AND NOT EXISTS (SELECT 1 FROM tenant_events e WHERE e.tenant_id = t.id)"
-    )
-    async with bench.pool.acquire() as conn, conn.transaction():
-        await conn.execute(f"DELETE FROM workflow_executions WHERE tenant_id IN ({without_event})", pattern)
-        removed = await conn.fetchval(
-            f"WITH gone AS (DELETE FROM tenants WHERE id IN ({without_event}) RETURNING id) SELECT count(*) FROM gone",
-            pattern,
-        )
-        await conn.execute(
-            "UPDATE workflow_executions SET state = 'CANCELLED', end_time = now(), update_time = now() "
-            "WHERE tenant_id IN (SELECT id FROM tenants WHERE slug LIKE $1)",
-            pattern,
-        )
-        closed = await conn.fetchval(
-            "WITH closed AS (UPDATE tenants SET state = 'DELETED', delete_time = now(), purge_time = now(), "
-            "update_time = now() WHERE slug LIKE $1 RETURNING id) SELECT count(*) FROM closed",
-            pattern,
-        )
-        await conn.execute(
-            "DELETE FROM users u WHERE email LIKE $1 "
-            "AND NOT EXISTS (SELECT 1 FROM tenants t WHERE t.admin_user_id = u.id)",
-            f"admin@{pattern}",
-        )
-    return {"removed_without_event": int(removed), "closed_with_event": int(closed)}
 
 
 async def scenario_event_write(bench: Bench) -> dict[str, Any]:
@@ -128,7 +96,7 @@ async def scenario_event_write(bench: Bench) -> dict[str, Any]:
             )
     finally:
         await engine.dispose()
-        cleanup = await _close_event_write_rows(bench)
+        cleanup = await db.close_statement_rows(bench.pool, EVENT_WRITE_SLUG_PREFIX)
     return {
         "description": "RegisterTenant's one statement (tenantry/db/tenants.py) as the API runs it: SQLAlchemy on "
         "an engine with the API's settings, a pooled connection in autocommit, one round trip, committed; with the "

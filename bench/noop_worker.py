@@ -15,6 +15,9 @@ from temporalio.worker import Worker
 
 NOOP_WORKFLOW = "BenchNoopWorkflow"
 NOOP_ACTIVITY_WORKFLOW = "BenchNoopActivityWorkflow"
+# Takes what the provisioning workflow takes (ProvisionTenantInput, as JSON), so
+# the engine floor's start carries the same payload as RegisterTenant's.
+NOOP_PROVISION_WORKFLOW = "BenchNoopProvisionWorkflow"
 
 
 @activity.defn(name="bench_noop")
@@ -27,6 +30,13 @@ class NoopWorkflow:
     @workflow.run
     async def run(self, tenant_id: str) -> str:
         return tenant_id
+
+
+@workflow.defn(name=NOOP_PROVISION_WORKFLOW)
+class NoopProvisionWorkflow:
+    @workflow.run
+    async def run(self, operation: dict[str, str]) -> str:
+        return operation["tenant_id"]
 
 
 @workflow.defn(name=NOOP_ACTIVITY_WORKFLOW)
@@ -44,7 +54,7 @@ async def serve() -> None:
     worker = Worker(
         client,
         task_queue=os.environ["BENCH_TASK_QUEUE"],
-        workflows=[NoopWorkflow, NoopActivityWorkflow],
+        workflows=[NoopWorkflow, NoopProvisionWorkflow, NoopActivityWorkflow],
         activities=[noop_activity],
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
         graceful_shutdown_timeout=timedelta(seconds=3),

@@ -249,8 +249,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"| engine floor (no-op workflow + activity) | {eng['all_done_s']} | {eng['tenants_per_s']} "
         f"| {_ms(eng['start_to_done'])} | {_ms(eng['start_to_done'], 'p95_ms')} |",
         "",
-        f"{t['active']}/{t['count']} ACTIVE, {t['errors']} RPC errors; ratio to the lower floor: "
-        f"{_num(p['ratio_throughput_vs_lower_floor'])}.",
+        f"{t['active']}/{t['count']} ACTIVE, {t['errors']} RPC errors, {t['workflow_start_failed']} workflow starts "
+        f"failed; ratio to the lower floor: {_num(p['ratio_throughput_vs_lower_floor'])}.",
         "",
         f"CPU milliseconds per tenant, by process (total: the stack, without the benchmark process; "
         f"{meta['host']['cpus']} CPUs give at most {1000 * meta['host']['cpus']} ms of CPU per second, so "
@@ -299,6 +299,7 @@ def markdown(results: dict[str, Any]) -> str:
     for name, peak in s["rss"]["peak_mib"].items():
         lines.append(f"| {name} | {peak} |")
     lines += _event_sections(s)
+    lines += _lifecycle_section(s)
     lines.append("")
     return "\n".join(lines)
 
@@ -334,6 +335,42 @@ def _event_sections(s: dict[str, Any]) -> list[str]:
         f"registrations took {d['registering_s']} s, the last delivery came {d['all_delivered_s']} s after the first "
         "registration. event_time is the registering transaction's start (PostgreSQL now()), before its commit, "
         "so these latencies are upper bounds.",
+    ]
+    return lines
+
+
+_LIFECYCLE_ROWS = (
+    ("suspend", "SuspendTenant (ACTIVE → SUSPENDED)"),
+    ("resume", "ResumeTenant (SUSPENDED → ACTIVE)"),
+    ("delete", "DeleteTenant (retained: ACTIVE → DELETING)"),
+    ("undelete", "UndeleteTenant (DELETING → ACTIVE)"),
+)
+
+
+def _lifecycle_section(s: dict[str, Any]) -> list[str]:
+    life = s["lifecycle"]
+    lines = [
+        "",
+        f"## 9. Lifecycle changes, one at a time ({life['cycles']} cycles over {life['tenants']} tenants, ms)",
+        "",
+        "| RPC | p50 | p95 | p99 | floor: the same UPDATE, raw asyncpg, p50 / p95 | ratio p50 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for step, label in _LIFECYCLE_ROWS:
+        row = life["steps"][step]
+        rpc, floor = row["rpc"], row.get("floor")
+        floor_text = f"{_ms(floor)} / {_ms(floor, 'p95_ms')}" if floor else "none"
+        lines.append(
+            f"| {label} | {_ms(rpc)} | {_ms(rpc, 'p95_ms')} | {_ms(rpc, 'p99_ms')} | {floor_text} "
+            f"| {_num(row.get('ratio_p50'))} |"
+        )
+    errors = sum(life["steps"][step]["rpc"]["errors"] for step, _ in _LIFECYCLE_ROWS)
+    wrong = sum(life["steps"][step]["rpc"]["response_wrong_state"] for step, _ in _LIFECYCLE_ROWS)
+    lines += [
+        "",
+        f"{errors} RPC errors, {wrong} responses in an unexpected state; tenants after: {life['tenant_states_after']}. "
+        "Delete and undelete go to tenant-api-retained (a day's retention); UndeleteTenant's work spans the "
+        "database and the engine (it wakes the deletion workflow), so it has no single-statement floor.",
     ]
     return lines
 

@@ -25,7 +25,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 
 from bench import db
 from bench.config import BenchConfig
-from bench.noop_worker import NOOP_ACTIVITY_WORKFLOW, NOOP_WORKFLOW
+from bench.noop_worker import NOOP_ACTIVITY_WORKFLOW, NOOP_PROVISION_WORKFLOW, NOOP_WORKFLOW
 from bench.rss import CpuMeter, RssSampler
 from bench.stack import BenchStack
 from bench.stats import LoadResult, progress, ratio, run_load, summarize
@@ -39,7 +39,7 @@ from tenantry.v1 import (
     tenant_service_pb2,
     tenant_service_pb2_grpc,
 )
-from tenantry.workflow_contract import WORKFLOW_START_TIMEOUT
+from tenantry.workflow_contract import WORKFLOW_START_TIMEOUT, ProvisionTenantInput, provision_workflow_id
 from tenantry_dev.tokens import channel_with_token
 
 _engine_defaults = inspect.signature(create_engine).parameters
@@ -72,6 +72,9 @@ class Bench:
     channel: grpc.aio.Channel
     bare_channel: grpc.aio.Channel
     tenants: tenant_service_pb2_grpc.TenantServiceAsyncStub
+    # The API with a day's deletion retention (tenant-api-retained): undelete finds its tenant.
+    retained_channel: grpc.aio.Channel
+    retained_tenants: tenant_service_pb2_grpc.TenantServiceAsyncStub
     projects: project_service_pb2_grpc.ProjectServiceAsyncStub
     bare_projects: project_service_pb2_grpc.ProjectServiceAsyncStub
     events: event_service_pb2_grpc.TenantEventServiceAsyncStub
@@ -95,11 +98,15 @@ class Bench:
         token = stack.admin_token()
         channel = channel_with_token(api, token)
         bare_channel = channel_with_token(bare, token)
+        retained_channel = channel_with_token(stack.services["tenant-api-retained"].address, token)
         dsn = asyncpg_dsn(stack.database_url)
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=WORKER_ACTIVITY_SLOTS)
         outcomes = db.Outcomes(dsn)
         await outcomes.start()
-        pids = {name: stack.services[name].pid for name in ("tenant-api", "provisioner-worker", "temporal")}
+        pids = {
+            name: stack.services[name].pid
+            for name in ("tenant-api", "tenant-api-retained", "provisioner-worker", "temporal")
+        }
         pids.update({name: stack.services[name].pid for name in ("noop-worker", "bare-api")})
         rss = RssSampler(pids)
         rss.start()
@@ -110,6 +117,8 @@ class Bench:
             channel=channel,
             bare_channel=bare_channel,
             tenants=tenant_service_pb2_grpc.TenantServiceStub(channel),
+            retained_channel=retained_channel,
+            retained_tenants=tenant_service_pb2_grpc.TenantServiceStub(retained_channel),
             projects=project_service_pb2_grpc.ProjectServiceStub(channel),
             bare_projects=project_service_pb2_grpc.ProjectServiceStub(bare_channel),
             events=event_service_pb2_grpc.TenantEventServiceStub(channel),
@@ -127,6 +136,7 @@ class Bench:
         await self.pool.close()
         await self.channel.close(None)
         await self.bare_channel.close(None)
+        await self.retained_channel.close(None)
 
     # -- helpers -------------------------------------------------------------
 
@@ -160,6 +170,19 @@ class Bench:
             )
         return {row["state"]: int(row["n"]) for row in rows}
 
+    async def never_started(self, tenant_ids: list[str]) -> int:
+        """Provisioning operations still PENDING (after settling): their start
+        failed. RegisterTenant answers PENDING either way, since the worker's
+        first activity writes RUNNING, so only the database tells."""
+        async with self.pool.acquire() as conn:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM workflow_executions "
+                    "WHERE workflow_id = ANY($1::text[]) AND state = 'PENDING'",
+                    [db.Outcomes.provisioned(t) for t in tenant_ids],
+                )
+            )
+
     async def active_count(self) -> int:
         async with self.pool.acquire() as conn:
             return int(await conn.fetchval("SELECT count(*) FROM tenants WHERE state = 'ACTIVE'"))
@@ -169,6 +192,18 @@ class Bench:
             workflow,
             tag,
             id=f"bench-noop-{tag}",
+            task_queue=self.stack.noop_task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            rpc_timeout=WORKFLOW_START_TIMEOUT,
+        )
+
+    async def start_provision_floor(self) -> Any:
+        """RegisterTenant's start on the raw client: the same options, id form and
+        input (ProvisionTenantInput), a no-op workflow on the floor's task queue."""
+        return await self.temporal.start_workflow(
+            NOOP_PROVISION_WORKFLOW,
+            ProvisionTenantInput(tenant_id=str(uuid.uuid4()), admin_user_id=str(uuid.uuid4())),
+            id=provision_workflow_id(uuid.uuid4()),
             task_queue=self.stack.noop_task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             rpc_timeout=WORKFLOW_START_TIMEOUT,
@@ -203,6 +238,8 @@ async def warmup(bench: Bench) -> None:
     for workflow in (NOOP_WORKFLOW, NOOP_ACTIVITY_WORKFLOW):
         handles = [await bench.start_noop(workflow, f"warmup-{uuid.uuid4().hex}") for _ in range(3)]
         await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), bench.config.settle_timeout_seconds)
+    handles = [await bench.start_provision_floor() for _ in range(3)]
+    await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), bench.config.settle_timeout_seconds)
     await bench.health.Check(health_pb2.HealthCheckRequest())
     states = await bench.states(ids)
     if states != {"DELETED": len(ids)}:
@@ -246,7 +283,7 @@ async def _db_floor(bench: Bench, concurrency: int, total: int) -> LoadResult:
 
         return await _measure(bench, "database floor (raw)", once, concurrency, total)
     finally:
-        await db.remove_floor_rows(pool)
+        await db.close_statement_rows(pool, db.FLOOR_SLUG_PREFIX)
         await pool.close()
 
 
@@ -254,7 +291,7 @@ async def _engine_floor(bench: Bench, concurrency: int, total: int) -> LoadResul
     started: list[Any] = []
 
     async def once(_: int) -> None:
-        started.append(await bench.start_noop(NOOP_WORKFLOW, uuid.uuid4().hex))
+        started.append(await bench.start_provision_floor())
 
     # Like RegisterTenant's: only the start is timed; the workflows run once
     # their worker resumes.
@@ -280,6 +317,7 @@ async def scenario_register(bench: Bench) -> dict[str, Any]:
         responses = isolated["responses"] + busy["responses"]
         tenant_ids = [r.tenant.id for r in responses]
         await bench.settle(tenant_ids)
+        not_started = await bench.never_started(tenant_ids)
         states = await bench.states(tenant_ids)
         bench.registered.extend(tenant_ids)
 
@@ -299,6 +337,7 @@ async def scenario_register(bench: Bench) -> dict[str, Any]:
                 "concurrency": concurrency,
                 "register": isolated["result"].summary(),
                 "register_worker_busy": busy["result"].summary(),
+                "workflow_start_failed": not_started,
                 "tenant_states_after": states,
                 "floors": {
                     "grpc": grpc_floor.summary(),
@@ -311,8 +350,11 @@ async def scenario_register(bench: Bench) -> dict[str, Any]:
         )
     return {
         "description": "RegisterTenant (closed loop) vs a no-op unary RPC on the same server (grpc.health.v1 Check), "
-        "the same three inserts with raw asyncpg in one transaction (pool capped like the API's: 20), "
-        "and a raw start_workflow of a no-op workflow. `register` is measured with provisioner-worker paused "
+        "RegisterTenant's one statement (with its event CTEs, as the API sends it) with raw asyncpg in autocommit "
+        f"(pool capped like the API's: {API_DB_CONNECTIONS}), and the same start_workflow as RegisterTenant's "
+        "(USE_EXISTING, the same id form and ProvisionTenantInput) of a no-op workflow on the raw client. "
+        "RegisterTenant answers PENDING after its statement and its start (the worker writes RUNNING). "
+        "`register` is measured with provisioner-worker paused "
         "(SIGSTOP; it provisions those tenants once resumed), so only the API path is timed, like the floors "
         "(the engine floor's no-op worker is paused the same way); "
         "`register_worker_busy` with the worker provisioning the registered tenants meanwhile, as in production "
@@ -439,6 +481,7 @@ async def scenario_provisioning(bench: Bench) -> dict[str, Any]:
     done = await bench.settle(tenant_ids)
     cpu = bench.cpu.per_operation_ms(cpu_before, count)
     states = await bench.states(tenant_ids)
+    not_started = await bench.never_started(tenant_ids)
     finished = [done[db.Outcomes.provisioned(t)] for t in tenant_ids if db.Outcomes.provisioned(t) in done]
     total = (max(finished) - t0) if finished else float("nan")
     to_active = [
@@ -449,6 +492,7 @@ async def scenario_provisioning(bench: Bench) -> dict[str, Any]:
         "count": count,
         "active": active,
         "errors": len(errors),
+        "workflow_start_failed": not_started,
         "tenant_states_after": states,
         "all_rpcs_returned_s": round(rpcs_done, 3),
         "all_active_s": round(total, 3),

@@ -2,7 +2,8 @@
 
 Embedded PostgreSQL (its own data directory, never `.tenantry/`), a Temporal
 dev server on a free port, the control-plane migrations, then `tenant-api` and
-`provisioner-worker` as separate OS processes (`python -m ...`), plus two
+`provisioner-worker` as separate OS processes (`python -m ...`), a second
+`tenant-api` that keeps deleted tenants for a day (UndeleteTenant), plus two
 helper processes for the floors: a worker of no-op workflows and a ProjectService
 server without interceptors. `stop()` leaves no process behind; it is
 idempotent and also runs at interpreter exit.
@@ -45,6 +46,8 @@ from tenantry_dev.tokens import DEV_ISSUER, SigningKey, ensure_page_token_key, e
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 20.0
+# tenant-api-retained's deletion retention: longer than any run.
+RETAINED_API_RETENTION_SECONDS = 86400
 
 
 @dataclass
@@ -83,12 +86,26 @@ class BenchStack:
         api_address, bare_address = self._address(), self._address()
         api_env = {**env, "TENANTRY_GRPC_ADDRESS": api_address, "TENANTRY_DATABASE_URL": urls.api}
         api = self.spawn("tenant-api", ["-m", "tenant_api"], api_env, api_address)
+        # The same API keeping deleted tenants' data for a day, so that an
+        # UndeleteTenant finds its tenant still retained (the lifecycle
+        # scenario); tenant-api itself purges at once (the deletion scenario).
+        retained_address = self._address()
+        retained = self.spawn(
+            "tenant-api-retained",
+            ["-m", "tenant_api"],
+            {
+                **api_env,
+                "TENANTRY_GRPC_ADDRESS": retained_address,
+                "TENANTRY_DELETION_RETENTION_SECONDS": str(RETAINED_API_RETENTION_SECONDS),
+            },
+            retained_address,
+        )
         # Ready once it has run a workflow: see the warmup.
         self.spawn("noop-worker", ["-m", "bench.noop_worker"], {**env, "BENCH_TASK_QUEUE": self.noop_task_queue})
         bare = self.spawn(
             "bare-api", ["-m", "bench.bare_api"], {**env, "BENCH_GRPC_ADDRESS": bare_address}, bare_address
         )
-        await asyncio.gather(self.wait_serving(api), self.wait_serving(bare))
+        await asyncio.gather(self.wait_serving(api), self.wait_serving(retained), self.wait_serving(bare))
         progress(f"stack up in {time.monotonic() - started:.1f}s (workdir {self.workdir})")
 
     def _address(self) -> str:

@@ -19,7 +19,17 @@ import psutil
 from tests.stack import REPO_ROOT
 
 SMOKE_TIMEOUT_SECONDS = 120
-SCENARIOS = ("register", "event_write", "reads", "event_delivery", "provisioning", "deletion", "growth", "rss")
+SCENARIOS = (
+    "register",
+    "event_write",
+    "reads",
+    "event_delivery",
+    "provisioning",
+    "lifecycle",
+    "deletion",
+    "growth",
+    "rss",
+)
 # Goals whose measurement is a count that must be zero, not a positive number.
 ZERO_GOALS = {"event_delivery_missing"}
 
@@ -51,6 +61,7 @@ def test_smoke_run_reports_every_scenario_and_leaves_nothing_running(tmp_path: P
     for level in scenarios["register"]["levels"]:
         for summary in (level["register"], level["register_worker_busy"], *level["floors"].values()):
             _no_errors(summary)
+        assert level["workflow_start_failed"] == 0
         assert set(level["tenant_states_after"]) == {"ACTIVE"}
         assert _positive(level["ratio_p50_vs_db_plus_engine"])
 
@@ -85,6 +96,22 @@ def test_smoke_run_reports_every_scenario_and_leaves_nothing_running(tmp_path: P
     assert _positive(provisioning["floors"]["engine"]["tenants_per_s"])
     assert _positive(provisioning["ratio_throughput_vs_lower_floor"])
 
+    lifecycle = scenarios["lifecycle"]
+    assert set(lifecycle["steps"]) == {"suspend", "resume", "delete", "undelete"}
+    for step, row in lifecycle["steps"].items():
+        assert row["rpc"]["count"] == lifecycle["cycles"] > 0, (step, row)
+        _no_errors(row["rpc"])
+        assert row["rpc"]["response_wrong_state"] == 0, (step, row)
+        assert _positive(row["rpc"]["p95_ms"])
+    for step in ("suspend", "resume"):
+        floor = lifecycle["steps"][step]["floor"]
+        assert floor["count"] == lifecycle["cycles"]
+        _no_errors(floor)
+        assert _positive(lifecycle["steps"][step]["ratio_p50"])
+    # Every cycle ends where it began: the tenants and the floor's tenants are ACTIVE again.
+    assert lifecycle["tenant_states_after"] == {"ACTIVE": lifecycle["tenants"]}
+    assert lifecycle["floor_tenant_states_after"] == {"ACTIVE": lifecycle["tenants"]}
+
     for part in (scenarios["deletion"]["sequential"], scenarios["deletion"]["bulk"]):
         assert part["count"] > 0
         assert part["tenant_states_after"] == {"DELETED": part["count"]}
@@ -106,6 +133,7 @@ def test_smoke_run_reports_every_scenario_and_leaves_nothing_running(tmp_path: P
 
     goals = results["goals"]
     assert {g["id"] for g in goals} >= {
+        "register_p50_c1",
         "provisioning_throughput",
         "growth_cost",
         "api_peak_rss",
@@ -128,8 +156,10 @@ def test_smoke_run_reports_every_scenario_and_leaves_nothing_running(tmp_path: P
             assert status == psutil.STATUS_ZOMBIE, f"{name} ({pid}) still {status}"
 
     markdown = (out / "latest.md").read_text()
-    for heading in ("## Goals", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8."):
+    for heading in ("## Goals", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8.", "## 9."):
         assert heading in markdown
+    for row in ("| SuspendTenant", "| ResumeTenant", "| UndeleteTenant"):
+        assert row in markdown
     assert len([line for line in markdown.splitlines() if line.startswith("| ")]) > len(goals)
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
