@@ -75,6 +75,7 @@ async def register_floor_once(pool: asyncpg.Pool, tag: str) -> uuid.UUID:
         request_id=None,
         actor="bench",
         labels="{}",
+        trace_id="",
     )
     async with pool.acquire() as conn:
         await conn.fetchrow(REGISTER.sql, *args)
