@@ -14,6 +14,7 @@ from temporalio.service import RPCError
 
 from provisioner_worker.reconciler import ReconcileReport
 from provisioner_worker.schedule import ensure_reconcile_schedule
+from tenantry.db.tenants import REQUEST_RECORD_RETENTION
 from tenantry.schema_names import SCHEMA_NAME_FROM_ID_SQL, SCHEMA_NAME_REGEX, is_tenant_schema_name, schema_name_for
 from tenantry.v1 import operation_pb2, tenant_pb2, tenant_service_pb2
 from tenantry.workflow_contract import RECONCILE_WORKFLOW, ReconcileInput
@@ -287,3 +288,31 @@ async def test_pending_deletion_is_driven_and_unwanted_lost_operation_is_cancell
         report = await reconcile(temporal_client, live, _NO_PENDING)
         assert lost in report.cancelled and lost not in report.restarted
         assert await _states(engine, lost) == ("ACTIVE", "CANCELLED", "workflow closed as COMPLETED")
+
+
+async def test_old_request_records_are_forgotten(stack: Stack, engine: AsyncEngine, temporal_client: Client) -> None:
+    """A synchronous change's request_id is remembered for the retention; the
+    reconciler (running as the worker's role) forgets older records."""
+    tenant = await register_active(stack.stubs)
+    fresh, old = uuid.uuid4(), uuid.uuid4()
+    for request_id in (fresh, old):
+        await stack.stubs.tenants.SuspendTenant(
+            tenant_service_pb2.SuspendTenantRequest(tenant_id=tenant.id, reason="r", request_id=str(request_id))
+        )
+        await stack.stubs.tenants.ResumeTenant(tenant_service_pb2.ResumeTenantRequest(tenant_id=tenant.id))
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE request_records SET create_time = now() - CAST(:age AS interval) WHERE request_id = :r"),
+            {"age": REQUEST_RECORD_RETENTION + timedelta(minutes=1), "r": old},
+        )
+    report = await reconcile(temporal_client, stack, _NO_PENDING)
+    assert report.forgotten_request_records >= 1
+    async with engine.connect() as conn:
+        left = set(
+            (
+                await conn.execute(
+                    text("SELECT request_id FROM request_records WHERE request_id = ANY(:ids)"), {"ids": [fresh, old]}
+                )
+            ).scalars()
+        )
+    assert left == {fresh}

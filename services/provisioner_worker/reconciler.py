@@ -36,6 +36,8 @@ class ReconcileReport:
     orphan_schema_count: int = 0
     # Deletion workflows woken because their tenant's purge is overdue.
     woken: list[str] = field(default_factory=list)
+    # Request records older than tenant_sql.REQUEST_RECORD_RETENTION, deleted.
+    forgotten_request_records: int = 0
 
 
 class ReconcilerActivities:
@@ -51,6 +53,7 @@ class ReconcilerActivities:
         await self._recover_lost_running(report)
         await self._wake_overdue_purges(report)
         await self._find_orphan_schemas(report)
+        await self._forget_old_request_records(report)
         for kind, found in (
             ("started", report.started),
             ("restarted", report.restarted),
@@ -140,6 +143,11 @@ class ReconcilerActivities:
         for workflow_id in overdue:
             if await self._starter.recheck_purge(workflow_id):
                 report.woken.append(workflow_id)
+
+    async def _forget_old_request_records(self, report: ReconcileReport) -> None:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(tenant_sql.forget_request_records(tenant_sql.REQUEST_RECORD_RETENTION))
+        report.forgotten_request_records = result.rowcount
 
     @contextlib.asynccontextmanager
     async def _isolated(self, operation: OperationRef) -> AsyncIterator[None]:

@@ -48,7 +48,8 @@ CONTROL_PLANE_GRANTS: Mapping[str, Mapping[str, Sequence[str]]] = {
     "workflow_executions": {API: DML, WORKER: DML},
     "tenant_event_counter": {API: COUNTER, WORKER: COUNTER},
     "tenant_events": {API: APPEND_ONLY, WORKER: APPEND_ONLY},
-    "request_records": {API: DML},
+    # The reconciler forgets records past their retention.
+    "request_records": {API: DML, WORKER: ("SELECT", "DELETE")},
 }
 # Tables inside a tenant schema (all created by the worker, who owns them):
 # role -> privileges, given by the worker's default privileges as the tables

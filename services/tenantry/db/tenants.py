@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from tenantry.db.events import event_ctes, operation_actor
-from tenantry.db.models import Operation, Tenant, TenantMembership, User
+from tenantry.db.models import Operation, RequestRecord, Tenant, TenantMembership, User
 from tenantry.schema_names import SCHEMA_NAME_REGEX, quote_schema, schema_name_for
 from tenantry.states import (
     DELETABLE_TENANT_STATES,
@@ -422,6 +422,16 @@ def update_fields(
         .values(**values, update_time=text("now()"), version=Tenant.version + 1)
         .returning(Tenant)
     )
+
+
+# How long a synchronous change's request_id is remembered (AIP-155): a repeat
+# within it returns the original result; the reconciler forgets older records,
+# so the table does not grow for ever. (Operations keep their request_id.)
+REQUEST_RECORD_RETENTION = timedelta(days=7)
+
+
+def forget_request_records(older_than: timedelta) -> Delete:
+    return delete(RequestRecord).where(RequestRecord.create_time < func.now() - older_than)
 
 
 def revoke_memberships(tenant_id: uuid.UUID) -> Delete:
