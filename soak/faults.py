@@ -12,12 +12,15 @@ from dataclasses import dataclass
 
 from soak.config import FAULTS, SoakConfig
 from soak.ledger import Ledger
-from soak.stack import APIS, WORKERS, SoakStack, log
+from soak.stack import WORKERS, SoakStack, log
 
 # Longer than the activities' heartbeat timeout (10 s): Temporal retries the
 # frozen worker's activities elsewhere, then the worker thaws holding stale ones.
 FREEZE_SECONDS = 14.0
 DOWN_SECONDS = 3.0
+# The API that is killed: api-a lives through the whole run, so its memory after
+# the warmup and at the end can be compared (both serve the clients throughout).
+KILLED_API = "api-b"
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ def schedule(config: SoakConfig) -> list[Fault]:
     slot = (end - start) / count
     faults = []
     for i, name in enumerate(names):
-        target = {"worker_kill": WORKERS, "worker_freeze": WORKERS, "api_kill": APIS}.get(name, ("",))
+        target = {"worker_kill": WORKERS, "worker_freeze": WORKERS, "api_kill": (KILLED_API,)}.get(name, ("",))
         faults.append(Fault(start + i * slot + rng.uniform(0, slot * 0.3), name, rng.choice(target)))
     return faults
 
