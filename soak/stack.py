@@ -198,7 +198,8 @@ class SoakStack:
             try:
                 await asyncio.to_thread(self.postgres.ensure_postgres_running)
                 return
-            except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as error:
+            # AssertionError: found running but not ready yet (still recovering).
+            except (subprocess.TimeoutExpired, subprocess.CalledProcessError, AssertionError) as error:
                 if time.monotonic() > deadline:
                     raise
                 log(f"PostgreSQL not up yet ({type(error).__name__}), asking again")
