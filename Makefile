@@ -17,7 +17,17 @@ LOCK_CHECK = $(PYTHON) devtools/lockfile.py check $(LOCK) "$(LOCK_FLAGS)"
 CLIENT_GEN_DIR := client/tenantry_client/v1
 PROTOS := $(wildcard proto/tenantry/v1/*.proto)
 
-.PHONY: help install lock lock-upgrade lock-check proto proto-check buf-breaking lint test dev bench bench-smoke clean
+# `make soak`: the chaos soak's options (see `python -m soak --help`).
+SOAK_DURATION ?= 600
+SOAK_SEED ?= 17
+SOAK_CLIENTS ?= 8
+SOAK_RATE ?= 25
+SOAK_WATCHERS ?= 3
+SOAK_FAULTS ?= worker_kill,api_kill,postgres_restart,temporal_restart,worker_freeze
+SOAK_FAULTS_PER_MINUTE ?= 2
+SOAK_OUTPUT ?= soak/results
+
+.PHONY: help install lock lock-upgrade lock-check proto proto-check buf-breaking lint test dev bench bench-smoke soak clean
 
 help:
 	@echo "make dev    run the whole stack locally (embedded PostgreSQL + Temporal dev server)"
@@ -27,6 +37,8 @@ help:
 	@echo "make lock   re-resolve requirements.in into the hash-pinned requirements.lock (make install uses it)"
 	@echo "make bench  benchmark against the floors: bench/results/latest.{json,md,png} (minutes)"
 	@echo "make bench-smoke  a tiny benchmark run that checks the benchmark works"
+	@echo "make soak   chaos soak: load + seeded faults + invariants (SOAK_DURATION=600 SOAK_SEED=17 SOAK_RATE=25"
+	@echo "            SOAK_CLIENTS=8 SOAK_FAULTS=a,b SOAK_FAULTS_PER_MINUTE=2): soak/results/latest.{json,png}"
 
 # Every dependency (product, dev extra, devtools, build backend, pip) comes from
 # the hash-pinned lock, the same for CI and every clone; the three local projects
@@ -109,6 +121,14 @@ bench: $(BENCH_STAMP)
 
 bench-smoke: $(BENCH_STAMP)
 	$(BIN)/python -m bench --smoke --output $(BENCH_SMOKE_OUTPUT)
+
+# Holds load on the embedded stack (two APIs, two workers, PostgreSQL, Temporal,
+# all separate processes) while seeded faults land, then checks every invariant
+# against the ledger of acknowledged answers; fails on any violation.
+soak: $(BENCH_STAMP)
+	$(BIN)/python -m soak --duration $(SOAK_DURATION) --seed $(SOAK_SEED) --clients $(SOAK_CLIENTS) \
+		--rate $(SOAK_RATE) --watchers $(SOAK_WATCHERS) --faults $(SOAK_FAULTS) \
+		--faults-per-minute $(SOAK_FAULTS_PER_MINUTE) --output $(SOAK_OUTPUT)
 
 clean:
 	rm -rf $(VENV) .tenantry .pytest_cache .mypy_cache .ruff_cache
