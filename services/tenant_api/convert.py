@@ -102,6 +102,7 @@ def project_to_proto(project: Project) -> project_service_pb2.Project:
         description=project.description,
         create_time=_timestamp(project.create_time),
         update_time=_timestamp(project.update_time),
+        archived=project.archived,
     )
 
 

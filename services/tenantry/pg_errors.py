@@ -10,8 +10,12 @@ UNIQUE_VIOLATION = "23505"
 FOREIGN_KEY_VIOLATION = "23503"
 INVALID_SCHEMA_NAME = "3F000"
 UNDEFINED_TABLE = "42P01"
+UNDEFINED_COLUMN = "42703"
 # A tenant schema dropped under a running query surfaces as one of these.
 SCHEMA_GONE_SQLSTATES = frozenset({INVALID_SCHEMA_NAME, UNDEFINED_TABLE})
+# A table or column a query names is not there: the schema is gone (deleted)
+# or older than the code (a schema-version problem). Which one, the catalog says.
+SCHEMA_OBJECT_MISSING_SQLSTATES = frozenset({UNDEFINED_TABLE, UNDEFINED_COLUMN})
 # SQLSTATE classes that mean "the database is not there right now", not a bug:
 # connection exception, insufficient resources, operator intervention.
 UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57")

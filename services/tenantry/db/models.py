@@ -22,6 +22,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
     func,
     text,
 )
@@ -222,3 +223,5 @@ class Project(TenantBase):
     description: Mapped[str] = mapped_column(Text, server_default="")
     create_time: Mapped[datetime] = mapped_column(server_default=func.now())
     update_time: Mapped[datetime] = mapped_column(server_default=func.now())
+    # Tenant revision t0002.
+    archived: Mapped[bool] = mapped_column(server_default=false())
