@@ -83,7 +83,7 @@ def operation_to_proto(operation: Operation) -> operation_pb2.Operation:
     state = OperationState(operation.state)
     return operation_pb2.Operation(
         name=OPERATION_NAME_PREFIX + operation.workflow_id,
-        tenant_id=str(operation.tenant_id),
+        tenant_id=str(operation.tenant_id) if operation.tenant_id is not None else "",
         kind=_OPERATION_KINDS[OperationKind(operation.kind)],
         state=_OPERATION_STATES[state],
         done=state in DONE_OPERATION_STATES,
@@ -92,6 +92,18 @@ def operation_to_proto(operation: Operation) -> operation_pb2.Operation:
         create_time=_timestamp(operation.create_time),
         start_time=_timestamp(operation.start_time),
         end_time=_timestamp(operation.end_time),
+        progress=_progress(operation),
+    )
+
+
+def _progress(operation: Operation) -> operation_pb2.OperationProgress | None:
+    """Counts of an operation over many tenants; None (unset) for one tenant's."""
+    if operation.kind != OperationKind.MIGRATE:
+        return None
+    return operation_pb2.OperationProgress(
+        total=operation.progress_total or 0,
+        succeeded=operation.progress_succeeded or 0,
+        failed=operation.progress_failed or 0,
     )
 
 

@@ -49,6 +49,7 @@ CONTROL_PLANE_GRANTS: Mapping[str, Mapping[str, Sequence[str]]] = {
     "tenant_event_counter": {API: COUNTER, WORKER: COUNTER},
     "tenant_events": {API: APPEND_ONLY, WORKER: APPEND_ONLY},
     "request_records": {API: DML},
+    "rollout_failures": {API: ("SELECT",), WORKER: DML},
 }
 # Tables inside a tenant schema (all created by the worker, who owns them):
 # role -> privileges, given by the worker's default privileges as the tables
