@@ -10,7 +10,7 @@ from temporalio.client import Client
 from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
-from tenantry.settings import CommonSettings, TemporalTlsSettings
+from tenantry.settings import CommonSettings, MigrateTenantsSettings, TemporalTlsSettings
 
 
 class ConnectOptions(TypedDict):
@@ -33,7 +33,7 @@ def tls_config(settings: TemporalTlsSettings) -> TLSConfig | bool:
     )
 
 
-def connect_options(settings: CommonSettings) -> ConnectOptions:
+def connect_options(settings: CommonSettings | MigrateTenantsSettings) -> ConnectOptions:
     return ConnectOptions(
         target_host=settings.temporal_address,
         namespace=settings.temporal_namespace,
@@ -42,6 +42,8 @@ def connect_options(settings: CommonSettings) -> ConnectOptions:
     )
 
 
-async def connect(settings: CommonSettings, *, lazy: bool = False, runtime: Runtime | None = None) -> Client:
+async def connect(
+    settings: CommonSettings | MigrateTenantsSettings, *, lazy: bool = False, runtime: Runtime | None = None
+) -> Client:
     """`Client.connect` with the service's settings. `lazy`: connect at the first call."""
     return await Client.connect(**connect_options(settings), lazy=lazy, runtime=runtime)

@@ -53,7 +53,7 @@ from tenantry.states import (
 from tenantry.workflow_contract import provision_workflow_id
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
-_PG_NAMESPACE = table("pg_namespace", column("nspname"), schema="pg_catalog")
+PG_NAMESPACE = table("pg_namespace", column("nspname"), schema="pg_catalog")
 
 TENANTS = Tenant.__tablename__
 OPERATIONS = Operation.__tablename__
@@ -235,7 +235,7 @@ def state_of(tenant_id: uuid.UUID) -> Select[str, datetime | None, str]:
 
 def schema_exists(schema_name: str) -> Select[bool]:
     """Whether a schema of that name exists (the catalog, readable by every role)."""
-    return select(exists().where(_PG_NAMESPACE.c.nspname == schema_name))
+    return select(exists().where(PG_NAMESPACE.c.nspname == schema_name))
 
 
 # --- provisioning and deletion -----------------------------------------------
@@ -248,7 +248,7 @@ LOCK_STATE = select(Tenant.state).where(Tenant.id == bindparam("tenant_id")).wit
 # `locked_tenant_id`). Built once: constructing a statement per call costs more
 # CPU than running it.
 LOCK_FOR_PROVISIONING = (
-    select(Tenant.state, exists().where(_PG_NAMESPACE.c.nspname == Tenant.schema_name))
+    select(Tenant.state, exists().where(PG_NAMESPACE.c.nspname == Tenant.schema_name))
     .where(Tenant.id == bindparam("locked_tenant_id"))
     .with_for_update(of=Tenant)
 )
