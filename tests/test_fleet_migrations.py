@@ -420,3 +420,25 @@ async def test_usage_errors_exit_2(database_urls: DatabaseUrls, temporal_client:
     assert err.startswith("tenantry-migrate tenants: unknown tenant revision 't9999'")
     assert fleet_rollout.main(["--concurrency", "0"], settings) == 2
     assert fleet_rollout.main(["--max-failures", "-1"], settings) == 2
+
+
+async def test_reconciler_reports_schemas_behind_head_and_tenants_without_schema(
+    worker_engine: AsyncEngine, temporal_client: Client
+) -> None:
+    from provisioner_worker.reconciler import ReconcilerActivities, ReconcileReport
+    from tenantry.operation_starter import OperationStarter
+
+    reconciler = ReconcilerActivities(worker_engine, temporal_client, OperationStarter(temporal_client, "unused"))
+    before = ReconcileReport()
+    await reconciler._find_schema_drift(before)
+    ids = await fleet_at(worker_engine, 3, "t0001")
+    try:
+        async with worker_engine.begin() as conn:
+            await conn.execute(text(f"DROP SCHEMA {quote_schema(schema_name_for(ids[0]))} CASCADE"))
+        after = ReconcileReport()
+        await reconciler._find_schema_drift(after)
+        assert after.schemas_behind_head_count == before.schemas_behind_head_count + 3
+        assert after.tenants_without_schema_count == before.tenants_without_schema_count + 1
+        assert str(ids[0]) in after.tenants_without_schema or after.tenants_without_schema_count > 20
+    finally:
+        await retire_fleet(worker_engine, ids)
