@@ -53,6 +53,7 @@ from tenantry.schema_names import schema_name_for
 from tenantry.v1 import operation_pb2, tenant_pb2, tenant_service_pb2
 from tenantry.workflow_contract import (
     DELETE_WORKFLOW,
+    MIGRATE_WORKFLOW,
     PROVISION_WORKFLOW,
     RECONCILE_WORKFLOW,
     ProvisionTenantInput,
@@ -550,4 +551,4 @@ async def test_every_referenced_activity_and_workflow_is_registered(
     assert classes, "no workflow classes found"
     assert classes == {cls.__name__ for cls in WORKFLOWS}
     workflow_names = {getattr(cls, "__temporal_workflow_definition").name for cls in WORKFLOWS}
-    assert workflow_names == {PROVISION_WORKFLOW, DELETE_WORKFLOW, RECONCILE_WORKFLOW}
+    assert workflow_names == {PROVISION_WORKFLOW, DELETE_WORKFLOW, RECONCILE_WORKFLOW, MIGRATE_WORKFLOW}
