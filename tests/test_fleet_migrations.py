@@ -35,7 +35,7 @@ from tenantry.migrations import (
 from tenantry.schema_names import quote_schema, schema_name_for
 from tenantry.settings import MigrateTenantsSettings, TemporalTlsSettings
 from tenantry.v1 import operation_pb2, operation_service_pb2, project_service_pb2
-from tenantry_dev.embedded import DatabaseUrls
+from tenantry_dev.embedded import BIN_DIR, DatabaseUrls
 from tests.stack import (
     Stack,
     by_id,
@@ -46,6 +46,7 @@ from tests.stack import (
     retire_fleet,
     service_env,
     spawn,
+    spawn_command,
 )
 
 HEAD = tenant_head_revision()
@@ -442,3 +443,56 @@ async def test_reconciler_reports_schemas_behind_head_and_tenants_without_schema
         assert str(ids[0]) in after.tenants_without_schema or after.tenants_without_schema_count > 20
     finally:
         await retire_fleet(worker_engine, ids)
+
+
+def test_the_terminal_bar_shows_done_failed_remaining_and_rate() -> None:
+    screen = io.StringIO()
+    bar = fleet_rollout.BarProgress("operations/fleet-migrate-x", file=screen, width=160)
+    bar.update(fleet_rollout.Snapshot("RUNNING", 300, 0, 0))
+    bar.update(fleet_rollout.Snapshot("SUCCEEDED", 300, 297, 3), force=True)
+    bar.close()
+    final = screen.getvalue().splitlines()[-1]
+    assert "operations/fleet-migrate-x" in final
+    assert "300/300" in final  # done (upgraded and failed) of total
+    assert "failed 3  remaining 0" in final
+    assert re.search(r"[\d.]+ tenants/s", final)
+    assert "ETA" in final
+
+
+async def test_ctrl_c_detaches_and_the_rollout_stays_open(
+    engine: AsyncEngine, worker_engine: AsyncEngine, database_urls: DatabaseUrls, temporal_client: Client
+) -> None:
+    """The command as a process, following a rollout no worker runs (its
+    queue has none): SIGINT detaches with exit 130; the operation stays open."""
+    (tenant_id,) = await fleet_at(worker_engine, 1, "t0001")
+    queue = f"fleet-idle-{uuid.uuid4().hex[:8]}"
+    env = service_env(database_urls.migrator, temporal_client.service_client.config.target_host, queue)
+    command = spawn_command("migrate", [str(BIN_DIR / "tenantry-migrate"), "tenants"], env)
+    workflow_id = ""
+    try:
+
+        async def following() -> str:
+            command.check_alive()
+            match = re.search(r"started operations/(\S+)", command.log_path.read_text())
+            return match.group(1) if match else ""
+
+        workflow_id = await eventually(following, timeout=30)
+        # Following (or about to): either way Ctrl-C detaches.
+        command.process.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(command.process.wait, 30) == 130
+        assert "detached: the rollout goes on" in command.log_path.read_text()
+        async with engine.connect() as conn:
+            state = await conn.scalar(
+                text("SELECT state FROM workflow_executions WHERE workflow_id = :w"), {"w": workflow_id}
+            )
+        assert state == "PENDING"
+    finally:
+        command.stop(signal.SIGKILL)
+        if workflow_id:
+            await temporal_client.get_workflow_handle(workflow_id).terminate()
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE workflow_executions SET state = 'CANCELLED' WHERE workflow_id = :w"),
+                    {"w": workflow_id},
+                )
+        await retire_fleet(worker_engine, [tenant_id])

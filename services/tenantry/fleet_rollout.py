@@ -162,7 +162,7 @@ class PlainProgress:
 class BarProgress:
     """rich's live bar: done of total, failed, remaining, rate, ETA."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, file: TextIO | None = None, width: int | None = None) -> None:
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -172,7 +172,7 @@ class BarProgress:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            console=Console(file=sys.stderr),
+            console=Console(file=file or sys.stderr, width=width),
         )
         self._task = self._progress.add_task(name, total=None, failed=0, remaining="?", rate="0.0")
         self._start = time.monotonic()
