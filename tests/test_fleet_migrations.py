@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
 import signal
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
+from temporalio.worker import Replayer
 
 from provisioner_worker.rollout import Outcome, RolloutActivities
 from provisioner_worker.worker import build_worker
+from provisioner_worker.workflows import WORKFLOWS
 from tenant_api.headers import TENANT_SLUG_HEADER
 from tenant_api.tenant_gate import OLDEST_SERVED_TENANT_REVISION
 from tenantry import fleet_rollout
@@ -50,6 +54,7 @@ from tests.stack import (
 )
 
 HEAD = tenant_head_revision()
+HISTORIES_DIR = Path(__file__).resolve().parent / "histories"
 
 
 def settings_for(database_urls: DatabaseUrls, client: Client, task_queue: str) -> MigrateTenantsSettings:
@@ -496,3 +501,29 @@ async def test_ctrl_c_detaches_and_the_rollout_stays_open(
                     {"w": workflow_id},
                 )
         await retire_fleet(worker_engine, [tenant_id])
+
+
+async def test_replay_of_a_rollout_history(
+    stack: Stack, worker_engine: AsyncEngine, database_urls: DatabaseUrls, temporal_client: Client
+) -> None:
+    """A rollout's history (canary, batches, a failed tenant) replays on the
+    current workflow code; TENANTRY_WRITE_HISTORIES=1 commits it to
+    tests/histories (test_provisioning replays every committed one)."""
+    ids = await fleet_at(worker_engine, 6, "t0001")
+    async with worker_engine.begin() as conn:
+        await conn.execute(
+            text(f"ALTER TABLE {quote_schema(schema_name_for(ids[3]))}.projects ADD COLUMN archived boolean")
+        )
+    try:
+        settings = settings_for(database_urls, temporal_client, stack.task_queue)
+        code, out, err = await migrate_tenants(settings, "--canary", "1", "--max-failures", "1", "--batch-size", "2")
+        assert code == 1, (out, err)
+        history = await temporal_client.get_workflow_handle(await operation_name(out)).fetch_history()
+        await Replayer(workflows=WORKFLOWS).replay_workflow(history)
+        await Replayer(workflows=WORKFLOWS).replay_workflow(
+            WorkflowHistory.from_json(history.workflow_id, history.to_json())
+        )
+        if os.environ.get("TENANTRY_WRITE_HISTORIES") == "1" and not any(HISTORIES_DIR.glob("fleet-migrate__*.json")):
+            (HISTORIES_DIR / f"fleet-migrate__{history.workflow_id}.json").write_text(history.to_json() + "\n")
+    finally:
+        await retire_fleet(worker_engine, ids)

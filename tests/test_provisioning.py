@@ -497,6 +497,7 @@ async def test_replay_of_committed_histories() -> None:
         "delete-undeleted",
         "delete-purged",
         "reconcile",
+        "fleet-migrate",  # recorded by tests/test_fleet_migrations.py
     }, labels
     workflow_types = set()
     for path in files:
@@ -505,7 +506,7 @@ async def test_replay_of_committed_histories() -> None:
         started = history.events[0].workflow_execution_started_event_attributes
         workflow_types.add(started.workflow_type.name)
         await _replay(history)
-    assert workflow_types == {PROVISION_WORKFLOW, DELETE_WORKFLOW, RECONCILE_WORKFLOW}
+    assert workflow_types == {PROVISION_WORKFLOW, DELETE_WORKFLOW, RECONCILE_WORKFLOW, MIGRATE_WORKFLOW}
 
 
 # --- registration completeness ------------------------------------------------------------------
