@@ -527,3 +527,41 @@ async def test_replay_of_a_rollout_history(
             (HISTORIES_DIR / f"fleet-migrate__{history.workflow_id}.json").write_text(history.to_json() + "\n")
     finally:
         await retire_fleet(worker_engine, ids)
+
+
+async def test_a_busy_tenant_is_retried_later_not_failed(
+    stack: Stack, engine: AsyncEngine, worker_engine: AsyncEngine, database_urls: DatabaseUrls, temporal_client: Client
+) -> None:
+    """A tenant whose table is in use (a long transaction holds a lock on it)
+    gives way after lock_timeout; the rest of the fleet goes on, and once the
+    lock is gone the retry upgrades it."""
+    ids = await fleet_at(worker_engine, 5, "t0001")
+    busy = ids[2]
+    settings = settings_for(database_urls, temporal_client, stack.task_queue)
+    try:
+        async with engine.connect() as holder:
+            await holder.execute(
+                text(f"LOCK TABLE {quote_schema(schema_name_for(busy))}.projects IN ACCESS SHARE MODE")
+            )
+            code, out, err = await migrate_tenants(settings, "--canary", "0", "--detach")
+            assert code == 0, (out, err)
+            workflow_id = await operation_name(out)
+
+            async def the_others_done() -> bool:
+                async with engine.connect() as conn:
+                    done = await conn.scalar(
+                        text("SELECT progress_succeeded FROM workflow_executions WHERE workflow_id = :w"),
+                        {"w": workflow_id},
+                    )
+                return done == 4
+
+            await eventually(the_others_done, timeout=60)
+            assert await versions(worker_engine, ids) == {HEAD: 4, "t0001": 1}
+            await holder.rollback()
+        code, out, err = await asyncio.wait_for(migrate_tenants(settings), 90)
+        assert code == 0, (out, err)
+        assert "SUCCEEDED: 5 tenants upgraded" in out
+        assert await versions(worker_engine, ids) == {HEAD: 5}
+        assert await migrated_events(worker_engine, ids) == dict.fromkeys(ids, 1)
+    finally:
+        await retire_fleet(worker_engine, ids)
