@@ -553,7 +553,7 @@ async def test_a_busy_tenant_is_retried_later_not_failed(
                         text("SELECT progress_succeeded FROM workflow_executions WHERE workflow_id = :w"),
                         {"w": workflow_id},
                     )
-                return done == 4
+                return bool(done == 4)
 
             await eventually(the_others_done, timeout=60)
             assert await versions(worker_engine, ids) == {HEAD: 4, "t0001": 1}
