@@ -320,7 +320,7 @@ async def test_two_upgrades_racing_for_a_tenant_upgrade_it_once(
                     waiting = await conn.scalar(
                         text(
                             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                            "AND query LIKE '%FROM tenants%FOR UPDATE OF tenants%'"
+                            "AND query LIKE '%FROM tenants%FOR UPDATE OF t%'"
                         )
                     )
                 return waiting == 2 or any(task.done() for task in racing)
@@ -344,7 +344,8 @@ async def test_worker_killed_mid_rollout_finishes_every_tenant_once(
 ) -> None:
     """The worker process is killed while a tenant's upgrade is in flight
     (held there by an event trigger until the kill); another worker takes the
-    batch over and the re-attached command sees every tenant upgraded once."""
+    batch over (its retry finds the first 61 done) and the re-attached command
+    sees every tenant upgraded once."""
     ids = await fleet_at(worker_engine, 90, "t0001")
     stalled = ids[60]
     queue = f"fleet-{uuid.uuid4().hex[:8]}"
@@ -398,7 +399,14 @@ async def test_worker_killed_mid_rollout_finishes_every_tenant_once(
         async with engine.begin() as conn:
             await conn.execute(text("DROP EVENT TRIGGER fleet_test_stall"))
             await conn.execute(text("INSERT INTO fleet_test_release VALUES (true)"))
-        assert await versions(worker_engine, ids) == {HEAD: 60, "t0001": 30}
+
+        # The stalled tenant's whole script (DDL, stamp, event, COMMIT) reached
+        # the server before the kill: released, the server finishes and commits
+        # it without its client. The batch's retry must then skip it.
+        async def stalled_tenant_committed() -> bool:
+            return await versions(worker_engine, ids) == {HEAD: 61, "t0001": 29}
+
+        await eventually(stalled_tenant_committed, timeout=10)
 
         async with build_worker(temporal_client, worker_engine, queue):
             code, out, err = await asyncio.wait_for(migrate_tenants(settings), 120)
@@ -565,3 +573,32 @@ async def test_a_busy_tenant_is_retried_later_not_failed(
         assert await migrated_events(worker_engine, ids) == dict.fromkeys(ids, 1)
     finally:
         await retire_fleet(worker_engine, ids)
+
+
+async def test_a_schema_whose_stamp_disagrees_with_its_row_is_failed_not_upgraded(worker_engine: AsyncEngine) -> None:
+    (tenant_id,) = await fleet_at(worker_engine, 1, "t0001")
+    schema = quote_schema(schema_name_for(tenant_id))
+    async with worker_engine.begin() as conn:
+        await conn.execute(text(f"UPDATE {schema}.alembic_version SET version_num = 't0002'"))
+    workflow_id = await _operation_row(worker_engine)
+    try:
+        assert await RolloutActivities(worker_engine)._upgrade_one(tenant_id, HEAD, workflow_id, "test") == (
+            Outcome.FAILED
+        )
+        async with worker_engine.connect() as conn:
+            reason = await conn.scalar(
+                text("SELECT reason FROM rollout_failures WHERE workflow_id = :w AND tenant_id = :t"),
+                {"w": workflow_id, "t": tenant_id},
+            )
+            recorded = await conn.scalar(text("SELECT schema_version FROM tenants WHERE id = :t"), {"t": tenant_id})
+            columns = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM information_schema.columns "
+                    "WHERE table_schema = :s AND column_name = 'archived'"
+                ),
+                {"s": schema_name_for(tenant_id)},
+            )
+        assert reason == "VERSION_MISMATCH: the schema's own stamp differs from the tenant's record"
+        assert (recorded, columns) == ("t0001", 0)
+    finally:
+        await retire_fleet(worker_engine, [tenant_id])

@@ -33,7 +33,7 @@ from tenantry.db import operations as operation_sql
 from tenantry.db import rollouts as rollout_sql
 from tenantry.db.engine import driver_of
 from tenantry.db.events import SYSTEM_WORKER, EventRecord, append_event
-from tenantry.migrations import for_schema, revisions_before, upgrade_steps, upgrade_tenant_schema
+from tenantry.migrations import for_schema, revisions_before, tenant_revisions, upgrade_steps, upgrade_tenant_schema
 from tenantry.pg_errors import UNAVAILABLE_SQLSTATE_PREFIXES, pg_error
 from tenantry.schema_names import quote_schema
 from tenantry.states import OPEN_OPERATION_STATES, OperationState, TenantEventType, TenantState
@@ -168,8 +168,15 @@ class RolloutActivities:
 
     async def _upgrade_one(self, tenant_id: uuid.UUID, target: str, workflow_id: str, actor: str) -> Outcome:
         try:
+            if all(step.statements is not None for step in upgrade_steps(tenant_revisions()[0], target)):
+                return await self._upgrade_fast(tenant_id, target, workflow_id, actor)
             async with self._engine.begin() as conn:
                 return await _upgrade_in(conn, tenant_id, target, workflow_id, actor)
+        except _VersionMismatch:
+            await self._record_failure(
+                workflow_id, str(tenant_id), "VERSION_MISMATCH: the schema's own stamp differs from the tenant's record"
+            )
+            return Outcome.FAILED
         except (DBAPIError, asyncpg.PostgresError) as exc:
             # The DDL runs on the driver (asyncpg's own errors), the rest through SQLAlchemy.
             driver_error = exc.orig if isinstance(exc, DBAPIError) else exc
@@ -192,6 +199,51 @@ class RolloutActivities:
             await self._record_failure(workflow_id, str(tenant_id), str(refused))
             return Outcome.FAILED
 
+    async def _upgrade_fast(self, tenant_id: uuid.UUID, target: str, workflow_id: str, actor: str) -> Outcome:
+        """The same transaction as _upgrade_in in three round trips on the
+        driver (every step rendered): BEGIN with lock_timeout; the row lock
+        and its checks; then one script: the schema's stamp checked, the
+        steps' DDL, the row's revision with the operation's count and the
+        event (one statement, the event counter last), COMMIT."""
+        async with self._engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            driver = await driver_of(conn)
+            try:
+                await driver.execute(f"BEGIN; SET LOCAL lock_timeout = '{TENANT_LOCK_TIMEOUT}'")
+                row = await driver.fetchrow(rollout_sql.LOCK_FOR_UPGRADE_SQL, tenant_id)
+                if row is None:
+                    await driver.execute("ROLLBACK")
+                    return Outcome.SKIPPED
+                state, recorded, schema, schema_present = row
+                if state not in rollout_sql.ROLLOUT_TENANT_STATES or recorded not in revisions_before(target):
+                    await driver.execute("ROLLBACK")
+                    return Outcome.SKIPPED  # purged, or at the target already: never upgrade twice
+                if not schema_present:
+                    await driver.execute("ROLLBACK")
+                    raise _TenantRefused(
+                        f"SCHEMA_MISSING: the tenant is {state} but its schema {schema} does not exist"
+                    )
+                steps = [for_schema(step.statements or (), schema) for step in upgrade_steps(recorded, target)]
+                finish = rollout_sql.upgraded_statement(
+                    tenant_id, target, workflow_id, TenantState(state), actor or SYSTEM_WORKER
+                )
+                script = "\n".join([rollout_sql.stamp_guard(schema, recorded), *steps, finish + ";", "COMMIT"])
+                try:
+                    await driver.execute(script)
+                except asyncpg.PostgresError as exc:
+                    if exc.sqlstate == rollout_sql.VERSION_MISMATCH_SQLSTATE:
+                        raise _VersionMismatch from exc
+                    raise
+                return Outcome.UPGRADED
+            finally:
+                if driver.is_closed():
+                    await conn.invalidate()
+                elif driver.is_in_transaction():
+                    try:
+                        await driver.execute("ROLLBACK")
+                    except Exception:  # noqa: BLE001 - discard a connection in an unknown state
+                        await conn.invalidate()
+
     async def _record_failure(self, workflow_id: str, tenant_id: str, reason: str) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
@@ -201,6 +253,10 @@ class RolloutActivities:
 
 class _TenantRefused(Exception):
     """The tenant cannot be upgraded; the message is its stored reason."""
+
+
+class _VersionMismatch(Exception):
+    """The schema's own alembic stamp is not the revision the tenant row records."""
 
 
 async def _upgrade_in(

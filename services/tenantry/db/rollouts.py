@@ -13,9 +13,11 @@ import uuid
 
 from sqlalchemy import Select, bindparam, exists, select, text
 
+from tenantry.db.events import event_ctes
 from tenantry.db.models import Operation, RolloutFailure, Tenant
-from tenantry.db.tenants import PG_NAMESPACE
-from tenantry.states import OPEN_OPERATION_STATES, OperationKind, TenantState
+from tenantry.db.tenants import PG_NAMESPACE, TENANT_REVISION_PATTERN
+from tenantry.schema_names import quote_schema
+from tenantry.states import OPEN_OPERATION_STATES, OperationKind, TenantEventType, TenantState
 
 # Tenants whose schema a rollout upgrades: those whose data exists. A DELETING
 # tenant keeps its data until its purge (an undelete brings it back as it was).
@@ -56,6 +58,65 @@ LOCK_FOR_UPGRADE = (
     .where(Tenant.id == bindparam("tenant_id"))
     .with_for_update(of=Tenant)
 )
+
+# LOCK_FOR_UPGRADE as the driver's SQL ($1 the tenant id), for the fast path.
+LOCK_FOR_UPGRADE_SQL = (
+    f"SELECT t.state, t.schema_version, t.schema_name, "
+    f"EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspname = t.schema_name) "
+    f"FROM {Tenant.__tablename__} t WHERE t.id = $1 FOR UPDATE OF t"
+)
+# Raised by stamp_guard: the schema's own stamp is not what the row records.
+VERSION_MISMATCH_SQLSTATE = "TN001"
+
+
+def _literal(value: str) -> str:
+    """A SQL string literal (standard_conforming_strings, PostgreSQL's default since 9.1)."""
+    if "\x00" in value:
+        raise ValueError("NUL in a SQL literal")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def stamp_guard(schema: str, recorded: str) -> str:
+    """A statement that fails with VERSION_MISMATCH_SQLSTATE unless `schema`'s
+    alembic stamp is `recorded` (a tenant schema name and a revision id)."""
+    if not TENANT_REVISION_PATTERN.fullmatch(recorded):
+        raise ValueError(f"not a tenant revision id: {recorded!r}")
+    return (
+        "DO $guard$ BEGIN IF NOT EXISTS (SELECT 1 FROM "
+        f"{quote_schema(schema)}.alembic_version WHERE version_num = '{recorded}') THEN "
+        f"RAISE EXCEPTION USING ERRCODE = '{VERSION_MISMATCH_SQLSTATE}', "
+        "MESSAGE = 'schema stamp differs from the tenant row'; END IF; END $guard$;"
+    )
+
+
+def upgraded_statement(tenant_id: uuid.UUID, revision: str, workflow_id: str, state: TenantState, actor: str) -> str:
+    """STAMP_UPGRADED and the tenant's SCHEMA_MIGRATED event as one statement
+    with its values inlined (it runs in a multi-statement script): the tenant
+    row, then the operation's count, then the event counter, last."""
+    if not isinstance(tenant_id, uuid.UUID) or not TENANT_REVISION_PATTERN.fullmatch(revision):
+        raise ValueError("a tenant id and a revision id are required")
+    operation = _literal(workflow_id)
+    events = event_ctes(
+        after="operation",
+        tenant_id=f"CAST('{tenant_id}' AS uuid)",
+        type=TenantEventType.SCHEMA_MIGRATED,
+        state=state,
+        actor=f"CAST({_literal(actor)} AS text)",
+        operation=f"CAST({operation} AS varchar)",
+    )
+    return f"""
+    WITH tenant AS (
+        UPDATE {Tenant.__tablename__}
+        SET schema_version = '{revision}', update_time = now(), version = version + 1
+        WHERE id = '{tenant_id}'
+        RETURNING id
+    ), operation AS (
+        UPDATE {_OPS} SET progress_succeeded = progress_succeeded + 1, update_time = now()
+        WHERE workflow_id = {operation} AND EXISTS (SELECT 1 FROM tenant)
+        RETURNING 1
+    ), {events}
+    SELECT 1 FROM tenant"""
+
 
 # The new revision on the tenant row and one more tenant done on the
 # operation, in one statement. Parameters `tenant_id`, `revision`, `workflow_id`.
