@@ -408,8 +408,21 @@ async def test_worker_killed_mid_rollout_finishes_every_tenant_once(
 
         await eventually(stalled_tenant_committed, timeout=10)
 
+        # Re-attach while no worker runs it (so it is surely still open), then
+        # start the worker that takes the batch over.
+        screen, errors = io.StringIO(), io.StringIO()
+        command = asyncio.create_task(
+            fleet_rollout.run(fleet_rollout.parser().parse_args([]), settings, screen, errors)
+        )
+
+        async def attached() -> bool:
+            assert not command.done(), (screen.getvalue(), errors.getvalue())
+            return "re-attached" in screen.getvalue()
+
+        await eventually(attached, timeout=30, interval=0.05)
         async with build_worker(temporal_client, worker_engine, queue):
-            code, out, err = await asyncio.wait_for(migrate_tenants(settings), 120)
+            code = await asyncio.wait_for(command, 120)
+        out, err = screen.getvalue(), errors.getvalue()
         assert code == 0, (out, err)
         assert f"re-attached to operations/{workflow_id}" in out
         assert "SUCCEEDED: 90 tenants upgraded" in out
@@ -566,9 +579,23 @@ async def test_a_busy_tenant_is_retried_later_not_failed(
             await eventually(the_others_done, timeout=60)
             assert await versions(worker_engine, ids) == {HEAD: 4, "t0001": 1}
             await holder.rollback()
-        code, out, err = await asyncio.wait_for(migrate_tenants(settings), 90)
-        assert code == 0, (out, err)
-        assert "SUCCEEDED: 5 tenants upgraded" in out
+
+        async def finished() -> tuple[str, int, int, int] | None:
+            async with engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        text(
+                            "SELECT state, progress_total, progress_succeeded, progress_failed "
+                            "FROM workflow_executions WHERE workflow_id = :w AND state NOT IN ('PENDING', 'RUNNING')"
+                        ),
+                        {"w": workflow_id},
+                    )
+                ).one_or_none()
+            return None if row is None else tuple(row)
+
+        assert await eventually(finished, timeout=90) == ("SUCCEEDED", 5, 5, 0)
+        code, out, err = await migrate_tenants(settings)
+        assert (code, out, err) == (0, f"every live tenant is at {HEAD}: nothing to do\n", "")
         assert await versions(worker_engine, ids) == {HEAD: 5}
         assert await migrated_events(worker_engine, ids) == dict.fromkeys(ids, 1)
     finally:
