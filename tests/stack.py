@@ -43,6 +43,9 @@ from tenant_api.headers import TENANT_ID_HEADER
 from tenant_api.operations import MAX_WAITS
 from tenant_api.pagination import PageTokens
 from tenant_api.server import MAX_CONCURRENT_RPCS, RunningApi, start_api
+from tenantry.db.engine import driver_of
+from tenantry.migrations import tenant_schema_script_at
+from tenantry.schema_names import schema_name_for
 from tenantry.settings import AuthSettings
 from tenantry.v1 import (
     operation_pb2,
@@ -533,3 +536,53 @@ async def pending_schema_step(client: Client, workflow_id: str) -> tuple[int, st
 def worker_identity(pid: int) -> str:
     """The identity a worker process reports to Temporal (the SDK's default)."""
     return f"{pid}@{socket.gethostname()}"
+
+
+# --- fleets of tenant schemas at an older revision (fleet rollouts) ------------------
+
+
+async def fleet_at(worker_engine: AsyncEngine, count: int, revision: str, *, chunk: int = 50) -> list[uuid.UUID]:
+    """`count` ACTIVE tenants whose schemas are at `revision`, built as that
+    revision's lineage renders them (tenantry.migrations.tenant_schema_script_at)
+    by the worker's role, which owns tenant schemas; ids in ascending order.
+    Registered by rows, not through the API: a rollout only reads the rows and
+    the schemas."""
+    ids = sorted(uuid.uuid4() for _ in range(count))
+    user_id = uuid.uuid4()
+    async with worker_engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO users (id, email, display_name) VALUES (:id, :email, 'Fleet admin')"),
+            {"id": user_id, "email": f"fleet-{user_id.hex}@example.com"},
+        )
+    for start in range(0, count, chunk):
+        part = ids[start : start + chunk]
+        async with worker_engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO tenants (id, slug, display_name, admin_user_id, state, schema_name, schema_version) "
+                    "VALUES (:id, :slug, 'Fleet tenant', :user_id, 'ACTIVE', :schema, :revision)"
+                ),
+                [
+                    {
+                        "id": tenant_id,
+                        "slug": f"fleet-{tenant_id.hex[:20]}",
+                        "user_id": user_id,
+                        "schema": schema_name_for(tenant_id),
+                        "revision": revision,
+                    }
+                    for tenant_id in part
+                ],
+            )
+            driver = await driver_of(conn)
+            await driver.execute("\n".join(tenant_schema_script_at(schema_name_for(t), revision) for t in part))
+    return ids
+
+
+async def retire_fleet(worker_engine: AsyncEngine, ids: list[uuid.UUID]) -> None:
+    """The fleet's schemas dropped and its tenants DELETED, so later tests see none of it."""
+    for start in range(0, len(ids), 50):  # a transaction's locks are bounded (max_locks_per_transaction)
+        part = ids[start : start + 50]
+        async with worker_engine.begin() as conn:
+            for tenant_id in part:
+                await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema_name_for(tenant_id)}" CASCADE'))
+            await conn.execute(text("UPDATE tenants SET state = 'DELETED' WHERE id = ANY(:ids)"), {"ids": part})

@@ -55,4 +55,5 @@ def test_recorded_histories_hold_the_same_options() -> None:
             assert _seconds(scheduled["heartbeatTimeout"]) == HEARTBEAT_TIMEOUT.total_seconds()
             if name in expected_start_to_close:
                 assert _seconds(scheduled["startToCloseTimeout"]) == expected_start_to_close[name].total_seconds()
-    assert set(expected_start_to_close) | {"reconcile", "check_deletion_requested", "purge_when_due"} == seen
+    rollout = {"begin_rollout", "migrate_batch", "finish_rollout"}
+    assert set(expected_start_to_close) | {"reconcile", "check_deletion_requested", "purge_when_due"} | rollout == seen

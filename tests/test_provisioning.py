@@ -53,6 +53,7 @@ from tenantry.schema_names import schema_name_for
 from tenantry.v1 import operation_pb2, tenant_pb2, tenant_service_pb2
 from tenantry.workflow_contract import (
     DELETE_WORKFLOW,
+    MIGRATE_WORKFLOW,
     PROVISION_WORKFLOW,
     RECONCILE_WORKFLOW,
     ProvisionTenantInput,
@@ -496,6 +497,7 @@ async def test_replay_of_committed_histories() -> None:
         "delete-undeleted",
         "delete-purged",
         "reconcile",
+        "fleet-migrate",  # recorded by tests/test_fleet_migrations.py
     }, labels
     workflow_types = set()
     for path in files:
@@ -504,7 +506,7 @@ async def test_replay_of_committed_histories() -> None:
         started = history.events[0].workflow_execution_started_event_attributes
         workflow_types.add(started.workflow_type.name)
         await _replay(history)
-    assert workflow_types == {PROVISION_WORKFLOW, DELETE_WORKFLOW, RECONCILE_WORKFLOW}
+    assert workflow_types == {PROVISION_WORKFLOW, DELETE_WORKFLOW, RECONCILE_WORKFLOW, MIGRATE_WORKFLOW}
 
 
 # --- registration completeness ------------------------------------------------------------------
@@ -550,4 +552,4 @@ async def test_every_referenced_activity_and_workflow_is_registered(
     assert classes, "no workflow classes found"
     assert classes == {cls.__name__ for cls in WORKFLOWS}
     workflow_names = {getattr(cls, "__temporal_workflow_definition").name for cls in WORKFLOWS}
-    assert workflow_names == {PROVISION_WORKFLOW, DELETE_WORKFLOW, RECONCILE_WORKFLOW}
+    assert workflow_names == {PROVISION_WORKFLOW, DELETE_WORKFLOW, RECONCILE_WORKFLOW, MIGRATE_WORKFLOW}

@@ -261,7 +261,7 @@ class TenantActivities:
         except ValueError:
             raise _deletion_not_requested(workflow_id, f"{input.tenant_id!r} is not a tenant id") from None
         async with self._engine.connect() as conn:
-            tenant_state = (await conn.execute(tenant_sql.state_of(tenant_id))).scalar_one_or_none()
+            tenant_state = (await conn.execute(tenant_sql.state_of(tenant_id))).scalars().one_or_none()
             operation = (await conn.execute(operation_sql.tenant_kind_state_of(workflow_id))).one_or_none()
         if tenant_state not in (TenantState.DELETING, TenantState.DELETED):
             raise _deletion_not_requested(

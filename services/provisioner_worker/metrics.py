@@ -3,7 +3,7 @@ SDK runtime on a separate endpoint)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -23,4 +23,10 @@ RECONCILER_FINDINGS = Counter(
     "tenantry_reconciler_findings_total",
     "What reconciliation runs found and did, by kind",
     ["kind"],
+)
+TENANT_SCHEMAS = Gauge(
+    "tenantry_tenant_schemas",
+    "Live tenants (ACTIVE or SUSPENDED) by schema condition, as the last reconciliation saw them: "
+    "behind_head (below the tenant lineage's head revision) or missing (no schema)",
+    ["condition"],
 )

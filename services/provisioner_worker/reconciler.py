@@ -16,9 +16,11 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from provisioner_worker.metrics import RECONCILER_FINDINGS
+from provisioner_worker.metrics import RECONCILER_FINDINGS, TENANT_SCHEMAS
 from tenantry.db import operations as operation_sql
+from tenantry.db import rollouts as rollout_sql
 from tenantry.db import tenants as tenant_sql
+from tenantry.migrations import tenant_head_revision
 from tenantry.operation_starter import OperationRef, OperationStarter
 from tenantry.schema_names import is_tenant_schema_name
 from tenantry.states import OperationKind, OperationState, TenantState
@@ -38,6 +40,13 @@ class ReconcileReport:
     woken: list[str] = field(default_factory=list)
     # Request records older than tenant_sql.REQUEST_RECORD_RETENTION, deleted.
     forgotten_request_records: int = 0
+    # Live tenants whose schema is below the tenant lineage's head (a rollout
+    # is due: `tenantry-migrate tenants`), and live tenants without a schema
+    # (a few ids of each; the counts are complete).
+    schemas_behind_head: list[str] = field(default_factory=list)
+    schemas_behind_head_count: int = 0
+    tenants_without_schema: list[str] = field(default_factory=list)
+    tenants_without_schema_count: int = 0
 
 
 class ReconcilerActivities:
@@ -54,6 +63,7 @@ class ReconcilerActivities:
         await self._wake_overdue_purges(report)
         await self._find_orphan_schemas(report)
         await self._forget_old_request_records(report)
+        await self._find_schema_drift(report)
         for kind, found in (
             ("started", report.started),
             ("restarted", report.restarted),
@@ -72,7 +82,28 @@ class ReconcilerActivities:
                 len(report.orphan_schemas),
                 report.orphan_schemas[:20],
             )
+        if report.schemas_behind_head_count or report.tenants_without_schema_count:
+            log.warning(
+                "reconciler: %d live tenants below tenant revision %s %s; %d live tenants without a schema %s",
+                report.schemas_behind_head_count,
+                tenant_head_revision(),
+                report.schemas_behind_head,
+                report.tenants_without_schema_count,
+                report.tenants_without_schema,
+            )
         return report
+
+    async def _find_schema_drift(self, report: ReconcileReport) -> None:
+        async with self._engine.connect() as conn:
+            behind = [
+                str(i)
+                for i in (await conn.execute(rollout_sql.SCHEMAS_BEHIND, {"head": tenant_head_revision()})).scalars()
+            ]
+            missing = [str(i) for i in (await conn.execute(rollout_sql.LIVE_WITHOUT_SCHEMA)).scalars()]
+        report.schemas_behind_head, report.schemas_behind_head_count = behind[:20], len(behind)
+        report.tenants_without_schema, report.tenants_without_schema_count = missing[:20], len(missing)
+        TENANT_SCHEMAS.labels("behind_head").set(len(behind))
+        TENANT_SCHEMAS.labels("missing").set(len(missing))
 
     async def _open_operations(
         self, state: OperationState, older_than_seconds: float

@@ -15,6 +15,7 @@ from provisioner_worker.activities import TenantActivities
 from provisioner_worker.heartbeat import HeartbeatInterceptor
 from provisioner_worker.lock_waits import LockWaitRetryInterceptor
 from provisioner_worker.reconciler import ReconcilerActivities
+from provisioner_worker.rollout import RolloutActivities
 from provisioner_worker.workflows import WORKFLOWS
 from tenantry.operation_starter import OperationStarter
 
@@ -26,6 +27,7 @@ MAX_CONCURRENT_ACTIVITIES = 20
 def activities_for(engine: AsyncEngine, client: Client, task_queue: str) -> list[Callable[..., Any]]:
     provisioning = TenantActivities(engine, client)
     reconciler = ReconcilerActivities(engine, client, OperationStarter(client, task_queue))
+    rollout = RolloutActivities(engine)
     return [
         provisioning.provision_tenant,
         provisioning.fail_provisioning,
@@ -34,6 +36,9 @@ def activities_for(engine: AsyncEngine, client: Client, task_queue: str) -> list
         provisioning.purge_tenant,
         provisioning.purge_when_due,
         reconciler.reconcile,
+        rollout.begin_rollout,
+        rollout.migrate_batch,
+        rollout.finish_rollout,
     ]
 
 

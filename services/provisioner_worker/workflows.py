@@ -12,10 +12,12 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 from tenantry.workflow_contract import (
     DELETE_WORKFLOW,
+    MIGRATE_WORKFLOW,
     PROVISION_WORKFLOW,
     RECHECK_PURGE_SIGNAL,
     RECONCILE_WORKFLOW,
     DeleteTenantInput,
+    MigrateFleetInput,
     ProvisionTenantInput,
     ReconcileInput,
 )
@@ -31,6 +33,8 @@ with workflow.unsafe.imports_passed_through():
         provisioning_failure_reason,
     )
     from provisioner_worker.reconciler import ReconcilerActivities, ReconcileReport
+    from provisioner_worker.rollout import BatchInput, BatchResult, FinishRolloutInput, RolloutActivities
+    from tenantry.states import OperationState
 
 # Provisioning gives up after a bounded number of attempts and compensates.
 PROVISION_RETRY = RetryPolicy(
@@ -168,4 +172,76 @@ class ReconcileWorkflow:
         )
 
 
-WORKFLOWS = [TenantProvisioningWorkflow, TenantDeletionWorkflow, ReconcileWorkflow]
+# A batch of tenants may take long; its heartbeats (one per tenant) show it is alive.
+BATCH_TIMEOUT = timedelta(minutes=30)
+# Busy tenants (a lock not available in time) are retried this many times,
+# waiting longer each time, before they count as failed.
+BUSY_RETRIES = 4
+
+
+@workflow.defn(name=MIGRATE_WORKFLOW)
+class TenantFleetMigrationWorkflow:
+    """A fleet rollout (OPERATION_KIND_MIGRATE): canaries one at a time, then
+    batches in tenant-id order; stops when more than `max_failures` tenants
+    failed (any canary failure stops it). The database holds the progress and
+    each failed tenant's reason; every activity is idempotent (a tenant's
+    upgrade checks its recorded revision under its row lock), so a worker
+    killed mid-batch only repeats the check for tenants already done."""
+
+    @workflow.run
+    async def run(self, input: MigrateFleetInput) -> str:
+        await workflow.execute_activity_method(RolloutActivities.begin_rollout, input, **step(UNTIL_DONE_RETRY))
+        cursor = ""
+        busy: list[str] = []
+        if input.canary > 0:
+            result = await self._batch(
+                BatchInput(input, after="", limit=input.canary, concurrency=1, stop_at_first_failure=True)
+            )
+            cursor, busy = result.last_id, list(result.busy)
+            if result.failed_total > 0:
+                return await self._finish(OperationState.FAILED, "CANARY_FAILED: a canary tenant failed to upgrade")
+        exhausted = input.canary > 0 and result.exhausted
+        while not exhausted:
+            result = await self._batch(
+                BatchInput(input, after=cursor, limit=input.batch_size, concurrency=input.concurrency)
+            )
+            cursor, exhausted = result.last_id, result.exhausted
+            busy.extend(result.busy)
+            if result.failed_total > input.max_failures:
+                return await self._finish(
+                    OperationState.FAILED,
+                    f"TOO_MANY_FAILURES: {result.failed_total} tenants failed (limit {input.max_failures})",
+                )
+        failed = result.failed_total
+        for attempt in range(BUSY_RETRIES + 1):
+            if not busy:
+                break
+            await workflow.sleep(timedelta(seconds=2**attempt))
+            result = await self._batch(
+                BatchInput(
+                    input,
+                    concurrency=input.concurrency,
+                    tenant_ids=busy,
+                    busy_is_failure=attempt == BUSY_RETRIES,
+                )
+            )
+            busy, failed = list(result.busy), result.failed_total
+        if failed > 0:
+            return await self._finish(OperationState.FAILED, f"TENANTS_FAILED: {failed} tenants failed to upgrade")
+        return await self._finish(OperationState.SUCCEEDED)
+
+    async def _batch(self, batch: BatchInput) -> BatchResult:
+        return await workflow.execute_activity_method(
+            RolloutActivities.migrate_batch, batch, **step(UNTIL_DONE_RETRY, timeout=BATCH_TIMEOUT)
+        )
+
+    async def _finish(self, state: OperationState, message: str = "") -> str:
+        await workflow.execute_activity_method(
+            RolloutActivities.finish_rollout,
+            FinishRolloutInput(state=state.value, error_message=message),
+            **step(UNTIL_DONE_RETRY),
+        )
+        return state.value
+
+
+WORKFLOWS = [TenantProvisioningWorkflow, TenantDeletionWorkflow, ReconcileWorkflow, TenantFleetMigrationWorkflow]

@@ -83,7 +83,7 @@ def operation_to_proto(operation: Operation) -> operation_pb2.Operation:
     state = OperationState(operation.state)
     return operation_pb2.Operation(
         name=OPERATION_NAME_PREFIX + operation.workflow_id,
-        tenant_id=str(operation.tenant_id),
+        tenant_id=str(operation.tenant_id) if operation.tenant_id is not None else "",
         kind=_OPERATION_KINDS[OperationKind(operation.kind)],
         state=_OPERATION_STATES[state],
         done=state in DONE_OPERATION_STATES,
@@ -93,6 +93,18 @@ def operation_to_proto(operation: Operation) -> operation_pb2.Operation:
         create_time=_timestamp(operation.create_time),
         start_time=_timestamp(operation.start_time),
         end_time=_timestamp(operation.end_time),
+        progress=_progress(operation),
+    )
+
+
+def _progress(operation: Operation) -> operation_pb2.OperationProgress | None:
+    """Counts of an operation over many tenants; None (unset) for one tenant's."""
+    if operation.kind != OperationKind.MIGRATE:
+        return None
+    return operation_pb2.OperationProgress(
+        total=operation.progress_total or 0,
+        succeeded=operation.progress_succeeded or 0,
+        failed=operation.progress_failed or 0,
     )
 
 
@@ -103,6 +115,7 @@ def project_to_proto(project: Project) -> project_service_pb2.Project:
         description=project.description,
         create_time=_timestamp(project.create_time),
         update_time=_timestamp(project.update_time),
+        archived=project.archived,
     )
 
 

@@ -31,11 +31,13 @@ class Projects:
     def __init__(self, page_tokens: pagination.PageTokens) -> None:
         self._page_tokens = page_tokens
 
-    async def create(self, scope: TenantScope, name: str, description: str) -> Project:
+    async def create(self, scope: TenantScope, name: str, description: str, archived: bool = False) -> Project:
         try:
             return (
                 await scope.session.scalars(
-                    insert(Project).values(id=uuid.uuid4(), name=name, description=description).returning(Project)
+                    insert(Project)
+                    .values(id=uuid.uuid4(), name=name, description=description, archived=archived)
+                    .returning(Project)
                 )
             ).one()
         except IntegrityError as exc:

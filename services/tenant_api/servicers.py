@@ -232,7 +232,7 @@ class ProjectServicer(project_service_pb2_grpc.ProjectServiceServicer):
         self, request: project_service_pb2.CreateProjectRequest, context: Context
     ) -> project_service_pb2.CreateProjectResponse:
         name, description = validate_project(request.name, request.description)
-        project = await self._projects.create(current_tenant.get(), name, description)
+        project = await self._projects.create(current_tenant.get(), name, description, request.archived)
         return project_service_pb2.CreateProjectResponse(project=project_to_proto(project))
 
     async def GetProject(

@@ -30,12 +30,19 @@ from tenant_api.errors import ApiError, FieldViolation, failed_precondition, not
 from tenant_api.headers import TENANT_ID_HEADER, TENANT_SLUG_HEADER, metadata_value
 from tenant_api.validation import parse_uuid, slug_problem
 from tenantry.db import tenants as tenant_sql
-from tenantry.pg_errors import SCHEMA_GONE_SQLSTATES, pg_error
+from tenantry.pg_errors import INVALID_SCHEMA_NAME, SCHEMA_OBJECT_MISSING_SQLSTATES, pg_error
 from tenantry.schema_names import schema_name_for
 from tenantry.states import TenantState
 from tenantry.v1 import options_pb2
 
 log = logging.getLogger(__name__)
+
+# Expand/contract: the oldest tenant-lineage revision this API build can serve
+# (ProjectService reads `projects.archived`, added by t0002). A tenant whose
+# schema is older is refused with TENANT_SCHEMA_OUTDATED until the fleet
+# rollout (`tenantry-migrate tenants`) brings it here. Raise it only after
+# every live tenant is at least there; new tenants are created at head.
+OLDEST_SERVED_TENANT_REVISION = "t0002"
 
 
 @dataclass(frozen=True)
@@ -69,9 +76,15 @@ def _invalid(reason: str, header: str, message: str) -> ApiError:
 
 
 class TenantGate:
-    def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        oldest_revision: str = OLDEST_SERVED_TENANT_REVISION,
+    ) -> None:
         self._engine = engine
         self._sessions = sessions
+        self._oldest_revision = oldest_revision
         # Rendered once, run by the driver. Never cached: every call reads
         # the tenant's state anew.
         self._admission = tenant_sql.AdmissionQueries.render(engine.dialect)
@@ -103,8 +116,10 @@ class TenantGate:
             schema_name = None
             if isinstance(key, uuid.UUID):
                 # The usual case in one round trip: the call's transaction
-                # opens with the admission check ("SELECT 1": ACTIVE).
-                if await open_transaction(conn, driver, tenant_sql.begin_if_active(key)) == "SELECT 1":
+                # opens with the admission check ("SELECT 1": ACTIVE, and its
+                # schema at a revision this build serves).
+                admission = tenant_sql.begin_if_active(key, self._oldest_revision)
+                if await open_transaction(conn, driver, admission) == "SELECT 1":
                     admitted_id, schema_name = key, schema_name_for(key)
                 else:
                     await abandon(conn, driver)
@@ -113,8 +128,8 @@ class TenantGate:
                 row = await driver_call(conn, driver, driver.fetchrow(query, key))
                 if row is None:
                     raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
-                admitted_id, state, schema_name, purge_time = row
-                refused = gate_error(str(admitted_id), state, purge_time)
+                admitted_id, state, schema_name, purge_time, schema_version = row
+                refused = gate_error(str(admitted_id), state, purge_time, schema_version, self._oldest_revision)
                 if refused is not None:
                     raise refused
                 await open_transaction(conn, driver)
@@ -123,27 +138,61 @@ class TenantGate:
 
     async def explain_failure(self, scope: TenantScope, exc: DBAPIError) -> ApiError | None:
         """A database error inside an admitted tenant-scoped call. A schema that
-        vanished mid-request means the tenant was deleted under it; otherwise the
-        tenant's current state explains the error, or None when the tenant is
-        still ACTIVE and the error is another matter."""
+        vanished mid-request means the tenant was deleted under it; a missing
+        table or column in a schema that exists is a schema-version problem
+        (TENANT_SCHEMA_OUTDATED), never "deleted". Otherwise the tenant's
+        current state explains the error, or None when the tenant is still
+        ACTIVE and the error is another matter."""
         tenant_id = str(scope.tenant_id)
-        if pg_error(exc).sqlstate in SCHEMA_GONE_SQLSTATES:
+        sqlstate = pg_error(exc).sqlstate
+        if sqlstate == INVALID_SCHEMA_NAME:
             return _tenant_deleted(tenant_id)
         try:
             async with self._sessions() as session:
+                missing = sqlstate in SCHEMA_OBJECT_MISSING_SQLSTATES
+                if missing and not await session.scalar(tenant_sql.schema_exists(scope.schema_name)):
+                    return _tenant_deleted(tenant_id)
                 row = (await session.execute(tenant_sql.state_of(scope.tenant_id))).one_or_none()
         except DBAPIError:
             return None
-        return _tenant_deleted(tenant_id) if row is None else gate_error(tenant_id, *row)
+        if row is None:
+            return _tenant_deleted(tenant_id)
+        state, purge_time, schema_version = row
+        refused = gate_error(tenant_id, state, purge_time, schema_version, self._oldest_revision)
+        if refused is None and sqlstate in SCHEMA_OBJECT_MISSING_SQLSTATES:
+            # The row says the schema is recent enough, its catalog disagrees.
+            log.error("tenant %s schema lacks an object at revision %s", tenant_id, schema_version)
+            return schema_outdated(tenant_id, schema_version, self._oldest_revision)
+        return refused
 
 
 def _tenant_deleted(tenant_id: str) -> ApiError:
     return not_found("TENANT_DELETED", f"tenant {tenant_id} was deleted", tenant_id=tenant_id)
 
 
-def gate_error(tenant_id: str, state: str, purge_time: datetime | None = None) -> ApiError | None:
-    """Why a tenant in `state` may not serve tenant-scoped calls (None: it may)."""
+def schema_outdated(tenant_id: str, schema_version: str, oldest_revision: str) -> ApiError:
+    return failed_precondition(
+        "TENANT_SCHEMA_OUTDATED",
+        f"tenant {tenant_id}'s schema is at revision {schema_version or 'none'}; this API needs {oldest_revision} "
+        "or later (run `tenantry-migrate tenants`)",
+        tenant_id=tenant_id,
+        schema_version=schema_version,
+        required_revision=oldest_revision,
+    )
+
+
+def gate_error(
+    tenant_id: str,
+    state: str,
+    purge_time: datetime | None = None,
+    schema_version: str | None = None,
+    oldest_revision: str = OLDEST_SERVED_TENANT_REVISION,
+) -> ApiError | None:
+    """Why a tenant in `state` (its schema at `schema_version`, when known)
+    may not serve tenant-scoped calls (None: it may)."""
     if state == TenantState.ACTIVE:
+        if schema_version is not None and tenant_sql.schema_is_behind(schema_version, oldest_revision):
+            return schema_outdated(tenant_id, schema_version, oldest_revision)
         return None
     if state == TenantState.CREATING:
         return failed_precondition(

@@ -459,7 +459,7 @@ class Tenants:
         operation = result.operation
         if operation.state == OperationState.PENDING:
             await self._starter.start(
-                OperationRef(operation.workflow_id, operation.kind, operation.tenant_id, result.tenant.admin_user_id)
+                OperationRef(operation.workflow_id, operation.kind, result.tenant.id, result.tenant.admin_user_id)
             )
         return result
 

@@ -50,6 +50,7 @@ CONTROL_PLANE_GRANTS: Mapping[str, Mapping[str, Sequence[str]]] = {
     "tenant_events": {API: APPEND_ONLY, WORKER: APPEND_ONLY},
     # The reconciler forgets records past their retention.
     "request_records": {API: DML, WORKER: ("SELECT", "DELETE")},
+    "rollout_failures": {API: ("SELECT",), WORKER: DML},
 }
 # Tables inside a tenant schema (all created by the worker, who owns them):
 # role -> privileges, given by the worker's default privileges as the tables

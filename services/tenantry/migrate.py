@@ -2,6 +2,9 @@
 privileges of the three database roles (tenantry.db_roles); safe to run twice
 or concurrently. Run it as the migrator role.
 
+`tenantry-migrate tenants [...]`: the fleet rollout of tenant schemas
+(tenantry.fleet_rollout).
+
 `tenantry-migrate roles`: creates those roles and their database-level rights
 (idempotent; needs a superuser's TENANTRY_DATABASE_URL). Run it first, once per
 database and again after upgrading Tenantry."""
@@ -19,7 +22,9 @@ from tenantry.db_roles import ROLES, NotSuperuserError, apply_grants, create_rol
 from tenantry.migrations import upgrade_control_plane
 from tenantry.settings import MigrateSettings, load_or_exit
 
-USAGE = "usage: tenantry-migrate [roles]"
+USAGE = (
+    "usage: tenantry-migrate [roles | tenants [--to REV] [--canary N] [--concurrency N] [--max-failures N] [--detach]]"
+)
 
 
 class MissingRolesError(Exception):
@@ -61,6 +66,12 @@ async def ensure_roles(database_url: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["tenants"]:
+        # Imported here: the control-plane path needs none of it.
+        from tenantry import fleet_rollout
+        from tenantry.settings import MigrateTenantsSettings
+
+        raise SystemExit(fleet_rollout.main(args[1:], load_or_exit(MigrateTenantsSettings.from_env)))
     if args not in ([], ["roles"]):
         print(USAGE, file=sys.stderr)
         raise SystemExit(2)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import re
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,8 @@ from sqlalchemy.schema import CreateSchema, ExecutableDDLElement
 from tenantry.db.models import TenantBase
 from tenantry.db_roles import tenant_schema_access
 from tenantry.settings import migrations_dir_from
+
+log = logging.getLogger(__name__)
 
 
 def migrations_dir() -> Path:
@@ -53,18 +59,20 @@ def _tenant_script() -> ScriptDirectory:
     return ScriptDirectory.from_config(_config("tenant"))
 
 
-def upgrade_tenant_schema(connection: Connection, schema: str) -> None:
-    """Brings one tenant schema to head on `connection`, inside its transaction.
-    What `alembic upgrade head` does, with the script directory cached."""
+def upgrade_tenant_schema(connection: Connection, schema: str, destination: str = "head") -> None:
+    """Brings one tenant schema to `destination` (default head) on `connection`,
+    inside its transaction. What `alembic upgrade` does, with the script
+    directory cached. Alembic's `op` and `context` are process-global: never
+    run two of these interleaved on one event loop."""
     config = _config("tenant")
     config.attributes["connection"] = connection
     config.attributes["tenant_schema"] = schema
     script = _tenant_script()
 
     def upgrade(revision: Any, _context: MigrationContext) -> Any:
-        return script._upgrade_revs("head", revision)
+        return script._upgrade_revs(destination, revision)
 
-    with EnvironmentContext(config, script, fn=upgrade, destination_rev="head"):
+    with EnvironmentContext(config, script, fn=upgrade, destination_rev=destination):
         script.run_env()
     # The API's access, as for a schema the script creates (the tables just
     # created already have it by the worker's default privileges).
@@ -121,3 +129,113 @@ def tenant_schema_script(schema: str) -> str:
     ]
     rendered = [str(statement).strip() for statement in statements] + tenant_schema_access(schema)
     return ";\n".join(rendered) + ";"
+
+
+# --- fleet rollouts: each revision step rendered once ------------------------
+
+# The schema name a rendered step is written for; replaced per tenant. A bare
+# lower-case identifier, so alembic never quotes it, and no tenant schema
+# (`t_` + 32 hex digits) can contain it.
+PLACEHOLDER_SCHEMA = "tenantry_tenant_schema_placeholder"
+_PLACEHOLDER = re.compile(rf"\b{PLACEHOLDER_SCHEMA}\b")
+
+
+def tenant_revisions() -> tuple[str, ...]:
+    """The tenant lineage, oldest first (one branch: tests hold it to that)."""
+    revisions = [r.revision for r in _tenant_script().walk_revisions("base", "heads")]
+    return tuple(reversed(revisions))
+
+
+def resolve_tenant_revision(target: str | None) -> str:
+    """`target` as a revision id (None or "head": the head); ValueError for
+    one the lineage does not have."""
+    if target in (None, "", "head", "heads"):
+        return tenant_head_revision()
+    if target not in tenant_revisions():
+        raise ValueError(f"unknown tenant revision {target!r} (known: {', '.join(tenant_revisions())})")
+    return target
+
+
+def revisions_before(target: str) -> tuple[str, ...]:
+    """The revisions a schema can be at and still need upgrading to `target`."""
+    revisions = tenant_revisions()
+    return revisions[: revisions.index(target)]
+
+
+def _render(from_revision: str | None, to_revision: str) -> str:
+    buffer = io.StringIO()
+    config = _config("tenant")
+    config.output_buffer = buffer
+    config.attributes["tenant_schema"] = PLACEHOLDER_SCHEMA
+    span = f"{from_revision}:{to_revision}" if from_revision else to_revision
+    command.upgrade(config, span, sql=True)
+    return buffer.getvalue()
+
+
+def _statements(rendered: str) -> list[str]:
+    """Alembic's offline output as statements: comments and blank lines go,
+    each statement ends with a line ending in `;`."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in rendered.splitlines():
+        if not line.strip() or line.lstrip().startswith("--"):
+            continue
+        current.append(line)
+        if line.rstrip().endswith(";"):
+            statements.append("\n".join(current).strip().rstrip(";"))
+            current = []
+    if current:
+        raise ValueError("unterminated statement in rendered migration")
+    return statements
+
+
+@cache
+def render_tenant_step(from_revision: str | None, to_revision: str) -> tuple[str, ...] | None:
+    """One revision step's SQL (alembic offline mode, `--sql`), rendered once
+    for PLACEHOLDER_SCHEMA: its DDL and the version stamp's update (or, from
+    base, the version table and its insert). None when alembic cannot render
+    it (a revision that reads the database); the rollout then runs alembic
+    online for that step."""
+    try:
+        statements = _statements(_render(from_revision, to_revision))
+    except Exception:  # noqa: BLE001 - any failure to render means: run it online
+        log.warning("tenant revision %s cannot be rendered offline; it runs through alembic", to_revision)
+        return None
+    return tuple(statements)
+
+
+def for_schema(statements: tuple[str, ...], schema: str) -> str:
+    """A rendered step as one script for `schema` (a tenant schema name)."""
+    return ";\n".join(_PLACEHOLDER.sub(schema, statement) for statement in statements) + ";"
+
+
+@dataclass(frozen=True)
+class UpgradeStep:
+    """One revision step: `statements` rendered for PLACEHOLDER_SCHEMA, or
+    None when it must run through alembic online."""
+
+    from_revision: str
+    to_revision: str
+    statements: tuple[str, ...] | None
+
+
+def upgrade_steps(from_revision: str, to_revision: str) -> list[UpgradeStep]:
+    """The steps from `from_revision` up to `to_revision` (empty when there)."""
+    revisions = tenant_revisions()
+    start, end = revisions.index(from_revision), revisions.index(to_revision)
+    return [
+        UpgradeStep(revisions[i], revisions[i + 1], render_tenant_step(revisions[i], revisions[i + 1]))
+        for i in range(start, end)
+    ]
+
+
+def tenant_schema_script_at(schema: str, revision: str) -> str:
+    """A new schema built by the lineage's own steps up to `revision`, as
+    alembic renders them (schema, tables, version table stamped), with the
+    API's access. For schemas at an older revision than head (tests and the
+    benchmark's fleets); new tenants use tenant_schema_script."""
+    statements = render_tenant_step(None, revision)
+    if statements is None:
+        raise ValueError(f"tenant revisions up to {revision} cannot be rendered offline")
+    script = f"{CreateSchema(schema).compile()};\n" + for_schema(statements, schema)
+    return script + "\n" + ";\n".join(tenant_schema_access(schema)) + ";"

@@ -12,8 +12,12 @@ INVALID_SCHEMA_NAME = "3F000"
 UNDEFINED_TABLE = "42P01"
 # A lock wait ran out of lock_timeout (also NOWAIT).
 LOCK_NOT_AVAILABLE = "55P03"
+UNDEFINED_COLUMN = "42703"
 # A tenant schema dropped under a running query surfaces as one of these.
 SCHEMA_GONE_SQLSTATES = frozenset({INVALID_SCHEMA_NAME, UNDEFINED_TABLE})
+# A table or column a query names is not there: the schema is gone (deleted)
+# or older than the code (a schema-version problem). Which one, the catalog says.
+SCHEMA_OBJECT_MISSING_SQLSTATES = frozenset({UNDEFINED_TABLE, UNDEFINED_COLUMN})
 # SQLSTATE classes that mean "the database is not there right now", not a bug:
 # connection exception, insufficient resources, operator intervention.
 # Also 25P03: the server ended a session that sat idle in its transaction

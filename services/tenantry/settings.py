@@ -101,6 +101,29 @@ class MigrateSettings:
         )
 
 
+@dataclass(frozen=True, kw_only=True)
+class MigrateTenantsSettings(MigrateSettings):
+    """`tenantry-migrate tenants`: the database and how to reach Temporal and
+    the worker's task queue (the same variables as the services)."""
+
+    temporal_address: str
+    temporal_namespace: str
+    task_queue: str
+    temporal_tls: TemporalTlsSettings
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> MigrateTenantsSettings:
+        env = _environ(env)
+        return cls(
+            database_url=database_url_from(env),
+            migrations_dir=migrations_dir_from(env),
+            temporal_address=_address(env, "TENANTRY_TEMPORAL_ADDRESS", None),
+            temporal_namespace=_name(env, "TENANTRY_TEMPORAL_NAMESPACE", DEFAULT_NAMESPACE),
+            task_queue=_name(env, "TENANTRY_TASK_QUEUE", DEFAULT_TASK_QUEUE),
+            temporal_tls=TemporalTlsSettings.from_env(env),
+        )
+
+
 @dataclass(frozen=True)
 class TemporalTlsSettings:
     """How both services reach Temporal (see tenantry.temporal_connection):

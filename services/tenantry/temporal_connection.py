@@ -11,7 +11,7 @@ from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
 from tenantry import tracing
-from tenantry.settings import CommonSettings, TemporalTlsSettings
+from tenantry.settings import CommonSettings, MigrateTenantsSettings, TemporalTlsSettings
 
 
 class ConnectOptions(TypedDict):
@@ -34,7 +34,7 @@ def tls_config(settings: TemporalTlsSettings) -> TLSConfig | bool:
     )
 
 
-def connect_options(settings: CommonSettings) -> ConnectOptions:
+def connect_options(settings: CommonSettings | MigrateTenantsSettings) -> ConnectOptions:
     return ConnectOptions(
         target_host=settings.temporal_address,
         namespace=settings.temporal_namespace,
@@ -43,7 +43,9 @@ def connect_options(settings: CommonSettings) -> ConnectOptions:
     )
 
 
-async def connect(settings: CommonSettings, *, lazy: bool = False, runtime: Runtime | None = None) -> Client:
+async def connect(
+    settings: CommonSettings | MigrateTenantsSettings, *, lazy: bool = False, runtime: Runtime | None = None
+) -> Client:
     """`Client.connect` with the service's settings. `lazy`: connect at the first call.
     When the process traces, the client (and a worker built on it) carries the trace context."""
     return await Client.connect(

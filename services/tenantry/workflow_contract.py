@@ -62,3 +62,25 @@ class DeleteTenantInput:
 class ReconcileInput:
     # Operations PENDING for longer than this get their workflow started.
     pending_threshold_seconds: float = 10.0
+
+
+MIGRATE_WORKFLOW = "TenantFleetMigrationWorkflow"
+
+
+def migrate_workflow_id(target_revision: str) -> str:
+    """A fresh workflow id for a fleet rollout to `target_revision`."""
+    return f"fleet-migrate-{target_revision}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class MigrateFleetInput:
+    """A fleet rollout: every live tenant schema below `target_revision`, the
+    first `canary` tenants one at a time (any failure there stops the
+    rollout), then batches of `batch_size` tenants, `concurrency` at a time;
+    stops once more than `max_failures` tenants failed."""
+
+    target_revision: str
+    canary: int = 1
+    concurrency: int = 4
+    max_failures: int = 0
+    batch_size: int = 200

@@ -38,7 +38,7 @@ OPERATION_STATE_FAILED: OperationState
 OPERATION_STATE_CANCELLED: OperationState
 
 class Operation(_message.Message):
-    __slots__ = ("name", "tenant_id", "kind", "state", "done", "error_message", "create_time", "start_time", "end_time", "actor", "trace_id")
+    __slots__ = ("name", "tenant_id", "kind", "state", "done", "error_message", "create_time", "start_time", "end_time", "actor", "trace_id", "progress")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class Operation(_message.Message):
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     tenant_id: str
     kind: OperationKind
@@ -61,4 +62,15 @@ class Operation(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     actor: str
     trace_id: str
-    def __init__(self, name: _Optional[str] = ..., tenant_id: _Optional[str] = ..., kind: _Optional[_Union[OperationKind, str]] = ..., state: _Optional[_Union[OperationState, str]] = ..., done: _Optional[bool] = ..., error_message: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., trace_id: _Optional[str] = ...) -> None: ...
+    progress: OperationProgress
+    def __init__(self, name: _Optional[str] = ..., tenant_id: _Optional[str] = ..., kind: _Optional[_Union[OperationKind, str]] = ..., state: _Optional[_Union[OperationState, str]] = ..., done: _Optional[bool] = ..., error_message: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., trace_id: _Optional[str] = ..., progress: _Optional[_Union[OperationProgress, _Mapping]] = ...) -> None: ...
+
+class OperationProgress(_message.Message):
+    __slots__ = ("total", "succeeded", "failed")
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    total: int
+    succeeded: int
+    failed: int
+    def __init__(self, total: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...

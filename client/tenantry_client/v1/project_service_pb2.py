@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tenantry_client.v1 import options_pb2 as tenantry_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tenantry/v1/project_service.proto\x12\x0btenantry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tenantry/v1/options.proto\"\x9a\x01\n\x07Project\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"9\n\x14\x43reateProjectRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\">\n\x15\x43reateProjectResponse\x12%\n\x07project\x18\x01 \x01(\x0b\x32\x14.tenantry.v1.Project\"\'\n\x11GetProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\";\n\x12GetProjectResponse\x12%\n\x07project\x18\x01 \x01(\x0b\x32\x14.tenantry.v1.Project\"<\n\x13ListProjectsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x14ListProjectsResponse\x12&\n\x08projects\x18\x01 \x03(\x0b\x32\x14.tenantry.v1.Project\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14\x44\x65leteProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteProjectResponse2\xb8\x03\n\x0eProjectService\x12j\n\rCreateProject\x12!.tenantry.v1.CreateProjectRequest\x1a\".tenantry.v1.CreateProjectResponse\"\x12\x92\xb5\x18\x0eprojects.write\x12`\n\nGetProject\x12\x1e.tenantry.v1.GetProjectRequest\x1a\x1f.tenantry.v1.GetProjectResponse\"\x11\x92\xb5\x18\rprojects.read\x12\x66\n\x0cListProjects\x12 .tenantry.v1.ListProjectsRequest\x1a!.tenantry.v1.ListProjectsResponse\"\x11\x92\xb5\x18\rprojects.read\x12j\n\rDeleteProject\x12!.tenantry.v1.DeleteProjectRequest\x1a\".tenantry.v1.DeleteProjectResponse\"\x12\x92\xb5\x18\x0eprojects.write\x1a\x04\x88\xb5\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tenantry/v1/project_service.proto\x12\x0btenantry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tenantry/v1/options.proto\"\xac\x01\n\x07Project\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61rchived\x18\x06 \x01(\x08\"K\n\x14\x43reateProjectRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x61rchived\x18\x03 \x01(\x08\">\n\x15\x43reateProjectResponse\x12%\n\x07project\x18\x01 \x01(\x0b\x32\x14.tenantry.v1.Project\"\'\n\x11GetProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\";\n\x12GetProjectResponse\x12%\n\x07project\x18\x01 \x01(\x0b\x32\x14.tenantry.v1.Project\"<\n\x13ListProjectsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x14ListProjectsResponse\x12&\n\x08projects\x18\x01 \x03(\x0b\x32\x14.tenantry.v1.Project\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14\x44\x65leteProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteProjectResponse2\xb8\x03\n\x0eProjectService\x12j\n\rCreateProject\x12!.tenantry.v1.CreateProjectRequest\x1a\".tenantry.v1.CreateProjectResponse\"\x12\x92\xb5\x18\x0eprojects.write\x12`\n\nGetProject\x12\x1e.tenantry.v1.GetProjectRequest\x1a\x1f.tenantry.v1.GetProjectResponse\"\x11\x92\xb5\x18\rprojects.read\x12\x66\n\x0cListProjects\x12 .tenantry.v1.ListProjectsRequest\x1a!.tenantry.v1.ListProjectsResponse\"\x11\x92\xb5\x18\rprojects.read\x12j\n\rDeleteProject\x12!.tenantry.v1.DeleteProjectRequest\x1a\".tenantry.v1.DeleteProjectResponse\"\x12\x92\xb5\x18\x0eprojects.write\x1a\x04\x88\xb5\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,23 +44,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROJECTSERVICE'].methods_by_name['DeleteProject']._loaded_options = None
   _globals['_PROJECTSERVICE'].methods_by_name['DeleteProject']._serialized_options = b'\222\265\030\016projects.write'
   _globals['_PROJECT']._serialized_start=111
-  _globals['_PROJECT']._serialized_end=265
-  _globals['_CREATEPROJECTREQUEST']._serialized_start=267
-  _globals['_CREATEPROJECTREQUEST']._serialized_end=324
-  _globals['_CREATEPROJECTRESPONSE']._serialized_start=326
-  _globals['_CREATEPROJECTRESPONSE']._serialized_end=388
-  _globals['_GETPROJECTREQUEST']._serialized_start=390
-  _globals['_GETPROJECTREQUEST']._serialized_end=429
-  _globals['_GETPROJECTRESPONSE']._serialized_start=431
-  _globals['_GETPROJECTRESPONSE']._serialized_end=490
-  _globals['_LISTPROJECTSREQUEST']._serialized_start=492
-  _globals['_LISTPROJECTSREQUEST']._serialized_end=552
-  _globals['_LISTPROJECTSRESPONSE']._serialized_start=554
-  _globals['_LISTPROJECTSRESPONSE']._serialized_end=641
-  _globals['_DELETEPROJECTREQUEST']._serialized_start=643
-  _globals['_DELETEPROJECTREQUEST']._serialized_end=685
-  _globals['_DELETEPROJECTRESPONSE']._serialized_start=687
-  _globals['_DELETEPROJECTRESPONSE']._serialized_end=710
-  _globals['_PROJECTSERVICE']._serialized_start=713
-  _globals['_PROJECTSERVICE']._serialized_end=1153
+  _globals['_PROJECT']._serialized_end=283
+  _globals['_CREATEPROJECTREQUEST']._serialized_start=285
+  _globals['_CREATEPROJECTREQUEST']._serialized_end=360
+  _globals['_CREATEPROJECTRESPONSE']._serialized_start=362
+  _globals['_CREATEPROJECTRESPONSE']._serialized_end=424
+  _globals['_GETPROJECTREQUEST']._serialized_start=426
+  _globals['_GETPROJECTREQUEST']._serialized_end=465
+  _globals['_GETPROJECTRESPONSE']._serialized_start=467
+  _globals['_GETPROJECTRESPONSE']._serialized_end=526
+  _globals['_LISTPROJECTSREQUEST']._serialized_start=528
+  _globals['_LISTPROJECTSREQUEST']._serialized_end=588
+  _globals['_LISTPROJECTSRESPONSE']._serialized_start=590
+  _globals['_LISTPROJECTSRESPONSE']._serialized_end=677
+  _globals['_DELETEPROJECTREQUEST']._serialized_start=679
+  _globals['_DELETEPROJECTREQUEST']._serialized_end=721
+  _globals['_DELETEPROJECTRESPONSE']._serialized_start=723
+  _globals['_DELETEPROJECTRESPONSE']._serialized_end=746
+  _globals['_PROJECTSERVICE']._serialized_start=749
+  _globals['_PROJECTSERVICE']._serialized_end=1189
 # @@protoc_insertion_point(module_scope)

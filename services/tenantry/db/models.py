@@ -22,6 +22,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
     func,
     text,
 )
@@ -139,6 +140,15 @@ class Operation(Base):
         Index("ix_workflow_executions_tenant_id_create_time", "tenant_id", "create_time"),
         Index("ix_workflow_executions_state_create_time", "state", "create_time"),
         Index("ix_workflow_executions_create_time_workflow_id", "create_time", "workflow_id"),
+        # A fleet rollout (MIGRATE) is the one kind without a tenant.
+        CheckConstraint(f"tenant_id IS NOT NULL OR kind = '{OperationKind.MIGRATE}'", name="tenant_unless_fleet"),
+        # At most one open fleet rollout (`tenantry-migrate tenants` re-attaches to it).
+        Index(
+            "uq_workflow_executions_open_migrate",
+            "kind",
+            unique=True,
+            postgresql_where=text(f"{_in('state', OPEN_OPERATION_STATES)} AND kind = '{OperationKind.MIGRATE}'"),
+        ),
         # At most one open lifecycle operation per tenant (design.md, OperationService).
         Index(
             "uq_workflow_executions_open_lifecycle",
@@ -151,7 +161,8 @@ class Operation(Base):
     )
 
     workflow_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    # None for a fleet-wide operation (MIGRATE).
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tenants.id"))
     kind: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16))
     error_message: Mapped[str] = mapped_column(Text, server_default="")
@@ -166,6 +177,24 @@ class Operation(Base):
     # The OpenTelemetry trace id (32 hex digits) of the request that created
     # it; "" when that process was not tracing (tenantry.tracing).
     trace_id: Mapped[str] = mapped_column(String(32), server_default="")
+    # An operation over many tenants (MIGRATE): how many it has to do, has
+    # done and has failed (each failure in rollout_failures), and its target
+    # tenant-lineage revision.
+    progress_total: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    progress_succeeded: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    progress_failed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    target_revision: Mapped[str] = mapped_column(String(32), server_default="")
+
+
+class RolloutFailure(Base):
+    """A tenant a fleet rollout could not upgrade, and why (a stable reason)."""
+
+    __tablename__ = "rollout_failures"
+
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflow_executions.workflow_id"), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    create_time: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class TenantEventCounter(Base):
@@ -225,3 +254,5 @@ class Project(TenantBase):
     description: Mapped[str] = mapped_column(Text, server_default="")
     create_time: Mapped[datetime] = mapped_column(server_default=func.now())
     update_time: Mapped[datetime] = mapped_column(server_default=func.now())
+    # Tenant revision t0002.
+    archived: Mapped[bool] = mapped_column(server_default=false())

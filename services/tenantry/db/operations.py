@@ -64,6 +64,8 @@ def transition(
 # what the reconciler needs to judge and restart them.
 STALE_OPERATIONS = (
     select(Operation.workflow_id, Operation.kind, Operation.tenant_id, Tenant.admin_user_id, Tenant.state)
+    # An inner join: a fleet rollout (MIGRATE, no tenant) is never restarted
+    # by the reconciler; `tenantry-migrate tenants` re-attaches to it.
     .join(Tenant, Tenant.id == Operation.tenant_id)
     .where(Operation.state == bindparam("state"))
     .where(Operation.update_time < text("now() - make_interval(secs => :age)"))
@@ -151,6 +153,6 @@ def actor_of(workflow_id: str) -> Select[str]:
     return select(Operation.actor).where(Operation.workflow_id == workflow_id)
 
 
-def tenant_kind_state_of(workflow_id: str) -> Select[uuid.UUID, str, str]:
+def tenant_kind_state_of(workflow_id: str) -> Select[uuid.UUID | None, str, str]:
     """The operation's tenant, kind and state (no row: no such operation)."""
     return select(Operation.tenant_id, Operation.kind, Operation.state).where(Operation.workflow_id == workflow_id)

@@ -10,6 +10,7 @@ rarer changes (failure, soft delete, purge) are built per call.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from tenantry.tracing import current_trace_id
 from tenantry.workflow_contract import provision_workflow_id
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
+PG_NAMESPACE = table("pg_namespace", column("nspname"), schema="pg_catalog")
 
 TENANTS = Tenant.__tablename__
 OPERATIONS = Operation.__tablename__
@@ -179,7 +181,7 @@ def holder_of_slug(query: _Query, slug: object) -> _Query:
     )
 
 
-_ADMISSION_COLUMNS = select(Tenant.id, Tenant.state, Tenant.schema_name, Tenant.purge_time)
+_ADMISSION_COLUMNS = select(Tenant.id, Tenant.state, Tenant.schema_name, Tenant.purge_time, Tenant.schema_version)
 _ADMIT_BY_ID = _ADMISSION_COLUMNS.where(Tenant.id == bindparam("key"))
 _ADMIT_BY_SLUG = holder_of_slug(_ADMISSION_COLUMNS, bindparam("key"))
 
@@ -187,7 +189,7 @@ _ADMIT_BY_SLUG = holder_of_slug(_ADMISSION_COLUMNS, bindparam("key"))
 @dataclass(frozen=True)
 class AdmissionQueries:
     """The admission reads as the driver's SQL (`$1` the tenant id or slug;
-    rows `(id, state, schema_name, purge_time)`), rendered once per engine: admission runs
+    rows `(id, state, schema_name, purge_time, schema_version)`), rendered once per engine: admission runs
     on every tenant-scoped call, so it skips SQLAlchemy's execution layer."""
 
     by_id: str
@@ -201,19 +203,42 @@ class AdmissionQueries:
         )
 
 
-def begin_if_active(tenant_id: uuid.UUID) -> str:
-    """Opens the call's transaction and checks the tenant is ACTIVE, in one
-    round trip: the simple query protocol takes several statements but no
-    parameters, and its status ("SELECT 1" or "SELECT 0") is the answer. The
-    only value in it is a uuid.UUID's canonical text (hex digits and dashes)."""
+# Tenant revision ids: `t` and four digits, so their text order is the
+# lineage's order (a test holds the lineage to it) and a revision compares in
+# SQL as text.
+TENANT_REVISION_PATTERN = re.compile(r"t[0-9]{4}")
+
+
+def begin_if_active(tenant_id: uuid.UUID, oldest_revision: str) -> str:
+    """Opens the call's transaction and checks the tenant is ACTIVE with its
+    schema at `oldest_revision` or later, in one round trip: the simple query
+    protocol takes several statements but no parameters, and its status
+    ("SELECT 1" or "SELECT 0") is the answer. The only values in it are a
+    uuid.UUID's canonical text (hex digits and dashes) and a revision id
+    matching TENANT_REVISION_PATTERN."""
     if not isinstance(tenant_id, uuid.UUID):
         raise TypeError("tenant_id must be a uuid.UUID")
-    return f"BEGIN; SELECT 1 FROM {TENANTS} WHERE id = '{tenant_id}' AND state = '{TenantState.ACTIVE.value}'"
+    if not TENANT_REVISION_PATTERN.fullmatch(oldest_revision):
+        raise ValueError(f"not a tenant revision id: {oldest_revision!r}")
+    return (
+        f"BEGIN; SELECT 1 FROM {TENANTS} WHERE id = '{tenant_id}' AND state = '{TenantState.ACTIVE.value}' "
+        f"AND schema_version >= '{oldest_revision}'"
+    )
 
 
-def state_of(tenant_id: uuid.UUID) -> Select[str, datetime | None]:
-    """The tenant's state and purge time."""
-    return select(Tenant.state, Tenant.purge_time).where(Tenant.id == tenant_id)
+def schema_is_behind(schema_version: str, oldest_revision: str) -> bool:
+    """The tenant-lineage revision `schema_version` is older than `oldest_revision`."""
+    return schema_version < oldest_revision
+
+
+def state_of(tenant_id: uuid.UUID) -> Select[str, datetime | None, str]:
+    """The tenant's state, purge time and schema version."""
+    return select(Tenant.state, Tenant.purge_time, Tenant.schema_version).where(Tenant.id == tenant_id)
+
+
+def schema_exists(schema_name: str) -> Select[bool]:
+    """Whether a schema of that name exists (the catalog, readable by every role)."""
+    return select(exists().where(PG_NAMESPACE.c.nspname == schema_name))
 
 
 # --- provisioning and deletion -----------------------------------------------
@@ -222,12 +247,11 @@ def state_of(tenant_id: uuid.UUID) -> Select[str, datetime | None]:
 # (parameter `tenant_id`).
 LOCK_STATE = select(Tenant.state).where(Tenant.id == bindparam("tenant_id")).with_for_update()
 
-_PG_NAMESPACE = table("pg_namespace", column("nspname"), schema="pg_catalog")
 # The tenant's state and whether its schema exists, the row locked (parameter
 # `locked_tenant_id`). Built once: constructing a statement per call costs more
 # CPU than running it.
 LOCK_FOR_PROVISIONING = (
-    select(Tenant.state, exists().where(_PG_NAMESPACE.c.nspname == Tenant.schema_name))
+    select(Tenant.state, exists().where(PG_NAMESPACE.c.nspname == Tenant.schema_name))
     .where(Tenant.id == bindparam("locked_tenant_id"))
     .with_for_update(of=Tenant)
 )

@@ -25,17 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btenantry/v1/operation.proto\x12\x0btenantry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x02\n\tOperation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12(\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.tenantry.v1.OperationKind\x12*\n\x05state\x18\x04 \x01(\x0e\x32\x1b.tenantry.v1.OperationState\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\n \x01(\t\x12\x10\n\x08trace_id\x18\x0b \x01(\t*\x9d\x01\n\rOperationKind\x12\x1e\n\x1aOPERATION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18OPERATION_KIND_PROVISION\x10\x01\x12\x19\n\x15OPERATION_KIND_DELETE\x10\x02\x12\x1a\n\x16OPERATION_KIND_MIGRATE\x10\x03\x12\x17\n\x13OPERATION_KIND_MOVE\x10\x04*\xc5\x01\n\x0eOperationState\x12\x1f\n\x1bOPERATION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17OPERATION_STATE_PENDING\x10\x01\x12\x1b\n\x17OPERATION_STATE_RUNNING\x10\x02\x12\x1d\n\x19OPERATION_STATE_SUCCEEDED\x10\x03\x12\x1a\n\x16OPERATION_STATE_FAILED\x10\x04\x12\x1d\n\x19OPERATION_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btenantry/v1/operation.proto\x12\x0btenantry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x03\n\tOperation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12(\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.tenantry.v1.OperationKind\x12*\n\x05state\x18\x04 \x01(\x0e\x32\x1b.tenantry.v1.OperationState\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\n \x01(\t\x12\x10\n\x08trace_id\x18\x0b \x01(\t\x12\x30\n\x08progress\x18\x0c \x01(\x0b\x32\x1e.tenantry.v1.OperationProgress\"E\n\x11OperationProgress\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x11\n\tsucceeded\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03*\x9d\x01\n\rOperationKind\x12\x1e\n\x1aOPERATION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18OPERATION_KIND_PROVISION\x10\x01\x12\x19\n\x15OPERATION_KIND_DELETE\x10\x02\x12\x1a\n\x16OPERATION_KIND_MIGRATE\x10\x03\x12\x17\n\x13OPERATION_KIND_MOVE\x10\x04*\xc5\x01\n\x0eOperationState\x12\x1f\n\x1bOPERATION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17OPERATION_STATE_PENDING\x10\x01\x12\x1b\n\x17OPERATION_STATE_RUNNING\x10\x02\x12\x1d\n\x19OPERATION_STATE_SUCCEEDED\x10\x03\x12\x1a\n\x16OPERATION_STATE_FAILED\x10\x04\x12\x1d\n\x19OPERATION_STATE_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tenantry.v1.operation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPERATIONKIND']._serialized_start=424
-  _globals['_OPERATIONKIND']._serialized_end=581
-  _globals['_OPERATIONSTATE']._serialized_start=584
-  _globals['_OPERATIONSTATE']._serialized_end=781
+  _globals['_OPERATIONKIND']._serialized_start=545
+  _globals['_OPERATIONKIND']._serialized_end=702
+  _globals['_OPERATIONSTATE']._serialized_start=705
+  _globals['_OPERATIONSTATE']._serialized_end=902
   _globals['_OPERATION']._serialized_start=78
-  _globals['_OPERATION']._serialized_end=421
+  _globals['_OPERATION']._serialized_end=471
+  _globals['_OPERATIONPROGRESS']._serialized_start=473
+  _globals['_OPERATIONPROGRESS']._serialized_end=542
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,295 @@
+"""Fleet rollout activities: tenant schemas brought to a tenant-lineage
+revision, in batches, each tenant in its own transaction.
+
+Speed comes from not paying alembic per tenant: every revision step is
+rendered once, offline, for a placeholder schema (tenantry.migrations), and a
+tenant's upgrade is that SQL with its schema name, run in one round trip. A
+step alembic cannot render runs through alembic online for that tenant (one
+at a time per process: alembic's `op` is process-global).
+
+Per tenant, one transaction: `lock_timeout` first (a busy tenant is reported
+BUSY and retried later, never blocking the fleet), the tenant row locked, its
+state and recorded revision checked (a schema already at the target is never
+upgraded again, whoever raced for it), the schema's own alembic stamp checked
+against the row, the DDL, the row's new revision with the operation's count,
+and the SCHEMA_MIGRATED event last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import asyncpg
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from temporalio import activity
+
+from tenantry.db import operations as operation_sql
+from tenantry.db import rollouts as rollout_sql
+from tenantry.db.engine import driver_of
+from tenantry.db.events import SYSTEM_WORKER, EventRecord, append_event
+from tenantry.migrations import for_schema, revisions_before, tenant_revisions, upgrade_steps, upgrade_tenant_schema
+from tenantry.pg_errors import UNAVAILABLE_SQLSTATE_PREFIXES, pg_error
+from tenantry.schema_names import quote_schema
+from tenantry.states import OPEN_OPERATION_STATES, OperationState, TenantEventType, TenantState
+from tenantry.workflow_contract import MigrateFleetInput
+
+log = logging.getLogger(__name__)
+
+LOCK_NOT_AVAILABLE = "55P03"
+# How long one tenant's upgrade waits for a lock (its row, its tables) before
+# it gives way and is retried later.
+TENANT_LOCK_TIMEOUT = "2s"
+_ONLINE_UPGRADE_LOCK = asyncio.Lock()
+
+
+class Outcome(StrEnum):
+    UPGRADED = "UPGRADED"
+    SKIPPED = "SKIPPED"  # at the target already, or no longer live
+    BUSY = "BUSY"  # a lock was not available in time: retried later
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    rollout: MigrateFleetInput
+    # Keyset position: the batch takes tenants with a greater id ('' = from the start).
+    after: str = ""
+    limit: int = 200
+    concurrency: int = 1
+    # Retry exactly these tenants (busy before) instead of the next batch.
+    tenant_ids: list[str] = field(default_factory=list)
+    # Busy tenants of this batch are recorded as failed (the last retry).
+    busy_is_failure: bool = False
+    # Canaries: one at a time, and none after the first failure.
+    stop_at_first_failure: bool = False
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    last_id: str
+    exhausted: bool
+    upgraded: int
+    busy: list[str]
+    failed_total: int
+
+
+@dataclass(frozen=True)
+class FinishRolloutInput:
+    state: str
+    error_message: str = ""
+
+
+class RolloutActivities:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @activity.defn(name="begin_rollout")
+    async def begin_rollout(self, input: MigrateFleetInput) -> int:
+        """RUNNING, and the total: tenants done so far plus those still below
+        the target. Returns the total."""
+        workflow_id = _workflow_id()
+        async with self._engine.begin() as conn:
+            await conn.execute(operation_sql.MARK_RUNNING, {"workflow_id": workflow_id})
+            total = await conn.scalar(
+                rollout_sql.SET_TOTAL,
+                {"workflow_id": workflow_id, "older": list(revisions_before(input.target_revision))},
+            )
+        return int(total or 0)
+
+    @activity.defn(name="migrate_batch")
+    async def migrate_batch(self, input: BatchInput) -> BatchResult:
+        workflow_id = _workflow_id()
+        target = input.rollout.target_revision
+        older = list(revisions_before(target))
+        async with self._engine.connect() as conn:
+            actor = await conn.scalar(operation_sql.actor_of(workflow_id)) or SYSTEM_WORKER
+            if input.tenant_ids:
+                ids = input.tenant_ids
+            else:
+                ids = [
+                    str(row[0])
+                    for row in await conn.execute(
+                        rollout_sql.NEXT_TENANTS,
+                        {"older": older, "after": input.after, "limit": input.limit, "workflow_id": workflow_id},
+                    )
+                ]
+        fetched = len(ids)
+        gate = asyncio.Semaphore(max(1, input.concurrency))
+        done = 0
+
+        async def one(tenant_id: str) -> Outcome:
+            nonlocal done
+            async with gate:
+                outcome = await self._upgrade_one(uuid.UUID(tenant_id), target, workflow_id, actor)
+                if outcome == Outcome.BUSY and input.busy_is_failure:
+                    await self._record_failure(
+                        workflow_id,
+                        tenant_id,
+                        f"TENANT_BUSY: its locks were held longer than {TENANT_LOCK_TIMEOUT} on every attempt",
+                    )
+                    outcome = Outcome.FAILED
+                done += 1
+                activity.heartbeat(done)
+                return outcome
+
+        if input.stop_at_first_failure:
+            outcomes: list[Outcome] = []
+            for tenant_id in ids:
+                outcomes.append(await one(tenant_id))
+                if outcomes[-1] == Outcome.FAILED:
+                    ids = ids[: len(outcomes)]
+                    break
+        else:
+            outcomes = list(await asyncio.gather(*(one(tenant_id) for tenant_id in ids)))
+        async with self._engine.connect() as conn:
+            progress = (await conn.execute(rollout_sql.PROGRESS, {"workflow_id": workflow_id})).one()
+        return BatchResult(
+            last_id=ids[-1] if ids else input.after,
+            exhausted=not input.tenant_ids and fetched < input.limit,
+            upgraded=sum(1 for o in outcomes if o == Outcome.UPGRADED),
+            busy=[t for t, o in zip(ids, outcomes, strict=True) if o == Outcome.BUSY],
+            failed_total=int(progress.progress_failed),
+        )
+
+    @activity.defn(name="finish_rollout")
+    async def finish_rollout(self, input: FinishRolloutInput) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                operation_sql.transition(
+                    _workflow_id(), OPEN_OPERATION_STATES, OperationState(input.state), input.error_message
+                )
+            )
+
+    async def _upgrade_one(self, tenant_id: uuid.UUID, target: str, workflow_id: str, actor: str) -> Outcome:
+        try:
+            if all(step.statements is not None for step in upgrade_steps(tenant_revisions()[0], target)):
+                return await self._upgrade_fast(tenant_id, target, workflow_id, actor)
+            async with self._engine.begin() as conn:
+                return await _upgrade_in(conn, tenant_id, target, workflow_id, actor)
+        except _VersionMismatch:
+            await self._record_failure(
+                workflow_id, str(tenant_id), "VERSION_MISMATCH: the schema's own stamp differs from the tenant's record"
+            )
+            return Outcome.FAILED
+        except (DBAPIError, asyncpg.PostgresError) as exc:
+            # The DDL runs on the driver (asyncpg's own errors), the rest through SQLAlchemy.
+            driver_error = exc.orig if isinstance(exc, DBAPIError) else exc
+            sqlstate = (pg_error(exc).sqlstate if isinstance(exc, DBAPIError) else exc.sqlstate) or ""
+            if sqlstate == LOCK_NOT_AVAILABLE:
+                return Outcome.BUSY
+            if sqlstate.startswith(UNAVAILABLE_SQLSTATE_PREFIXES) or (
+                isinstance(exc, DBAPIError) and exc.connection_invalidated
+            ):
+                raise  # the database, not the tenant: the activity retries
+            name = type(getattr(driver_error, "__cause__", None) or driver_error).__name__
+            if isinstance(exc, asyncpg.PostgresError):
+                name = type(exc).__name__
+            log.warning("tenant %s: schema upgrade to %s failed: %s", tenant_id, target, exc)
+            await self._record_failure(
+                workflow_id, str(tenant_id), f"MIGRATION_FAILED: {name} (SQLSTATE {sqlstate or 'unknown'})"
+            )
+            return Outcome.FAILED
+        except _TenantRefused as refused:
+            await self._record_failure(workflow_id, str(tenant_id), str(refused))
+            return Outcome.FAILED
+
+    async def _upgrade_fast(self, tenant_id: uuid.UUID, target: str, workflow_id: str, actor: str) -> Outcome:
+        """The same transaction as _upgrade_in in three round trips on the
+        driver (every step rendered): BEGIN with lock_timeout; the row lock
+        and its checks; then one script: the schema's stamp checked, the
+        steps' DDL, the row's revision with the operation's count and the
+        event (one statement, the event counter last), COMMIT."""
+        async with self._engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            driver = await driver_of(conn)
+            try:
+                await driver.execute(f"BEGIN; SET LOCAL lock_timeout = '{TENANT_LOCK_TIMEOUT}'")
+                row = await driver.fetchrow(rollout_sql.LOCK_FOR_UPGRADE_SQL, tenant_id)
+                if row is None:
+                    await driver.execute("ROLLBACK")
+                    return Outcome.SKIPPED
+                state, recorded, schema, schema_present = row
+                if state not in rollout_sql.ROLLOUT_TENANT_STATES or recorded not in revisions_before(target):
+                    await driver.execute("ROLLBACK")
+                    return Outcome.SKIPPED  # purged, or at the target already: never upgrade twice
+                if not schema_present:
+                    await driver.execute("ROLLBACK")
+                    raise _TenantRefused(
+                        f"SCHEMA_MISSING: the tenant is {state} but its schema {schema} does not exist"
+                    )
+                steps = [for_schema(step.statements or (), schema) for step in upgrade_steps(recorded, target)]
+                finish = rollout_sql.upgraded_statement(
+                    tenant_id, target, workflow_id, TenantState(state), actor or SYSTEM_WORKER
+                )
+                script = "\n".join([rollout_sql.stamp_guard(schema, recorded), *steps, finish + ";", "COMMIT"])
+                try:
+                    await driver.execute(script)
+                except asyncpg.PostgresError as exc:
+                    if exc.sqlstate == rollout_sql.VERSION_MISMATCH_SQLSTATE:
+                        raise _VersionMismatch from exc
+                    raise
+                return Outcome.UPGRADED
+            finally:
+                if driver.is_closed():
+                    await conn.invalidate()
+                elif driver.is_in_transaction():
+                    try:
+                        await driver.execute("ROLLBACK")
+                    except Exception:  # noqa: BLE001 - discard a connection in an unknown state
+                        await conn.invalidate()
+
+    async def _record_failure(self, workflow_id: str, tenant_id: str, reason: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                rollout_sql.RECORD_FAILURE, {"workflow_id": workflow_id, "tenant_id": tenant_id, "reason": reason}
+            )
+
+
+class _TenantRefused(Exception):
+    """The tenant cannot be upgraded; the message is its stored reason."""
+
+
+class _VersionMismatch(Exception):
+    """The schema's own alembic stamp is not the revision the tenant row records."""
+
+
+async def _upgrade_in(
+    conn: AsyncConnection, tenant_id: uuid.UUID, target: str, workflow_id: str, actor: str
+) -> Outcome:
+    await conn.execute(text(f"SET LOCAL lock_timeout = '{TENANT_LOCK_TIMEOUT}'"))
+    row = (await conn.execute(rollout_sql.LOCK_FOR_UPGRADE, {"tenant_id": tenant_id})).one_or_none()
+    if row is None:
+        return Outcome.SKIPPED
+    state, recorded, schema, schema_present = row
+    if state not in rollout_sql.ROLLOUT_TENANT_STATES or recorded not in revisions_before(target):
+        # Purged, or at the target (or beyond) already: never upgrade twice.
+        return Outcome.SKIPPED
+    if not schema_present:
+        raise _TenantRefused(f"SCHEMA_MISSING: the tenant is {state} but its schema {schema} does not exist")
+    stamped = await conn.scalar(text(f"SELECT version_num FROM {quote_schema(schema)}.alembic_version"))
+    if stamped != recorded:
+        raise _TenantRefused(f"VERSION_MISMATCH: the schema is stamped {stamped}, the tenant records {recorded}")
+    driver = await driver_of(conn)
+    for step in upgrade_steps(recorded, target):
+        if step.statements is not None:
+            await driver.execute(for_schema(step.statements, schema))
+        else:
+            async with _ONLINE_UPGRADE_LOCK:
+                await conn.run_sync(upgrade_tenant_schema, schema, step.to_revision)
+    await conn.execute(
+        rollout_sql.STAMP_UPGRADED, {"tenant_id": tenant_id, "revision": target, "workflow_id": workflow_id}
+    )
+    await append_event(
+        conn, EventRecord(tenant_id, TenantEventType.SCHEMA_MIGRATED, TenantState(state), actor, workflow_id)
+    )
+    return Outcome.UPGRADED
+
+
+def _workflow_id() -> str:
+    return activity.info().workflow_id or ""
