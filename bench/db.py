@@ -17,7 +17,7 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from tenantry.db import tenants as tenant_sql
-from tenantry.migrations import tenant_schema_script
+from tenantry.migrations import tenant_head_revision, tenant_schema_script
 from tenantry.schema_names import SCHEMA_NAME_FROM_ID_SQL, quote_schema, schema_name_for
 from tenantry.states import TenantState
 from tenantry.workflow_contract import provision_workflow_id
@@ -163,12 +163,13 @@ async def seed_active_tenants(pool: asyncpg.Pool, count: int, batch: int, first_
         slugs = [f"seed-{first_index + start + i:07d}" for i in range(size)]
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                "INSERT INTO tenants (id, slug, display_name, admin_user_id, state, schema_name) "
-                f"SELECT id, slug, 'Seeded ' || slug, $3, 'ACTIVE', {SCHEMA_NAME_FROM_ID_SQL} "
+                "INSERT INTO tenants (id, slug, display_name, admin_user_id, state, schema_name, schema_version) "
+                f"SELECT id, slug, 'Seeded ' || slug, $3, 'ACTIVE', {SCHEMA_NAME_FROM_ID_SQL}, $4 "
                 "FROM unnest($1::uuid[], $2::text[]) AS s(id, slug)",
                 ids,
                 slugs,
                 seed_user,
+                tenant_head_revision(),
             )
             await conn.execute(
                 "INSERT INTO tenant_memberships (tenant_id, user_id, role) "
