@@ -14,6 +14,7 @@ Health checks get no span.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -83,18 +84,23 @@ class RpcTracingInterceptor(ServerInterceptor):
         if service in UNTRACED_SERVICES:
             return handler
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method_name}
+
+        def server_span(context: grpc.aio.ServicerContext[Any, Any]) -> AbstractContextManager[trace.Span]:
+            # The status is set from the gRPC code (_finish), not from exceptions.
+            return tracer.start_as_current_span(
+                name,
+                context=_parent(context),
+                kind=SpanKind.SERVER,
+                attributes=attributes,
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+
         if handler.unary_stream is not None:
             inner_stream = cast("StreamBehavior", handler.unary_stream)
 
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                with tracer.start_as_current_span(
-                    name,
-                    context=_parent(context),
-                    kind=SpanKind.SERVER,
-                    attributes=attributes,
-                    record_exception=False,
-                    set_status_on_exception=False,
-                ) as span:
+                with server_span(context) as span:
                     code = grpc.StatusCode.CANCELLED  # the caller went away mid-stream
                     try:
                         async for response in inner_stream(request, context):
@@ -112,14 +118,7 @@ class RpcTracingInterceptor(ServerInterceptor):
         inner = cast("Behavior", handler.unary_unary)
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            with tracer.start_as_current_span(
-                name,
-                context=_parent(context),
-                kind=SpanKind.SERVER,
-                attributes=attributes,
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span:
+            with server_span(context) as span:
                 code = grpc.StatusCode.UNKNOWN
                 try:
                     response = await inner(request, context)
