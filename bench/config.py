@@ -44,6 +44,8 @@ class BenchConfig:
     # previous tenant revision, its floor and a rerun, at this --concurrency.
     fleet_tenants: int
     fleet_concurrency: int
+    # Then a rollout over this many more (the 5,000-tenant goal).
+    fleet_large_tenants: int
     # Bounds every wait for a workflow outcome.
     settle_timeout_seconds: float
 
@@ -78,6 +80,7 @@ FULL = BenchConfig(
     event_register_concurrency=4,
     fleet_tenants=1000,
     fleet_concurrency=4,
+    fleet_large_tenants=5000,
     settle_timeout_seconds=300.0,
 )
 
@@ -105,5 +108,6 @@ SMOKE = BenchConfig(
     event_register_concurrency=2,
     fleet_tenants=12,
     fleet_concurrency=4,
+    fleet_large_tenants=20,
     settle_timeout_seconds=60.0,
 )
