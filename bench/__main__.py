@@ -22,6 +22,7 @@ import psutil
 from bench import report
 from bench.config import FULL, SMOKE, BenchConfig
 from bench.events import scenario_event_delivery, scenario_event_write
+from bench.fleet import scenario_fleet
 from bench.lifecycle import scenario_lifecycle
 from bench.scenarios import (
     Bench,
@@ -82,6 +83,9 @@ async def run(config: BenchConfig, stack: BenchStack) -> dict[str, Any]:
             "topped up to its count by a raw-SQL fast path (tenant rows + schemas); the other scenarios run after.",
             "levels": growth,
         }
+        # Right after growth: the rerun with nothing to apply then spans its
+        # thousands of live tenants.
+        scenarios["fleet"] = await scenario_fleet(bench)
         scenarios["register"] = await scenario_register(bench)
         scenarios["event_write"] = await scenario_event_write(bench)
         scenarios["reads"] = await scenario_reads(bench)

@@ -40,6 +40,12 @@ class BenchConfig:
     event_watchers: int
     event_registrations: int
     event_register_concurrency: int
+    # Scenario 10: a fleet rollout over this many tenants seeded at the
+    # previous tenant revision, its floor and a rerun, at this --concurrency.
+    fleet_tenants: int
+    fleet_concurrency: int
+    # Then a rollout over this many more (the 5,000-tenant goal).
+    fleet_large_tenants: int
     # Bounds every wait for a workflow outcome.
     settle_timeout_seconds: float
 
@@ -72,6 +78,9 @@ FULL = BenchConfig(
     event_watchers=10,
     event_registrations=200,
     event_register_concurrency=4,
+    fleet_tenants=1000,
+    fleet_concurrency=4,
+    fleet_large_tenants=5000,
     settle_timeout_seconds=300.0,
 )
 
@@ -97,5 +106,8 @@ SMOKE = BenchConfig(
     event_watchers=2,
     event_registrations=4,
     event_register_concurrency=2,
+    fleet_tenants=12,
+    fleet_concurrency=4,
+    fleet_large_tenants=20,
     settle_timeout_seconds=60.0,
 )

@@ -22,6 +22,10 @@ PROVISIONING_GOAL = 0.7
 GROWTH_GOAL = 1.3
 API_RSS_GOAL_MIB = 150.0
 WORKER_RSS_GOAL_MIB = 250.0
+# Issue 13: fleet rollout tenants/s vs its floor; 5,000 tenants; a rerun with nothing to apply.
+FLEET_RATIO_GOAL = 0.5
+FLEET_5000_GOAL_S = 60.0
+FLEET_RERUN_GOAL_S = 5.0
 
 
 def _goal(goal_id: str, description: str, op: str, target: float, measured: float | None) -> dict[str, Any]:
@@ -115,6 +119,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             ratio(last["provisioning"]["cost_ms_per_tenant"], first["provisioning"]["cost_ms_per_tenant"]),
         )
     )
+    out += _fleet_goals(scenarios["fleet"])
     peaks = scenarios["rss"]["peak_mib"]
     out.append(_goal("api_peak_rss", "tenant-api peak RSS, MiB", "<=", API_RSS_GOAL_MIB, peaks.get("tenant-api")))
     out.append(
@@ -161,6 +166,61 @@ def _num(value: Any, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _fleet_goals(fleet: dict[str, Any]) -> list[dict[str, Any]]:
+    n = fleet["tenants"]
+    return [
+        _goal(
+            "fleet_rollout_ratio",
+            f"fleet rollout over {n} tenants: tenants/s / floor (the rendered step, raw asyncpg, same connections)",
+            ">=",
+            FLEET_RATIO_GOAL,
+            fleet["ratio_tenants_per_s"],
+        ),
+        _goal(
+            "fleet_rollout_5000_s",
+            f"fleet rollout of {fleet['large']['tenants']} tenants, s",
+            "<=",
+            FLEET_5000_GOAL_S,
+            fleet["large"]["rollout"]["seconds"],
+        ),
+        _goal(
+            "fleet_rerun_s",
+            f"fleet rollout rerun with nothing to apply over {fleet['rerun']['live_tenants']} live tenants, s",
+            "<=",
+            FLEET_RERUN_GOAL_S,
+            fleet["rerun"]["seconds"],
+        ),
+    ]
+
+
+def _fleet_section(s: dict[str, Any]) -> list[str]:
+    f = s["fleet"]
+    r = f["rollout"]
+    large = f["large"]["rollout"]
+
+    def cpu(per_tenant: dict[str, float]) -> str:
+        return ", ".join(f"{name} {ms:.2f}" for name, ms in per_tenant.items() if ms >= 0.01)
+
+    return [
+        "",
+        f"## 10. Fleet rollout: {f['tenants']} tenants {f['from_revision']} → {f['to_revision']}, "
+        f"--concurrency {f['concurrency']}",
+        "",
+        "| | seconds | tenants/s |",
+        "|---|---|---|",
+        f"| tenantry-migrate tenants (start → MIGRATE done) | {_num(r['seconds'])} | {_num(r['tenants_per_s'], 1)} |",
+        f"| floor: the rendered step, raw asyncpg | {_num(f['floor']['seconds'])} "
+        f"| {_num(f['floor']['tenants_per_s'], 1)} |",
+        f"| tenantry-migrate tenants, {f['large']['tenants']} more tenants | {_num(large['seconds'])} "
+        f"| {_num(large['tenants_per_s'], 1)} |",
+        f"| rerun, nothing to apply ({f['rerun']['live_tenants']} live tenants) | {_num(f['rerun']['seconds'])} | |",
+        "",
+        f"Ratio {_num(f['ratio_tenants_per_s'])}; operation {r['operation_state']}, progress {r['progress']}, "
+        f"{r['tenants_at_head']} tenants at {f['to_revision']}, {r['schema_migrated_events']} SCHEMA_MIGRATED events. "
+        f"CPU ms per tenant, rollout: {cpu(r['cpu_ms_per_tenant'])}; floor: {cpu(f['floor']['cpu_ms_per_tenant'])}.",
+    ]
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -300,6 +360,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {peak} |")
     lines += _event_sections(s)
     lines += _lifecycle_section(s)
+    lines += _fleet_section(s)
     lines.append("")
     return "\n".join(lines)
 

@@ -32,6 +32,7 @@ from typing import Any
 from bench.stats import progress
 from tenantry_dev.embedded import (
     BIN_DIR,
+    DatabaseUrls,
     free_port,
     prepare_database,
     spawn_child,
@@ -60,6 +61,9 @@ class BenchStack:
     services: dict[str, Service] = field(default_factory=dict)
     postgres: Any = None
     stopped: bool = False
+    # Each role's URL (prepare_database): the fleet scenario seeds as the
+    # worker (it owns tenant schemas) and rolls out as the migrator.
+    urls: DatabaseUrls | None = None
 
     @classmethod
     def create(cls) -> BenchStack:
@@ -81,6 +85,7 @@ class BenchStack:
         # As deployed: the worker and the API each as its own role; the
         # benchmark's own connections and floors stay the superuser's.
         urls = await asyncio.to_thread(prepare_database, self.database_url, secrets.token_hex(16))
+        self.urls = urls
         env = self.service_env()
         self.spawn("provisioner-worker", ["-m", "provisioner_worker"], {**env, "TENANTRY_DATABASE_URL": urls.worker})
         api_address, bare_address = self._address(), self._address()

@@ -28,6 +28,7 @@ SCENARIOS = (
     "lifecycle",
     "deletion",
     "growth",
+    "fleet",
     "rss",
 )
 # Goals whose measurement is a count that must be zero, not a positive number.
@@ -128,6 +129,22 @@ def test_smoke_run_reports_every_scenario_and_leaves_nothing_running(tmp_path: P
         assert _positive(level["provisioning"]["tenants_per_s"])
         _no_errors(level["read"])
 
+    fleet = scenarios["fleet"]
+    config = results["meta"]["config"]
+    for count, rollout in (
+        (config["fleet_tenants"], fleet["rollout"]),
+        (config["fleet_large_tenants"], fleet["large"]["rollout"]),
+    ):
+        # Through the real path: one MIGRATE operation SUCCEEDED, every tenant at head, one event each.
+        assert rollout["operation_state"] == "SUCCEEDED", rollout
+        assert rollout["progress"] == {"total": count, "succeeded": count, "failed": 0}, rollout
+        assert rollout["tenants_at_head"] == rollout["schema_migrated_events"] == count > 0, rollout
+        assert _positive(rollout["seconds"]) and _positive(rollout["tenants_per_s"])
+    assert fleet["from_revision"] != fleet["to_revision"]
+    assert _positive(fleet["floor"]["tenants_per_s"]) and _positive(fleet["ratio_tenants_per_s"])
+    assert fleet["rerun"]["live_tenants"] >= config["fleet_tenants"] + config["fleet_large_tenants"]
+    assert _positive(fleet["rerun"]["seconds"]) and "nothing to do" in fleet["rerun"]["output"]
+
     peaks = scenarios["rss"]["peak_mib"]
     assert _positive(peaks["tenant-api"]) and _positive(peaks["provisioner-worker"])
 
@@ -139,6 +156,9 @@ def test_smoke_run_reports_every_scenario_and_leaves_nothing_running(tmp_path: P
         "api_peak_rss",
         "worker_peak_rss",
         "event_delivery_p99",
+        "fleet_rollout_ratio",
+        "fleet_rollout_5000_s",
+        "fleet_rerun_s",
         *ZERO_GOALS,
     }
     for goal in goals:
@@ -156,9 +176,21 @@ def test_smoke_run_reports_every_scenario_and_leaves_nothing_running(tmp_path: P
             assert status == psutil.STATUS_ZOMBIE, f"{name} ({pid}) still {status}"
 
     markdown = (out / "latest.md").read_text()
-    for heading in ("## Goals", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8.", "## 9."):
+    for heading in (
+        "## Goals",
+        "## 1.",
+        "## 2.",
+        "## 3.",
+        "## 4.",
+        "## 5.",
+        "## 6.",
+        "## 7.",
+        "## 8.",
+        "## 9.",
+        "## 10.",
+    ):
         assert heading in markdown
-    for row in ("| SuspendTenant", "| ResumeTenant", "| UndeleteTenant"):
+    for row in ("| SuspendTenant", "| ResumeTenant", "| UndeleteTenant", "| tenantry-migrate tenants", "| rerun"):
         assert row in markdown
     assert len([line for line in markdown.splitlines() if line.startswith("| ")]) > len(goals)
     if importlib.util.find_spec("matplotlib") is not None:

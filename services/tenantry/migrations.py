@@ -140,8 +140,12 @@ PLACEHOLDER_SCHEMA = "tenantry_tenant_schema_placeholder"
 _PLACEHOLDER = re.compile(rf"\b{PLACEHOLDER_SCHEMA}\b")
 
 
+@cache
 def tenant_revisions() -> tuple[str, ...]:
-    """The tenant lineage, oldest first (one branch: tests hold it to that)."""
+    """The tenant lineage, oldest first (one branch: tests hold it to that).
+    Cached like _tenant_script: a rollout asks for it several times per
+    tenant, and walking alembic's revision map was half of the worker's CPU
+    per tenant."""
     revisions = [r.revision for r in _tenant_script().walk_revisions("base", "heads")]
     return tuple(reversed(revisions))
 
