@@ -19,6 +19,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from tenantry.db import tenants as tenant_sql
 from tenantry.migrations import tenant_head_revision, tenant_schema_script
 from tenantry.schema_names import SCHEMA_NAME_FROM_ID_SQL, quote_schema, schema_name_for
+from tenantry.settings import DEFAULT_SHARD
 from tenantry.states import TenantState
 from tenantry.workflow_contract import provision_workflow_id
 
@@ -76,6 +77,8 @@ async def register_floor_once(pool: asyncpg.Pool, tag: str) -> uuid.UUID:
         actor="bench",
         labels="{}",
         trace_id="",
+        shard=DEFAULT_SHARD,
+        shards=[DEFAULT_SHARD],
     )
     async with pool.acquire() as conn:
         await conn.fetchrow(REGISTER.sql, *args)

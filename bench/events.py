@@ -24,6 +24,7 @@ from bench.stats import LoadResult, progress, ratio, summarize
 from tenantry.db import tenants as tenant_sql
 from tenantry.db.engine import create_engine
 from tenantry.schema_names import schema_name_for
+from tenantry.settings import DEFAULT_SHARD
 from tenantry.v1 import event_service_pb2
 from tenantry.workflow_contract import provision_workflow_id
 
@@ -51,6 +52,8 @@ def _registration_params() -> dict[str, Any]:
         "actor": ACTOR,
         "labels": {},
         "trace_id": "",
+        "shard": DEFAULT_SHARD,
+        "shards": [DEFAULT_SHARD],
     }
 
 

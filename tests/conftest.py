@@ -21,7 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tenantry.db.engine import create_engine
 from tenantry.v1 import operation_pb2, tenant_pb2
-from tenantry_dev.embedded import DatabaseUrls, prepare_database, start_embedded_postgres, tool_path
+from tenantry_dev.embedded import DatabaseUrls, prepare_database, prepare_shard, start_embedded_postgres, tool_path
 from tests.stack import Stack, registration, running_stack, wait_done
 
 # embedded-postgres keeps its lock file in the runtime dir; CI shells may not set one.
@@ -43,6 +43,20 @@ def database_urls() -> Iterator[DatabaseUrls]:
     url, server = start_embedded_postgres(root / "data")
     try:
         yield prepare_database(url, password)
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def shard_b_urls() -> Iterator[DatabaseUrls]:
+    """A second embedded PostgreSQL server prepared as the shard `b`
+    (TENANTRY_SHARDS): roles and tenant-table privileges, no control plane.
+    Started only by the tests that ask for it."""
+    root = Path(tempfile.mkdtemp(prefix="tenantry-test-shard-"))
+    url, server = start_embedded_postgres(root / "data")
+    try:
+        yield prepare_shard(url, secrets.token_hex(16))
     finally:
         server.cleanup()
         shutil.rmtree(root, ignore_errors=True)

@@ -4,6 +4,7 @@ one clear line, and the real console scripts exiting 2 without a traceback."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import subprocess
@@ -79,6 +80,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "temporal_namespace": DEFAULT_NAMESPACE,
     "task_queue": DEFAULT_TASK_QUEUE,
     "shutdown_grace_seconds": DEFAULT_SHUTDOWN_GRACE_SECONDS,
+    "shards": {"default": DATABASE_URL},
 }
 
 
@@ -110,7 +112,7 @@ def test_defaults() -> None:
         idle_in_transaction_seconds=DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS,
     )
     assert MigrateSettings.from_env({"TENANTRY_DATABASE_URL": DATABASE_URL}) == MigrateSettings(
-        database_url=DATABASE_URL, migrations_dir=DEFAULT_MIGRATIONS_DIR
+        database_url=DATABASE_URL, migrations_dir=DEFAULT_MIGRATIONS_DIR, shards={"default": DATABASE_URL}
     )
     assert DevSettings.from_env({}) == DevSettings(
         database_url=None, temporal_address=None, grpc_address=DEFAULT_GRPC_ADDRESS
@@ -197,6 +199,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "TENANTRY_DB_POOL_SIZE": " 4 ",
         "TENANTRY_LISTEN_DATABASE_URL": "postgresql+asyncpg://postgres@db-direct/postgres",
         "TENANTRY_DB_MAX_OVERFLOW": "0",
+        "TENANTRY_SHARDS": '{"eu-2": "postgresql+asyncpg://postgres@eu-2/tenants"}',
     }
     common: dict[str, Any] = {
         "database_url": "postgresql+asyncpg://postgres@/postgres?host=/tmp/pg",
@@ -209,6 +212,10 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "db_pool_size": 4,
         "db_max_overflow": 0,
         "db_timeouts": DbTimeouts(statement_seconds=12, lock_seconds=0.25, idle_in_transaction_seconds=90),
+        "shards": {
+            "eu-2": "postgresql+asyncpg://postgres@eu-2/tenants",
+            "default": "postgresql+asyncpg://postgres@/postgres?host=/tmp/pg",
+        },
     }
     assert ApiSettings.from_env(env) == ApiSettings(
         **common,
@@ -228,7 +235,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         migrations_dir=tmp_path,
     )
     assert MigrateSettings.from_env(env) == MigrateSettings(
-        database_url=common["database_url"], migrations_dir=tmp_path
+        database_url=common["database_url"], migrations_dir=tmp_path, shards=common["shards"]
     )
     assert DevSettings.from_env(env) == DevSettings(
         database_url=common["database_url"], temporal_address="temporal.internal:7233", grpc_address="0.0.0.0:6000"
@@ -311,6 +318,22 @@ COMMON_MALFORMED: list[tuple[str, str | None]] = [
     *(("TENANTRY_METRICS_ADDRESS", value) for value in ("nowhere", "127.0.0.1:port", "127.0.0.1:99999")),
     *(("TENANTRY_DB_POOL_SIZE", value) for value in ("0", "-1", "ten", "2.5", "1e3", "10001", "\u00b2", "1 0")),
     *(("TENANTRY_DB_MAX_OVERFLOW", value) for value in ("-1", "many", "0.5", "10001", "\uff15")),
+    *(
+        ("TENANTRY_SHARDS", value)
+        for value in (
+            "b=postgresql+asyncpg://x@h/d",
+            "[]",
+            "{}",
+            '"postgresql+asyncpg://x@h/d"',
+            '{"B": "postgresql+asyncpg://x@h/d"}',
+            '{"": "postgresql+asyncpg://x@h/d"}',
+            '{"b c": "postgresql+asyncpg://x@h/d"}',
+            '{"b": "postgresql://tenantry:secret@h/d"}',
+            '{"b": 5}',
+            '{"b": null}',
+            "{" + ", ".join(f'"s{i}": "postgresql+asyncpg://x@h/d"' for i in range(65)) + "}",
+        )
+    ),
 ]
 API_MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_DELETION_RETENTION_SECONDS", "7d"),
@@ -369,9 +392,9 @@ WORKER_MALFORMED: list[tuple[str, str | None]] = [
     ("TENANTRY_MIGRATIONS_DIR", "/nonexistent-dir"),
     ("TENANTRY_MIGRATIONS_DIR", "/etc/hostname"),  # a file, not a directory
 ]
-MIGRATE_MALFORMED = [(v, value) for v, value in COMMON_MALFORMED if v == "TENANTRY_DATABASE_URL"] + [
-    (v, value) for v, value in WORKER_MALFORMED if v == "TENANTRY_MIGRATIONS_DIR"
-]
+MIGRATE_MALFORMED = [
+    (v, value) for v, value in COMMON_MALFORMED if v in ("TENANTRY_DATABASE_URL", "TENANTRY_SHARDS")
+] + [(v, value) for v, value in WORKER_MALFORMED if v == "TENANTRY_MIGRATIONS_DIR"]
 # tenantry-dev starts the servers it is not given, and checks what the services read.
 DEV_MALFORMED = [
     (v, value)
@@ -584,3 +607,12 @@ def test_container_probe_with_malformed_variable_exits_2(module: str, variable: 
         stdin=subprocess.DEVNULL,
     )
     _assert_config_error(result, variable)
+
+
+def test_shards_default_to_the_control_plane_and_keep_it_as_default() -> None:
+    other = "postgresql+asyncpg://tenantry:secret@shard-b/tenants"
+    assert WorkerSettings.from_env(REQUIRED).shards == {"default": DATABASE_URL}
+    named = WorkerSettings.from_env({**REQUIRED, "TENANTRY_SHARDS": json.dumps({"b": other})})
+    assert named.shards == {"b": other, "default": DATABASE_URL}
+    moved = ApiSettings.from_env({**REQUIRED, "TENANTRY_SHARDS": json.dumps({"default": other})})
+    assert moved.shards == {"default": other}

@@ -218,12 +218,32 @@ def prepare_database(admin_url: str, password: str) -> DatabaseUrls:
     `tenantry-migrate roles`, a password for each role, then `tenantry-migrate`
     as the migrator. Blocking (runs its own event loop; call from a thread in
     async code). `password`: every role's, for this run."""
+    from tenantry.migrate import grant_privileges
+    from tenantry.migrations import upgrade_control_plane
+
+    urls = _roles_with_password(admin_url, password)
+    upgrade_control_plane(urls.migrator)
+    asyncio.run(grant_privileges(urls.migrator))
+    return urls
+
+
+def prepare_shard(admin_url: str, password: str) -> DatabaseUrls:
+    """prepare_database for a shard on another database (TENANTRY_SHARDS):
+    the roles and the tenant-table privileges, no control-plane tables."""
+    from tenantry.migrate import grant_privileges
+
+    urls = _roles_with_password(admin_url, password)
+    asyncio.run(grant_privileges(urls.migrator, shard_only=True))
+    return urls
+
+
+def _roles_with_password(admin_url: str, password: str) -> DatabaseUrls:
+    """`tenantry-migrate roles` on `admin_url`'s database, then `password` for every role."""
     from sqlalchemy import pool, text
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from tenantry.db_roles import API, MIGRATOR, ROLES, WORKER
-    from tenantry.migrate import ensure_roles, grant_privileges
-    from tenantry.migrations import upgrade_control_plane
+    from tenantry.migrate import ensure_roles
 
     async def roles_with_password() -> None:
         await ensure_roles(admin_url)
@@ -238,12 +258,9 @@ def prepare_database(admin_url: str, password: str) -> DatabaseUrls:
             await engine.dispose()
 
     asyncio.run(roles_with_password())
-    urls = DatabaseUrls(
+    return DatabaseUrls(
         admin=admin_url,
         migrator=role_url(admin_url, MIGRATOR, password),
         worker=role_url(admin_url, WORKER, password),
         api=role_url(admin_url, API, password),
     )
-    upgrade_control_plane(urls.migrator)
-    asyncio.run(grant_privileges(urls.migrator))
-    return urls

@@ -19,6 +19,7 @@ from provisioner_worker.schedule import ensure_reconcile_schedule
 from provisioner_worker.worker import build_worker
 from tenantry.db.connection_budget import ConnectionNeed, check_connection_budget
 from tenantry.db.engine import create_engine
+from tenantry.db.shards import Shards
 from tenantry.process import start_process
 from tenantry.settings import WorkerSettings, exit_with_config_error
 from tenantry.temporal_connection import connect
@@ -53,6 +54,18 @@ async def serve(settings: WorkerSettings) -> None:
         # A killed worker's blocked DDL transaction ends within seconds.
         check_client_connection=True,
     )
+    shards = Shards(
+        engine,
+        settings.shards,
+        lambda url: create_engine(
+            url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            timeouts=settings.db_timeouts,
+            check_client_connection=True,
+        ),
+        control_plane_url=settings.database_url,
+    )
     try:
         client = await connect(settings, runtime=runtime)
     except RuntimeError as exc:
@@ -65,7 +78,9 @@ async def serve(settings: WorkerSettings) -> None:
         # Nothing is open yet that needs closing.
         sys.stderr.flush()
         os._exit(1)
-    worker = build_worker(client, engine, settings.task_queue, graceful_shutdown=timedelta(seconds=grace_seconds))
+    worker = build_worker(
+        client, engine, settings.task_queue, graceful_shutdown=timedelta(seconds=grace_seconds), shards=shards
+    )
     try:
         await ensure_reconcile_schedule(client, settings.task_queue, settings.reconcile_interval_seconds)
     except RPCError as exc:
@@ -85,6 +100,7 @@ async def serve(settings: WorkerSettings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await alive
     finally:
+        await shards.dispose()
         await engine.dispose()
 
 

@@ -29,6 +29,7 @@ from tenantry.db import operations as operation_sql
 from tenantry.db import tenants as tenant_sql
 from tenantry.db.engine import driver_of
 from tenantry.db.events import SYSTEM_WORKER, EventRecord, append_event
+from tenantry.db.shards import Shards
 from tenantry.db.timeouts import bound_lock_waits
 from tenantry.migrations import tenant_head_revision, tenant_schema_script, upgrade_tenant_schema
 from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, pg_error
@@ -166,8 +167,9 @@ def _deletion_not_requested(workflow_id: str, reason: str) -> ApplicationError:
 class TenantActivities:
     """Activities for provisioning and deletion; holds the engine and the Temporal client."""
 
-    def __init__(self, engine: AsyncEngine, client: Client) -> None:
+    def __init__(self, engine: AsyncEngine, client: Client, shards: Shards | None = None) -> None:
         self._engine = engine
+        self._shards = shards or Shards.single(engine)
         self._client = client
 
     @activity.defn(name="provision_tenant")

@@ -20,6 +20,7 @@ from provisioner_worker.metrics import RECONCILER_FINDINGS, TENANT_SCHEMAS
 from tenantry.db import operations as operation_sql
 from tenantry.db import rollouts as rollout_sql
 from tenantry.db import tenants as tenant_sql
+from tenantry.db.shards import Shards
 from tenantry.migrations import tenant_head_revision
 from tenantry.operation_starter import OperationRef, OperationStarter
 from tenantry.schema_names import is_tenant_schema_name
@@ -50,8 +51,11 @@ class ReconcileReport:
 
 
 class ReconcilerActivities:
-    def __init__(self, engine: AsyncEngine, client: Client, starter: OperationStarter) -> None:
+    def __init__(
+        self, engine: AsyncEngine, client: Client, starter: OperationStarter, shards: Shards | None = None
+    ) -> None:
         self._engine = engine
+        self._shards = shards or Shards.single(engine)
         self._client = client
         self._starter = starter
 

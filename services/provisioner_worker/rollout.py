@@ -33,6 +33,7 @@ from tenantry.db import operations as operation_sql
 from tenantry.db import rollouts as rollout_sql
 from tenantry.db.engine import driver_of
 from tenantry.db.events import SYSTEM_WORKER, EventRecord, append_event
+from tenantry.db.shards import Shards
 from tenantry.migrations import for_schema, revisions_before, tenant_revisions, upgrade_steps, upgrade_tenant_schema
 from tenantry.pg_errors import UNAVAILABLE_SQLSTATE_PREFIXES, pg_error
 from tenantry.schema_names import quote_schema
@@ -86,8 +87,9 @@ class FinishRolloutInput:
 
 
 class RolloutActivities:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, shards: Shards | None = None) -> None:
         self._engine = engine
+        self._shards = shards or Shards.single(engine)
 
     @activity.defn(name="begin_rollout")
     async def begin_rollout(self, input: MigrateFleetInput) -> int:

@@ -17,6 +17,7 @@ from provisioner_worker.lock_waits import LockWaitRetryInterceptor
 from provisioner_worker.reconciler import ReconcilerActivities
 from provisioner_worker.rollout import RolloutActivities
 from provisioner_worker.workflows import WORKFLOWS
+from tenantry.db.shards import Shards
 from tenantry.operation_starter import OperationStarter
 
 # Each running activity holds at most one pooled connection (the worker's
@@ -24,10 +25,15 @@ from tenantry.operation_starter import OperationStarter
 MAX_CONCURRENT_ACTIVITIES = 20
 
 
-def activities_for(engine: AsyncEngine, client: Client, task_queue: str) -> list[Callable[..., Any]]:
-    provisioning = TenantActivities(engine, client)
-    reconciler = ReconcilerActivities(engine, client, OperationStarter(client, task_queue))
-    rollout = RolloutActivities(engine)
+def activities_for(
+    engine: AsyncEngine, client: Client, task_queue: str, shards: Shards | None = None
+) -> list[Callable[..., Any]]:
+    """`engine`: the control plane's; `shards`: the databases holding tenant
+    schemas (None: the one default shard on `engine`'s database)."""
+    shards = shards or Shards.single(engine)
+    provisioning = TenantActivities(engine, client, shards)
+    reconciler = ReconcilerActivities(engine, client, OperationStarter(client, task_queue), shards)
+    rollout = RolloutActivities(engine, shards)
     return [
         provisioning.provision_tenant,
         provisioning.fail_provisioning,
@@ -57,12 +63,13 @@ def build_worker(
     *,
     graceful_shutdown: timedelta = timedelta(seconds=30),
     activities: list[Callable[..., Any]] | None = None,
+    shards: Shards | None = None,
 ) -> Worker:
     return Worker(
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
-        activities=activities if activities is not None else activities_for(engine, client, task_queue),
+        activities=activities if activities is not None else activities_for(engine, client, task_queue, shards),
         graceful_shutdown_timeout=graceful_shutdown,
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
         # Outermost first: heartbeats go on while a lock wait is retried.

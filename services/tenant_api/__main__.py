@@ -16,6 +16,7 @@ from tenant_api.server import start_api
 from tenant_api.transport import listen_credentials
 from tenantry.db.connection_budget import API_LISTEN_CONNECTIONS, ConnectionNeed, check_connection_budget
 from tenantry.db.engine import create_engine
+from tenantry.db.shards import Shards
 from tenantry.process import start_process
 from tenantry.settings import ApiSettings, SettingsError, exit_with_config_error
 from tenantry.temporal_connection import connect
@@ -40,6 +41,14 @@ async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | Non
         max_overflow=settings.db_max_overflow,
         timeouts=settings.db_timeouts,
     )
+    shards = Shards(
+        engine,
+        settings.shards,
+        lambda url: create_engine(
+            url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow, timeouts=settings.db_timeouts
+        ),
+        control_plane_url=settings.database_url,
+    )
     # Lazy: the API serves (and records intents) even while Temporal is down.
     client = await connect(settings, lazy=True)
     try:
@@ -53,6 +62,7 @@ async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | Non
             credentials=credentials,
             deletion_retention=timedelta(seconds=settings.deletion_retention_seconds),
             listen_url=settings.listen_database_url,
+            shards=shards,
         )
     except (OSError, RuntimeError) as exc:
         print(f"tenant-api: cannot listen on {settings.grpc_address}: {exc}", file=sys.stderr)
@@ -67,6 +77,7 @@ async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | Non
     await stop.wait()
     log.info("tenant-api stopping: draining in-flight calls for up to %.0fs", settings.shutdown_grace_seconds)
     await api.stop(settings.shutdown_grace_seconds)
+    await shards.dispose()
     await engine.dispose()
 
 

@@ -76,6 +76,7 @@ def tenant_to_proto(tenant: Tenant, admin_email: str) -> tenant_pb2.Tenant:
         etag=tenant_etag(tenant),
         labels=tenant.labels,
         schema_version=tenant.schema_version,
+        shard=tenant.shard,
     )
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -27,6 +28,8 @@ class ApiError(Exception):
     message: str
     metadata: Mapping[str, str] = field(default_factory=dict)
     violations: Sequence[FieldViolation] = ()
+    # Seconds a client should wait before retrying (google.rpc.RetryInfo).
+    retry_after: float | None = None
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
@@ -42,6 +45,10 @@ class ApiError(Exception):
                     ]
                 )
             )
+        if self.retry_after is not None:
+            delay = duration_pb2.Duration()
+            delay.FromTimedelta(timedelta(seconds=self.retry_after))
+            details.append(error_details_pb2.RetryInfo(retry_delay=delay))
         packed = []
         for detail in details:
             any_detail = any_pb2.Any()
@@ -81,8 +88,8 @@ def failed_precondition(reason: str, message: str, **metadata: str) -> ApiError:
     return ApiError(grpc.StatusCode.FAILED_PRECONDITION, reason, message, metadata)
 
 
-def unavailable(reason: str, message: str, **metadata: str) -> ApiError:
-    return ApiError(grpc.StatusCode.UNAVAILABLE, reason, message, metadata)
+def unavailable(reason: str, message: str, *, retry_after: float | None = None, **metadata: str) -> ApiError:
+    return ApiError(grpc.StatusCode.UNAVAILABLE, reason, message, metadata, retry_after=retry_after)
 
 
 def resource_exhausted(reason: str, message: str, **metadata: str) -> ApiError:

@@ -34,6 +34,7 @@ from tenant_api.tenant_gate import TenantGate
 from tenant_api.tenants import Tenants
 from tenantry import tracing
 from tenantry.db.engine import create_session_factory
+from tenantry.db.shards import Shards
 from tenantry.operation_starter import OperationStarter
 from tenantry.settings import DEFAULT_DELETION_RETENTION_SECONDS
 from tenantry.v1 import (
@@ -213,6 +214,7 @@ async def start_api(
     max_waits: int = MAX_WAITS,
     deletion_retention: timedelta = timedelta(seconds=DEFAULT_DELETION_RETENTION_SECONDS),
     listen_url: str | None = None,
+    shards: Shards | None = None,
 ) -> RunningApi:
     """`verifier`: checks every call's bearer token (there is no way to turn
     that off). `page_tokens`: signs and checks the listings' page tokens (its
@@ -222,7 +224,9 @@ async def start_api(
     (tests lower them). `deletion_retention`: how long a soft-deleted tenant's
     data is kept (TENANTRY_DELETION_RETENTION_SECONDS). `listen_url`: where
     the two LISTEN connections go (TENANTRY_LISTEN_DATABASE_URL; None: the
-    engine's URL)."""
+    engine's URL). `shards`: the databases holding tenant schemas (None: the
+    one default shard on `engine`'s database); the caller disposes of them."""
+    shards = shards or Shards.single(engine)
     sessions = create_session_factory(engine)
     direct = make_url(listen_url) if listen_url is not None else engine.url
     notifications = OperationNotifications(direct)
@@ -231,12 +235,12 @@ async def start_api(
     operations = Operations(sessions, notifications, page_tokens, max_waits=max_waits)
     # No `maximum_concurrent_rpcs` here: see tenant_api.interceptors.admission.
     server = grpc.aio.server(
-        interceptors=interceptor_chain(TenantGate(engine, sessions), verifier, admission),
+        interceptors=interceptor_chain(TenantGate(engine, sessions, shards=shards), verifier, admission),
         options=SERVER_OPTIONS,
     )
     starter = OperationStarter(client, task_queue)
     tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(
-        TenantServicer(Tenants(engine, sessions, starter, page_tokens, deletion_retention)), server
+        TenantServicer(Tenants(engine, sessions, starter, page_tokens, deletion_retention, shards.names)), server
     )
     operation_service_pb2_grpc.add_OperationServiceServicer_to_server(OperationServicer(operations), server)
     project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(Projects(page_tokens)), server)

@@ -17,7 +17,7 @@ from tenant_api.convert import (
     project_to_proto,
     tenant_to_proto,
 )
-from tenant_api.errors import FieldViolation, invalid_field, invalid_fields
+from tenant_api.errors import ApiError, FieldViolation, invalid_field, invalid_fields
 from tenant_api.events import TenantEvents
 from tenant_api.operations import Operations
 from tenant_api.projects import Projects
@@ -59,6 +59,7 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
             request.admin_display_name,
             request.request_id,
             request.labels,
+            request.shard,
         )
         result = await self._tenants.register(registration, current_actor())
         return tenant_service_pb2.RegisterTenantResponse(
@@ -150,6 +151,12 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
         return tenant_service_pb2.RetryTenantProvisioningResponse(
             tenant=tenant_to_proto(result.tenant, result.admin_email), operation=operation_to_proto(result.operation)
         )
+
+    async def MoveTenant(
+        self, request: tenant_service_pb2.MoveTenantRequest, context: Context
+    ) -> tenant_service_pb2.MoveTenantResponse:
+        # FOUNDATION PLACEHOLDER: replaced by the move work (issue 15).
+        raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", "MoveTenant is not implemented yet")
 
 
 class OperationServicer(operation_service_pb2_grpc.OperationServiceServicer):

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 
+import asyncpg
 import grpc
 from google.protobuf import descriptor_pool
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from tenant_api.call_transaction import (
     CallSession,
@@ -26,12 +27,14 @@ from tenant_api.call_transaction import (
     open_transaction,
     unscoped_connection,
 )
-from tenant_api.errors import ApiError, FieldViolation, failed_precondition, not_found
+from tenant_api.errors import ApiError, FieldViolation, failed_precondition, not_found, unavailable
 from tenant_api.headers import TENANT_ID_HEADER, TENANT_SLUG_HEADER, metadata_value
 from tenant_api.validation import parse_uuid, slug_problem
 from tenantry.db import tenants as tenant_sql
+from tenantry.db.shards import Shard, Shards, UnknownShardError
 from tenantry.pg_errors import INVALID_SCHEMA_NAME, SCHEMA_OBJECT_MISSING_SQLSTATES, pg_error
 from tenantry.schema_names import schema_name_for
+from tenantry.settings import DEFAULT_SHARD
 from tenantry.states import TenantState
 from tenantry.v1 import options_pb2
 
@@ -49,10 +52,12 @@ OLDEST_SERVED_TENANT_REVISION = "t0002"
 class TenantScope:
     tenant_id: uuid.UUID
     schema_name: str
-    # In the call's transaction, on the connection that admitted the call, with
+    # In the call's transaction, on a connection to the tenant's shard, with
     # the tenant's schema in its schema_translate_map. Use it as it is: never
     # begin, commit or roll back (it refuses; see call_transaction).
     session: CallSession
+    # The shard the call runs on (a TENANTRY_SHARDS name).
+    shard: str = DEFAULT_SHARD
 
 
 current_tenant: ContextVar[TenantScope] = ContextVar("current_tenant")
@@ -75,16 +80,27 @@ def _invalid(reason: str, header: str, message: str) -> ApiError:
     )
 
 
+# How long a client should wait before retrying a call refused while its
+# tenant's move switches shards (RetryInfo).
+MOVING_RETRY_AFTER_SECONDS = 0.5
+
+
 class TenantGate:
+    """`engine`: the control plane's; `shards`: where tenant schemas live
+    (None: the one default shard on the control plane's database)."""
+
     def __init__(
         self,
         engine: AsyncEngine,
         sessions: async_sessionmaker[AsyncSession],
         oldest_revision: str = OLDEST_SERVED_TENANT_REVISION,
+        shards: Shards | None = None,
     ) -> None:
         self._engine = engine
         self._sessions = sessions
         self._oldest_revision = oldest_revision
+        self._shards = shards or Shards.single(engine)
+        self._local_shards = self._shards.local_names
         # Rendered once, run by the driver. Never cached: every call reads
         # the tenant's state anew.
         self._admission = tenant_sql.AdmissionQueries.render(engine.dialect)
@@ -112,29 +128,67 @@ class TenantGate:
             )
         async with self._engine.connect() as conn:
             driver = await unscoped_connection(conn)
-            admitted_id: uuid.UUID
-            schema_name = None
-            if isinstance(key, uuid.UUID):
+            if isinstance(key, uuid.UUID) and self._local_shards:
                 # The usual case in one round trip: the call's transaction
-                # opens with the admission check ("SELECT 1": ACTIVE, and its
-                # schema at a revision this build serves).
-                admission = tenant_sql.begin_if_active(key, self._oldest_revision)
+                # opens with the admission check ("SELECT 1": ACTIVE, its
+                # schema at a revision this build serves, on this database's
+                # shard and not moving), and the call runs in it.
+                admission = tenant_sql.begin_if_active(key, self._oldest_revision, self._local_shards)
                 if await open_transaction(conn, driver, admission) == "SELECT 1":
-                    admitted_id, schema_name = key, schema_name_for(key)
-                else:
-                    await abandon(conn, driver)
-            if schema_name is None:
-                # By slug, or refused: read the row to admit or to say why not.
-                row = await driver_call(conn, driver, driver.fetchrow(query, key))
-                if row is None:
-                    raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
-                admitted_id, state, schema_name, purge_time, schema_version = row
-                refused = gate_error(str(admitted_id), state, purge_time, schema_version, self._oldest_revision)
-                if refused is not None:
-                    raise refused
+                    async with call_transaction(conn, driver, schema_name_for(key)) as session:
+                        yield TenantScope(key, schema_name_for(key), session, self._local_shards[0])
+                    return
+                await abandon(conn, driver)
+            # By slug, on another shard, or refused: read the row to admit or to say why not.
+            row = await driver_call(conn, driver, driver.fetchrow(query, key))
+            if row is None:
+                raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
+            admitted_id, state, schema_name, purge_time, schema_version, shard_name, moving = row
+            refused = gate_error(str(admitted_id), state, purge_time, schema_version, self._oldest_revision, moving)
+            if refused is not None:
+                raise refused
+            shard = self._shard(str(admitted_id), shard_name)
+            if shard.local:
                 await open_transaction(conn, driver)
+                async with call_transaction(conn, driver, schema_name) as session:
+                    yield TenantScope(admitted_id, schema_name, session, shard.name)
+                return
+        # Another database: the control-plane connection goes back to the pool
+        # before the call runs. Whatever changes meanwhile (a purge, a move's
+        # switch) shows as the schema gone or locked there: explain_failure.
+        async with self._shard_connection(str(admitted_id), shard) as (conn, driver):
+            await open_transaction(conn, driver)
             async with call_transaction(conn, driver, schema_name) as session:
-                yield TenantScope(tenant_id=admitted_id, schema_name=schema_name, session=session)
+                yield TenantScope(admitted_id, schema_name, session, shard.name)
+
+    def _shard(self, tenant_id: str, name: str) -> Shard:
+        try:
+            return self._shards[name]
+        except UnknownShardError:
+            # Placed on a shard this API's TENANTRY_SHARDS does not list (a
+            # replica configured differently): not the caller's fault.
+            log.error("tenant %s is on shard %r, which TENANTRY_SHARDS does not list", tenant_id, name)
+            raise shard_unavailable(tenant_id, name) from None
+
+    @asynccontextmanager
+    async def _shard_connection(
+        self, tenant_id: str, shard: Shard
+    ) -> AsyncIterator[tuple[AsyncConnection, asyncpg.Connection]]:
+        """A connection to `shard`; a shard that cannot be reached refuses only
+        its own tenants' calls (UNAVAILABLE SHARD_UNAVAILABLE)."""
+        try:
+            conn = await shard.engine.connect()
+        except (DBAPIError, OSError, TimeoutError) as exc:
+            log.warning("shard %s unreachable: %s", shard.name, exc)
+            raise shard_unavailable(tenant_id, shard.name) from exc
+        try:
+            try:
+                driver = await unscoped_connection(conn)
+            except (DBAPIError, OSError) as exc:
+                raise shard_unavailable(tenant_id, shard.name) from exc
+            yield conn, driver
+        finally:
+            await conn.close()
 
     async def explain_failure(self, scope: TenantScope, exc: DBAPIError) -> ApiError | None:
         """A database error inside an admitted tenant-scoped call. A schema that
@@ -145,19 +199,24 @@ class TenantGate:
         ACTIVE and the error is another matter."""
         tenant_id = str(scope.tenant_id)
         sqlstate = pg_error(exc).sqlstate
-        if sqlstate == INVALID_SCHEMA_NAME:
-            return _tenant_deleted(tenant_id)
         try:
             async with self._sessions() as session:
-                missing = sqlstate in SCHEMA_OBJECT_MISSING_SQLSTATES
-                if missing and not await session.scalar(tenant_sql.schema_exists(scope.schema_name)):
-                    return _tenant_deleted(tenant_id)
                 row = (await session.execute(tenant_sql.state_of(scope.tenant_id))).one_or_none()
-        except DBAPIError:
+            if row is None:
+                return _tenant_deleted(tenant_id)
+            state, purge_time, schema_version, shard_name, moving = row
+            if moving or self._shards[shard_name].engine is not self._shards[scope.shard].engine:
+                # Its move switched (or is switching) shards under this call:
+                # the old copy is locked or gone. Retrying reaches the new one.
+                return tenant_moving(tenant_id)
+            if sqlstate == INVALID_SCHEMA_NAME:
+                return _tenant_deleted(tenant_id)
+            if sqlstate in SCHEMA_OBJECT_MISSING_SQLSTATES:
+                async with self._shards[scope.shard].engine.connect() as conn:
+                    if not await conn.scalar(tenant_sql.schema_exists(scope.schema_name)):
+                        return _tenant_deleted(tenant_id)
+        except (DBAPIError, UnknownShardError):
             return None
-        if row is None:
-            return _tenant_deleted(tenant_id)
-        state, purge_time, schema_version = row
         refused = gate_error(tenant_id, state, purge_time, schema_version, self._oldest_revision)
         if refused is None and sqlstate in SCHEMA_OBJECT_MISSING_SQLSTATES:
             # The row says the schema is recent enough, its catalog disagrees.
@@ -181,15 +240,37 @@ def schema_outdated(tenant_id: str, schema_version: str, oldest_revision: str) -
     )
 
 
+def tenant_moving(tenant_id: str) -> ApiError:
+    return unavailable(
+        "TENANT_MOVING",
+        f"tenant {tenant_id} is switching shards; retry shortly",
+        retry_after=MOVING_RETRY_AFTER_SECONDS,
+        tenant_id=tenant_id,
+    )
+
+
+def shard_unavailable(tenant_id: str, shard: str) -> ApiError:
+    return unavailable(
+        "SHARD_UNAVAILABLE",
+        f"the database holding tenant {tenant_id} is unavailable, retry later",
+        tenant_id=tenant_id,
+        shard=shard,
+    )
+
+
 def gate_error(
     tenant_id: str,
     state: str,
     purge_time: datetime | None = None,
     schema_version: str | None = None,
     oldest_revision: str = OLDEST_SERVED_TENANT_REVISION,
+    moving: bool = False,
 ) -> ApiError | None:
-    """Why a tenant in `state` (its schema at `schema_version`, when known)
-    may not serve tenant-scoped calls (None: it may)."""
+    """Why a tenant in `state` (its schema at `schema_version`, when known;
+    `moving`: in its move's final switch) may not serve tenant-scoped calls
+    (None: it may)."""
+    if state in (TenantState.ACTIVE, TenantState.SUSPENDED) and moving:
+        return tenant_moving(tenant_id)
     if state == TenantState.ACTIVE:
         if schema_version is not None and tenant_sql.schema_is_behind(schema_version, oldest_revision):
             return schema_outdated(tenant_id, schema_version, oldest_revision)

@@ -12,7 +12,7 @@ reconciler picks up; the worker's first activity marks it RUNNING.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -35,7 +35,7 @@ from tenantry.db.models import Operation, RequestRecord, Tenant
 from tenantry.db.tenants import TenantWithOperation
 from tenantry.operation_starter import OperationRef, OperationStarter
 from tenantry.pg_errors import UNIQUE_VIOLATION, pg_error
-from tenantry.settings import DEFAULT_DELETION_RETENTION_SECONDS
+from tenantry.settings import DEFAULT_DELETION_RETENTION_SECONDS, DEFAULT_SHARD
 from tenantry.states import (
     DELETABLE_TENANT_STATES,
     GONE_TENANT_STATES,
@@ -88,9 +88,12 @@ class Tenants:
         starter: OperationStarter,
         page_tokens: pagination.PageTokens,
         retention: timedelta = timedelta(seconds=DEFAULT_DELETION_RETENTION_SECONDS),
+        shard_names: Sequence[str] = (DEFAULT_SHARD,),
     ) -> None:
         """`retention`: how long DeleteTenant keeps an ACTIVE or SUSPENDED
-        tenant's data (TENANTRY_DELETION_RETENTION_SECONDS)."""
+        tenant's data (TENANTRY_DELETION_RETENTION_SECONDS). `shard_names`:
+        where new tenants may be placed (TENANTRY_SHARDS)."""
+        self._shard_names = tuple(shard_names)
         self._engine = engine
         self._sessions = sessions
         self._starter = starter
@@ -100,6 +103,8 @@ class Tenants:
     async def register(self, request: RegistrationInput, actor: str) -> TenantWithOperation:
         # No pre-read of request_id: a replay collides on the slug (or the
         # request_id) and is resolved below, so first attempts pay nothing.
+        if request.shard is not None and request.shard not in self._shard_names:
+            raise invalid_field("shard", "not a configured shard")
         try:
             async with self._engine.connect() as conn:
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -113,6 +118,7 @@ class Tenants:
                     request_id=request.request_id,
                     actor=actor,
                     labels=request.labels,
+                    shards=(request.shard,) if request.shard is not None else self._shard_names,
                 )
         except IntegrityError as exc:
             # A replay, or a concurrent call with the same request_id, won the slug.

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from tenant_api.errors import FieldViolation, invalid_fields
+from tenantry.settings import SHARD_NAME_PATTERN
 
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 RESERVED_SLUGS = frozenset({"public", "admin", "api", "www", "system"})
@@ -128,6 +129,8 @@ class RegistrationInput:
     admin_display_name: str
     request_id: uuid.UUID | None
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # None: placed on the shard with the fewest live tenants.
+    shard: str | None = None
 
 
 def validate_registration(
@@ -137,6 +140,7 @@ def validate_registration(
     admin_display_name: str,
     request_id: str,
     labels: Mapping[str, str] | None = None,
+    shard: str = "",
 ) -> RegistrationInput:
     def problems() -> Iterator[FieldViolation]:
         if (p := slug_problem(slug)) is not None:
@@ -150,6 +154,8 @@ def validate_registration(
         if request_id and parse_uuid(request_id) is None:
             yield FieldViolation("request_id", "must be a UUID")
         yield from label_problems(labels or {})
+        if shard and not SHARD_NAME_PATTERN.fullmatch(shard):
+            yield FieldViolation("shard", "not a shard name")
 
     violations = list(problems())
     if violations:
@@ -161,6 +167,7 @@ def validate_registration(
         admin_display_name=normalize_display_text(admin_display_name),
         request_id=parse_uuid(request_id) if request_id else None,
         labels=dict(labels or {}),
+        shard=shard or None,
     )
 
 

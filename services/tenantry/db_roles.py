@@ -108,11 +108,17 @@ def grant_statements(tenant_schemas: Sequence[str]) -> list[str]:
         for role, privileges in grants.items():
             statements.append(f"GRANT {_privileges(privileges)} ON TABLE public.{_ident(table)} TO {_ident(role)}")
     statements.append(f"REVOKE ALL ON TABLE public.alembic_version FROM {', '.join(map(_ident, grantees))}")
-    for role, privileges in TENANT_TABLE_GRANTS.items():
-        statements.append(
-            f"ALTER DEFAULT PRIVILEGES FOR ROLE {_ident(WORKER)} "
-            f"GRANT {_privileges(privileges)} ON TABLES TO {_ident(role)}"
-        )
+    return statements + shard_grant_statements(tenant_schemas)
+
+
+def shard_grant_statements(tenant_schemas: Sequence[str]) -> list[str]:
+    """The tenant-schema part of grant_statements: all a shard that is not
+    the control plane's database needs (it holds no control-plane table)."""
+    worker = _ident(WORKER)
+    statements = [
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {worker} GRANT {_privileges(privileges)} ON TABLES TO {_ident(role)}"
+        for role, privileges in TENANT_TABLE_GRANTS.items()
+    ]
     for schema in tenant_schemas:
         statements += tenant_schema_access(schema)
     return statements
@@ -126,12 +132,13 @@ async def _tenant_schemas(conn: AsyncConnection) -> list[str]:
     return [row[0] for row in rows]
 
 
-async def apply_grants(conn: AsyncConnection) -> None:
+async def apply_grants(conn: AsyncConnection, *, shard_only: bool = False) -> None:
     """Every table privilege of the map, on `conn`'s transaction (the caller
     commits). As the migrator (a member of the worker's role, so it may grant
-    on tenant schemas) or a superuser."""
+    on tenant schemas) or a superuser. `shard_only`: a shard's database that
+    is not the control plane's (tenant schemas only)."""
     await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-    for statement in grant_statements([]):
+    for statement in shard_grant_statements([]) if shard_only else grant_statements([]):
         await conn.execute(text(statement))
     for schema in await _tenant_schemas(conn):
         try:

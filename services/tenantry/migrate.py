@@ -31,9 +31,10 @@ class MissingRolesError(Exception):
     pass
 
 
-async def grant_privileges(database_url: str) -> None:
+async def grant_privileges(database_url: str, *, shard_only: bool = False) -> None:
     """apply_grants in a transaction of its own; MissingRolesError if
-    `tenantry-migrate roles` has not run on this cluster."""
+    `tenantry-migrate roles` has not run on this cluster. `shard_only`: a
+    shard's database that is not the control plane's."""
     engine = create_async_engine(database_url, poolclass=pool.NullPool)
     try:
         async with engine.begin() as conn:
@@ -49,7 +50,7 @@ async def grant_privileges(database_url: str) -> None:
                 raise MissingRolesError(
                     f"roles {', '.join(missing)} do not exist: run `tenantry-migrate roles` as a superuser first"
                 )
-            await apply_grants(conn)
+            await apply_grants(conn, shard_only=shard_only)
     finally:
         await engine.dispose()
 
@@ -77,12 +78,18 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     settings = load_or_exit(MigrateSettings.from_env)
     try:
+        # Shards on other databases hold tenant schemas only: roles and the
+        # tenant-table privileges, no control-plane tables.
+        other_shards = sorted({url for url in settings.shards.values() if url != settings.database_url})
         if args == ["roles"]:
-            asyncio.run(ensure_roles(settings.database_url))
+            for url in [settings.database_url, *other_shards]:
+                asyncio.run(ensure_roles(url))
             print("database roles ready")
             return
         upgrade_control_plane(settings.database_url, settings.migrations_dir)
         asyncio.run(grant_privileges(settings.database_url))
+        for url in other_shards:
+            asyncio.run(grant_privileges(url, shard_only=True))
     except (OSError, TimeoutError) as exc:
         print(f"tenantry-migrate: cannot reach the database: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -21,10 +21,12 @@ from temporalio.common import WorkflowIDConflictPolicy
 from tenantry.states import OperationKind
 from tenantry.workflow_contract import (
     DELETE_WORKFLOW,
+    MOVE_WORKFLOW,
     PROVISION_WORKFLOW,
     RECHECK_PURGE_SIGNAL,
     WORKFLOW_START_TIMEOUT,
     DeleteTenantInput,
+    MoveTenantInput,
     ProvisionTenantInput,
 )
 
@@ -37,6 +39,9 @@ class OperationRef:
     kind: str
     tenant_id: uuid.UUID
     admin_user_id: uuid.UUID
+    # A MOVE's shards.
+    source_shard: str = ""
+    target_shard: str = ""
 
 
 class OperationStarter:
@@ -100,4 +105,6 @@ def _workflow_for(operation: OperationRef) -> tuple[str, object]:
     tenant_id = str(operation.tenant_id)
     if operation.kind == OperationKind.DELETE:
         return DELETE_WORKFLOW, DeleteTenantInput(tenant_id=tenant_id)
+    if operation.kind == OperationKind.MOVE:
+        return MOVE_WORKFLOW, MoveTenantInput(tenant_id, operation.source_shard, operation.target_shard)
     return PROVISION_WORKFLOW, ProvisionTenantInput(tenant_id=tenant_id, admin_user_id=str(operation.admin_user_id))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import json
 import os
 import re
 import sys
@@ -64,6 +65,13 @@ DEFAULT_WORKER_STATEMENT_TIMEOUT_SECONDS = 50.0
 DEFAULT_LOCK_TIMEOUT_SECONDS = 5.0
 DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS = 30.0
 PAGE_TOKEN_KEY = "TENANTRY_PAGE_TOKEN_KEY"
+SHARDS = "TENANTRY_SHARDS"
+# The shard every tenant registered before shards existed is on; unless
+# TENANTRY_SHARDS names it, it is the control-plane database itself.
+DEFAULT_SHARD = "default"
+# Shard names are recorded per tenant and appear in metrics labels and logs.
+SHARD_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,30}")
+MAX_SHARDS = 64
 LISTEN_DATABASE_URL = "TENANTRY_LISTEN_DATABASE_URL"
 MIN_SECRET_KEY_BYTES = 32
 
@@ -89,15 +97,21 @@ class SettingsError(Exception):
 
 @dataclass(frozen=True, kw_only=True)
 class MigrateSettings:
+    """`shards`: every tenant-schema database by name (shards_from); `roles`
+    and the privileges are applied to each of them too."""
+
     database_url: str
     migrations_dir: Path
+    shards: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> MigrateSettings:
         env = _environ(env)
+        database_url = database_url_from(env)
         return cls(
-            database_url=database_url_from(env),
+            database_url=database_url,
             migrations_dir=migrations_dir_from(env),
+            shards=shards_from(env, database_url),
         )
 
 
@@ -114,9 +128,11 @@ class MigrateTenantsSettings(MigrateSettings):
     @classmethod
     def from_env(cls, env: Env | None = None) -> MigrateTenantsSettings:
         env = _environ(env)
+        database_url = database_url_from(env)
         return cls(
-            database_url=database_url_from(env),
+            database_url=database_url,
             migrations_dir=migrations_dir_from(env),
+            shards=shards_from(env, database_url),
             temporal_address=_address(env, "TENANTRY_TEMPORAL_ADDRESS", None),
             temporal_namespace=_name(env, "TENANTRY_TEMPORAL_NAMESPACE", DEFAULT_NAMESPACE),
             task_queue=_name(env, "TENANTRY_TASK_QUEUE", DEFAULT_TASK_QUEUE),
@@ -182,7 +198,8 @@ class DbTimeouts:
 
 @dataclass(frozen=True, kw_only=True)
 class CommonSettings:
-    """What both services read. `metrics_address` None: the endpoint is off."""
+    """What both services read. `metrics_address` None: the endpoint is off.
+    `shards`: the databases holding tenant schemas, by name (shards_from)."""
 
     database_url: str
     temporal_address: str
@@ -194,13 +211,15 @@ class CommonSettings:
     db_pool_size: int = DEFAULT_DB_POOL_SIZE
     db_max_overflow: int = DEFAULT_API_DB_MAX_OVERFLOW
     db_timeouts: DbTimeouts = DbTimeouts()
+    shards: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def _common(
         cls, env: Env, *, default_metrics_address: str, default_max_overflow: int, default_statement_seconds: float
     ) -> dict[str, Any]:
+        database_url = database_url_from(env)
         common = CommonSettings(
-            database_url=database_url_from(env),
+            database_url=database_url,
             temporal_address=_address(env, "TENANTRY_TEMPORAL_ADDRESS", None),
             temporal_namespace=_name(env, "TENANTRY_TEMPORAL_NAMESPACE", DEFAULT_NAMESPACE),
             task_queue=_name(env, "TENANTRY_TASK_QUEUE", DEFAULT_TASK_QUEUE),
@@ -210,6 +229,7 @@ class CommonSettings:
             db_pool_size=_count(env, "TENANTRY_DB_POOL_SIZE", DEFAULT_DB_POOL_SIZE, minimum=1),
             db_max_overflow=_count(env, "TENANTRY_DB_MAX_OVERFLOW", default_max_overflow, minimum=0),
             db_timeouts=DbTimeouts.from_env(env, default_statement_seconds=default_statement_seconds),
+            shards=shards_from(env, database_url),
         )
         # Shallow (asdict would turn the nested settings into dicts).
         return {f.name: getattr(common, f.name) for f in fields(common)}
@@ -437,6 +457,32 @@ def database_url_from(env: Env, name: str = "TENANTRY_DATABASE_URL") -> str:
         # Only the scheme: the rest may hold a password.
         raise SettingsError(f"{name} must be a postgresql+asyncpg:// URL, got {value.split(':', 1)[0]!r}")
     return value
+
+
+def shards_from(env: Env, database_url: str) -> dict[str, str]:
+    """TENANTRY_SHARDS: a JSON object of shard name -> asyncpg URL. The shard
+    DEFAULT_SHARD always exists (every tenant registered before shards is
+    there): when the object does not name it, it is `database_url`, the
+    control plane's own database. Unset: that one shard."""
+    raw = env.get(SHARDS, "").strip()
+    shards: dict[str, str] = {}
+    if raw:
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            raise SettingsError(f'{SHARDS} must be a JSON object {{"name": "postgresql+asyncpg://..."}}') from None
+        if not isinstance(parsed, dict) or not parsed:
+            raise SettingsError(f'{SHARDS} must be a non-empty JSON object {{"name": "postgresql+asyncpg://..."}}')
+        if len(parsed) > MAX_SHARDS:
+            raise SettingsError(f"{SHARDS} names {len(parsed)} shards; at most {MAX_SHARDS}")
+        for name, url in parsed.items():
+            if not SHARD_NAME_PATTERN.fullmatch(name):
+                raise SettingsError(f"{SHARDS}: shard names must match {SHARD_NAME_PATTERN.pattern}, got {name!r}")
+            if not isinstance(url, str):
+                raise SettingsError(f"{SHARDS}: shard {name!r} must be a URL string")
+            shards[name] = database_url_from({SHARDS: url}, SHARDS)
+    shards.setdefault(DEFAULT_SHARD, database_url)
+    return shards
 
 
 def grpc_address_from(env: Env) -> str:

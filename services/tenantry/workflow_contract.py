@@ -64,6 +64,19 @@ class ReconcileInput:
     pending_threshold_seconds: float = 10.0
 
 
+MOVE_WORKFLOW = "TenantMoveWorkflow"
+
+
+@dataclass(frozen=True)
+class MoveTenantInput:
+    """Move `tenant_id`'s schema from shard `source_shard` to `target_shard`
+    (TENANTRY_SHARDS names, recorded on the MOVE operation when it was asked for)."""
+
+    tenant_id: str
+    source_shard: str
+    target_shard: str
+
+
 MIGRATE_WORKFLOW = "TenantFleetMigrationWorkflow"
 
 

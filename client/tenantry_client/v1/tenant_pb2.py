@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tenantry/v1/tenant.proto\x12\x0btenantry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x03\n\x06Tenant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04slug\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x13\n\x0b\x61\x64min_email\x18\x04 \x01(\t\x12\'\n\x05state\x18\x05 \x01(\x0e\x32\x18.tenantry.v1.TenantState\x12\x15\n\rstate_message\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\npurge_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bschema_name\x18\x0b \x01(\t\x12\x0c\n\x04\x65tag\x18\x0c \x01(\t\x12/\n\x06labels\x18\r \x03(\x0b\x32\x1f.tenantry.v1.Tenant.LabelsEntry\x12\x16\n\x0eschema_version\x18\x0e \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xc9\x01\n\x0bTenantState\x12\x1c\n\x18TENANT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15TENANT_STATE_CREATING\x10\x01\x12\x17\n\x13TENANT_STATE_ACTIVE\x10\x02\x12\x17\n\x13TENANT_STATE_FAILED\x10\x03\x12\x19\n\x15TENANT_STATE_DELETING\x10\x04\x12\x18\n\x14TENANT_STATE_DELETED\x10\x05\x12\x1a\n\x16TENANT_STATE_SUSPENDED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tenantry/v1/tenant.proto\x12\x0btenantry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfa\x03\n\x06Tenant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04slug\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x13\n\x0b\x61\x64min_email\x18\x04 \x01(\t\x12\'\n\x05state\x18\x05 \x01(\x0e\x32\x18.tenantry.v1.TenantState\x12\x15\n\rstate_message\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\npurge_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bschema_name\x18\x0b \x01(\t\x12\x0c\n\x04\x65tag\x18\x0c \x01(\t\x12/\n\x06labels\x18\r \x03(\x0b\x32\x1f.tenantry.v1.Tenant.LabelsEntry\x12\x16\n\x0eschema_version\x18\x0e \x01(\t\x12\r\n\x05shard\x18\x0f \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xc9\x01\n\x0bTenantState\x12\x1c\n\x18TENANT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15TENANT_STATE_CREATING\x10\x01\x12\x17\n\x13TENANT_STATE_ACTIVE\x10\x02\x12\x17\n\x13TENANT_STATE_FAILED\x10\x03\x12\x19\n\x15TENANT_STATE_DELETING\x10\x04\x12\x18\n\x14TENANT_STATE_DELETED\x10\x05\x12\x1a\n\x16TENANT_STATE_SUSPENDED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TENANT_LABELSENTRY']._loaded_options = None
   _globals['_TENANT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TENANTSTATE']._serialized_start=569
-  _globals['_TENANTSTATE']._serialized_end=770
+  _globals['_TENANTSTATE']._serialized_start=584
+  _globals['_TENANTSTATE']._serialized_end=785
   _globals['_TENANT']._serialized_start=75
-  _globals['_TENANT']._serialized_end=566
-  _globals['_TENANT_LABELSENTRY']._serialized_start=521
-  _globals['_TENANT_LABELSENTRY']._serialized_end=566
+  _globals['_TENANT']._serialized_end=581
+  _globals['_TENANT_LABELSENTRY']._serialized_start=536
+  _globals['_TENANT_LABELSENTRY']._serialized_end=581
 # @@protoc_insertion_point(module_scope)

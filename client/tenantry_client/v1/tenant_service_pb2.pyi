@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterTenantRequest(_message.Message):
-    __slots__ = ("slug", "display_name", "admin_email", "admin_display_name", "request_id", "labels")
+    __slots__ = ("slug", "display_name", "admin_email", "admin_display_name", "request_id", "labels", "shard")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -25,13 +25,15 @@ class RegisterTenantRequest(_message.Message):
     ADMIN_DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
     slug: str
     display_name: str
     admin_email: str
     admin_display_name: str
     request_id: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, slug: _Optional[str] = ..., display_name: _Optional[str] = ..., admin_email: _Optional[str] = ..., admin_display_name: _Optional[str] = ..., request_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    shard: str
+    def __init__(self, slug: _Optional[str] = ..., display_name: _Optional[str] = ..., admin_email: _Optional[str] = ..., admin_display_name: _Optional[str] = ..., request_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., shard: _Optional[str] = ...) -> None: ...
 
 class RegisterTenantResponse(_message.Message):
     __slots__ = ("tenant", "operation")
@@ -192,3 +194,23 @@ class ResumeTenantResponse(_message.Message):
     TENANT_FIELD_NUMBER: _ClassVar[int]
     tenant: _tenant_pb2.Tenant
     def __init__(self, tenant: _Optional[_Union[_tenant_pb2.Tenant, _Mapping]] = ...) -> None: ...
+
+class MoveTenantRequest(_message.Message):
+    __slots__ = ("tenant_id", "target_shard", "request_id", "etag")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SHARD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    target_shard: str
+    request_id: str
+    etag: str
+    def __init__(self, tenant_id: _Optional[str] = ..., target_shard: _Optional[str] = ..., request_id: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class MoveTenantResponse(_message.Message):
+    __slots__ = ("tenant", "operation")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    tenant: _tenant_pb2.Tenant
+    operation: _operation_pb2.Operation
+    def __init__(self, tenant: _Optional[_Union[_tenant_pb2.Tenant, _Mapping]] = ..., operation: _Optional[_Union[_operation_pb2.Operation, _Mapping]] = ...) -> None: ...

@@ -85,6 +85,11 @@ class TenantServiceStub:
                 request_serializer=tenantry_dot_v1_dot_tenant__service__pb2.RetryTenantProvisioningRequest.SerializeToString,
                 response_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.RetryTenantProvisioningResponse.FromString,
                 _registered_method=True)
+        self.MoveTenant = channel.unary_unary(
+                '/tenantry.v1.TenantService/MoveTenant',
+                request_serializer=tenantry_dot_v1_dot_tenant__service__pb2.MoveTenantRequest.SerializeToString,
+                response_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.MoveTenantResponse.FromString,
+                _registered_method=True)
 
 
 class TenantServiceServicer:
@@ -171,6 +176,18 @@ class TenantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MoveTenant(self, request, context):
+        """Moves a tenant's schema to another shard (a TENANTRY_SHARDS name): copies
+        it while the tenant serves, then in a short final copy-and-switch (its
+        tenant-scoped calls get UNAVAILABLE `TENANT_MOVING` with RetryInfo)
+        verifies the copy, switches `Tenant.shard` and drops the old copy. ACTIVE
+        or SUSPENDED tenants; returns at once with an operation (kind MOVE).
+        Already on the target: FAILED_PRECONDITION `ALREADY_ON_SHARD`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TenantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +240,11 @@ def add_TenantServiceServicer_to_server(servicer, server):
                     servicer.RetryTenantProvisioning,
                     request_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.RetryTenantProvisioningRequest.FromString,
                     response_serializer=tenantry_dot_v1_dot_tenant__service__pb2.RetryTenantProvisioningResponse.SerializeToString,
+            ),
+            'MoveTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveTenant,
+                    request_deserializer=tenantry_dot_v1_dot_tenant__service__pb2.MoveTenantRequest.FromString,
+                    response_serializer=tenantry_dot_v1_dot_tenant__service__pb2.MoveTenantResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -496,6 +518,33 @@ class TenantService:
             '/tenantry.v1.TenantService/RetryTenantProvisioning',
             tenantry_dot_v1_dot_tenant__service__pb2.RetryTenantProvisioningRequest.SerializeToString,
             tenantry_dot_v1_dot_tenant__service__pb2.RetryTenantProvisioningResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantry.v1.TenantService/MoveTenant',
+            tenantry_dot_v1_dot_tenant__service__pb2.MoveTenantRequest.SerializeToString,
+            tenantry_dot_v1_dot_tenant__service__pb2.MoveTenantResponse.FromString,
             options,
             channel_credentials,
             insecure,

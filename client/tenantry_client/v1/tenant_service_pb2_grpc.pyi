@@ -68,6 +68,14 @@ class TenantServiceStub:
     """
     RetryTenantProvisioning: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.RetryTenantProvisioningRequest, _tenant_service_pb2.RetryTenantProvisioningResponse]
     """FAILED -> CREATING with a new provisioning operation (PENDING)."""
+    MoveTenant: _grpc.UnaryUnaryMultiCallable[_tenant_service_pb2.MoveTenantRequest, _tenant_service_pb2.MoveTenantResponse]
+    """Moves a tenant's schema to another shard (a TENANTRY_SHARDS name): copies
+    it while the tenant serves, then in a short final copy-and-switch (its
+    tenant-scoped calls get UNAVAILABLE `TENANT_MOVING` with RetryInfo)
+    verifies the copy, switches `Tenant.shard` and drops the old copy. ACTIVE
+    or SUSPENDED tenants; returns at once with an operation (kind MOVE).
+    Already on the target: FAILED_PRECONDITION `ALREADY_ON_SHARD`.
+    """
 
 @_typing.type_check_only
 class TenantServiceAsyncStub(TenantServiceStub):
@@ -109,6 +117,14 @@ class TenantServiceAsyncStub(TenantServiceStub):
     """
     RetryTenantProvisioning: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.RetryTenantProvisioningRequest, _tenant_service_pb2.RetryTenantProvisioningResponse]  # type: ignore[assignment]
     """FAILED -> CREATING with a new provisioning operation (PENDING)."""
+    MoveTenant: _aio.UnaryUnaryMultiCallable[_tenant_service_pb2.MoveTenantRequest, _tenant_service_pb2.MoveTenantResponse]  # type: ignore[assignment]
+    """Moves a tenant's schema to another shard (a TENANTRY_SHARDS name): copies
+    it while the tenant serves, then in a short final copy-and-switch (its
+    tenant-scoped calls get UNAVAILABLE `TENANT_MOVING` with RetryInfo)
+    verifies the copy, switches `Tenant.shard` and drops the old copy. ACTIVE
+    or SUSPENDED tenants; returns at once with an operation (kind MOVE).
+    Already on the target: FAILED_PRECONDITION `ALREADY_ON_SHARD`.
+    """
 
 class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
     """Registers, looks up and deletes tenants."""
@@ -207,5 +223,19 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tenant_service_pb2.RetryTenantProvisioningResponse, _abc.Awaitable[_tenant_service_pb2.RetryTenantProvisioningResponse]]:
         """FAILED -> CREATING with a new provisioning operation (PENDING)."""
+
+    @_abc_1.abstractmethod
+    def MoveTenant(
+        self,
+        request: _tenant_service_pb2.MoveTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenant_service_pb2.MoveTenantResponse, _abc.Awaitable[_tenant_service_pb2.MoveTenantResponse]]:
+        """Moves a tenant's schema to another shard (a TENANTRY_SHARDS name): copies
+        it while the tenant serves, then in a short final copy-and-switch (its
+        tenant-scoped calls get UNAVAILABLE `TENANT_MOVING` with RetryInfo)
+        verifies the copy, switches `Tenant.shard` and drops the old copy. ACTIVE
+        or SUSPENDED tenants; returns at once with an operation (kind MOVE).
+        Already on the target: FAILED_PRECONDITION `ALREADY_ON_SHARD`.
+        """
 
 def add_TenantServiceServicer_to_server(servicer: TenantServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -30,6 +30,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tenantry.schema_names import SCHEMA_NAME_FROM_ID_SQL
+from tenantry.settings import DEFAULT_SHARD, SHARD_NAME_PATTERN
 from tenantry.states import (
     LIFECYCLE_OPERATION_KINDS,
     OPEN_OPERATION_STATES,
@@ -94,6 +95,9 @@ class Tenant(Base):
         ),
         # GetTenant by slug also finds purged holders (most recent first).
         Index("ix_tenants_slug_update_time", "slug", "update_time"),
+        CheckConstraint(f"shard ~ '^{SHARD_NAME_PATTERN.pattern}$'", name="shard_name"),
+        # Placement counts the live tenants of each shard.
+        Index("ix_tenants_shard_live", "shard", postgresql_where=text(f"state <> '{TenantState.DELETED}'")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -118,6 +122,11 @@ class Tenant(Base):
     # While DELETING: the state UndeleteTenant restores (ACTIVE or SUSPENDED
     # when the data is retained; CREATING or FAILED when it is purged at once).
     state_before_delete: Mapped[str | None] = mapped_column(String(16))
+    # The database (a TENANTRY_SHARDS name) that holds its schema.
+    shard: Mapped[str] = mapped_column(String(31), server_default=DEFAULT_SHARD)
+    # True only during a move's final copy-and-switch: the gate answers
+    # UNAVAILABLE TENANT_MOVING, and writes to the old copy are blocked.
+    moving: Mapped[bool] = mapped_column(server_default=false())
 
 
 class TenantMembership(Base):
@@ -184,6 +193,9 @@ class Operation(Base):
     progress_succeeded: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     progress_failed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     target_revision: Mapped[str] = mapped_column(String(32), server_default="")
+    # A MOVE: the shard it moves the tenant from and to ("" otherwise).
+    source_shard: Mapped[str] = mapped_column(String(31), server_default="")
+    target_shard: Mapped[str] = mapped_column(String(31), server_default="")
 
 
 class RolloutFailure(Base):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -41,6 +41,7 @@ from sqlalchemy.sql.dml import ReturningUpdate
 from tenantry.db.events import event_ctes, operation_actor
 from tenantry.db.models import Operation, RequestRecord, Tenant, TenantMembership, User
 from tenantry.schema_names import SCHEMA_NAME_REGEX, quote_schema, schema_name_for
+from tenantry.settings import DEFAULT_SHARD, SHARD_NAME_PATTERN
 from tenantry.states import (
     DELETABLE_TENANT_STATES,
     OPEN_OPERATION_STATES,
@@ -70,6 +71,15 @@ SLUG_UNIQUE_CONSTRAINT = f"uq_{TENANTS}_slug"
 # it runs in autocommit with a single round trip. Uniqueness stays with the
 # database: a taken slug fails on uq_tenants_slug, a replayed request_id on
 # uq_workflow_executions_request_id.
+# The shard (of the parameter `shards`, an array of names) with the fewest
+# tenants that are not DELETED; ties to the first name. Registrations racing
+# may pick the same one: placement balances, it need not be exact.
+_FEWEST_TENANTS = f"""
+    SELECT s.name FROM unnest(CAST(:shards AS varchar[])) AS s(name)
+    ORDER BY (SELECT count(*) FROM {TENANTS} t WHERE t.shard = s.name AND t.state <> '{TenantState.DELETED}'), s.name
+    LIMIT 1"""
+
+
 def _register_statement(*, record_event: bool) -> TextClause:
     """Registration's statement. The product always records the REGISTERED
     event (`_REGISTER`); `record_event=False` exists only so the benchmark can
@@ -94,9 +104,10 @@ def _register_statement(*, record_event: bool) -> TextClause:
         ON CONFLICT ((lower(email))) DO UPDATE SET email = {User.__tablename__}.email
         RETURNING id, email
     ), tenant AS (
-        INSERT INTO {TENANTS} (id, slug, display_name, admin_user_id, state, schema_name, labels)
+        INSERT INTO {TENANTS} (id, slug, display_name, admin_user_id, state, schema_name, labels, shard)
         SELECT CAST(:tenant_id AS uuid), CAST(:slug AS varchar), CAST(:display_name AS varchar), admin.id,
-               '{TenantState.CREATING}', CAST(:schema_name AS varchar), CAST(:labels AS jsonb)
+               '{TenantState.CREATING}', CAST(:schema_name AS varchar), CAST(:labels AS jsonb),
+               COALESCE(CAST(:shard AS varchar), ({_FEWEST_TENANTS}))
         FROM admin
         RETURNING {", ".join(TENANT_COLUMNS)}
     ), operation AS (
@@ -140,8 +151,11 @@ async def register(
     request_id: uuid.UUID | None,
     actor: str,
     labels: Mapping[str, str] | None = None,
+    shards: Sequence[str] = (DEFAULT_SHARD,),
 ) -> TenantWithOperation:
-    """The admin user (found or created), the CREATING tenant (with `labels`) and its PENDING
+    """The admin user (found or created), the CREATING tenant (with `labels`,
+    on the one shard of `shards`, or the one of them with the fewest live
+    tenants) and its PENDING
     provisioning operation and the REGISTERED event, in one statement. Raises IntegrityError for a taken
     slug (`SLUG_UNIQUE_CONSTRAINT`) or a reused request_id."""
     params = {
@@ -156,6 +170,8 @@ async def register(
         "request_id": request_id,
         "actor": actor,
         "labels": dict(labels or {}),
+        "shard": shards[0] if len(shards) == 1 else None,
+        "shards": list(shards),
         # The request's trace, so GetOperation leads to it ("" when not tracing).
         "trace_id": current_trace_id(),
     }
@@ -181,7 +197,9 @@ def holder_of_slug(query: _Query, slug: object) -> _Query:
     )
 
 
-_ADMISSION_COLUMNS = select(Tenant.id, Tenant.state, Tenant.schema_name, Tenant.purge_time, Tenant.schema_version)
+_ADMISSION_COLUMNS = select(
+    Tenant.id, Tenant.state, Tenant.schema_name, Tenant.purge_time, Tenant.schema_version, Tenant.shard, Tenant.moving
+)
 _ADMIT_BY_ID = _ADMISSION_COLUMNS.where(Tenant.id == bindparam("key"))
 _ADMIT_BY_SLUG = holder_of_slug(_ADMISSION_COLUMNS, bindparam("key"))
 
@@ -189,8 +207,9 @@ _ADMIT_BY_SLUG = holder_of_slug(_ADMISSION_COLUMNS, bindparam("key"))
 @dataclass(frozen=True)
 class AdmissionQueries:
     """The admission reads as the driver's SQL (`$1` the tenant id or slug;
-    rows `(id, state, schema_name, purge_time, schema_version)`), rendered once per engine: admission runs
-    on every tenant-scoped call, so it skips SQLAlchemy's execution layer."""
+    rows `(id, state, schema_name, purge_time, schema_version, shard,
+    moving)`), rendered once per engine: admission runs on every
+    tenant-scoped call, so it skips SQLAlchemy's execution layer."""
 
     by_id: str
     by_slug: str
@@ -209,20 +228,25 @@ class AdmissionQueries:
 TENANT_REVISION_PATTERN = re.compile(r"t[0-9]{4}")
 
 
-def begin_if_active(tenant_id: uuid.UUID, oldest_revision: str) -> str:
+def begin_if_active(tenant_id: uuid.UUID, oldest_revision: str, local_shards: Sequence[str]) -> str:
     """Opens the call's transaction and checks the tenant is ACTIVE with its
-    schema at `oldest_revision` or later, in one round trip: the simple query
-    protocol takes several statements but no parameters, and its status
-    ("SELECT 1" or "SELECT 0") is the answer. The only values in it are a
-    uuid.UUID's canonical text (hex digits and dashes) and a revision id
-    matching TENANT_REVISION_PATTERN."""
+    schema at `oldest_revision` or later, on one of `local_shards` (the
+    shards on this database: the call runs in this very transaction) and not
+    moving, in one round trip: the simple query protocol takes several
+    statements but no parameters, and its status ("SELECT 1" or "SELECT 0")
+    is the answer. The only values in it are a uuid.UUID's canonical text (hex
+    digits and dashes), a revision id matching TENANT_REVISION_PATTERN and
+    shard names matching SHARD_NAME_PATTERN."""
     if not isinstance(tenant_id, uuid.UUID):
         raise TypeError("tenant_id must be a uuid.UUID")
     if not TENANT_REVISION_PATTERN.fullmatch(oldest_revision):
         raise ValueError(f"not a tenant revision id: {oldest_revision!r}")
+    if not local_shards or not all(SHARD_NAME_PATTERN.fullmatch(name) for name in local_shards):
+        raise ValueError(f"not shard names: {local_shards!r}")
+    shards = ", ".join(f"'{name}'" for name in local_shards)
     return (
         f"BEGIN; SELECT 1 FROM {TENANTS} WHERE id = '{tenant_id}' AND state = '{TenantState.ACTIVE.value}' "
-        f"AND schema_version >= '{oldest_revision}'"
+        f"AND schema_version >= '{oldest_revision}' AND shard IN ({shards}) AND NOT moving"
     )
 
 
@@ -231,9 +255,11 @@ def schema_is_behind(schema_version: str, oldest_revision: str) -> bool:
     return schema_version < oldest_revision
 
 
-def state_of(tenant_id: uuid.UUID) -> Select[str, datetime | None, str]:
-    """The tenant's state, purge time and schema version."""
-    return select(Tenant.state, Tenant.purge_time, Tenant.schema_version).where(Tenant.id == tenant_id)
+def state_of(tenant_id: uuid.UUID) -> Select[str, datetime | None, str, str, bool]:
+    """The tenant's state, purge time, schema version, shard and whether it is moving."""
+    return select(Tenant.state, Tenant.purge_time, Tenant.schema_version, Tenant.shard, Tenant.moving).where(
+        Tenant.id == tenant_id
+    )
 
 
 def schema_exists(schema_name: str) -> Select[bool]:

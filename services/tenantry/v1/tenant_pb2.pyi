@@ -28,7 +28,7 @@ TENANT_STATE_DELETED: TenantState
 TENANT_STATE_SUSPENDED: TenantState
 
 class Tenant(_message.Message):
-    __slots__ = ("id", "slug", "display_name", "admin_email", "state", "state_message", "create_time", "update_time", "delete_time", "purge_time", "schema_name", "etag", "labels", "schema_version")
+    __slots__ = ("id", "slug", "display_name", "admin_email", "state", "state_message", "create_time", "update_time", "delete_time", "purge_time", "schema_name", "etag", "labels", "schema_version", "shard")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class Tenant(_message.Message):
     ETAG_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
     id: str
     slug: str
     display_name: str
@@ -64,4 +65,5 @@ class Tenant(_message.Message):
     etag: str
     labels: _containers.ScalarMap[str, str]
     schema_version: str
-    def __init__(self, id: _Optional[str] = ..., slug: _Optional[str] = ..., display_name: _Optional[str] = ..., admin_email: _Optional[str] = ..., state: _Optional[_Union[TenantState, str]] = ..., state_message: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., purge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., schema_name: _Optional[str] = ..., etag: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., schema_version: _Optional[str] = ...) -> None: ...
+    shard: str
+    def __init__(self, id: _Optional[str] = ..., slug: _Optional[str] = ..., display_name: _Optional[str] = ..., admin_email: _Optional[str] = ..., state: _Optional[_Union[TenantState, str]] = ..., state_message: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., purge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., schema_name: _Optional[str] = ..., etag: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., schema_version: _Optional[str] = ..., shard: _Optional[str] = ...) -> None: ...

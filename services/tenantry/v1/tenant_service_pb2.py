@@ -28,7 +28,7 @@ from tenantry.v1 import options_pb2 as tenantry_dot_v1_dot_options__pb2
 from tenantry.v1 import tenant_pb2 as tenantry_dot_v1_dot_tenant__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tenantry/v1/tenant_service.proto\x12\x0btenantry.v1\x1a google/protobuf/field_mask.proto\x1a\x1btenantry/v1/operation.proto\x1a\x19tenantry/v1/options.proto\x1a\x18tenantry/v1/tenant.proto\"\xef\x01\n\x15RegisterTenantRequest\x12\x0c\n\x04slug\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x64min_email\x18\x03 \x01(\t\x12\x1a\n\x12\x61\x64min_display_name\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12>\n\x06labels\x18\x06 \x03(\x0b\x32..tenantry.v1.RegisterTenantRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"h\n\x16RegisterTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\x12)\n\toperation\x18\x02 \x01(\x0b\x32\x16.tenantry.v1.Operation\"E\n\x10GetTenantRequest\x12\x13\n\ttenant_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x42\x0c\n\ntenant_ref\"8\n\x11GetTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\"a\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x03 \x01(\x08\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\"T\n\x13ListTenantsResponse\x12$\n\x07tenants\x18\x01 \x03(\x0b\x32\x13.tenantry.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x13\x44\x65leteTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"f\n\x14\x44\x65leteTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\x12)\n\toperation\x18\x02 \x01(\x0b\x32\x16.tenantry.v1.Operation\"L\n\x15UndeleteTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"=\n\x16UndeleteTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\";\n\x12PurgeTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"e\n\x13PurgeTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\x12)\n\toperation\x18\x02 \x01(\x0b\x32\x16.tenantry.v1.Operation\"U\n\x1eRetryTenantProvisioningRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"q\n\x1fRetryTenantProvisioningResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\x12)\n\toperation\x18\x02 \x01(\x0b\x32\x16.tenantry.v1.Operation\"\x7f\n\x13UpdateTenantRequest\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\";\n\x14UpdateTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\"[\n\x14SuspendTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"<\n\x15SuspendTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\"J\n\x13ResumeTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\";\n\x14ResumeTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant2\xc4\x08\n\rTenantService\x12m\n\x0eRegisterTenant\x12\".tenantry.v1.RegisterTenantRequest\x1a#.tenantry.v1.RegisterTenantResponse\"\x12\x92\xb5\x18\x0etenants.create\x12[\n\tGetTenant\x12\x1d.tenantry.v1.GetTenantRequest\x1a\x1e.tenantry.v1.GetTenantResponse\"\x0f\x92\xb5\x18\x0btenants.get\x12\x61\n\x0bListTenants\x12\x1f.tenantry.v1.ListTenantsRequest\x1a .tenantry.v1.ListTenantsResponse\"\x0f\x92\xb5\x18\x0btenants.get\x12g\n\x0cUpdateTenant\x12 .tenantry.v1.UpdateTenantRequest\x1a!.tenantry.v1.UpdateTenantResponse\"\x12\x92\xb5\x18\x0etenants.update\x12j\n\rSuspendTenant\x12!.tenantry.v1.SuspendTenantRequest\x1a\".tenantry.v1.SuspendTenantResponse\"\x12\x92\xb5\x18\x0etenants.update\x12g\n\x0cResumeTenant\x12 .tenantry.v1.ResumeTenantRequest\x1a!.tenantry.v1.ResumeTenantResponse\"\x12\x92\xb5\x18\x0etenants.update\x12g\n\x0c\x44\x65leteTenant\x12 .tenantry.v1.DeleteTenantRequest\x1a!.tenantry.v1.DeleteTenantResponse\"\x12\x92\xb5\x18\x0etenants.delete\x12m\n\x0eUndeleteTenant\x12\".tenantry.v1.UndeleteTenantRequest\x1a#.tenantry.v1.UndeleteTenantResponse\"\x12\x92\xb5\x18\x0etenants.delete\x12\x63\n\x0bPurgeTenant\x12\x1f.tenantry.v1.PurgeTenantRequest\x1a .tenantry.v1.PurgeTenantResponse\"\x11\x92\xb5\x18\rtenants.purge\x12\x88\x01\n\x17RetryTenantProvisioning\x12+.tenantry.v1.RetryTenantProvisioningRequest\x1a,.tenantry.v1.RetryTenantProvisioningResponse\"\x12\x92\xb5\x18\x0etenants.updateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tenantry/v1/tenant_service.proto\x12\x0btenantry.v1\x1a google/protobuf/field_mask.proto\x1a\x1btenantry/v1/operation.proto\x1a\x19tenantry/v1/options.proto\x1a\x18tenantry/v1/tenant.proto\"\xfe\x01\n\x15RegisterTenantRequest\x12\x0c\n\x04slug\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x64min_email\x18\x03 \x01(\t\x12\x1a\n\x12\x61\x64min_display_name\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12>\n\x06labels\x18\x06 \x03(\x0b\x32..tenantry.v1.RegisterTenantRequest.LabelsEntry\x12\r\n\x05shard\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"h\n\x16RegisterTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\x12)\n\toperation\x18\x02 \x01(\x0b\x32\x16.tenantry.v1.Operation\"E\n\x10GetTenantRequest\x12\x13\n\ttenant_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04slug\x18\x02 \x01(\tH\x00\x42\x0c\n\ntenant_ref\"8\n\x11GetTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\"a\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x03 \x01(\x08\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\"T\n\x13ListTenantsResponse\x12$\n\x07tenants\x18\x01 \x03(\x0b\x32\x13.tenantry.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x13\x44\x65leteTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"f\n\x14\x44\x65leteTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\x12)\n\toperation\x18\x02 \x01(\x0b\x32\x16.tenantry.v1.Operation\"L\n\x15UndeleteTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"=\n\x16UndeleteTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\";\n\x12PurgeTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"e\n\x13PurgeTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\x12)\n\toperation\x18\x02 \x01(\x0b\x32\x16.tenantry.v1.Operation\"U\n\x1eRetryTenantProvisioningRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"q\n\x1fRetryTenantProvisioningResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\x12)\n\toperation\x18\x02 \x01(\x0b\x32\x16.tenantry.v1.Operation\"\x7f\n\x13UpdateTenantRequest\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\";\n\x14UpdateTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\"[\n\x14SuspendTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"<\n\x15SuspendTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\"J\n\x13ResumeTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\";\n\x14ResumeTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\"^\n\x11MoveTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x0ctarget_shard\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\"d\n\x12MoveTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantry.v1.Tenant\x12)\n\toperation\x18\x02 \x01(\x0b\x32\x16.tenantry.v1.Operation2\xa5\t\n\rTenantService\x12m\n\x0eRegisterTenant\x12\".tenantry.v1.RegisterTenantRequest\x1a#.tenantry.v1.RegisterTenantResponse\"\x12\x92\xb5\x18\x0etenants.create\x12[\n\tGetTenant\x12\x1d.tenantry.v1.GetTenantRequest\x1a\x1e.tenantry.v1.GetTenantResponse\"\x0f\x92\xb5\x18\x0btenants.get\x12\x61\n\x0bListTenants\x12\x1f.tenantry.v1.ListTenantsRequest\x1a .tenantry.v1.ListTenantsResponse\"\x0f\x92\xb5\x18\x0btenants.get\x12g\n\x0cUpdateTenant\x12 .tenantry.v1.UpdateTenantRequest\x1a!.tenantry.v1.UpdateTenantResponse\"\x12\x92\xb5\x18\x0etenants.update\x12j\n\rSuspendTenant\x12!.tenantry.v1.SuspendTenantRequest\x1a\".tenantry.v1.SuspendTenantResponse\"\x12\x92\xb5\x18\x0etenants.update\x12g\n\x0cResumeTenant\x12 .tenantry.v1.ResumeTenantRequest\x1a!.tenantry.v1.ResumeTenantResponse\"\x12\x92\xb5\x18\x0etenants.update\x12g\n\x0c\x44\x65leteTenant\x12 .tenantry.v1.DeleteTenantRequest\x1a!.tenantry.v1.DeleteTenantResponse\"\x12\x92\xb5\x18\x0etenants.delete\x12m\n\x0eUndeleteTenant\x12\".tenantry.v1.UndeleteTenantRequest\x1a#.tenantry.v1.UndeleteTenantResponse\"\x12\x92\xb5\x18\x0etenants.delete\x12\x63\n\x0bPurgeTenant\x12\x1f.tenantry.v1.PurgeTenantRequest\x1a .tenantry.v1.PurgeTenantResponse\"\x11\x92\xb5\x18\rtenants.purge\x12\x88\x01\n\x17RetryTenantProvisioning\x12+.tenantry.v1.RetryTenantProvisioningRequest\x1a,.tenantry.v1.RetryTenantProvisioningResponse\"\x12\x92\xb5\x18\x0etenants.update\x12_\n\nMoveTenant\x12\x1e.tenantry.v1.MoveTenantRequest\x1a\x1f.tenantry.v1.MoveTenantResponse\"\x10\x92\xb5\x18\x0ctenants.moveb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -57,48 +57,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENANTSERVICE'].methods_by_name['PurgeTenant']._serialized_options = b'\222\265\030\rtenants.purge'
   _globals['_TENANTSERVICE'].methods_by_name['RetryTenantProvisioning']._loaded_options = None
   _globals['_TENANTSERVICE'].methods_by_name['RetryTenantProvisioning']._serialized_options = b'\222\265\030\016tenants.update'
+  _globals['_TENANTSERVICE'].methods_by_name['MoveTenant']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['MoveTenant']._serialized_options = b'\222\265\030\014tenants.move'
   _globals['_REGISTERTENANTREQUEST']._serialized_start=166
-  _globals['_REGISTERTENANTREQUEST']._serialized_end=405
-  _globals['_REGISTERTENANTREQUEST_LABELSENTRY']._serialized_start=360
-  _globals['_REGISTERTENANTREQUEST_LABELSENTRY']._serialized_end=405
-  _globals['_REGISTERTENANTRESPONSE']._serialized_start=407
-  _globals['_REGISTERTENANTRESPONSE']._serialized_end=511
-  _globals['_GETTENANTREQUEST']._serialized_start=513
-  _globals['_GETTENANTREQUEST']._serialized_end=582
-  _globals['_GETTENANTRESPONSE']._serialized_start=584
-  _globals['_GETTENANTRESPONSE']._serialized_end=640
-  _globals['_LISTTENANTSREQUEST']._serialized_start=642
-  _globals['_LISTTENANTSREQUEST']._serialized_end=739
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=741
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=825
-  _globals['_DELETETENANTREQUEST']._serialized_start=827
-  _globals['_DELETETENANTREQUEST']._serialized_end=901
-  _globals['_DELETETENANTRESPONSE']._serialized_start=903
-  _globals['_DELETETENANTRESPONSE']._serialized_end=1005
-  _globals['_UNDELETETENANTREQUEST']._serialized_start=1007
-  _globals['_UNDELETETENANTREQUEST']._serialized_end=1083
-  _globals['_UNDELETETENANTRESPONSE']._serialized_start=1085
-  _globals['_UNDELETETENANTRESPONSE']._serialized_end=1146
-  _globals['_PURGETENANTREQUEST']._serialized_start=1148
-  _globals['_PURGETENANTREQUEST']._serialized_end=1207
-  _globals['_PURGETENANTRESPONSE']._serialized_start=1209
-  _globals['_PURGETENANTRESPONSE']._serialized_end=1310
-  _globals['_RETRYTENANTPROVISIONINGREQUEST']._serialized_start=1312
-  _globals['_RETRYTENANTPROVISIONINGREQUEST']._serialized_end=1397
-  _globals['_RETRYTENANTPROVISIONINGRESPONSE']._serialized_start=1399
-  _globals['_RETRYTENANTPROVISIONINGRESPONSE']._serialized_end=1512
-  _globals['_UPDATETENANTREQUEST']._serialized_start=1514
-  _globals['_UPDATETENANTREQUEST']._serialized_end=1641
-  _globals['_UPDATETENANTRESPONSE']._serialized_start=1643
-  _globals['_UPDATETENANTRESPONSE']._serialized_end=1702
-  _globals['_SUSPENDTENANTREQUEST']._serialized_start=1704
-  _globals['_SUSPENDTENANTREQUEST']._serialized_end=1795
-  _globals['_SUSPENDTENANTRESPONSE']._serialized_start=1797
-  _globals['_SUSPENDTENANTRESPONSE']._serialized_end=1857
-  _globals['_RESUMETENANTREQUEST']._serialized_start=1859
-  _globals['_RESUMETENANTREQUEST']._serialized_end=1933
-  _globals['_RESUMETENANTRESPONSE']._serialized_start=1935
-  _globals['_RESUMETENANTRESPONSE']._serialized_end=1994
-  _globals['_TENANTSERVICE']._serialized_start=1997
-  _globals['_TENANTSERVICE']._serialized_end=3089
+  _globals['_REGISTERTENANTREQUEST']._serialized_end=420
+  _globals['_REGISTERTENANTREQUEST_LABELSENTRY']._serialized_start=375
+  _globals['_REGISTERTENANTREQUEST_LABELSENTRY']._serialized_end=420
+  _globals['_REGISTERTENANTRESPONSE']._serialized_start=422
+  _globals['_REGISTERTENANTRESPONSE']._serialized_end=526
+  _globals['_GETTENANTREQUEST']._serialized_start=528
+  _globals['_GETTENANTREQUEST']._serialized_end=597
+  _globals['_GETTENANTRESPONSE']._serialized_start=599
+  _globals['_GETTENANTRESPONSE']._serialized_end=655
+  _globals['_LISTTENANTSREQUEST']._serialized_start=657
+  _globals['_LISTTENANTSREQUEST']._serialized_end=754
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=756
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=840
+  _globals['_DELETETENANTREQUEST']._serialized_start=842
+  _globals['_DELETETENANTREQUEST']._serialized_end=916
+  _globals['_DELETETENANTRESPONSE']._serialized_start=918
+  _globals['_DELETETENANTRESPONSE']._serialized_end=1020
+  _globals['_UNDELETETENANTREQUEST']._serialized_start=1022
+  _globals['_UNDELETETENANTREQUEST']._serialized_end=1098
+  _globals['_UNDELETETENANTRESPONSE']._serialized_start=1100
+  _globals['_UNDELETETENANTRESPONSE']._serialized_end=1161
+  _globals['_PURGETENANTREQUEST']._serialized_start=1163
+  _globals['_PURGETENANTREQUEST']._serialized_end=1222
+  _globals['_PURGETENANTRESPONSE']._serialized_start=1224
+  _globals['_PURGETENANTRESPONSE']._serialized_end=1325
+  _globals['_RETRYTENANTPROVISIONINGREQUEST']._serialized_start=1327
+  _globals['_RETRYTENANTPROVISIONINGREQUEST']._serialized_end=1412
+  _globals['_RETRYTENANTPROVISIONINGRESPONSE']._serialized_start=1414
+  _globals['_RETRYTENANTPROVISIONINGRESPONSE']._serialized_end=1527
+  _globals['_UPDATETENANTREQUEST']._serialized_start=1529
+  _globals['_UPDATETENANTREQUEST']._serialized_end=1656
+  _globals['_UPDATETENANTRESPONSE']._serialized_start=1658
+  _globals['_UPDATETENANTRESPONSE']._serialized_end=1717
+  _globals['_SUSPENDTENANTREQUEST']._serialized_start=1719
+  _globals['_SUSPENDTENANTREQUEST']._serialized_end=1810
+  _globals['_SUSPENDTENANTRESPONSE']._serialized_start=1812
+  _globals['_SUSPENDTENANTRESPONSE']._serialized_end=1872
+  _globals['_RESUMETENANTREQUEST']._serialized_start=1874
+  _globals['_RESUMETENANTREQUEST']._serialized_end=1948
+  _globals['_RESUMETENANTRESPONSE']._serialized_start=1950
+  _globals['_RESUMETENANTRESPONSE']._serialized_end=2009
+  _globals['_MOVETENANTREQUEST']._serialized_start=2011
+  _globals['_MOVETENANTREQUEST']._serialized_end=2105
+  _globals['_MOVETENANTRESPONSE']._serialized_start=2107
+  _globals['_MOVETENANTRESPONSE']._serialized_end=2207
+  _globals['_TENANTSERVICE']._serialized_start=2210
+  _globals['_TENANTSERVICE']._serialized_end=3399
 # @@protoc_insertion_point(module_scope)
