@@ -1,5 +1,9 @@
 """Activities: every one is idempotent and does its database work in one
-transaction, so a retry after a crash at any point converges.
+transaction, so a retry after a crash at any point converges. A tenant on a
+remote shard (TENANTRY_SHARDS) has two: its schema work on the shard commits
+first, then the control plane's (tenantry.db.shards' two-database protocol),
+and each step finds its own shard work already done when that commit was the
+one a crash lost.
 
 State changes are conditional on the expected state, and the step that
 creates anything first locks the tenant row and checks it is still CREATING:
@@ -29,7 +33,7 @@ from tenantry.db import operations as operation_sql
 from tenantry.db import tenants as tenant_sql
 from tenantry.db.engine import driver_of
 from tenantry.db.events import SYSTEM_WORKER, EventRecord, append_event
-from tenantry.db.shards import Shards
+from tenantry.db.shards import Shard, Shards, UnknownShardError, shard_transaction
 from tenantry.db.timeouts import bound_lock_waits
 from tenantry.migrations import tenant_head_revision, tenant_schema_script, upgrade_tenant_schema
 from tenantry.pg_errors import FOREIGN_KEY_VIOLATION, pg_error
@@ -45,6 +49,8 @@ TENANT_NOT_FOUND = "TenantNotFound"
 MEMBERSHIP_REFERENCE_MISSING = "MembershipReferenceMissing"
 TENANT_NOT_DELETABLE = "TenantNotDeletable"
 DELETION_NOT_REQUESTED = "DeletionNotRequested"
+# Retryable: the tenant's shard is missing from this worker's TENANTRY_SHARDS.
+SHARD_NOT_CONFIGURED = "ShardNotConfigured"
 
 # Alembic's `op` and `context` are process-global proxies: two tenant upgrades
 # interleaving on this event loop would run one tenant's DDL on the other's
@@ -123,12 +129,12 @@ class FailProvisioningInput:
     reason: str = PROVISIONING_FAILED
 
 
-async def _lock_tenant_state(conn: AsyncConnection, tenant_id: uuid.UUID) -> str:
-    """The tenant's state, with its row locked until the transaction ends."""
-    state = (await conn.execute(tenant_sql.LOCK_STATE, {"tenant_id": tenant_id})).scalar_one_or_none()
-    if state is None:
+async def _lock_tenant_state(conn: AsyncConnection, tenant_id: uuid.UUID) -> tuple[str, str]:
+    """The tenant's state and shard, with its row locked until the transaction ends."""
+    row = (await conn.execute(tenant_sql.LOCK_STATE, {"tenant_id": tenant_id})).one_or_none()
+    if row is None:
         raise ApplicationError(f"tenant {tenant_id} not found", type=TENANT_NOT_FOUND, non_retryable=True)
-    return state
+    return row.state, row.shard
 
 
 async def _finish_operation(
@@ -174,10 +180,16 @@ class TenantActivities:
 
     @activity.defn(name="provision_tenant")
     async def provision_tenant(self, input: ProvisionTenantInput) -> None:
-        """Everything provisioning creates, in one transaction: the schema, the
-        tenant lineage with its version stamp, the admin membership, ACTIVE and
-        the operation SUCCEEDED. PostgreSQL DDL is transactional, so a crash at
-        any point leaves nothing behind and the retry starts clean."""
+        """Everything provisioning creates: the schema with the tenant lineage
+        and its version stamp on the tenant's shard; the admin membership,
+        ACTIVE and the operation SUCCEEDED in the control plane. On a local
+        shard that is one transaction: PostgreSQL DDL is transactional, so a
+        crash at any point leaves nothing behind and the retry starts clean.
+        On a remote shard the two-database protocol (tenantry.db.shards): the
+        schema commits first, then the control plane; a retry after a crash
+        between the two finds the schema at its stamp and only finishes the
+        control-plane part (alembic's upgrade of a schema at head changes
+        nothing)."""
         tenant_id, user_id = uuid.UUID(input.tenant_id), uuid.UUID(input.admin_user_id)
         schema = schema_name_for(tenant_id)
         workflow_id = _workflow_id()
@@ -193,23 +205,31 @@ class TenantActivities:
                 ).one_or_none()
                 if row is None:
                     raise ApplicationError(f"tenant {tenant_id} not found", type=TENANT_NOT_FOUND, non_retryable=True)
-                state, schema_exists = row
+                state, schema_exists, shard_name = row
                 if state == TenantState.ACTIVE:
                     # An earlier attempt committed; only its acknowledgement was lost.
                     await _finish_operation(conn, workflow_id, OperationState.SUCCEEDED)
                     return
                 if state != TenantState.CREATING:
+                    # Deleted meanwhile: nothing is created, on any shard.
                     raise ApplicationError(
                         f"tenant {tenant_id} is {state}, not CREATING",
                         type=TENANT_NOT_PROVISIONABLE,
                         non_retryable=True,
                     )
-                if schema_exists:
-                    # Left by hand or by an older worker: alembic brings it to head.
-                    async with _TENANT_UPGRADE_LOCK:
-                        await conn.run_sync(upgrade_tenant_schema, schema)
-                else:
-                    await _run_script(conn, tenant_schema_script(schema))
+                shard = self._shard(shard_name)
+                async with shard_transaction(conn, shard) as shard_conn:
+                    if not shard.local:
+                        await bound_lock_waits(shard_conn)
+                        schema_exists = bool(await shard_conn.scalar(tenant_sql.schema_exists(schema)))
+                    if schema_exists:
+                        # Left by an attempt whose control-plane commit was
+                        # lost, by hand or by an older worker: alembic brings
+                        # it to head (nothing to do when it is there already).
+                        async with _TENANT_UPGRADE_LOCK:
+                            await shard_conn.run_sync(upgrade_tenant_schema, schema)
+                    else:
+                        await _run_script(shard_conn, tenant_schema_script(schema))
                 elapsed = await conn.scalar(
                     tenant_sql.ACTIVATE,
                     {
@@ -232,16 +252,22 @@ class TenantActivities:
 
     @activity.defn(name="fail_provisioning")
     async def fail_provisioning(self, input: FailProvisioningInput) -> None:
-        """Compensation: drop what was created, tenant FAILED, operation FAILED."""
+        """Compensation: drop what was created (on the tenant's shard: that
+        commits first, and a retry finds the schema gone), tenant FAILED,
+        operation FAILED."""
         tenant_id = uuid.UUID(input.tenant_id)
         message = failure_text(input.reason)
         log.warning("provisioning of tenant %s failed (%s): %s", tenant_id, input.reason, input.error_message)
         async with self._engine.begin() as conn:
             await bound_lock_waits(conn)
-            state = await _lock_tenant_state(conn, tenant_id)
+            state, shard_name = await _lock_tenant_state(conn, tenant_id)
             if state != TenantState.CREATING:
                 return  # deleted meanwhile: the deletion workflow owns the cleanup
-            await conn.execute(tenant_sql.drop_schema(tenant_id))
+            shard = self._shard(shard_name)
+            async with shard_transaction(conn, shard) as shard_conn:
+                if not shard.local:
+                    await bound_lock_waits(shard_conn)
+                await shard_conn.execute(tenant_sql.drop_schema(tenant_id))
             await conn.execute(tenant_sql.revoke_memberships(tenant_id))
             elapsed = await conn.scalar(tenant_sql.mark_failed(tenant_id, message))
             workflow_id = _workflow_id()
@@ -328,7 +354,7 @@ class TenantActivities:
             row = (await conn.execute(tenant_sql.LOCK_FOR_PURGE, {"tenant_id": tenant_id})).one_or_none()
             if row is None:
                 raise ApplicationError(f"tenant {tenant_id} not found", type=TENANT_NOT_FOUND, non_retryable=True)
-            state, seconds_left = row
+            state, seconds_left, shard_name = row
             operation_state = await conn.scalar(operation_sql.state_of(workflow_id))
             if operation_state not in OPEN_OPERATION_STATES:
                 # Undeleted (CANCELLED), or an earlier attempt committed (SUCCEEDED).
@@ -342,9 +368,17 @@ class TenantActivities:
                 )
             if when_due and seconds_left > 0:
                 return PurgeOutcome(done=False, seconds_left=float(seconds_left))
-            # Waits for in-flight tenant queries, but never forever.
-            await conn.execute(text("SET LOCAL lock_timeout = '10s'"))
-            await conn.execute(tenant_sql.drop_schema(tenant_id))
+            # On a remote shard the drop commits before the control plane
+            # says DELETED. Safe: the purge is due (or, for a deletion
+            # recorded before retention, nothing is retained), and an undelete
+            # needs a purge_time still ahead of the clock, so none can win
+            # after this point; a retry finds the schema gone and only
+            # finishes the control-plane part.
+            shard = self._shard(shard_name)
+            async with shard_transaction(conn, shard) as shard_conn:
+                # Waits for in-flight tenant queries, but never forever.
+                await shard_conn.execute(text("SET LOCAL lock_timeout = '10s'"))
+                await shard_conn.execute(tenant_sql.drop_schema(tenant_id))
             await conn.execute(tenant_sql.revoke_memberships(tenant_id))
             await _finish_operation(conn, workflow_id, OperationState.SUCCEEDED)
             elapsed = await conn.scalar(tenant_sql.mark_deleted(tenant_id))
@@ -352,6 +386,16 @@ class TenantActivities:
         if elapsed is not None:
             DELETION_SECONDS.labels("succeeded").observe(float(elapsed))
         return PurgeOutcome(done=True, purged=True)
+
+    def _shard(self, name: str) -> Shard:
+        """The tenant's shard. One this worker does not know (TENANTRY_SHARDS
+        differs between processes) fails the attempt, retryably: the step goes
+        on once the worker is configured like the API."""
+        try:
+            return self._shards[name]
+        except UnknownShardError as exc:
+            log.error("tenant on shard %r, which this worker's TENANTRY_SHARDS does not list", name)
+            raise ApplicationError(str(exc), type=SHARD_NOT_CONFIGURED) from exc
 
     async def _mark_running(self, workflow_id: str) -> None:
         """The worker's first statement for an operation: PENDING -> RUNNING

@@ -269,15 +269,16 @@ def schema_exists(schema_name: str) -> Select[bool]:
 
 # --- provisioning and deletion -----------------------------------------------
 
-# The tenant's state, its row locked until the transaction ends
+# The tenant's state and shard, its row locked until the transaction ends
 # (parameter `tenant_id`).
-LOCK_STATE = select(Tenant.state).where(Tenant.id == bindparam("tenant_id")).with_for_update()
+LOCK_STATE = select(Tenant.state, Tenant.shard).where(Tenant.id == bindparam("tenant_id")).with_for_update()
 
-# The tenant's state and whether its schema exists, the row locked (parameter
-# `locked_tenant_id`). Built once: constructing a statement per call costs more
-# CPU than running it.
+# The tenant's state, whether its schema exists IN THE CONTROL PLANE'S CATALOG
+# (the answer for a tenant on a local shard; a remote shard's catalog is asked
+# apart) and its shard, the row locked (parameter `locked_tenant_id`). Built
+# once: constructing a statement per call costs more CPU than running it.
 LOCK_FOR_PROVISIONING = (
-    select(Tenant.state, exists().where(PG_NAMESPACE.c.nspname == Tenant.schema_name))
+    select(Tenant.state, exists().where(PG_NAMESPACE.c.nspname == Tenant.schema_name), Tenant.shard)
     .where(Tenant.id == bindparam("locked_tenant_id"))
     .with_for_update(of=Tenant)
 )
@@ -435,12 +436,14 @@ def retry_provisioning(tenant_id: uuid.UUID) -> ReturningUpdate[Tenant]:
     )
 
 
-# The tenant's state and whether its purge is due, its row locked (parameter
-# `tenant_id`; no row: no such tenant). `seconds_left` is how long until it is.
+# The tenant's state, whether its purge is due and its shard, its row locked
+# (parameter `tenant_id`; no row: no such tenant). `seconds_left` is how long
+# until it is.
 LOCK_FOR_PURGE = (
     select(
         Tenant.state,
         func.greatest(func.extract("epoch", Tenant.purge_time - func.clock_timestamp()), 0).label("seconds_left"),
+        Tenant.shard,
     )
     .where(Tenant.id == bindparam("tenant_id"))
     .with_for_update()
