@@ -26,7 +26,13 @@ RECONCILER_FINDINGS = Counter(
 )
 TENANT_SCHEMAS = Gauge(
     "tenantry_tenant_schemas",
-    "Live tenants (ACTIVE or SUSPENDED) by schema condition, as the last reconciliation saw them: "
-    "behind_head (below the tenant lineage's head revision) or missing (no schema)",
-    ["condition"],
+    "Tenant schemas by condition and shard, as the last reconciliation saw them: live tenants (ACTIVE or "
+    "SUSPENDED) behind_head (below the tenant lineage's head revision) or missing (no schema on their shard), "
+    "and orphan schemas (on the shard's database, no live tenant placed there)",
+    ["condition", "shard"],
+)
+SHARD_UP = Gauge(
+    "tenantry_shard_up",
+    "1 when the last reconciliation could read the shard's database, 0 when it could not",
+    ["shard"],
 )

@@ -63,7 +63,16 @@ def transition(
 # Operations in state `state` not updated for `age` seconds (the parameters), oldest first, with
 # what the reconciler needs to judge and restart them.
 STALE_OPERATIONS = (
-    select(Operation.workflow_id, Operation.kind, Operation.tenant_id, Tenant.admin_user_id, Tenant.state)
+    select(
+        Operation.workflow_id,
+        Operation.kind,
+        Operation.tenant_id,
+        Tenant.admin_user_id,
+        Tenant.state,
+        # A MOVE's shards ("" for every other kind): its workflow's input.
+        Operation.source_shard,
+        Operation.target_shard,
+    )
     # An inner join: a fleet rollout (MIGRATE, no tenant) is never restarted
     # by the reconciler; `tenantry-migrate tenants` re-attaches to it.
     .join(Tenant, Tenant.id == Operation.tenant_id)

@@ -333,6 +333,56 @@ ORPHAN_SCHEMAS = text(
 ).bindparams(schema_name_regex=SCHEMA_NAME_REGEX, live=[str(s) for s in SCHEMA_OWNING_STATES])
 
 
+# --- the reconciler, per shard database --------------------------------------
+#
+# A shard's catalog and the control plane are two databases: the reconciler
+# lists the tenant schemas of each shard database and compares them with the
+# control plane's tenants placed on that database's shards (parameter
+# `shards`, the names served by it). Tenants with an open MOVE are left out
+# on both sides: a move has a copy on two shards, then one, by design.
+
+# The tenant schemas in this database's catalog.
+TENANT_SCHEMAS_IN_CATALOG = text(
+    "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname ~ :schema_name_regex ORDER BY 1"
+).bindparams(schema_name_regex=SCHEMA_NAME_REGEX)
+
+_OPEN_STATES_SQL = ", ".join(f"'{state}'" for state in OPEN_OPERATION_STATES)
+_OPEN_MOVE = (
+    f"EXISTS (SELECT 1 FROM {OPERATIONS} w WHERE w.tenant_id = t.id AND w.kind = '{OperationKind.MOVE}' "
+    f"AND w.state IN ({_OPEN_STATES_SQL}))"
+)
+
+# Of the schemas `schemas` (listed from the catalog of the database serving
+# `shards`), those no live tenant placed on one of `shards` owns.
+ORPHANS_AMONG = text(
+    "SELECT s.name FROM unnest(CAST(:schemas AS varchar[])) AS s(name) "
+    f"WHERE NOT EXISTS (SELECT 1 FROM {TENANTS} t WHERE t.schema_name = s.name "
+    "AND (t.state = ANY(:live) AND t.shard = ANY(CAST(:shards AS varchar[])) "
+    f"OR {_OPEN_MOVE})) ORDER BY 1"
+).bindparams(live=[str(s) for s in SCHEMA_OWNING_STATES])
+
+# Live tenants (ACTIVE, SUSPENDED) placed on one of `shards` (their schema must
+# exist there), not moving: (id, schema_name, shard).
+LIVE_ON_SHARDS = text(
+    f"SELECT t.id, t.schema_name, t.shard FROM {TENANTS} t "
+    f"WHERE t.state IN ('{TenantState.ACTIVE}', '{TenantState.SUSPENDED}') "
+    "AND t.shard = ANY(CAST(:shards AS varchar[])) "
+    f"AND NOT t.moving AND NOT {_OPEN_MOVE} ORDER BY t.id"
+)
+
+# Live tenants whose schema is below `head`: (id, shard).
+BEHIND_HEAD_BY_SHARD = text(
+    f"SELECT id, shard FROM {TENANTS} WHERE state IN ('{TenantState.ACTIVE}', '{TenantState.SUSPENDED}') "
+    "AND schema_version <> CAST(:head AS varchar) ORDER BY id"
+)
+
+# Shards that tenants not DELETED are placed on, other than `shards`.
+SHARDS_OTHER_THAN = text(
+    f"SELECT DISTINCT shard FROM {TENANTS} WHERE state <> '{TenantState.DELETED}' "
+    "AND shard <> ALL(CAST(:shards AS varchar[])) ORDER BY 1"
+)
+
+
 def mark_failed(tenant_id: uuid.UUID, message: str) -> ReturningUpdate[float]:
     """Provisioning failed; returns the seconds since the tenant was registered."""
     return (
