@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import asyncpg
@@ -118,3 +119,17 @@ async def check_connection_budget(process: str, database_url: str, need: Connect
             return
     print(message, file=sys.stderr)
     raise SystemExit(1)
+
+
+async def check_shard_budgets(
+    process: str, control_plane_url: str, shards: Mapping[str, str], need: ConnectionNeed
+) -> None:
+    """check_connection_budget on each shard's database that is not the
+    control plane's (a process opens one pool per such shard, sized like the
+    control plane's; its direct connections go to the control plane only).
+    A refusal names the shard; an unreachable shard is skipped with a warning
+    (a shard that is down must not keep the process from serving the others)."""
+    pool = ConnectionNeed(need.pool_size, need.max_overflow)
+    for name, url in sorted(shards.items()):
+        if url != control_plane_url:
+            await check_connection_budget(f"{process} (shard {name})", url, pool)
