@@ -184,12 +184,20 @@ async def project_names_on(engine: AsyncEngine, schema: str) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def control_plane_commit_fails_once(engine: AsyncEngine, tenant_id: str) -> AsyncIterator[None]:
-    """The next control-plane transaction that updates the tenant's row fails
-    at its COMMIT (a deferred constraint trigger; a sequence, which no
-    rollback undoes, lets it fire once). Everything a step did on another
-    database before that commit stays committed."""
-    suffix = uuid.UUID(tenant_id).hex
+async def control_plane_commit_fails_once(
+    engine: AsyncEngine, tenant_id: str | None = None, *, slug: str | None = None
+) -> AsyncIterator[None]:
+    """The next control-plane transaction that updates the tenant's row (by
+    id, or by slug for a tenant not registered yet) fails at its COMMIT (a
+    deferred constraint trigger; a sequence, which no rollback undoes, lets it
+    fire once). Everything a step did on another database before that commit
+    stays committed."""
+    suffix = uuid.uuid4().hex
+    if tenant_id is not None:
+        condition = f"NEW.id = '{uuid.UUID(tenant_id)}'"
+    else:
+        assert slug is not None and slug.replace("-", "").isalnum()
+        condition = f"NEW.slug = '{slug}'"
     sequence, function, trigger = f"shard_fault_{suffix}", f"shard_fault_{suffix}_fn", f"shard_fault_{suffix}_tr"
     async with engine.begin() as conn:
         await conn.execute(text(f"CREATE SEQUENCE {sequence}"))
@@ -203,7 +211,7 @@ async def control_plane_commit_fails_once(engine: AsyncEngine, tenant_id: str) -
         await conn.execute(
             text(
                 f"CREATE CONSTRAINT TRIGGER {trigger} AFTER UPDATE ON tenants DEFERRABLE INITIALLY DEFERRED "
-                f"FOR EACH ROW WHEN (NEW.id = '{uuid.UUID(tenant_id)}') EXECUTE FUNCTION {function}()"
+                f"FOR EACH ROW WHEN ({condition}) EXECUTE FUNCTION {function}()"
             )
         )
     try:
@@ -344,6 +352,34 @@ async def test_lost_control_plane_commits_on_b_are_finished_by_the_retry_and_a_l
     assert late.value.type == TENANT_NOT_PROVISIONABLE
     assert not await schema_exists(two.b_admin, schema)
     assert not await schema_exists(engine, schema)
+
+
+async def test_the_worker_retries_a_provisioning_whose_control_plane_commit_was_lost(
+    two_shards: TwoShards, engine: AsyncEngine, temporal_client: Client
+) -> None:
+    """End to end through Temporal: the activity's first attempt commits the
+    schema on b and loses the control plane's commit; the worker's retry
+    finishes it."""
+    two = two_shards
+    slug = f"t-{uuid.uuid4().hex[:12]}"
+    async with control_plane_commit_fails_once(engine, slug=slug):
+        response = await two.stack.stubs.tenants.RegisterTenant(registration(slug, shard="b"), timeout=30)
+        done = await asyncio.wait_for(wait_done(two.stack.stubs, response.operation.name), 70)
+    assert done.state == operation_pb2.OPERATION_STATE_SUCCEEDED, done
+    tenant = response.tenant
+    assert await tenant_row(engine, tenant.id) == ("ACTIVE", "b")
+    assert await event_count(engine, tenant.id, "ACTIVATED") == 1
+    assert await stamp_on(two.b_admin, tenant.schema_name) == tenant_head_revision()
+    assert not await schema_exists(engine, tenant.schema_name)
+    history = await temporal_client.get_workflow_handle(done.name.removeprefix("operations/")).fetch_history()
+    attempts = [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.HasField("activity_task_started_event_attributes")
+    ]
+    assert attempts == [2], attempts  # the first attempt failed at the injected commit, the second finished
+    await delete_and_purge(two.stack.stubs, tenant.id)
+    assert not await schema_exists(two.b_admin, tenant.schema_name)
 
 
 async def test_failed_provisioning_on_b_drops_the_schema_on_b(

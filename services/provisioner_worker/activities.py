@@ -369,11 +369,12 @@ class TenantActivities:
             if when_due and seconds_left > 0:
                 return PurgeOutcome(done=False, seconds_left=float(seconds_left))
             # On a remote shard the drop commits before the control plane
-            # says DELETED. Safe: the purge is due (or, for a deletion
-            # recorded before retention, nothing is retained), and an undelete
-            # needs a purge_time still ahead of the clock, so none can win
-            # after this point; a retry finds the schema gone and only
-            # finishes the control-plane part.
+            # says DELETED. Safe: an undelete needs a purge_time still ahead
+            # of the clock (this one is due) and a state_before_delete (a
+            # deletion recorded before retention, purged by `purge_tenant`
+            # whenever it runs, has none), so none can win after this point;
+            # a retry finds the schema gone and only finishes the
+            # control-plane part.
             shard = self._shard(shard_name)
             async with shard_transaction(conn, shard) as shard_conn:
                 # Waits for in-flight tenant queries, but never forever.
