@@ -44,9 +44,10 @@ from tenant_api.operations import MAX_WAITS
 from tenant_api.pagination import PageTokens
 from tenant_api.server import MAX_CONCURRENT_RPCS, RunningApi, start_api
 from tenantry.db.engine import driver_of
+from tenantry.db.shards import Shards
 from tenantry.migrations import tenant_schema_script_at
 from tenantry.schema_names import schema_name_for
-from tenantry.settings import AuthSettings
+from tenantry.settings import DEFAULT_SHARD, AuthSettings
 from tenantry.v1 import (
     operation_pb2,
     operation_service_pb2,
@@ -172,13 +173,17 @@ async def running_stack(
     max_waits: int = MAX_WAITS,
     deletion_retention: timedelta = timedelta(days=7),
     worker_engine: AsyncEngine | None = None,
+    shards: Shards | None = None,
+    worker_shards: Shards | None = None,
 ) -> AsyncIterator[Stack]:
     """API in-process on port 0 plus (optionally) a worker, on their own task
     queue. `engine`: the API's (and the worker's unless `worker_engine`).
     `page_tokens`: default page_tokens_for_tests(); the caps are start_api's
     (tests lower them). `deletion_retention`: a deleted ACTIVE or SUSPENDED
     tenant's data is kept this long (tests that want it gone call
-    PurgeTenant: see delete_and_purge)."""
+    PurgeTenant: see delete_and_purge). `shards` / `worker_shards`: the API's
+    / the worker's TENANTRY_SHARDS (None: the one default shard); the caller
+    disposes of them."""
     queue = task_queue or f"test-{uuid.uuid4().hex[:12]}"
     api = await start_api(
         engine=engine,
@@ -190,11 +195,14 @@ async def running_stack(
         max_concurrent_rpcs=max_concurrent_rpcs,
         max_waits=max_waits,
         deletion_retention=deletion_retention,
+        shards=shards,
     )
     channel = api_channel(f"127.0.0.1:{api.port}")
     try:
         if with_worker:
-            worker: Worker = build_worker(client, worker_engine or engine, queue, activities=activities)
+            worker: Worker = build_worker(
+                client, worker_engine or engine, queue, activities=activities, shards=worker_shards
+            )
             async with worker:
                 yield Stack(api, channel, stubs_for(channel), queue)
         else:
@@ -541,12 +549,23 @@ def worker_identity(pid: int) -> str:
 # --- fleets of tenant schemas at an older revision (fleet rollouts) ------------------
 
 
-async def fleet_at(worker_engine: AsyncEngine, count: int, revision: str, *, chunk: int = 50) -> list[uuid.UUID]:
+async def fleet_at(
+    worker_engine: AsyncEngine,
+    count: int,
+    revision: str,
+    *,
+    chunk: int = 50,
+    shard: str = DEFAULT_SHARD,
+    shard_engine: AsyncEngine | None = None,
+) -> list[uuid.UUID]:
     """`count` ACTIVE tenants whose schemas are at `revision`, built as that
     revision's lineage renders them (tenantry.migrations.tenant_schema_script_at)
     by the worker's role, which owns tenant schemas; ids in ascending order.
     Registered by rows, not through the API: a rollout only reads the rows and
-    the schemas."""
+    the schemas. `shard_engine`: the worker's role on another database (the
+    shard `shard`): the schemas go there, committed before the rows (as the
+    two-database protocol orders them); None: with the rows, on
+    `worker_engine`'s database."""
     ids = sorted(uuid.uuid4() for _ in range(count))
     user_id = uuid.uuid4()
     async with worker_engine.begin() as conn:
@@ -556,11 +575,15 @@ async def fleet_at(worker_engine: AsyncEngine, count: int, revision: str, *, chu
         )
     for start in range(0, count, chunk):
         part = ids[start : start + chunk]
+        script = "\n".join(tenant_schema_script_at(schema_name_for(t), revision) for t in part)
+        if shard_engine is not None:
+            async with shard_engine.begin() as shard_conn:
+                await (await driver_of(shard_conn)).execute(script)
         async with worker_engine.begin() as conn:
             await conn.execute(
                 text(
-                    "INSERT INTO tenants (id, slug, display_name, admin_user_id, state, schema_name, schema_version) "
-                    "VALUES (:id, :slug, 'Fleet tenant', :user_id, 'ACTIVE', :schema, :revision)"
+                    "INSERT INTO tenants (id, slug, display_name, admin_user_id, state, schema_name, schema_version, "
+                    "shard) VALUES (:id, :slug, 'Fleet tenant', :user_id, 'ACTIVE', :schema, :revision, :shard)"
                 ),
                 [
                     {
@@ -569,20 +592,25 @@ async def fleet_at(worker_engine: AsyncEngine, count: int, revision: str, *, chu
                         "user_id": user_id,
                         "schema": schema_name_for(tenant_id),
                         "revision": revision,
+                        "shard": shard,
                     }
                     for tenant_id in part
                 ],
             )
-            driver = await driver_of(conn)
-            await driver.execute("\n".join(tenant_schema_script_at(schema_name_for(t), revision) for t in part))
+            if shard_engine is None:
+                await (await driver_of(conn)).execute(script)
     return ids
 
 
-async def retire_fleet(worker_engine: AsyncEngine, ids: list[uuid.UUID]) -> None:
-    """The fleet's schemas dropped and its tenants DELETED, so later tests see none of it."""
+async def retire_fleet(
+    worker_engine: AsyncEngine, ids: list[uuid.UUID], *, shard_engine: AsyncEngine | None = None
+) -> None:
+    """The fleet's schemas dropped (on `shard_engine`'s database when given)
+    and its tenants DELETED, so later tests see none of it."""
     for start in range(0, len(ids), 50):  # a transaction's locks are bounded (max_locks_per_transaction)
         part = ids[start : start + 50]
-        async with worker_engine.begin() as conn:
+        async with (shard_engine or worker_engine).begin() as conn:
             for tenant_id in part:
                 await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema_name_for(tenant_id)}" CASCADE'))
+        async with worker_engine.begin() as conn:
             await conn.execute(text("UPDATE tenants SET state = 'DELETED' WHERE id = ANY(:ids)"), {"ids": part})
