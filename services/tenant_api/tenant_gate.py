@@ -157,9 +157,18 @@ class TenantGate:
         # before the call runs. Whatever changes meanwhile (a purge, a move's
         # switch) shows as the schema gone or locked there: explain_failure.
         async with self._shard_connection(str(admitted_id), shard) as (conn, driver):
-            await open_transaction(conn, driver)
-            async with call_transaction(conn, driver, schema_name) as session:
-                yield TenantScope(admitted_id, schema_name, session, shard.name)
+            try:
+                await open_transaction(conn, driver)
+                async with call_transaction(conn, driver, schema_name) as session:
+                    yield TenantScope(admitted_id, schema_name, session, shard.name)
+            except Exception as exc:
+                # A pooled connection to a shard that went down since, or lost
+                # mid-call (the pool is invalidated: the next call connects
+                # anew and fails within the connect timeout while it is down).
+                if connection_lost(exc):
+                    log.warning("shard %s unreachable: %s", shard.name, exc)
+                    raise shard_unavailable(str(admitted_id), shard.name) from exc
+                raise
 
     def _shard(self, tenant_id: str, name: str) -> Shard:
         try:
@@ -223,6 +232,21 @@ class TenantGate:
             log.error("tenant %s schema lacks an object at revision %s", tenant_id, schema_version)
             return schema_outdated(tenant_id, schema_version, self._oldest_revision)
         return refused
+
+
+# Connection exceptions, and the server shutting down or not accepting connections yet.
+_CONNECTION_LOST_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` means the database behind the call's connection could not
+    be reached (as opposed to a statement that failed on a live one)."""
+    if isinstance(exc, ApiError):
+        return exc.reason == "DATABASE_UNAVAILABLE"  # driver_call's verdict
+    if isinstance(exc, DBAPIError):
+        sqlstate = pg_error(exc).sqlstate or ""
+        return exc.connection_invalidated or sqlstate.startswith(_CONNECTION_LOST_SQLSTATES)
+    return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError)
 
 
 def _tenant_deleted(tenant_id: str) -> ApiError:
