@@ -422,3 +422,38 @@ async def wait_for_lock_waiter(admin: AsyncEngine, schema: str, timeout: float =
                 return
             assert loop.time() < deadline, "the call never waited on the lock"
             await asyncio.sleep(0.02)
+
+
+async def test_the_row_decides_the_shard_on_every_call(
+    sharded: Stack, on_b: uuid.UUID, engine: AsyncEngine, worker_engine: AsyncEngine
+) -> None:
+    """The gate remembers where it last admitted a remote tenant, to open the
+    call's transaction there while it reads the row: only a guess. A
+    placement switched by hand (as a move's switch does) is followed on the
+    very next call, both ways, by id and by slug."""
+    schema = schema_name_for(on_b)
+    metadata = by_id(str(on_b))
+    slug: Metadata = ((TENANT_SLUG_HEADER, await slug_of(engine, on_b)),)
+    await create_project(sharded, metadata, "on-b")
+    for _ in range(2):  # remembered on b now
+        assert await list_names(sharded, metadata) == ["on-b"]
+        assert await list_names(sharded, slug) == ["on-b"]
+    # A copy of the schema on the control plane's server with other data; then the switch.
+    async with worker_engine.begin() as conn:
+        await (await driver_of(conn)).execute(tenant_schema_script_at(schema, tenant_head_revision()))
+        await conn.execute(
+            text(f"INSERT INTO \"{schema}\".projects (id, name, description) VALUES (:id, 'on-default', '')"),
+            {"id": uuid.uuid4()},
+        )
+    try:
+        for shard, expected in (("default", ["on-default"]), ("b", ["on-b"]), ("default", ["on-default"])):
+            async with engine.begin() as conn:
+                await conn.execute(text("UPDATE tenants SET shard = :s WHERE id = :id"), {"s": shard, "id": on_b})
+            for _ in range(2):
+                assert await list_names(sharded, metadata) == expected, shard
+                assert await list_names(sharded, slug) == expected, shard
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE tenants SET shard = 'b' WHERE id = :id"), {"id": on_b})
+        async with worker_engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
