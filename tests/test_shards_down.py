@@ -6,6 +6,7 @@ the other shards' tenants keep being served, and health reports the shard
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import secrets
 import shutil
@@ -194,3 +195,59 @@ async def test_a_tenant_on_a_shard_this_api_does_not_list_is_unavailable(fleet: 
         project_service_pb2.CreateProjectRequest(name="back-on-b"), metadata=by_id(str(fleet.on_b)), timeout=10
     )
     assert "back-on-b" in await list_projects(fleet.api, by_id(str(fleet.on_b)))
+
+
+async def test_a_shard_that_never_answers_is_unavailable_within_the_connect_timeout(
+    api_engine: AsyncEngine,
+    worker_engine: AsyncEngine,
+    engine: AsyncEngine,
+    database_urls: DatabaseUrls,
+    temporal_client: Client,
+) -> None:
+    """A hung server (it accepts TCP connections and never says a word): its
+    tenant's calls end UNAVAILABLE SHARD_UNAVAILABLE after the connect
+    timeout, not at the call's deadline; health reports the shard within its
+    probe timeout; a refused tenant placed there is answered at once."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    shards = Shards(
+        api_engine,
+        {"default": database_urls.api, "hung": f"postgresql+asyncpg://tenantry_api:pw@127.0.0.1:{port}/tenantry"},
+        create_engine,
+        control_plane_url=database_urls.api,
+    )
+    [active, suspended] = await fleet_at(worker_engine, 2, tenant_head_revision())
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE tenants SET shard = 'hung' WHERE id = ANY(:ids)"), {"ids": [active, suspended]})
+        await conn.execute(text("UPDATE tenants SET state = 'SUSPENDED' WHERE id = :id"), {"id": suspended})
+    try:
+        async with running_stack(engine=api_engine, client=temporal_client, with_worker=False, shards=shards) as api:
+            started = time.monotonic()
+            error = await rpc_error(list_projects(api, by_id(str(active))))
+            elapsed = time.monotonic() - started
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, f"{error.code()}: {error.details()}"
+            assert (error_info(error).reason, error_info(error).metadata["shard"]) == ("SHARD_UNAVAILABLE", "hung")
+            assert CONNECT_TIMEOUT_SECONDS - 1 < elapsed < CONNECT_TIMEOUT_SECONDS + 3, elapsed
+
+            started = time.monotonic()
+            error = await rpc_error(list_projects(api, by_id(str(suspended))))
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert error_info(error).reason == "TENANT_SUSPENDED"
+            assert time.monotonic() - started < 1
+
+            name = shard_health_name("hung")
+            assert await eventually(functools.partial(_health_is, api, name, NOT_SERVING), timeout=10)
+            assert await health(api, "") == SERVING
+    finally:
+        server.close()
+        await shards.dispose()
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE tenants SET shard = 'default' WHERE id = ANY(:ids)"), {"ids": [active, suspended]}
+            )
+        await retire_fleet(worker_engine, [active, suspended])

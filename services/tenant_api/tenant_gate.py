@@ -5,6 +5,7 @@ run now. Which services are tenant-scoped is declared in the proto contract
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -131,6 +132,8 @@ class TenantGate:
         # on. Only a guess of where to open the call's transaction while the
         # row is read: the row decides, every call.
         self._remote_hints: dict[uuid.UUID | str, Shard] = {}
+        # Speculative transactions being rolled back (strong references).
+        self._releasing: set[asyncio.Future[None]] = set()
 
     @asynccontextmanager
     async def admitted(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> AsyncIterator[TenantScope]:
@@ -156,7 +159,7 @@ class TenantGate:
         # A tenant this process last admitted on another shard: its row is
         # read and its transaction there opened at the same time (below).
         hint = self._remote_hints.get(key)
-        opened: _Opened | None = None
+        speculation: asyncio.Future[_Opened] | None = None
         try:
             async with self._engine.connect() as conn:
                 driver = await unscoped_connection(conn)
@@ -171,19 +174,15 @@ class TenantGate:
                             yield TenantScope(key, schema_name_for(key), session, self._local_shards[0])
                         return
                     await abandon(conn, driver)
-                # By slug, on another shard, or refused: read the row to admit or to say why not.
                 if hint is not None:
                     # Speculatively, on the shard it was on: a BEGIN there,
-                    # nothing else, unless the row admits the call there. So a
-                    # remote tenant's call costs one round trip before its
-                    # work, as a local one's does.
+                    # nothing else unless the row admits the call there (else
+                    # it is rolled back in the background). So a remote
+                    # tenant's call costs one round trip before its work, as
+                    # a local one's does.
                     speculation = asyncio.ensure_future(self._begin_on(hint))
-                    try:
-                        row = await driver_call(conn, driver, driver.fetchrow(query, key))
-                    finally:
-                        opened = await speculation
-                else:
-                    row = await driver_call(conn, driver, driver.fetchrow(query, key))
+                # By slug, on another shard, or refused: read the row to admit or to say why not.
+                row = await driver_call(conn, driver, driver.fetchrow(query, key))
                 if row is None:
                     self._remote_hints.pop(key, None)
                     raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
@@ -195,8 +194,8 @@ class TenantGate:
                 shard = self._shard(str(admitted_id), shard_name)
                 if shard.local:
                     self._remote_hints.pop(key, None)
-                    await _release(opened)
-                    opened = None
+                    self._discard(speculation)
+                    speculation = None
                     await open_transaction(conn, driver)
                     async with call_transaction(conn, driver, schema_name) as session:
                         yield TenantScope(admitted_id, schema_name, session, shard.name)
@@ -208,29 +207,46 @@ class TenantGate:
             # pool before the call runs. Whatever changes meanwhile (a purge, a
             # move's switch) shows as the schema gone or locked there:
             # explain_failure.
-            if opened is None or opened.shard.name != shard.name:
-                await _release(opened)
+            if speculation is not None and hint is not None and hint.name == shard.name:
+                opened = await speculation
+            else:
+                self._discard(speculation)
                 opened = await self._begin_on(shard)
-            if opened.error is not None or opened.conn is None or opened.driver is None:
-                log.warning("shard %s unreachable: %s", shard.name, opened.error)
-                raise shard_unavailable(str(admitted_id), shard.name) from opened.error
-            conn, driver = opened.conn, opened.driver
-            opened = None  # the call's now: closed below
-            try:
-                async with call_transaction(conn, driver, schema_name) as session:
-                    yield TenantScope(admitted_id, schema_name, session, shard.name)
-            except Exception as exc:
-                # A pooled connection to a shard that went down since, or lost
-                # mid-call (the pool is invalidated: the next call connects
-                # anew and fails within the connect timeout while it is down).
-                if connection_lost(exc):
-                    log.warning("shard %s unreachable: %s", shard.name, exc)
-                    raise shard_unavailable(str(admitted_id), shard.name) from exc
-                raise
-            finally:
-                await conn.close()
+            speculation = None
         finally:
-            await _release(opened)
+            self._discard(speculation)
+        if opened.error is not None or opened.conn is None or opened.driver is None:
+            log.warning("shard %s unreachable: %s", shard.name, opened.error)
+            raise shard_unavailable(str(admitted_id), shard.name) from opened.error
+        conn, driver = opened.conn, opened.driver
+        try:
+            async with call_transaction(conn, driver, schema_name) as session:
+                yield TenantScope(admitted_id, schema_name, session, shard.name)
+        except Exception as exc:
+            # A pooled connection to a shard that went down since, or lost
+            # mid-call (the pool is invalidated: the next call connects
+            # anew and fails within the connect timeout while it is down).
+            if connection_lost(exc):
+                log.warning("shard %s unreachable: %s", shard.name, exc)
+                raise shard_unavailable(str(admitted_id), shard.name) from exc
+            raise
+        finally:
+            await conn.close()
+
+    def _discard(self, speculation: asyncio.Future[_Opened] | None) -> None:
+        """A speculative transaction the call will not use: rolled back and
+        its connection returned whenever it is ready, without the call
+        waiting for it (a shard that is slow to answer delays no refusal)."""
+        if speculation is None:
+            return
+
+        async def release() -> None:
+            with contextlib.suppress(Exception):
+                await _release(await speculation)
+
+        task = asyncio.ensure_future(release())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     def _shard(self, tenant_id: str, name: str) -> Shard:
         try:
