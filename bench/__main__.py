@@ -67,6 +67,7 @@ async def run(config: BenchConfig, stack: BenchStack) -> dict[str, Any]:
     await stack.start()
     pids = stack.pids()
     pids["postgres"] = int(stack.postgres.get_pid())
+    pids["postgres-b"] = int(stack.shard_b_postgres.get_pid())
     bench = await Bench.connect(config, stack)
     try:
         pg = await postgres_settings(bench)

@@ -193,6 +193,47 @@ async def seed_active_tenants(pool: asyncpg.Pool, count: int, batch: int, first_
     await asyncio.gather(*(guarded(start) for start in starts))
 
 
+async def seed_tenant_on_shard(pool: asyncpg.Pool, shard_dsn: str, shard: str) -> uuid.UUID:
+    """One ACTIVE tenant on another shard, made as the worker makes one: its
+    schema on that shard's database first (`shard_dsn`: the worker's role
+    there, which owns tenant schemas), then its row in the control plane
+    (`pool`) naming the shard."""
+    tenant_id = uuid.uuid4()
+    shard_conn = await asyncpg.connect(shard_dsn)
+    try:
+        async with shard_conn.transaction():
+            await shard_conn.execute(tenant_schema_script(schema_name_for(tenant_id)))
+    finally:
+        await shard_conn.close()
+    async with pool.acquire() as conn, conn.transaction():
+        user = await conn.fetchval(UPSERT_USER, uuid.uuid4(), "admin@shard.bench.example.com", "Shard Admin")
+        await conn.execute(
+            "INSERT INTO tenants (id, slug, display_name, admin_user_id, state, schema_name, schema_version, shard) "
+            "VALUES ($1, $2, 'On a shard', $3, 'ACTIVE', $4, $5, $6)",
+            tenant_id,
+            f"shard-{shard}-{tenant_id.hex[:12]}",
+            user,
+            schema_name_for(tenant_id),
+            tenant_head_revision(),
+            shard,
+        )
+        await conn.execute(
+            "INSERT INTO tenant_memberships (tenant_id, user_id, role) VALUES ($1, $2, 'admin')", tenant_id, user
+        )
+    return tenant_id
+
+
+async def retire_tenant_on_shard(pool: asyncpg.Pool, shard_dsn: str, tenant_id: uuid.UUID) -> None:
+    """seed_tenant_on_shard undone: its schema dropped, its row DELETED (no later scenario meets it)."""
+    shard_conn = await asyncpg.connect(shard_dsn)
+    try:
+        await shard_conn.execute(f"DROP SCHEMA IF EXISTS {quote_schema(schema_name_for(tenant_id))} CASCADE")
+    finally:
+        await shard_conn.close()
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE tenants SET state = 'DELETED' WHERE id = $1", tenant_id)
+
+
 class Outcomes:
     """Timestamps (time.perf_counter) of operations reaching a final state, from
     the control plane's `tenantry_operation_done` notifications: sent at the

@@ -67,6 +67,19 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                     row["ratio_p50"],
                 )
             )
+    for rpc, rows in scenarios["reads"].get("rpcs_shard_b", {}).items():
+        for row in rows:
+            c = row["concurrency"]
+            out.append(
+                _goal(
+                    f"read_shard_b_{rpc}_c{c}",
+                    f"{rpc} p50 for a tenant on a second shard (b) with authentication + gate + access log / bare "
+                    f"API against b, concurrency {c} (unchanged with two shards: the same bound)",
+                    "<=",
+                    READ_GOAL,
+                    row["ratio_p50"],
+                )
+            )
     for row in scenarios["event_write"]["levels"]:
         c = row["concurrency"]
         out.append(
@@ -292,6 +305,25 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {rpc} | {row['concurrency']} | {_ms(g)} / {_ms(g, 'p99_ms')} | {_ms(b)} / {_ms(b, 'p99_ms')} "
                 f"| {_num(row['ratio_p50'])} | {_num(cpu_g)} / {_num(cpu_b)} |"
             )
+    on_b = s["reads"].get("rpcs_shard_b")
+    if on_b:
+        lines += [
+            "",
+            "The same reads for a tenant on shard b (a second PostgreSQL server; tenant-api has two shards, the bare "
+            "API runs against b); the single-shard ratio (a tenant on default, same API) next to it:",
+            "",
+            "| RPC | c | auth + gate + log p50 / p99 | bare API on b p50 / p99 | ratio p50 on b "
+            "| ratio p50 on default |",
+            "|---|---|---|---|---|---|",
+        ]
+        for rpc, rows in on_b.items():
+            single = {row["concurrency"]: row["ratio_p50"] for row in s["reads"]["rpcs"].get(rpc, [])}
+            for row in rows:
+                g, b = row["with_gate"], row["without_interceptors"]
+                lines.append(
+                    f"| {rpc} | {row['concurrency']} | {_ms(g)} / {_ms(g, 'p99_ms')} | {_ms(b)} / {_ms(b, 'p99_ms')} "
+                    f"| {_num(row['ratio_p50'])} | {_num(single.get(row['concurrency']))} |"
+                )
 
     p = s["provisioning"]
     meta = results["meta"]

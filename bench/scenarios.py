@@ -27,10 +27,11 @@ from bench import db
 from bench.config import BenchConfig
 from bench.noop_worker import NOOP_ACTIVITY_WORKFLOW, NOOP_PROVISION_WORKFLOW, NOOP_WORKFLOW
 from bench.rss import CpuMeter, RssSampler
-from bench.stack import BenchStack
+from bench.stack import SHARD_B, BenchStack
 from bench.stats import LoadResult, progress, ratio, run_load, summarize
 from provisioner_worker.worker import MAX_CONCURRENT_ACTIVITIES
 from tenantry.db.engine import asyncpg_dsn, create_engine
+from tenantry.settings import DEFAULT_SHARD
 from tenantry.v1 import (
     event_service_pb2_grpc,
     project_service_pb2,
@@ -62,6 +63,10 @@ def registration(slug: str) -> tenant_service_pb2.RegisterTenantRequest:
         display_name=f"Tenant {slug}",
         admin_email=f"admin@{slug}.example.com",
         admin_display_name="Ada Admin",
+        # The API has two shards (TENANTRY_SHARDS): every scenario's tenants
+        # stay on `default`, as before shards; only scenario 2's rows for
+        # shard b use a tenant there.
+        shard=DEFAULT_SHARD,
     )
 
 
@@ -77,6 +82,9 @@ class Bench:
     retained_tenants: tenant_service_pb2_grpc.TenantServiceAsyncStub
     projects: project_service_pb2_grpc.ProjectServiceAsyncStub
     bare_projects: project_service_pb2_grpc.ProjectServiceAsyncStub
+    # The bare server against shard b (scenario 2's floor on b).
+    bare_b_channel: grpc.aio.Channel
+    bare_b_projects: project_service_pb2_grpc.ProjectServiceAsyncStub
     events: event_service_pb2_grpc.TenantEventServiceAsyncStub
     health: health_pb2_grpc.HealthAsyncStub
     temporal: Client
@@ -98,6 +106,7 @@ class Bench:
         token = stack.admin_token()
         channel = channel_with_token(api, token)
         bare_channel = channel_with_token(bare, token)
+        bare_b_channel = channel_with_token(stack.services["bare-api-b"].address, token)
         retained_channel = channel_with_token(stack.services["tenant-api-retained"].address, token)
         dsn = asyncpg_dsn(stack.database_url)
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=WORKER_ACTIVITY_SLOTS)
@@ -107,10 +116,18 @@ class Bench:
             name: stack.services[name].pid
             for name in ("tenant-api", "tenant-api-retained", "provisioner-worker", "temporal")
         }
-        pids.update({name: stack.services[name].pid for name in ("noop-worker", "bare-api")})
+        pids.update({name: stack.services[name].pid for name in ("noop-worker", "bare-api", "bare-api-b")})
         rss = RssSampler(pids)
         rss.start()
-        cpu = CpuMeter({**pids, "postgres": int(stack.postgres.get_pid()), "bench": os.getpid()})
+        cpu = CpuMeter(
+            {
+                **pids,
+                "postgres": int(stack.postgres.get_pid()),
+                "postgres-b": int(stack.shard_b_postgres.get_pid()),
+                "bench": os.getpid(),
+            },
+            with_children=("postgres", "postgres-b"),
+        )
         return cls(
             config=config,
             stack=stack,
@@ -121,6 +138,8 @@ class Bench:
             retained_tenants=tenant_service_pb2_grpc.TenantServiceStub(retained_channel),
             projects=project_service_pb2_grpc.ProjectServiceStub(channel),
             bare_projects=project_service_pb2_grpc.ProjectServiceStub(bare_channel),
+            bare_b_channel=bare_b_channel,
+            bare_b_projects=project_service_pb2_grpc.ProjectServiceStub(bare_b_channel),
             events=event_service_pb2_grpc.TenantEventServiceStub(channel),
             health=health_pb2_grpc.HealthStub(channel),
             temporal=await Client.connect(stack.temporal_address),
@@ -136,6 +155,7 @@ class Bench:
         await self.pool.close()
         await self.channel.close(None)
         await self.bare_channel.close(None)
+        await self.bare_b_channel.close(None)
         await self.retained_channel.close(None)
 
     # -- helpers -------------------------------------------------------------
@@ -370,6 +390,48 @@ async def _active_tenant_with_projects(bench: Bench, count: int) -> tuple[str, l
     response = await bench.register()
     tenant_id = response.tenant.id
     await bench.settle([tenant_id])
+    return tenant_id, await _create_projects(bench, tenant_id, count)
+
+
+async def scenario_reads(bench: Bench) -> dict[str, Any]:
+    bench.phase("reads")
+    progress("scenario 2: tenant-scoped reads, authentication + gate + access log vs the bare API")
+    tenant_id, project_ids = await _active_tenant_with_projects(bench, bench.config.read_projects)
+    bench.registered.append(tenant_id)
+    out = await _read_rows(bench, tenant_id, project_ids, bench.bare_projects)
+    # The same reads for a tenant on shard b (the second server): the gate
+    # reads the row in the control plane, then runs the call on b's pool;
+    # the floor is the same bare server against b.
+    progress(f"scenario 2, shard {SHARD_B}: the same reads for a tenant on the second server")
+    assert bench.stack.shard_b_urls is not None
+    b_dsn = asyncpg_dsn(bench.stack.shard_b_urls.worker)
+    on_b = await db.seed_tenant_on_shard(bench.pool, b_dsn, SHARD_B)
+    try:
+        b_projects = await _create_projects(bench, str(on_b), bench.config.read_projects)
+        await bench.bare_b_projects.ListProjects(
+            project_service_pb2.ListProjectsRequest(), metadata=(("x-tenant-id", str(on_b)),), timeout=RPC_TIMEOUT
+        )
+        out_b = await _read_rows(bench, str(on_b), b_projects, bench.bare_b_projects)
+    finally:
+        await db.retire_tenant_on_shard(bench.pool, b_dsn, on_b)
+    return {
+        "description": "ListProjects (page of "
+        f"{len(project_ids)}) and GetProject through tenant-api's full interceptor chain (access log, error mapping, "
+        "authentication: the bearer token verified on every call, tenant gate) vs the same ProjectServicer/Projects "
+        "in a process with no interceptors (bench/bare_api.py: no token check, tenant scope from the x-tenant-id "
+        "header, no lookup). Both are separate OS processes with the same engine settings; the client sends the "
+        "same token to both. tenant-api has two shards (TENANTRY_SHARDS: default, the control plane's database, and "
+        f"{SHARD_B}, a second embedded server); `rpcs` reads a tenant on default, `rpcs_shard_b` a tenant on "
+        f"{SHARD_B} (the gate reads its row in the control plane, then runs the call on {SHARD_B}'s pool) against "
+        f"the bare server connected to {SHARD_B}.",
+        "tenant_id": tenant_id,
+        "rpcs": out,
+        "tenant_id_shard_b": str(on_b),
+        "rpcs_shard_b": out_b,
+    }
+
+
+async def _create_projects(bench: Bench, tenant_id: str, count: int) -> list[str]:
     metadata = (("x-tenant-id", tenant_id),)
     project_ids = []
     for i in range(count):
@@ -379,14 +441,16 @@ async def _active_tenant_with_projects(bench: Bench, count: int) -> tuple[str, l
             timeout=RPC_TIMEOUT,
         )
         project_ids.append(created.project.id)
-    return tenant_id, project_ids
+    return project_ids
 
 
-async def scenario_reads(bench: Bench) -> dict[str, Any]:
-    bench.phase("reads")
-    progress("scenario 2: tenant-scoped reads, authentication + gate + access log vs the bare API")
-    tenant_id, project_ids = await _active_tenant_with_projects(bench, bench.config.read_projects)
-    bench.registered.append(tenant_id)
+async def _read_rows(
+    bench: Bench,
+    tenant_id: str,
+    project_ids: list[str],
+    bare_projects: project_service_pb2_grpc.ProjectServiceAsyncStub,
+) -> dict[str, Any]:
+    """ListProjects and GetProject of `tenant_id` through tenant-api vs `bare_projects`, per concurrency."""
     metadata = (("x-tenant-id", tenant_id),)
     page = len(project_ids)
 
@@ -419,7 +483,7 @@ async def scenario_reads(bench: Bench) -> dict[str, Any]:
             bare = LoadResult(concurrency)
             # Two rounds in alternating order, so drift hits both sides alike.
             for first_gate in (True, False):
-                order = [("gate", bench.projects), ("bare", bench.bare_projects)]
+                order = [("gate", bench.projects), ("bare", bare_projects)]
                 if not first_gate:
                     order.reverse()
                 for side, stub in order:
@@ -439,16 +503,7 @@ async def scenario_reads(bench: Bench) -> dict[str, Any]:
                 }
             )
         out[rpc] = rows
-    return {
-        "description": "ListProjects (page of "
-        f"{page}) and GetProject through tenant-api's full interceptor chain (access log, error mapping, "
-        "authentication: the bearer token verified on every call, tenant gate) vs the same ProjectServicer/Projects "
-        "in a process with no interceptors (bench/bare_api.py: no token check, tenant scope from the x-tenant-id "
-        "header, no lookup). Both are separate OS processes with the same engine settings; the client sends the "
-        "same token to both.",
-        "tenant_id": tenant_id,
-        "rpcs": out,
-    }
+    return out
 
 
 # -- scenario 3: provisioning throughput --------------------------------------------

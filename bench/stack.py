@@ -5,7 +5,9 @@ dev server on a free port, the control-plane migrations, then `tenant-api` and
 `provisioner-worker` as separate OS processes (`python -m ...`), a second
 `tenant-api` that keeps deleted tenants for a day (UndeleteTenant), plus two
 helper processes for the floors: a worker of no-op workflows and a ProjectService
-server without interceptors. `stop()` leaves no process behind; it is
+server without interceptors. A second embedded PostgreSQL is the shard `b`
+(TENANTRY_SHARDS of the API and the worker), with a ProjectService server
+without interceptors of its own against b (the reads on b's floor). `stop()` leaves no process behind; it is
 idempotent and also runs at interpreter exit.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -35,6 +38,7 @@ from tenantry_dev.embedded import (
     DatabaseUrls,
     free_port,
     prepare_database,
+    prepare_shard,
     spawn_child,
     start_embedded_postgres,
     temporal_dev_server_command,
@@ -49,6 +53,9 @@ STARTUP_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 20.0
 # tenant-api-retained's deletion retention: longer than any run.
 RETAINED_API_RETENTION_SECONDS = 86400
+# The second shard's name (TENANTRY_SHARDS); the scenarios register with the
+# hint `default`, so only the tenants made for shard b's rows live there.
+SHARD_B = "b"
 
 
 @dataclass
@@ -64,6 +71,9 @@ class BenchStack:
     # Each role's URL (prepare_database): the fleet scenario seeds as the
     # worker (it owns tenant schemas) and rolls out as the migrator.
     urls: DatabaseUrls | None = None
+    # Shard b: its own embedded server, prepared as a shard.
+    shard_b_postgres: Any = None
+    shard_b_urls: DatabaseUrls | None = None
 
     @classmethod
     def create(cls) -> BenchStack:
@@ -84,12 +94,24 @@ class BenchStack:
         progress("creating database roles, applying control-plane migrations")
         # As deployed: the worker and the API each as its own role; the
         # benchmark's own connections and floors stay the superuser's.
-        urls = await asyncio.to_thread(prepare_database, self.database_url, secrets.token_hex(16))
+        password = secrets.token_hex(16)
+        urls = await asyncio.to_thread(prepare_database, self.database_url, password)
         self.urls = urls
+        shard_b_url = self._start_shard_b()
+        b = self.shard_b_urls = await asyncio.to_thread(prepare_shard, shard_b_url, password)
         env = self.service_env()
-        self.spawn("provisioner-worker", ["-m", "provisioner_worker"], {**env, "TENANTRY_DATABASE_URL": urls.worker})
-        api_address, bare_address = self._address(), self._address()
-        api_env = {**env, "TENANTRY_GRPC_ADDRESS": api_address, "TENANTRY_DATABASE_URL": urls.api}
+        self.spawn(
+            "provisioner-worker",
+            ["-m", "provisioner_worker"],
+            {**env, "TENANTRY_DATABASE_URL": urls.worker, "TENANTRY_SHARDS": self._shards(urls.worker, b.worker)},
+        )
+        api_address, bare_address, bare_b_address = self._address(), self._address(), self._address()
+        api_env = {
+            **env,
+            "TENANTRY_GRPC_ADDRESS": api_address,
+            "TENANTRY_DATABASE_URL": urls.api,
+            "TENANTRY_SHARDS": self._shards(urls.api, b.api),
+        }
         api = self.spawn("tenant-api", ["-m", "tenant_api"], api_env, api_address)
         # The same API keeping deleted tenants' data for a day, so that an
         # UndeleteTenant finds its tenant still retained (the lifecycle
@@ -110,7 +132,16 @@ class BenchStack:
         bare = self.spawn(
             "bare-api", ["-m", "bench.bare_api"], {**env, "BENCH_GRPC_ADDRESS": bare_address}, bare_address
         )
-        await asyncio.gather(self.wait_serving(api), self.wait_serving(retained), self.wait_serving(bare))
+        # The floor for reads on b: the same bare server, its database b (as b's superuser, like bare-api's).
+        bare_b = self.spawn(
+            "bare-api-b",
+            ["-m", "bench.bare_api"],
+            {**env, "BENCH_GRPC_ADDRESS": bare_b_address, "TENANTRY_DATABASE_URL": b.admin},
+            bare_b_address,
+        )
+        await asyncio.gather(
+            self.wait_serving(api), self.wait_serving(retained), self.wait_serving(bare), self.wait_serving(bare_b)
+        )
         progress(f"stack up in {time.monotonic() - started:.1f}s (workdir {self.workdir})")
 
     def _address(self) -> str:
@@ -125,6 +156,15 @@ class BenchStack:
         os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
         progress(f"starting embedded PostgreSQL in {self.workdir / 'pgdata'}")
         self.database_url, self.postgres = start_embedded_postgres(self.workdir / "pgdata")
+
+    def _start_shard_b(self) -> str:
+        progress(f"starting shard {SHARD_B}: embedded PostgreSQL in {self.workdir / 'pgdata-b'}")
+        url, self.shard_b_postgres = start_embedded_postgres(self.workdir / "pgdata-b")
+        return url
+
+    @staticmethod
+    def _shards(default_url: str, b_url: str) -> str:
+        return json.dumps({"default": default_url, SHARD_B: b_url})
 
     def _start_temporal(self) -> None:
         port = free_port()
@@ -223,5 +263,8 @@ class BenchStack:
             # `pg_ctl -w stop` (fast shutdown); kills the postmaster if that fails.
             self.postgres.cleanup()
             self.postgres = None
+        if self.shard_b_postgres is not None:
+            self.shard_b_postgres.cleanup()
+            self.shard_b_postgres = None
         if not keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)

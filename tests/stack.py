@@ -47,7 +47,7 @@ from tenantry.db.engine import driver_of
 from tenantry.db.shards import Shards
 from tenantry.migrations import tenant_schema_script_at
 from tenantry.schema_names import schema_name_for
-from tenantry.settings import AuthSettings
+from tenantry.settings import DEFAULT_SHARD, AuthSettings
 from tenantry.v1 import (
     operation_pb2,
     operation_service_pb2,
@@ -549,12 +549,23 @@ def worker_identity(pid: int) -> str:
 # --- fleets of tenant schemas at an older revision (fleet rollouts) ------------------
 
 
-async def fleet_at(worker_engine: AsyncEngine, count: int, revision: str, *, chunk: int = 50) -> list[uuid.UUID]:
+async def fleet_at(
+    worker_engine: AsyncEngine,
+    count: int,
+    revision: str,
+    *,
+    chunk: int = 50,
+    shard: str = DEFAULT_SHARD,
+    shard_engine: AsyncEngine | None = None,
+) -> list[uuid.UUID]:
     """`count` ACTIVE tenants whose schemas are at `revision`, built as that
     revision's lineage renders them (tenantry.migrations.tenant_schema_script_at)
     by the worker's role, which owns tenant schemas; ids in ascending order.
     Registered by rows, not through the API: a rollout only reads the rows and
-    the schemas."""
+    the schemas. `shard_engine`: the worker's role on another database (the
+    shard `shard`): the schemas go there, committed before the rows (as the
+    two-database protocol orders them); None: with the rows, on
+    `worker_engine`'s database."""
     ids = sorted(uuid.uuid4() for _ in range(count))
     user_id = uuid.uuid4()
     async with worker_engine.begin() as conn:
@@ -564,11 +575,15 @@ async def fleet_at(worker_engine: AsyncEngine, count: int, revision: str, *, chu
         )
     for start in range(0, count, chunk):
         part = ids[start : start + chunk]
+        script = "\n".join(tenant_schema_script_at(schema_name_for(t), revision) for t in part)
+        if shard_engine is not None:
+            async with shard_engine.begin() as shard_conn:
+                await (await driver_of(shard_conn)).execute(script)
         async with worker_engine.begin() as conn:
             await conn.execute(
                 text(
-                    "INSERT INTO tenants (id, slug, display_name, admin_user_id, state, schema_name, schema_version) "
-                    "VALUES (:id, :slug, 'Fleet tenant', :user_id, 'ACTIVE', :schema, :revision)"
+                    "INSERT INTO tenants (id, slug, display_name, admin_user_id, state, schema_name, schema_version, "
+                    "shard) VALUES (:id, :slug, 'Fleet tenant', :user_id, 'ACTIVE', :schema, :revision, :shard)"
                 ),
                 [
                     {
@@ -577,20 +592,25 @@ async def fleet_at(worker_engine: AsyncEngine, count: int, revision: str, *, chu
                         "user_id": user_id,
                         "schema": schema_name_for(tenant_id),
                         "revision": revision,
+                        "shard": shard,
                     }
                     for tenant_id in part
                 ],
             )
-            driver = await driver_of(conn)
-            await driver.execute("\n".join(tenant_schema_script_at(schema_name_for(t), revision) for t in part))
+            if shard_engine is None:
+                await (await driver_of(conn)).execute(script)
     return ids
 
 
-async def retire_fleet(worker_engine: AsyncEngine, ids: list[uuid.UUID]) -> None:
-    """The fleet's schemas dropped and its tenants DELETED, so later tests see none of it."""
+async def retire_fleet(
+    worker_engine: AsyncEngine, ids: list[uuid.UUID], *, shard_engine: AsyncEngine | None = None
+) -> None:
+    """The fleet's schemas dropped (on `shard_engine`'s database when given)
+    and its tenants DELETED, so later tests see none of it."""
     for start in range(0, len(ids), 50):  # a transaction's locks are bounded (max_locks_per_transaction)
         part = ids[start : start + 50]
-        async with worker_engine.begin() as conn:
+        async with (shard_engine or worker_engine).begin() as conn:
             for tenant_id in part:
                 await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema_name_for(tenant_id)}" CASCADE'))
+        async with worker_engine.begin() as conn:
             await conn.execute(text("UPDATE tenants SET state = 'DELETED' WHERE id = ANY(:ids)"), {"ids": part})

@@ -66,7 +66,8 @@ def test_smoke_run_reports_every_scenario_and_leaves_nothing_running(tmp_path: P
         assert set(level["tenant_states_after"]) == {"ACTIVE"}
         assert _positive(level["ratio_p50_vs_db_plus_engine"])
 
-    for rows in scenarios["reads"]["rpcs"].values():
+    assert set(scenarios["reads"]["rpcs_shard_b"]) == set(scenarios["reads"]["rpcs"])
+    for rows in (*scenarios["reads"]["rpcs"].values(), *scenarios["reads"]["rpcs_shard_b"].values()):
         for row in rows:
             _no_errors(row["with_gate"])
             _no_errors(row["without_interceptors"])

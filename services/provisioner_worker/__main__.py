@@ -17,7 +17,7 @@ from temporalio.service import RPCError
 from provisioner_worker.liveness import keep_alive
 from provisioner_worker.schedule import ensure_reconcile_schedule
 from provisioner_worker.worker import build_worker
-from tenantry.db.connection_budget import ConnectionNeed, check_connection_budget, check_shard_budgets
+from tenantry.db.connection_budget import ConnectionNeed, check_shard_budgets
 from tenantry.db.engine import create_engine
 from tenantry.db.shards import Shards
 from tenantry.process import start_process
@@ -38,9 +38,8 @@ async def serve(settings: WorkerSettings) -> None:
     grace_seconds = settings.shutdown_grace_seconds
     # Before the SDK runtime exists (see the os._exit below).
     need = ConnectionNeed(settings.db_pool_size, settings.db_max_overflow)
-    await check_connection_budget("provisioner-worker", settings.database_url, need)
-    # One more pool of the same size per shard on another database.
-    await check_shard_budgets("provisioner-worker", settings.database_url, settings.shards, need)
+    # The control plane's pool, and one more of the same size per shard on another database.
+    await check_shard_budgets("provisioner-worker", settings.database_url, need, settings.shards)
     try:
         runtime = _sdk_runtime(settings.sdk_metrics_address)
     except ValueError as exc:  # the SDK refuses the bind address

@@ -14,7 +14,7 @@ from tenant_api.authentication import JwksKeys, TokenVerifier
 from tenant_api.pagination import PageTokens
 from tenant_api.server import start_api
 from tenant_api.transport import listen_credentials
-from tenantry.db.connection_budget import API_LISTEN_CONNECTIONS, ConnectionNeed, check_connection_budget
+from tenantry.db.connection_budget import API_LISTEN_CONNECTIONS, ConnectionNeed, check_shard_budgets
 from tenantry.db.engine import create_engine
 from tenantry.db.shards import Shards
 from tenantry.process import start_process
@@ -30,10 +30,13 @@ async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | Non
     # start (calls get UNAVAILABLE AUTH_KEYS_UNAVAILABLE until it can be).
     await keys.refresh()
     verifier = TokenVerifier(settings.auth, keys)
-    await check_connection_budget(
+    # One pool per database (the control plane's, each other shard's), each
+    # checked against its server's free connections.
+    await check_shard_budgets(
         "tenant-api",
         settings.database_url,
         ConnectionNeed(settings.db_pool_size, settings.db_max_overflow, direct=API_LISTEN_CONNECTIONS),
+        settings.shards,
     )
     engine = create_engine(
         settings.database_url,

@@ -14,6 +14,7 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Gauge
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
@@ -155,24 +156,55 @@ def interceptor_chain(
 
 DATABASE_PROBE_INTERVAL_SECONDS = 2.0
 DATABASE_PROBE_TIMEOUT_SECONDS = 2.0
+# Each shard's own health service name: `tenantry.shard.<name>` (a TENANTRY_SHARDS name).
+SHARD_HEALTH_PREFIX = "tenantry.shard."
+SHARD_UP = Gauge(
+    "tenantry_shard_up",
+    "1 while this API reaches the shard's database (probed every 2 s), 0 while it cannot",
+    ["shard"],
+)
 
 
-async def watch_database(engine: AsyncEngine, health_servicer: health_aio.HealthServicer) -> None:
-    """Health follows the database: NOT_SERVING while it cannot be reached."""
+def shard_health_name(shard: str) -> str:
+    """The grpc.health.v1 service name that reports one shard's database."""
+    return f"{SHARD_HEALTH_PREFIX}{shard}"
+
+
+async def database_reachable(engine: AsyncEngine) -> bool:
+    try:
+        async with asyncio.timeout(DATABASE_PROBE_TIMEOUT_SECONDS), engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not reachable now"
+        return False
+
+
+async def watch_database(
+    engine: AsyncEngine,
+    health_servicer: health_aio.HealthServicer,
+    *,
+    service_names: tuple[str, ...] = ("", *SERVICE_NAMES),
+    shards: tuple[str, ...] = (),
+    what: str = "database",
+) -> None:
+    """Health follows the database: `service_names` and each of `shards`'
+    health names are NOT_SERVING (and `tenantry_shard_up` 0) while it cannot
+    be reached. The control plane's watcher reports the API's services and the
+    shards on its database; each other shard has a watcher of its own that
+    reports that shard only, so a shard that is down never makes the API
+    itself NOT_SERVING."""
+    names = (*service_names, *(shard_health_name(shard) for shard in shards))
     serving: bool | None = None
     while True:
-        try:
-            async with asyncio.timeout(DATABASE_PROBE_TIMEOUT_SECONDS), engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-            reachable = True
-        except Exception:  # noqa: BLE001 - any failure means "not reachable now"
-            reachable = False
+        reachable = await database_reachable(engine)
         if reachable != serving:
-            if serving is not None:
-                log.warning("database %s", "reachable again: SERVING" if reachable else "unreachable: NOT_SERVING")
+            if serving is not None or not reachable:
+                log.warning("%s %s", what, "reachable again: SERVING" if reachable else "unreachable: NOT_SERVING")
             status = health_pb2.HealthCheckResponse.SERVING if reachable else health_pb2.HealthCheckResponse.NOT_SERVING
-            for name in ("", *SERVICE_NAMES):
+            for name in names:
                 await health_servicer.set(name, status)
+            for shard in shards:
+                SHARD_UP.labels(shard).set(1 if reachable else 0)
             serving = reachable
         await asyncio.sleep(DATABASE_PROBE_INTERVAL_SECONDS)
 
@@ -254,9 +286,21 @@ async def start_api(
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()
-    for name in ("", *SERVICE_NAMES):
+    local = tuple(shards.local_names)
+    for name in ("", *SERVICE_NAMES, *(shard_health_name(shard) for shard in local)):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    watcher = asyncio.create_task(watch_database(engine, health_servicer), name="watch-database")
+    watchers = [
+        asyncio.create_task(watch_database(engine, health_servicer, shards=local), name="watch-database"),
+        *(
+            asyncio.create_task(
+                watch_database(
+                    shard.engine, health_servicer, service_names=(), shards=(shard.name,), what=f"shard {shard.name}"
+                ),
+                name=f"watch-shard-{shard.name}",
+            )
+            for shard in shards.remote()
+        ),
+    ]
     return RunningApi(
         server=server,
         port=port,
@@ -265,5 +309,5 @@ async def start_api(
         events=events,
         admission=admission,
         operations=operations,
-        background=[watcher],
+        background=watchers,
     )

@@ -4,6 +4,8 @@ run now. Which services are tenant-scoped is declared in the proto contract
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -83,6 +85,28 @@ def _invalid(reason: str, header: str, message: str) -> ApiError:
 # How long a client should wait before retrying a call refused while its
 # tenant's move switches shards (RetryInfo).
 MOVING_RETRY_AFTER_SECONDS = 0.5
+# The gate's guesses of where remote tenants are (ids and slugs): forgotten all
+# at once beyond this many (a guess costs only a wasted BEGIN when wrong).
+MAX_REMOTE_HINTS = 100_000
+
+
+@dataclass
+class _Opened:
+    """A call's transaction opened on a remote shard, or why it could not be."""
+
+    shard: Shard
+    conn: AsyncConnection | None = None
+    driver: asyncpg.Connection | None = None
+    error: BaseException | None = None
+
+
+async def _release(opened: _Opened | None) -> None:
+    """Ends a transaction opened for a call that will not run there."""
+    if opened is not None and opened.conn is not None and opened.driver is not None:
+        try:
+            await abandon(opened.conn, opened.driver)
+        finally:
+            await opened.conn.close()
 
 
 class TenantGate:
@@ -104,6 +128,12 @@ class TenantGate:
         # Rendered once, run by the driver. Never cached: every call reads
         # the tenant's state anew.
         self._admission = tenant_sql.AdmissionQueries.render(engine.dialect)
+        # Tenant id or slug -> the remote shard this process last admitted it
+        # on. Only a guess of where to open the call's transaction while the
+        # row is read: the row decides, every call.
+        self._remote_hints: dict[uuid.UUID | str, Shard] = {}
+        # Speculative transactions being rolled back (strong references).
+        self._releasing: set[asyncio.Future[None]] = set()
 
     @asynccontextmanager
     async def admitted(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> AsyncIterator[TenantScope]:
@@ -126,40 +156,97 @@ class TenantGate:
             raise _invalid(
                 "TENANT_REQUIRED", TENANT_ID_HEADER, f"name the tenant in {TENANT_ID_HEADER} or {TENANT_SLUG_HEADER}"
             )
-        async with self._engine.connect() as conn:
-            driver = await unscoped_connection(conn)
-            if isinstance(key, uuid.UUID) and self._local_shards:
-                # The usual case in one round trip: the call's transaction
-                # opens with the admission check ("SELECT 1": ACTIVE, its
-                # schema at a revision this build serves, on this database's
-                # shard and not moving), and the call runs in it.
-                admission = tenant_sql.begin_if_active(key, self._oldest_revision, self._local_shards)
-                if await open_transaction(conn, driver, admission) == "SELECT 1":
-                    async with call_transaction(conn, driver, schema_name_for(key)) as session:
-                        yield TenantScope(key, schema_name_for(key), session, self._local_shards[0])
+        # A tenant this process last admitted on another shard: its row is
+        # read and its transaction there opened at the same time (below).
+        hint = self._remote_hints.get(key)
+        speculation: asyncio.Future[_Opened] | None = None
+        try:
+            async with self._engine.connect() as conn:
+                driver = await unscoped_connection(conn)
+                if hint is None and isinstance(key, uuid.UUID) and self._local_shards:
+                    # The usual case in one round trip: the call's transaction
+                    # opens with the admission check ("SELECT 1": ACTIVE, its
+                    # schema at a revision this build serves, on this database's
+                    # shard and not moving), and the call runs in it.
+                    admission = tenant_sql.begin_if_active(key, self._oldest_revision, self._local_shards)
+                    if await open_transaction(conn, driver, admission) == "SELECT 1":
+                        async with call_transaction(conn, driver, schema_name_for(key)) as session:
+                            yield TenantScope(key, schema_name_for(key), session, self._local_shards[0])
+                        return
+                    await abandon(conn, driver)
+                if hint is not None:
+                    # Speculatively, on the shard it was on: a BEGIN there,
+                    # nothing else unless the row admits the call there (else
+                    # it is rolled back in the background). So a remote
+                    # tenant's call costs one round trip before its work, as
+                    # a local one's does.
+                    speculation = asyncio.ensure_future(self._begin_on(hint))
+                # By slug, on another shard, or refused: read the row to admit or to say why not.
+                row = await driver_call(conn, driver, driver.fetchrow(query, key))
+                if row is None:
+                    self._remote_hints.pop(key, None)
+                    raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
+                admitted_id, state, schema_name, purge_time, schema_version, shard_name, moving = row
+                refused = gate_error(str(admitted_id), state, purge_time, schema_version, self._oldest_revision, moving)
+                if refused is not None:
+                    self._remote_hints.pop(key, None)
+                    raise refused
+                shard = self._shard(str(admitted_id), shard_name)
+                if shard.local:
+                    self._remote_hints.pop(key, None)
+                    self._discard(speculation)
+                    speculation = None
+                    await open_transaction(conn, driver)
+                    async with call_transaction(conn, driver, schema_name) as session:
+                        yield TenantScope(admitted_id, schema_name, session, shard.name)
                     return
-                await abandon(conn, driver)
-            # By slug, on another shard, or refused: read the row to admit or to say why not.
-            row = await driver_call(conn, driver, driver.fetchrow(query, key))
-            if row is None:
-                raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
-            admitted_id, state, schema_name, purge_time, schema_version, shard_name, moving = row
-            refused = gate_error(str(admitted_id), state, purge_time, schema_version, self._oldest_revision, moving)
-            if refused is not None:
-                raise refused
-            shard = self._shard(str(admitted_id), shard_name)
-            if shard.local:
-                await open_transaction(conn, driver)
-                async with call_transaction(conn, driver, schema_name) as session:
-                    yield TenantScope(admitted_id, schema_name, session, shard.name)
-                return
-        # Another database: the control-plane connection goes back to the pool
-        # before the call runs. Whatever changes meanwhile (a purge, a move's
-        # switch) shows as the schema gone or locked there: explain_failure.
-        async with self._shard_connection(str(admitted_id), shard) as (conn, driver):
-            await open_transaction(conn, driver)
+                if len(self._remote_hints) >= MAX_REMOTE_HINTS:
+                    self._remote_hints.clear()
+                self._remote_hints[key] = shard
+            # Another database: the control-plane connection went back to the
+            # pool before the call runs. Whatever changes meanwhile (a purge, a
+            # move's switch) shows as the schema gone or locked there:
+            # explain_failure.
+            if speculation is not None and hint is not None and hint.name == shard.name:
+                opened = await speculation
+            else:
+                self._discard(speculation)
+                opened = await self._begin_on(shard)
+            speculation = None
+        finally:
+            self._discard(speculation)
+        if opened.error is not None or opened.conn is None or opened.driver is None:
+            log.warning("shard %s unreachable: %s", shard.name, opened.error)
+            raise shard_unavailable(str(admitted_id), shard.name) from opened.error
+        conn, driver = opened.conn, opened.driver
+        try:
             async with call_transaction(conn, driver, schema_name) as session:
                 yield TenantScope(admitted_id, schema_name, session, shard.name)
+        except Exception as exc:
+            # A pooled connection to a shard that went down since, or lost
+            # mid-call (the pool is invalidated: the next call connects
+            # anew and fails within the connect timeout while it is down).
+            if connection_lost(exc):
+                log.warning("shard %s unreachable: %s", shard.name, exc)
+                raise shard_unavailable(str(admitted_id), shard.name) from exc
+            raise
+        finally:
+            await conn.close()
+
+    def _discard(self, speculation: asyncio.Future[_Opened] | None) -> None:
+        """A speculative transaction the call will not use: rolled back and
+        its connection returned whenever it is ready, without the call
+        waiting for it (a shard that is slow to answer delays no refusal)."""
+        if speculation is None:
+            return
+
+        async def release() -> None:
+            with contextlib.suppress(Exception):
+                await _release(await speculation)
+
+        task = asyncio.ensure_future(release())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     def _shard(self, tenant_id: str, name: str) -> Shard:
         try:
@@ -170,25 +257,26 @@ class TenantGate:
             log.error("tenant %s is on shard %r, which TENANTRY_SHARDS does not list", tenant_id, name)
             raise shard_unavailable(tenant_id, name) from None
 
-    @asynccontextmanager
-    async def _shard_connection(
-        self, tenant_id: str, shard: Shard
-    ) -> AsyncIterator[tuple[AsyncConnection, asyncpg.Connection]]:
-        """A connection to `shard`; a shard that cannot be reached refuses only
-        its own tenants' calls (UNAVAILABLE SHARD_UNAVAILABLE)."""
+    async def _begin_on(self, shard: Shard) -> _Opened:
+        """A connection to `shard` with a transaction open on it, or why not
+        (`error`: the shard cannot be reached; only its own tenants' calls
+        are refused, SHARD_UNAVAILABLE)."""
         try:
             conn = await shard.engine.connect()
         except (DBAPIError, OSError, TimeoutError) as exc:
-            log.warning("shard %s unreachable: %s", shard.name, exc)
-            raise shard_unavailable(tenant_id, shard.name) from exc
+            return _Opened(shard, error=exc)
         try:
-            try:
-                driver = await unscoped_connection(conn)
-            except (DBAPIError, OSError) as exc:
-                raise shard_unavailable(tenant_id, shard.name) from exc
-            yield conn, driver
-        finally:
+            driver = await unscoped_connection(conn)
+            await open_transaction(conn, driver)
+        except (DBAPIError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ApiError) as exc:
             await conn.close()
+            if isinstance(exc, ApiError) and not connection_lost(exc):
+                raise
+            return _Opened(shard, error=exc)
+        except BaseException:
+            await conn.close()
+            raise
+        return _Opened(shard, conn, driver)
 
     async def explain_failure(self, scope: TenantScope, exc: DBAPIError) -> ApiError | None:
         """A database error inside an admitted tenant-scoped call. A schema that
@@ -223,6 +311,21 @@ class TenantGate:
             log.error("tenant %s schema lacks an object at revision %s", tenant_id, schema_version)
             return schema_outdated(tenant_id, schema_version, self._oldest_revision)
         return refused
+
+
+# Connection exceptions, and the server shutting down or not accepting connections yet.
+_CONNECTION_LOST_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` means the database behind the call's connection could not
+    be reached (as opposed to a statement that failed on a live one)."""
+    if isinstance(exc, ApiError):
+        return exc.reason == "DATABASE_UNAVAILABLE"  # driver_call's verdict
+    if isinstance(exc, DBAPIError):
+        sqlstate = pg_error(exc).sqlstate or ""
+        return exc.connection_invalidated or sqlstate.startswith(_CONNECTION_LOST_SQLSTATES)
+    return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError)
 
 
 def _tenant_deleted(tenant_id: str) -> ApiError:
