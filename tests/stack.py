@@ -44,6 +44,7 @@ from tenant_api.operations import MAX_WAITS
 from tenant_api.pagination import PageTokens
 from tenant_api.server import MAX_CONCURRENT_RPCS, RunningApi, start_api
 from tenantry.db.engine import driver_of
+from tenantry.db.shards import Shards
 from tenantry.migrations import tenant_schema_script_at
 from tenantry.schema_names import schema_name_for
 from tenantry.settings import AuthSettings
@@ -172,13 +173,16 @@ async def running_stack(
     max_waits: int = MAX_WAITS,
     deletion_retention: timedelta = timedelta(days=7),
     worker_engine: AsyncEngine | None = None,
+    shards: Shards | None = None,
+    worker_shards: Shards | None = None,
 ) -> AsyncIterator[Stack]:
     """API in-process on port 0 plus (optionally) a worker, on their own task
     queue. `engine`: the API's (and the worker's unless `worker_engine`).
     `page_tokens`: default page_tokens_for_tests(); the caps are start_api's
     (tests lower them). `deletion_retention`: a deleted ACTIVE or SUSPENDED
     tenant's data is kept this long (tests that want it gone call
-    PurgeTenant: see delete_and_purge)."""
+    PurgeTenant: see delete_and_purge). `shards` / `worker_shards`: the API's
+    and the worker's TENANTRY_SHARDS (None: the one default shard)."""
     queue = task_queue or f"test-{uuid.uuid4().hex[:12]}"
     api = await start_api(
         engine=engine,
@@ -190,11 +194,14 @@ async def running_stack(
         max_concurrent_rpcs=max_concurrent_rpcs,
         max_waits=max_waits,
         deletion_retention=deletion_retention,
+        shards=shards,
     )
     channel = api_channel(f"127.0.0.1:{api.port}")
     try:
         if with_worker:
-            worker: Worker = build_worker(client, worker_engine or engine, queue, activities=activities)
+            worker: Worker = build_worker(
+                client, worker_engine or engine, queue, activities=activities, shards=worker_shards
+            )
             async with worker:
                 yield Stack(api, channel, stubs_for(channel), queue)
         else:

@@ -30,3 +30,8 @@ TENANT_SCHEMAS = Gauge(
     "behind_head (below the tenant lineage's head revision) or missing (no schema)",
     ["condition"],
 )
+MOVE_SWITCH_SECONDS = Histogram(
+    "tenantry_move_switch_seconds",
+    "A tenant move's TENANT_MOVING window: moving = true committed to the placement switched",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)

@@ -114,11 +114,21 @@ class ReconcilerActivities:
     ) -> list[tuple[OperationRef, str]]:
         async with self._engine.connect() as conn:
             rows = await conn.execute(operation_sql.STALE_OPERATIONS, {"state": state, "age": older_than_seconds})
-            return [(OperationRef(r.workflow_id, r.kind, r.tenant_id, r.admin_user_id), r.state) for r in rows]
+            return [
+                (
+                    OperationRef(r.workflow_id, r.kind, r.tenant_id, r.admin_user_id, r.source_shard, r.target_shard),
+                    r.state,
+                )
+                for r in rows
+            ]
 
     def _still_wanted(self, operation: OperationRef, tenant_state: str) -> bool:
         if operation.kind == OperationKind.PROVISION:
             return tenant_state == TenantState.CREATING
+        if operation.kind == OperationKind.MOVE:
+            # Its workflow decides (refuses, rolls back or finishes), and
+            # clears the moving flag a stopped move may have left set.
+            return True
         return tenant_state in (TenantState.DELETING, TenantState.DELETED)
 
     async def _set_state(

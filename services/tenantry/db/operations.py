@@ -63,7 +63,15 @@ def transition(
 # Operations in state `state` not updated for `age` seconds (the parameters), oldest first, with
 # what the reconciler needs to judge and restart them.
 STALE_OPERATIONS = (
-    select(Operation.workflow_id, Operation.kind, Operation.tenant_id, Tenant.admin_user_id, Tenant.state)
+    select(
+        Operation.workflow_id,
+        Operation.kind,
+        Operation.tenant_id,
+        Tenant.admin_user_id,
+        Tenant.state,
+        Operation.source_shard,
+        Operation.target_shard,
+    )
     # An inner join: a fleet rollout (MIGRATE, no tenant) is never restarted
     # by the reconciler; `tenantry-migrate tenants` re-attaches to it.
     .join(Tenant, Tenant.id == Operation.tenant_id)
@@ -75,10 +83,18 @@ STALE_OPERATIONS = (
 
 
 def insert_pending(
-    workflow_id: str, tenant_id: uuid.UUID, kind: OperationKind, request_id: uuid.UUID | None, actor: str
+    workflow_id: str,
+    tenant_id: uuid.UUID,
+    kind: OperationKind,
+    request_id: uuid.UUID | None,
+    actor: str,
+    *,
+    source_shard: str = "",
+    target_shard: str = "",
 ) -> ReturningInsert[Operation]:
     """A new PENDING operation, returned; a reused request_id violates
-    uq_workflow_executions_request_id. It records the current trace id ("" when not tracing)."""
+    uq_workflow_executions_request_id. It records the current trace id ("" when not tracing)
+    and, for a MOVE, its two shards."""
     return (
         insert(Operation)
         .values(
@@ -89,6 +105,8 @@ def insert_pending(
             request_id=request_id,
             actor=actor,
             trace_id=current_trace_id(),
+            source_shard=source_shard,
+            target_shard=target_shard,
         )
         .returning(Operation)
     )
