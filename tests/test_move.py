@@ -13,7 +13,7 @@ import signal
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,7 @@ from tenantry_dev.embedded import DatabaseUrls
 from tests.stack import (
     Stack,
     Stubs,
+    api_channel,
     by_id,
     error_info,
     eventually,
@@ -60,6 +61,8 @@ from tests.stack import (
     service_env,
     spawn,
     stopping,
+    stubs_for,
+    token,
     wait_done,
 )
 
@@ -338,7 +341,7 @@ async def test_move_refusals(
     tenant = await _tenant_on_default(move_stack.stubs, 0, engine)
     tenants = move_stack.stubs.tenants
 
-    def move(target: str, **fields: str) -> object:
+    def move(target: str, **fields: str) -> Awaitable[tenant_service_pb2.MoveTenantResponse]:
         return tenants.MoveTenant(
             tenant_service_pb2.MoveTenantRequest(
                 tenant_id=fields.pop("tenant_id", tenant.id), target_shard=target, **fields
@@ -346,6 +349,16 @@ async def test_move_refusals(
             timeout=10,
         )
 
+    # tenants.move is its own permission: tenants.update is not enough.
+    async with api_channel(f"127.0.0.1:{move_stack.api.port}", token=token("tenants.get tenants.update")) as channel:
+        error = await expect_error(
+            stubs_for(channel).tenants.MoveTenant(
+                tenant_service_pb2.MoveTenantRequest(tenant_id=tenant.id, target_shard="b"), timeout=10
+            ),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "PERMISSION_MISSING",
+        )
+        assert error_info(error).metadata["permission"] == "tenants.move"
     await expect_invalid_field(move("B!"), "target_shard")
     await expect_invalid_field(move("nowhere"), "target_shard")
     await expect_invalid_field(move("b", tenant_id="nope"), "tenant_id")
@@ -506,3 +519,49 @@ async def test_a_worker_killed_inside_a_move_step_is_resumed_by_another(
     assert not await schema_exists(engine, schema)
     assert not await schema_exists(engine, tombstone_name(schema))
     assert await _moved_events(engine, tenant.id) == 1
+
+
+# --- a move that cannot verify rolls back ---------------------------------------------
+
+
+async def test_a_move_whose_source_changed_schema_rolls_back_and_the_source_serves(
+    move_stack: Stack, engine: AsyncEngine, b_admin: AsyncEngine
+) -> None:
+    """The source schema changes revision while the bulk copy is held (as a
+    fleet rollout would): the switch's check under the lock refuses, the move
+    rolls back (target copy dropped, moving = false, operation FAILED with
+    SCHEMA_CHANGED) and the tenant serves from the source, every row there."""
+    tenant = await _tenant_on_default(move_stack.stubs, 500, engine)
+    tenant_id = uuid.UUID(tenant.id)
+    schema = schema_name_for(tenant_id)
+    seeded = set(await _project_ids(engine, schema))
+    async with engine.connect() as holder:
+        await _hold(holder, checkpoint_name(tenant_id, CHECKPOINT_BULK_COPY))
+        await holder.commit()
+        response = await _move(move_stack.stubs, tenant.id, "b")
+        await eventually(lambda: _waiting_at_checkpoint(engine), timeout=60)
+        async with engine.begin() as conn:
+            revision = await conn.scalar(text(f'SELECT version_num FROM "{schema}".alembic_version'))
+            await conn.execute(text(f"UPDATE \"{schema}\".alembic_version SET version_num = 'zzzz'"))
+        await holder.execute(
+            text("SELECT pg_advisory_unlock(:key, hashtext(:name))"),
+            {"key": MOVE_CHECKPOINT_KEY, "name": checkpoint_name(tenant_id, CHECKPOINT_BULK_COPY)},
+        )
+        await holder.commit()
+    operation = await wait_done(move_stack.stubs, response.operation.name, timeout=90)
+    assert operation.state == operation_pb2.OPERATION_STATE_FAILED, operation
+    assert operation.error_message.startswith("SCHEMA_CHANGED: "), operation.error_message
+    assert await _placement(engine, tenant.id) == ("default", False)
+    assert not await schema_exists(b_admin, schema)
+    assert set(await _project_ids(engine, schema)) == seeded
+    assert await _moved_events(engine, tenant.id) == 0
+    async with engine.begin() as conn:
+        await conn.execute(text(f'UPDATE "{schema}".alembic_version SET version_num = :r'), {"r": revision})
+    created = await move_stack.stubs.projects.CreateProject(
+        project_service_pb2.CreateProjectRequest(name="still-here"), metadata=by_id(tenant.id), timeout=10
+    )
+    # A new move goes through.
+    again = await _move(move_stack.stubs, tenant.id, "b")
+    done = await wait_done(move_stack.stubs, again.operation.name, timeout=90)
+    assert done.state == operation_pb2.OPERATION_STATE_SUCCEEDED, done
+    assert set(await _project_ids(b_admin, schema)) == seeded | {created.project.id}
