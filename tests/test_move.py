@@ -565,3 +565,51 @@ async def test_a_move_whose_source_changed_schema_rolls_back_and_the_source_serv
     done = await wait_done(move_stack.stubs, again.operation.name, timeout=90)
     assert done.state == operation_pb2.OPERATION_STATE_SUCCEEDED, done
     assert set(await _project_ids(b_admin, schema)) == seeded | {created.project.id}
+
+
+async def _rows(engine: AsyncEngine, schema: str) -> set[tuple[str, str, str, bool]]:
+    async with engine.connect() as conn:
+        result = await conn.execute(text(f'SELECT id::text, name, description, archived FROM "{schema}".projects'))
+        return {(r[0], r[1], r[2], r[3]) for r in result}
+
+
+async def test_updates_deletes_and_inserts_made_during_the_bulk_copy_are_caught_up_by_the_switch(
+    move_stack: Stack, engine: AsyncEngine, b_admin: AsyncEngine
+) -> None:
+    """Rows updated, deleted and inserted on the source after the bulk copy
+    read it (held at its checkpoint): the switch finds the table differs,
+    copies the rows that differ and verifies; b ends with exactly the
+    source's final rows."""
+    tenant = await _tenant_on_default(move_stack.stubs, 2000, engine)
+    tenant_id = uuid.UUID(tenant.id)
+    schema = schema_name_for(tenant_id)
+    async with engine.connect() as holder:
+        await _hold(holder, checkpoint_name(tenant_id, CHECKPOINT_BULK_COPY))
+        await holder.commit()
+        response = await _move(move_stack.stubs, tenant.id, "b")
+        await eventually(lambda: _waiting_at_checkpoint(engine), timeout=60)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    f"UPDATE \"{schema}\".projects SET description = 'changed', archived = true "
+                    "WHERE name LIKE 'seed-1%'"
+                )
+            )
+            await conn.execute(text(f"DELETE FROM \"{schema}\".projects WHERE name LIKE 'seed-2%'"))
+            await conn.execute(
+                text(
+                    f'INSERT INTO "{schema}".projects (id, name) '
+                    "SELECT gen_random_uuid(), 'late-' || g FROM generate_series(1, 50) g"
+                )
+            )
+        final = await _rows(engine, schema)
+        await holder.execute(
+            text("SELECT pg_advisory_unlock(:key, hashtext(:name))"),
+            {"key": MOVE_CHECKPOINT_KEY, "name": checkpoint_name(tenant_id, CHECKPOINT_BULK_COPY)},
+        )
+        await holder.commit()
+    operation = await wait_done(move_stack.stubs, response.operation.name, timeout=90)
+    assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, operation
+    assert await _rows(b_admin, schema) == final
+    # seed-2, seed-20..29, seed-200..299, seed-2000 deleted.
+    assert len(final) == 2000 - 112 + 50

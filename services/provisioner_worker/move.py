@@ -201,6 +201,11 @@ async def _table_shapes(driver: asyncpg.Connection, schema: str) -> list[_TableS
     ]
 
 
+def _is_referenced(name: str) -> bool:
+    """Another tenant table has a foreign key to `name`."""
+    return any(fk.column.table.name == name for table in tenant_tables() for fk in table.foreign_keys)
+
+
 def _referencing_closure(names: set[str]) -> set[str]:
     """`names` and every tenant table that references one of them (what a
     TRUNCATE of `names` must truncate too)."""
@@ -217,12 +222,49 @@ def _referencing_closure(names: set[str]) -> set[str]:
     return closure
 
 
+async def _pin_text_output(driver: asyncpg.Connection) -> None:
+    """The text output a checksum depends on, the same on both sides, for the
+    rest of the caller's transaction."""
+    await driver.execute(";\n".join(_CHECKSUM_SETTINGS))
+
+
+def _key_expression(shape: _TableShape) -> str:
+    return f"ROW({', '.join(_quote_ident(c) for c in shape.primary_key or shape.columns)})::text"
+
+
+async def _row_hashes(driver: asyncpg.Connection, schema: str, shape: _TableShape) -> dict[str, bytes]:
+    """Primary key (as text) -> sha256 of the row's text, for every row."""
+    columns = ", ".join(_quote_ident(c) for c in shape.columns)
+    rows = await driver.fetch(
+        f"SELECT {_key_expression(shape)}, sha256(convert_to(ROW({columns})::text, 'UTF8')) "
+        f"FROM {quote_schema(schema)}.{_quote_ident(shape.name)}"
+    )
+    return {row[0]: bytes(row[1]) for row in rows}
+
+
+async def _copy_delta(src: asyncpg.Connection, dst: asyncpg.Connection, schema: str, shape: _TableShape) -> int:
+    """The catch-up of one table no other tenant table references: the rows
+    that differ (by primary key and row hash) deleted on the target and copied
+    again from the source; returns how many rows were copied. Both
+    transactions are the caller's, text output pinned."""
+    source_rows, target_rows = await asyncio.gather(_row_hashes(src, schema, shape), _row_hashes(dst, schema, shape))
+    stale = [key for key, digest in target_rows.items() if source_rows.get(key) != digest]
+    missing = [key for key, digest in source_rows.items() if target_rows.get(key) != digest]
+    table = f"{quote_schema(schema)}.{_quote_ident(shape.name)}"
+    if stale:
+        await dst.execute(f"DELETE FROM {table} WHERE {_key_expression(shape)} = ANY($1::text[])", stale)
+    if missing:
+        columns = ", ".join(_quote_ident(c) for c in shape.columns)
+        query = f"SELECT {columns} FROM {table} WHERE {_key_expression(shape)} = ANY($1::text[])"
+        await _copy_table(src, dst, schema, shape, query=(query, missing))
+    return len(missing)
+
+
 async def _checksums(
     driver: asyncpg.Connection, schema: str, shapes: Sequence[_TableShape]
 ) -> dict[str, tuple[int, bytes]]:
-    """(row count, digest) per table, in the caller's transaction."""
-    for statement in _CHECKSUM_SETTINGS:
-        await driver.execute(statement)
+    """(row count, digest) per table, in the caller's transaction (its text
+    output pinned: `_pin_text_output`)."""
     result: dict[str, tuple[int, bytes]] = {}
     for shape in shapes:
         columns = ", ".join(_quote_ident(c) for c in shape.columns)
@@ -244,6 +286,7 @@ async def _copy_table(
     shape: _TableShape,
     *,
     checkpoint: _Checkpoint | None = None,
+    query: tuple[str, list[str]] | None = None,
 ) -> None:
     """The table's rows, streamed from `source` into `target` (binary COPY,
     bounded queue, no file). Both connections' transactions are the caller's."""
@@ -251,9 +294,12 @@ async def _copy_table(
 
     async def produce() -> None:
         try:
-            await source.copy_from_table(
-                shape.name, schema_name=schema, columns=list(shape.columns), output=queue.put, format="binary"
-            )
+            if query is None:
+                await source.copy_from_table(
+                    shape.name, schema_name=schema, columns=list(shape.columns), output=queue.put, format="binary"
+                )
+            else:
+                await source.copy_from_query(query[0], query[1], output=queue.put, format="binary")
         except BaseException as exc:
             await queue.put(exc)
             raise
@@ -457,6 +503,7 @@ class MoveActivities:
         schema = schema_name_for(tenant_id)
         tombstone = tombstone_name(schema)
         source, target = self._shard(input.source_shard), self._shard(input.target_shard)
+        target_digests = await self._target_digests(source, target, schema)
         # (a) moving = true, committed: new calls are refused from here.
         async with self._engine.begin() as conn:
             await bound_lock_waits(conn)
@@ -478,7 +525,7 @@ class MoveActivities:
                 async with source.engine.connect() as source_conn, target.engine.connect() as target_conn:
                     src, dst = await driver_of(source_conn), await driver_of(target_conn)
                     try:
-                        recopied = await self._freeze_verify_rename(src, dst, schema, tombstone)
+                        recopied = await self._freeze_verify_rename(src, dst, schema, tombstone, target_digests)
                     finally:
                         await source_conn.rollback()
                         await target_conn.rollback()
@@ -530,13 +577,35 @@ class MoveActivities:
         except Exception:
             log.exception("could not clear the moving flag of tenant %s", tenant_id)
 
+    async def _target_digests(self, source: Shard, target: Shard, schema: str) -> dict[str, tuple[int, bytes]] | None:
+        """The target copy's checksums, before the window: nothing but the
+        move writes there, so they hold until the switch copies again what
+        differs. None when there is no live source to compare with."""
+        async with source.engine.connect() as source_conn, target.engine.connect() as target_conn:
+            src, dst = await driver_of(source_conn), await driver_of(target_conn)
+            if not await _schema_exists(src, schema) or not await _schema_exists(dst, schema):
+                return None
+            shapes = await _table_shapes(src, schema)
+            async with dst.transaction(isolation="repeatable_read", readonly=True):
+                await _pin_text_output(dst)
+                digests = await _checksums(dst, schema, shapes)
+            await source_conn.rollback()
+            await target_conn.rollback()
+        return digests
+
     async def _freeze_verify_rename(
-        self, src: asyncpg.Connection, dst: asyncpg.Connection, schema: str, tombstone: str
+        self,
+        src: asyncpg.Connection,
+        dst: asyncpg.Connection,
+        schema: str,
+        tombstone: str,
+        target_digests: dict[str, tuple[int, bytes]] | None,
     ) -> list[str]:
-        """(b): in one source transaction, lock, verify (copying again what
-        differs), commit the target, rename the source, commit the source.
-        Returns the tables copied again. Source already renamed (an earlier
-        attempt committed it): nothing to do."""
+        """(b): in one source transaction, lock, verify against the target's
+        checksums (`target_digests`, computed before the window; None: here),
+        copy again what differs and verify that, commit the target, rename
+        the source, commit the source. Returns the tables copied again.
+        Source already renamed (an earlier attempt committed it): nothing to do."""
         if not await _schema_exists(src, schema):
             if await _schema_exists(src, tombstone) and await _schema_exists(dst, schema):
                 return []
@@ -554,24 +623,35 @@ class MoveActivities:
             names = ", ".join(f"{quote_schema(schema)}.{_quote_ident(s.name)}" for s in shapes)
             await src.execute(f"LOCK TABLE {names} IN EXCLUSIVE MODE")
             await self._check_versions(src, dst, schema)
+            await _pin_text_output(src)
+            expected = await _checksums(src, schema, shapes)
             target_tx = dst.transaction()
             await target_tx.start()
             try:
-                expected = await _checksums(src, schema, shapes)
-                actual = await _checksums(dst, schema, shapes)
-                differ = {name for name in expected if expected[name] != actual.get(name)}
+                await _pin_text_output(dst)
+                known = target_digests if target_digests is not None else await _checksums(dst, schema, shapes)
+                differ = {name for name in expected if expected[name] != known.get(name)}
                 recopied: list[str] = []
                 if differ:
-                    again = [s for s in shapes if s.name in _referencing_closure(differ)]
-                    await dst.execute(
-                        "TRUNCATE " + ", ".join(f"{quote_schema(schema)}.{_quote_ident(s.name)}" for s in again)
-                    )
-                    for shape in again:
-                        await _copy_table(src, dst, schema, shape)
-                    recopied = [s.name for s in again]
-                    actual = await _checksums(dst, schema, shapes)
-                    if actual != expected:
-                        mismatched = sorted(n for n in expected if expected[n] != actual.get(n))
+                    # Writes made during the bulk copy. A table others
+                    # reference is copied again whole with them (a TRUNCATE
+                    # must take them along); any other only by its rows that differ.
+                    whole = _referencing_closure({name for name in differ if _is_referenced(name)})
+                    again = [s for s in shapes if s.name in whole]
+                    if again:
+                        await dst.execute(
+                            "TRUNCATE " + ", ".join(f"{quote_schema(schema)}.{_quote_ident(s.name)}" for s in again)
+                        )
+                        for shape in again:
+                            await _copy_table(src, dst, schema, shape)
+                    for shape in shapes:
+                        if shape.name in differ and shape.name not in whole:
+                            await _copy_delta(src, dst, schema, shape)
+                    checked = [s for s in shapes if s.name in differ | whole]
+                    recopied = [s.name for s in checked]
+                    actual = await _checksums(dst, schema, checked)
+                    mismatched = sorted(name for name in actual if actual[name] != expected[name])
+                    if mismatched:
                         raise ApplicationError(
                             f"VERIFICATION_FAILED: tables {mismatched} differ after copying them again",
                             type=MOVE_VERIFICATION_FAILED,
