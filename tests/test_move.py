@@ -10,6 +10,8 @@ import contextlib
 import json
 import random
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -65,8 +67,6 @@ from tests.stack import (
     token,
     wait_done,
 )
-
-pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 OPERATION_PREFIX = "operations/"
 
@@ -613,3 +613,23 @@ async def test_updates_deletes_and_inserts_made_during_the_bulk_copy_are_caught_
     assert await _rows(b_admin, schema) == final
     # seed-2, seed-20..29, seed-200..299, seed-2000 deleted.
     assert len(final) == 2000 - 112 + 50
+
+
+def test_the_move_benchmark_runs(tmp_path: Path) -> None:
+    """`python -m bench.move --smoke` (part of `make bench`): two servers of
+    its own, every measurement reported, the moved rows all there."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.move", "--smoke", "--output", str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, f"stdout:\n{run.stdout[-3000:]}\nstderr:\n{run.stderr[-3000:]}"
+    results = json.loads((tmp_path / "move.json").read_text())
+    (move,) = results["moves"]
+    assert move["rows"] == 1000 and move["move_rows_per_s"] > 0 and move["floor_rows_per_s"] > 0
+    assert move["ratio"] > 0 and 0 < move["window_s"] < 10
+    assert [w["load"] for w in results["windows"]] == ["idle", "writers"]
+    assert all(0 < w["window_s"] < 10 for w in results["windows"])
+    assert (tmp_path / "move.md").read_text().startswith("# MoveTenant")
