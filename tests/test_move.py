@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 import signal
@@ -26,13 +27,18 @@ from grpc_status import rpc_status
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
+from temporalio.testing import ActivityEnvironment
 
 from provisioner_worker.move import (
     CHECKPOINT_BULK_COPY,
     CHECKPOINT_SWITCH_MOVING,
     CHECKPOINT_SWITCH_RENAMED,
     MOVE_CHECKPOINT_KEY,
+    MOVE_REFUSED,
+    AbortMoveInput,
+    MoveActivities,
     MoveOutcome,
     checkpoint_name,
     tombstone_name,
@@ -46,7 +52,7 @@ from tenantry.v1 import (
     tenant_pb2,
     tenant_service_pb2,
 )
-from tenantry.workflow_contract import reconcile_schedule_id
+from tenantry.workflow_contract import MoveTenantInput, reconcile_schedule_id
 from tenantry_dev.embedded import DatabaseUrls
 from tests.stack import (
     Stack,
@@ -633,3 +639,36 @@ def test_the_move_benchmark_runs(tmp_path: Path) -> None:
     assert [w["load"] for w in results["windows"]] == ["idle", "writers"]
     assert all(0 < w["window_s"] < 10 for w in results["windows"])
     assert (tmp_path / "move.md").read_text().startswith("# MoveTenant")
+
+
+async def test_straggling_attempts_of_a_finished_move_touch_nothing(
+    move_stack: Stack, engine: AsyncEngine, b_admin: AsyncEngine, worker_engine: AsyncEngine, worker_shards: Shards
+) -> None:
+    """Attempts Temporal gave up on may still run (a worker cut off from
+    Temporal but not from the databases): after the move finished, each step
+    run again for it refuses or finds nothing to do; the live copy on b and
+    the placement stay as they are."""
+    tenant = await _tenant_on_default(move_stack.stubs, 300, engine)
+    schema = schema_name_for(uuid.UUID(tenant.id))
+    response = await _move(move_stack.stubs, tenant.id, "b")
+    done = await wait_done(move_stack.stubs, response.operation.name, timeout=90)
+    assert done.state == operation_pb2.OPERATION_STATE_SUCCEEDED, done
+    live = await _rows(b_admin, schema)
+
+    activities = MoveActivities(worker_engine, worker_shards)
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(
+        env.info, workflow_id=response.operation.name.removeprefix(OPERATION_PREFIX), heartbeat_timeout=None
+    )
+    move = MoveTenantInput(tenant.id, "default", "b")
+    for step in (activities.prepare_move, activities.bulk_copy):
+        with pytest.raises(ApplicationError) as refused:
+            await env.run(step, move)
+        assert refused.value.type == MOVE_REFUSED
+    assert (await env.run(activities.switch, move)).window_seconds == 0
+    assert await env.run(activities.abort_move, AbortMoveInput(tenant.id, "default", "b", "MOVE_FAILED: late")) == (
+        "switched"
+    )
+    assert await _rows(b_admin, schema) == live
+    assert await _placement(engine, tenant.id) == ("b", False)
+    assert await _moved_events(engine, tenant.id) == 1

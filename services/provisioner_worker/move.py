@@ -83,6 +83,10 @@ MOVE_SWITCH_BUSY = "MoveSwitchBusy"
 TOMBSTONE_SUFFIX = "_moved"
 # Advisory lock class of the move checkpoints (see the module docstring).
 MOVE_CHECKPOINT_KEY = 7_412_015
+# Advisory lock class of the copy guard: bulk_copy holds it shared, the
+# switch's control-plane transaction exclusively (so the placement never
+# switches under a running copy, and a copy never starts after it).
+MOVE_GUARD_KEY = 7_412_016
 # How long the switch waits for the tenant's in-flight writers before it
 # gives up (moving = false again) and tries later: the window's bound.
 SWITCH_LOCK_TIMEOUT_MS = 700
@@ -458,29 +462,48 @@ class MoveActivities:
     async def bulk_copy(self, input: MoveTenantInput) -> int:
         """Every tenant table copied source -> target, one target transaction
         per table (the target's tables emptied first: a re-run starts over).
-        Returns the rows copied."""
+        Returns the rows copied. Holds the tenant's copy guard (shared) and
+        refuses once the tenant is on the target: an attempt Temporal gave up
+        on that still runs can never write into the copy after it went live."""
         tenant_id = uuid.UUID(input.tenant_id)
         schema = schema_name_for(tenant_id)
         source, target = self._shard(input.source_shard), self._shard(input.target_shard)
         rows = 0
-        async with source.engine.connect() as source_conn, target.engine.connect() as target_conn:
-            src = await driver_of(source_conn)
-            dst = await driver_of(target_conn)
-            await self._check_versions(src, dst, schema)
-            shapes = await _table_shapes(src, schema)
-            async with dst.transaction():
-                await dst.execute(
-                    "TRUNCATE " + ", ".join(f"{quote_schema(schema)}.{_quote_ident(s.name)}" for s in shapes)
-                )
-            for shape in shapes:
-                async with src.transaction(isolation="repeatable_read", readonly=True), dst.transaction():
-                    await _copy_table(src, dst, schema, shape, checkpoint=self._checkpoint(tenant_id))
-                    rows += int(
-                        await dst.fetchval(f"SELECT count(*) FROM {quote_schema(schema)}.{_quote_ident(shape.name)}")
+        async with (
+            self._engine.connect() as guard,
+            source.engine.connect() as source_conn,
+            target.engine.connect() as target_conn,
+        ):
+            guard = await guard.execution_options(isolation_level="AUTOCOMMIT")
+            key = {"key": MOVE_GUARD_KEY, "name": str(tenant_id)}
+            await guard.execute(text("SELECT pg_advisory_lock_shared(:key, hashtext(:name))"), key)
+            try:
+                row = (
+                    await guard.execute(text("SELECT shard FROM tenants WHERE id = :id"), {"id": tenant_id})
+                ).one_or_none()
+                if row is None or row.shard == input.target_shard or not await _operation_open(guard, _workflow_id()):
+                    raise _refused(f"tenant {tenant_id} is switched already or its move is over")
+                src = await driver_of(source_conn)
+                dst = await driver_of(target_conn)
+                await self._check_versions(src, dst, schema)
+                shapes = await _table_shapes(src, schema)
+                async with dst.transaction():
+                    await dst.execute(
+                        "TRUNCATE " + ", ".join(f"{quote_schema(schema)}.{_quote_ident(s.name)}" for s in shapes)
                     )
-                activity.heartbeat()
-            await source_conn.rollback()
-            await target_conn.rollback()
+                for shape in shapes:
+                    async with src.transaction(isolation="repeatable_read", readonly=True), dst.transaction():
+                        await _copy_table(src, dst, schema, shape, checkpoint=self._checkpoint(tenant_id))
+                        rows += int(
+                            await dst.fetchval(
+                                f"SELECT count(*) FROM {quote_schema(schema)}.{_quote_ident(shape.name)}"
+                            )
+                        )
+                    activity.heartbeat()
+                await source_conn.rollback()
+                await target_conn.rollback()
+            finally:
+                await guard.execute(text("SELECT pg_advisory_unlock_shared(:key, hashtext(:name))"), key)
         return rows
 
     async def _check_versions(self, src: asyncpg.Connection, dst: asyncpg.Connection, schema: str) -> None:
@@ -520,6 +543,11 @@ class MoveActivities:
                 await bound_lock_waits(conn)
                 # Held to the end: an abort, or a second attempt, waits for this one.
                 row = await _lock_tenant(conn, tenant_id)
+                # No bulk copy (a straggling attempt) writes into the target from here on.
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key, hashtext(:name))"),
+                    {"key": MOVE_GUARD_KEY, "name": str(tenant_id)},
+                )
                 if row.shard == input.target_shard or not await _operation_open(conn, workflow_id):
                     return SwitchResult()
                 async with source.engine.connect() as source_conn, target.engine.connect() as target_conn:
