@@ -449,9 +449,19 @@ async def _waiting_at_checkpoint(engine: AsyncEngine) -> bool:
     return bool(waiting)
 
 
-@pytest.mark.parametrize("checkpoint", [CHECKPOINT_BULK_COPY, CHECKPOINT_SWITCH_MOVING, CHECKPOINT_SWITCH_RENAMED])
+@pytest.mark.parametrize(
+    ("checkpoint", "restarted"),
+    [
+        (CHECKPOINT_BULK_COPY, False),
+        (CHECKPOINT_SWITCH_MOVING, False),
+        (CHECKPOINT_SWITCH_RENAMED, False),
+        (CHECKPOINT_SWITCH_MOVING, True),
+        (CHECKPOINT_SWITCH_RENAMED, True),
+    ],
+)
 async def test_a_worker_killed_inside_a_move_step_is_resumed_by_another(
     checkpoint: str,
+    restarted: bool,
     database_urls: DatabaseUrls,
     shard_b_urls: DatabaseUrls,
     api_engine: AsyncEngine,
@@ -463,7 +473,11 @@ async def test_a_worker_killed_inside_a_move_step_is_resumed_by_another(
     """The move's worker process is SIGKILLed while the step is held at its
     checkpoint (a shared advisory lock the test holds exclusively); another
     worker process resumes: the tenant ends on b exactly once, every row
-    there, no copy left on the default shard."""
+    there, no copy left on the default shard. `restarted`: the workflow is
+    lost too and a new run of it starts from its first step (as the
+    reconciler restarts a RUNNING operation whose workflow is gone): it
+    finds the earlier run's state (moving set; the source renamed) and
+    finishes from there."""
     queue = f"move-kill-{uuid.uuid4().hex[:8]}"
     logs = Path(tempfile.mkdtemp(prefix="tenantry-move-"))
     env = service_env(
@@ -505,6 +519,15 @@ async def test_a_worker_killed_inside_a_move_step_is_resumed_by_another(
                         {"key": MOVE_CHECKPOINT_KEY, "name": checkpoint_name(uuid.UUID(tenant.id), checkpoint)},
                     )
                     await holder.commit()
+            if restarted:
+                workflow_id = response.operation.name.removeprefix(OPERATION_PREFIX)
+                await temporal_client.get_workflow_handle(workflow_id).terminate("test: the workflow is lost")
+                await temporal_client.start_workflow(
+                    "TenantMoveWorkflow",
+                    MoveTenantInput(tenant.id, "default", "b"),
+                    id=workflow_id,
+                    task_queue=queue,
+                )
             worker_b = spawn("worker-b", "provisioner_worker", env, logs)
             with stopping(worker_b):
                 operation = await wait_done(stack.stubs, response.operation.name, timeout=150)

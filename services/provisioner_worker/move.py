@@ -435,6 +435,23 @@ class MoveActivities:
                 problem = f"SHARD_CHANGED: tenant {tenant_id} is on shard {row.shard}, not {input.source_shard}"
             elif input.target_shard not in self._shards or input.source_shard not in self._shards:
                 problem = f"SHARD_NOT_CONFIGURED: this worker's TENANTRY_SHARDS lacks {input.target_shard!r}"
+            if problem is None:
+                # A run restarted from scratch (its workflow lost) after an
+                # earlier run renamed the source: the target is the only
+                # copy; finish that switch, never rebuild the target.
+                source = self._shard(input.source_shard)
+                async with source.engine.connect() as source_conn:
+                    src = await driver_of(source_conn)
+                    live = await _schema_exists(src, schema)
+                    renamed = not live and await _schema_exists(src, tombstone_name(schema))
+                    await source_conn.rollback()
+                if renamed:
+                    await self._switch_control_plane(conn, tenant_id, input.target_shard, workflow_id)
+                    return PrepareResult(switched=True, schema_version=row.schema_version)
+                if not live:
+                    problem = f"SOURCE_MISSING: tenant {tenant_id} has no schema on shard {input.source_shard}"
+                elif row.moving:
+                    await _set_moving(conn, tenant_id, False)  # an earlier run's switch, undone: serve
             if problem is not None:
                 await conn.execute(
                     operation_sql.transition(workflow_id, OPEN_OPERATION_STATES, OperationState.FAILED, problem)
