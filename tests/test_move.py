@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import random
 import signal
 import subprocess
@@ -26,10 +27,11 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment
+from temporalio.worker import Replayer
 
 from provisioner_worker.move import (
     CHECKPOINT_BULK_COPY,
@@ -43,6 +45,7 @@ from provisioner_worker.move import (
     checkpoint_name,
     tombstone_name,
 )
+from provisioner_worker.workflows import WORKFLOWS
 from tenantry.db.engine import create_engine
 from tenantry.db.shards import Shards
 from tenantry.schema_names import schema_name_for
@@ -75,6 +78,20 @@ from tests.stack import (
 )
 
 OPERATION_PREFIX = "operations/"
+HISTORIES_DIR = Path(__file__).resolve().parent / "histories"
+
+
+async def _replay_and_record(client: Client, operation_name: str, label: str) -> None:
+    """The move's history replays on the current workflow code (as recorded
+    and through the JSON form); TENANTRY_WRITE_HISTORIES=1 commits it to
+    tests/histories, which test_provisioning replays on every later change."""
+    history = await client.get_workflow_handle(operation_name.removeprefix(OPERATION_PREFIX)).fetch_history()
+    await Replayer(workflows=WORKFLOWS).replay_workflow(history)
+    await Replayer(workflows=WORKFLOWS).replay_workflow(
+        WorkflowHistory.from_json(history.workflow_id, history.to_json())
+    )
+    if os.environ.get("TENANTRY_WRITE_HISTORIES") == "1" and not list(HISTORIES_DIR.glob(f"{label}__*.json")):
+        (HISTORIES_DIR / f"{label}__{history.workflow_id}.json").write_text(history.to_json() + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -305,6 +322,7 @@ async def test_a_tenant_moves_to_b_and_back_under_load_losing_nothing(
     assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, operation
     assert outcome.state == "SUCCEEDED" and outcome.rows >= 3000, outcome
     assert outcome.window_seconds < 5, outcome
+    await _replay_and_record(temporal_client, operation.name, "move-succeeded")
     _check_load(load, outcome)
     on_b = await _project_ids(b_admin, schema)
     assert len(on_b) == len(set(on_b)) == len(seeded) + len(load.acknowledged)
@@ -554,7 +572,7 @@ async def test_a_worker_killed_inside_a_move_step_is_resumed_by_another(
 
 
 async def test_a_move_whose_source_changed_schema_rolls_back_and_the_source_serves(
-    move_stack: Stack, engine: AsyncEngine, b_admin: AsyncEngine
+    move_stack: Stack, engine: AsyncEngine, b_admin: AsyncEngine, temporal_client: Client
 ) -> None:
     """The source schema changes revision while the bulk copy is held (as a
     fleet rollout would): the switch's check under the lock refuses, the move
@@ -580,6 +598,7 @@ async def test_a_move_whose_source_changed_schema_rolls_back_and_the_source_serv
     operation = await wait_done(move_stack.stubs, response.operation.name, timeout=90)
     assert operation.state == operation_pb2.OPERATION_STATE_FAILED, operation
     assert operation.error_message.startswith("SCHEMA_CHANGED: "), operation.error_message
+    await _replay_and_record(temporal_client, operation.name, "move-rolled-back")
     assert await _placement(engine, tenant.id) == ("default", False)
     assert not await schema_exists(b_admin, schema)
     assert set(await _project_ids(engine, schema)) == seeded
