@@ -16,9 +16,12 @@ back, never leaves two live copies, never loses or duplicates a committed row):
 3. `switch`, the short window: `moving = true` committed on the control plane
    (new calls: UNAVAILABLE TENANT_MOVING); on the source, every tenant table
    LOCKed IN EXCLUSIVE MODE (in-flight writers finish, new writes wait, reads
-   go on), bounded by SWITCH_LOCK_TIMEOUT; per table row count + checksum on
-   both sides; the tables that differ (writes made during the bulk copy) are
-   copied again under the lock and verified; the target commits; the source
+   go on), bounded by SWITCH_LOCK_TIMEOUT_MS; per table row count + checksum
+   of the source, compared with the target's (taken just before the window:
+   only the move writes there); in a table that differs (writes made during
+   the bulk copy) the rows that differ by primary key and row hash are copied
+   again (a table other tenant tables reference: all of it, with them), then
+   verified by checksum; the target commits; the source
    schema is renamed to its tombstone (`<schema>_moved`) in the lock's
    transaction, so from its commit the old copy cannot serve (a call blocked
    on the lock finds its relation gone, and the gate explains that as
@@ -35,6 +38,13 @@ Checksum: per table, `sha256` over the concatenation (ordered by primary
 key) of each row's `sha256(ROW(columns)::text)`, with the session's text
 output settings pinned (UTC, ISO dates, full float digits, hex bytea) on both
 sides. Equal counts and digests mean equal rows up to a SHA-256 collision.
+
+Guards against attempts Temporal gave up on that still run: every step
+re-checks the operation is open and the placement under the tenant's row
+lock; bulk_copy holds a shared advisory lock (MOVE_GUARD_KEY) that the
+switch's control-plane transaction takes exclusively, so no copy writes into
+the target once it is live. A run restarted from scratch (workflow lost)
+finds an earlier run's rename and finishes that switch (prepare_move).
 
 Checkpoints: at the step boundaries tests need to hold (`checkpoint`), the
 activity waits for a shared advisory lock (MOVE_CHECKPOINT_KEY, hashtext of
