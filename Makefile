@@ -118,9 +118,11 @@ dev: $(STAMP)
 # Starts its own stack on embedded defaults in a temporary directory.
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.move
 
 bench-smoke: $(BENCH_STAMP)
 	$(BIN)/python -m bench --smoke --output $(BENCH_SMOKE_OUTPUT)
+	$(BIN)/python -m bench.move --smoke --output $(BENCH_SMOKE_OUTPUT)
 
 # Holds load on the embedded stack (two APIs, two workers, PostgreSQL, Temporal,
 # all separate processes) while seeded faults land, then checks every invariant

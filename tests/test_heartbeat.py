@@ -56,4 +56,8 @@ def test_recorded_histories_hold_the_same_options() -> None:
             if name in expected_start_to_close:
                 assert _seconds(scheduled["startToCloseTimeout"]) == expected_start_to_close[name].total_seconds()
     rollout = {"begin_rollout", "migrate_batch", "finish_rollout"}
-    assert set(expected_start_to_close) | {"reconcile", "check_deletion_requested", "purge_when_due"} | rollout == seen
+    move = {"prepare_move", "bulk_copy", "switch", "drop_old_copy", "abort_move"}
+    assert (
+        set(expected_start_to_close) | {"reconcile", "check_deletion_requested", "purge_when_due"} | rollout | move
+        == seen
+    )

@@ -54,6 +54,7 @@ from tenantry.v1 import operation_pb2, tenant_pb2, tenant_service_pb2
 from tenantry.workflow_contract import (
     DELETE_WORKFLOW,
     MIGRATE_WORKFLOW,
+    MOVE_WORKFLOW,
     PROVISION_WORKFLOW,
     RECONCILE_WORKFLOW,
     ProvisionTenantInput,
@@ -498,6 +499,8 @@ async def test_replay_of_committed_histories() -> None:
         "delete-purged",
         "reconcile",
         "fleet-migrate",  # recorded by tests/test_fleet_migrations.py
+        "move-succeeded",  # recorded by tests/test_move.py
+        "move-rolled-back",
     }, labels
     workflow_types = set()
     for path in files:
@@ -506,7 +509,7 @@ async def test_replay_of_committed_histories() -> None:
         started = history.events[0].workflow_execution_started_event_attributes
         workflow_types.add(started.workflow_type.name)
         await _replay(history)
-    assert workflow_types == {PROVISION_WORKFLOW, DELETE_WORKFLOW, RECONCILE_WORKFLOW, MIGRATE_WORKFLOW}
+    assert workflow_types == {PROVISION_WORKFLOW, DELETE_WORKFLOW, RECONCILE_WORKFLOW, MIGRATE_WORKFLOW, MOVE_WORKFLOW}
 
 
 # --- registration completeness ------------------------------------------------------------------
@@ -519,7 +522,7 @@ def _activity_references() -> set[tuple[str, str]]:
         for node in ast.walk(tree)
         if isinstance(node, ast.Attribute)
         and isinstance(node.value, ast.Name)
-        and node.value.id in ("TenantActivities", "ReconcilerActivities")
+        and node.value.id in ("TenantActivities", "ReconcilerActivities", "MoveActivities")
     }
 
 
@@ -552,4 +555,4 @@ async def test_every_referenced_activity_and_workflow_is_registered(
     assert classes, "no workflow classes found"
     assert classes == {cls.__name__ for cls in WORKFLOWS}
     workflow_names = {getattr(cls, "__temporal_workflow_definition").name for cls in WORKFLOWS}
-    assert workflow_names == {PROVISION_WORKFLOW, DELETE_WORKFLOW, RECONCILE_WORKFLOW, MIGRATE_WORKFLOW}
+    assert workflow_names == {PROVISION_WORKFLOW, DELETE_WORKFLOW, RECONCILE_WORKFLOW, MIGRATE_WORKFLOW, MOVE_WORKFLOW}

@@ -36,3 +36,8 @@ SHARD_UP = Gauge(
     "1 when the last reconciliation could read the shard's database, 0 when it could not",
     ["shard"],
 )
+MOVE_SWITCH_SECONDS = Histogram(
+    "tenantry_move_switch_seconds",
+    "A tenant move's TENANT_MOVING window: moving = true committed to the placement switched",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)

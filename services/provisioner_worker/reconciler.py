@@ -234,9 +234,9 @@ class ReconcilerActivities:
         if operation.kind == OperationKind.PROVISION:
             return tenant_state == TenantState.CREATING
         if operation.kind == OperationKind.MOVE:
-            # A move's tenant stays live while it is open (one open lifecycle
-            # operation per tenant: no delete can start meanwhile).
-            return tenant_state in (TenantState.ACTIVE, TenantState.SUSPENDED)
+            # Its workflow decides (refuses, rolls back or finishes), and
+            # clears the moving flag a stopped move may have left set.
+            return True
         return tenant_state in (TenantState.DELETING, TenantState.DELETED)
 
     async def _set_state(

@@ -14,6 +14,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from provisioner_worker.activities import TenantActivities
 from provisioner_worker.heartbeat import HeartbeatInterceptor
 from provisioner_worker.lock_waits import LockWaitRetryInterceptor
+from provisioner_worker.move import MoveActivities
 from provisioner_worker.reconciler import ReconcilerActivities
 from provisioner_worker.rollout import RolloutActivities
 from provisioner_worker.workflows import WORKFLOWS
@@ -34,6 +35,7 @@ def activities_for(
     provisioning = TenantActivities(engine, client, shards)
     reconciler = ReconcilerActivities(engine, client, OperationStarter(client, task_queue), shards)
     rollout = RolloutActivities(engine, shards)
+    move = MoveActivities(engine, shards)
     return [
         provisioning.provision_tenant,
         provisioning.fail_provisioning,
@@ -45,6 +47,11 @@ def activities_for(
         rollout.begin_rollout,
         rollout.migrate_batch,
         rollout.finish_rollout,
+        move.prepare_move,
+        move.bulk_copy,
+        move.switch,
+        move.drop_old_copy,
+        move.abort_move,
     ]
 
 

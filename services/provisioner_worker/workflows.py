@@ -13,11 +13,13 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 from tenantry.workflow_contract import (
     DELETE_WORKFLOW,
     MIGRATE_WORKFLOW,
+    MOVE_WORKFLOW,
     PROVISION_WORKFLOW,
     RECHECK_PURGE_SIGNAL,
     RECONCILE_WORKFLOW,
     DeleteTenantInput,
     MigrateFleetInput,
+    MoveTenantInput,
     ProvisionTenantInput,
     ReconcileInput,
 )
@@ -31,6 +33,13 @@ with workflow.unsafe.imports_passed_through():
         TenantActivityInput,
         failure_detail,
         provisioning_failure_reason,
+    )
+    from provisioner_worker.move import (
+        MOVE_REFUSED,
+        AbortMoveInput,
+        MoveActivities,
+        MoveOutcome,
+        move_failure_reason,
     )
     from provisioner_worker.reconciler import ReconcilerActivities, ReconcileReport
     from provisioner_worker.rollout import BatchInput, BatchResult, FinishRolloutInput, RolloutActivities
@@ -244,4 +253,83 @@ class TenantFleetMigrationWorkflow:
         return state.value
 
 
-WORKFLOWS = [TenantProvisioningWorkflow, TenantDeletionWorkflow, ReconcileWorkflow, TenantFleetMigrationWorkflow]
+# A move's copy steps: a few attempts, then the move rolls back (abort_move).
+MOVE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=5,
+)
+# The switch may find the tenant's tables busy (MoveSwitchBusy) a few times
+# before the move gives up and rolls back.
+SWITCH_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=10,
+)
+# The bulk copy of a large tenant takes long; it heartbeats per chunk.
+BULK_COPY_TIMEOUT = timedelta(hours=2)
+
+
+@workflow.defn(name=MOVE_WORKFLOW)
+class TenantMoveWorkflow:
+    """MoveTenant (provisioner_worker.move): prepare the target, bulk copy,
+    switch, drop the old copy. A copy step or the switch that fails for good
+    rolls the move back (abort_move), unless the source was already renamed,
+    in which case abort_move finishes the switch."""
+
+    @workflow.run
+    async def run(self, input: MoveTenantInput) -> MoveOutcome:
+        try:
+            prepared = await workflow.execute_activity_method(
+                MoveActivities.prepare_move, input, **step(MOVE_RETRY, timeout=timedelta(minutes=2))
+            )
+        except ActivityError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == MOVE_REFUSED:
+                return MoveOutcome(state=OperationState.FAILED.value, reason=cause.message)
+            return await self._abort(input, err)
+        rows = 0
+        window = None
+        if not prepared.switched:
+            try:
+                rows = await workflow.execute_activity_method(
+                    MoveActivities.bulk_copy, input, **step(MOVE_RETRY, timeout=BULK_COPY_TIMEOUT)
+                )
+                window = await workflow.execute_activity_method(
+                    MoveActivities.switch, input, **step(SWITCH_RETRY, timeout=timedelta(minutes=10))
+                )
+            except ActivityError as err:
+                return await self._abort(input, err)
+        await workflow.execute_activity_method(MoveActivities.drop_old_copy, input, **step(UNTIL_DONE_RETRY))
+        if window is None:
+            return MoveOutcome(state=OperationState.SUCCEEDED.value, rows=rows)
+        return MoveOutcome(
+            state=OperationState.SUCCEEDED.value,
+            rows=rows,
+            window_start=window.window_start,
+            window_end=window.window_end,
+            window_seconds=window.window_seconds,
+        )
+
+    async def _abort(self, input: MoveTenantInput, err: ActivityError) -> MoveOutcome:
+        reason = move_failure_reason(err.cause)
+        outcome = await workflow.execute_activity_method(
+            MoveActivities.abort_move,
+            AbortMoveInput(input.tenant_id, input.source_shard, input.target_shard, reason),
+            **step(UNTIL_DONE_RETRY),
+        )
+        if outcome == "switched":
+            await workflow.execute_activity_method(MoveActivities.drop_old_copy, input, **step(UNTIL_DONE_RETRY))
+            return MoveOutcome(state=OperationState.SUCCEEDED.value)
+        return MoveOutcome(state=OperationState.FAILED.value, reason=reason)
+
+
+WORKFLOWS = [
+    TenantProvisioningWorkflow,
+    TenantDeletionWorkflow,
+    ReconcileWorkflow,
+    TenantFleetMigrationWorkflow,
+    TenantMoveWorkflow,
+]

@@ -17,7 +17,7 @@ from tenant_api.convert import (
     project_to_proto,
     tenant_to_proto,
 )
-from tenant_api.errors import ApiError, FieldViolation, invalid_field, invalid_fields
+from tenant_api.errors import FieldViolation, invalid_field, invalid_fields
 from tenant_api.events import TenantEvents
 from tenant_api.operations import Operations
 from tenant_api.projects import Projects
@@ -155,8 +155,12 @@ class TenantServicer(tenant_service_pb2_grpc.TenantServiceServicer):
     async def MoveTenant(
         self, request: tenant_service_pb2.MoveTenantRequest, context: Context
     ) -> tenant_service_pb2.MoveTenantResponse:
-        # FOUNDATION PLACEHOLDER: replaced by the move work (issue 15).
-        raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", "MoveTenant is not implemented yet")
+        tenant_id = require_uuid("tenant_id", request.tenant_id)
+        request_id = optional_uuid("request_id", request.request_id)
+        result = await self._tenants.move(tenant_id, request.target_shard, request.etag, request_id, current_actor())
+        return tenant_service_pb2.MoveTenantResponse(
+            tenant=tenant_to_proto(result.tenant, result.admin_email), operation=operation_to_proto(result.operation)
+        )
 
 
 class OperationServicer(operation_service_pb2_grpc.OperationServiceServicer):

@@ -35,7 +35,7 @@ from tenantry.db.models import Operation, RequestRecord, Tenant
 from tenantry.db.tenants import TenantWithOperation
 from tenantry.operation_starter import OperationRef, OperationStarter
 from tenantry.pg_errors import UNIQUE_VIOLATION, pg_error
-from tenantry.settings import DEFAULT_DELETION_RETENTION_SECONDS, DEFAULT_SHARD
+from tenantry.settings import DEFAULT_DELETION_RETENTION_SECONDS, DEFAULT_SHARD, SHARD_NAME_PATTERN
 from tenantry.states import (
     DELETABLE_TENANT_STATES,
     GONE_TENANT_STATES,
@@ -50,6 +50,8 @@ from tenantry.v1 import tenant_pb2, tenant_service_pb2
 from tenantry.workflow_contract import new_workflow_id
 
 NO_FILTER = TenantFilter(frozenset(), {})
+# MoveTenant moves tenants that can serve (a move does not care which of the two).
+MOVABLE_TENANT_STATES = frozenset({TenantState.ACTIVE, TenantState.SUSPENDED})
 # UpdateTenant changes names and labels of any tenant not (being) deleted.
 UPDATABLE_TENANT_STATES = frozenset(TenantState) - GONE_TENANT_STATES
 # An UPDATE ... RETURNING of a row already in the session's identity map (locked
@@ -229,6 +231,46 @@ class Tenants:
                     workflow_id,
                     request_id,
                 ),
+            )
+        return await self._ensure_started(TenantWithOperation(tenant, admin_email, operation))
+
+    async def move(
+        self, tenant_id: uuid.UUID, target_shard: str, etag: str, request_id: uuid.UUID | None, actor: str
+    ) -> TenantWithOperation:
+        """An ACTIVE or SUSPENDED tenant's move to `target_shard`: the MOVE
+        operation (PENDING, with both shards) committed, then its workflow
+        started. The one-open-lifecycle-operation index refuses a second move
+        (or a deletion while the move is open) with OPERATION_IN_PROGRESS."""
+        if not SHARD_NAME_PATTERN.fullmatch(target_shard):
+            raise invalid_field("target_shard", "not a shard name")
+        if target_shard not in self._shard_names:
+            raise invalid_field("target_shard", "not a configured shard")
+        async with self._sessions() as session, session.begin():
+            tenant, admin_email = await _locked(session, tenant_id)
+            if request_id is not None and (earlier := await _operation_by_request_id(session, request_id)):
+                return await self._ensure_started(_replayed(earlier, OperationKind.MOVE, tenant, admin_email))
+            if tenant.state == TenantState.DELETED:
+                raise not_found("TENANT_DELETED", f"tenant {tenant_id} was deleted", tenant_id=str(tenant_id))
+            _check_etag(tenant, etag)
+            if tenant.state not in MOVABLE_TENANT_STATES:
+                raise _wrong_state(tenant_id, tenant.state)
+            if tenant.shard == target_shard:
+                raise failed_precondition(
+                    "ALREADY_ON_SHARD",
+                    f"tenant {tenant_id} is on shard {target_shard} already",
+                    tenant_id=str(tenant_id),
+                    shard=target_shard,
+                )
+            workflow_id = new_workflow_id(OperationKind.MOVE, tenant_id)
+            operation = await _insert_operation(
+                session,
+                workflow_id,
+                tenant_id,
+                OperationKind.MOVE,
+                request_id,
+                actor,
+                source_shard=tenant.shard,
+                target_shard=target_shard,
             )
         return await self._ensure_started(TenantWithOperation(tenant, admin_email, operation))
 
@@ -465,7 +507,14 @@ class Tenants:
         operation = result.operation
         if operation.state == OperationState.PENDING:
             await self._starter.start(
-                OperationRef(operation.workflow_id, operation.kind, result.tenant.id, result.tenant.admin_user_id)
+                OperationRef(
+                    operation.workflow_id,
+                    operation.kind,
+                    result.tenant.id,
+                    result.tenant.admin_user_id,
+                    operation.source_shard,
+                    operation.target_shard,
+                )
             )
         return result
 
@@ -520,6 +569,9 @@ async def _insert_operation(
     kind: OperationKind,
     request_id: uuid.UUID | None,
     actor: str,
+    *,
+    source_shard: str = "",
+    target_shard: str = "",
 ) -> Operation:
     """A new PENDING operation. The database keeps one lifecycle operation
     open per tenant: another one open is FAILED_PRECONDITION
@@ -527,7 +579,17 @@ async def _insert_operation(
     try:
         async with session.begin_nested():
             return (
-                await session.scalars(operation_sql.insert_pending(workflow_id, tenant_id, kind, request_id, actor))
+                await session.scalars(
+                    operation_sql.insert_pending(
+                        workflow_id,
+                        tenant_id,
+                        kind,
+                        request_id,
+                        actor,
+                        source_shard=source_shard,
+                        target_shard=target_shard,
+                    )
+                )
             ).one()
     except IntegrityError as exc:
         if pg_error(exc).constraint_name != operation_sql.OPEN_LIFECYCLE_INDEX:

@@ -84,10 +84,18 @@ STALE_OPERATIONS = (
 
 
 def insert_pending(
-    workflow_id: str, tenant_id: uuid.UUID, kind: OperationKind, request_id: uuid.UUID | None, actor: str
+    workflow_id: str,
+    tenant_id: uuid.UUID,
+    kind: OperationKind,
+    request_id: uuid.UUID | None,
+    actor: str,
+    *,
+    source_shard: str = "",
+    target_shard: str = "",
 ) -> ReturningInsert[Operation]:
     """A new PENDING operation, returned; a reused request_id violates
-    uq_workflow_executions_request_id. It records the current trace id ("" when not tracing)."""
+    uq_workflow_executions_request_id. It records the current trace id ("" when not tracing)
+    and, for a MOVE, its two shards."""
     return (
         insert(Operation)
         .values(
@@ -98,6 +106,8 @@ def insert_pending(
             request_id=request_id,
             actor=actor,
             trace_id=current_trace_id(),
+            source_shard=source_shard,
+            target_shard=target_shard,
         )
         .returning(Operation)
     )
