@@ -14,8 +14,8 @@ stamp, `tenantry.migrations.for_schema`), one transaction per tenant in one
 round trip, looped with raw asyncpg over a second set of schemas built the
 same way (no tenant rows, so the rollout never sees them), on as many
 connections as the rollout's --concurrency. The rollout does more per tenant
-than that: the row lock and its checks, the schema's stamp guard, the row's
-new revision with the operation's count and the SCHEMA_MIGRATED event.
+than that: the guard (the row locked, its state, revision and the schema's
+stamp checked), the row's new revision and the SCHEMA_MIGRATED event.
 
 Then the CLI again with nothing to apply, over every live tenant (the growth
 scenario's thousands included): timed from the call to its return.
