@@ -46,6 +46,9 @@ class BenchConfig:
     fleet_concurrency: int
     # Then a rollout over this many more (the 5,000-tenant goal).
     fleet_large_tenants: int
+    # The first rollout and its floor, this many times on fresh schemas
+    # (`python -m bench --only fleet --fleet-rounds N`): the ratio is the median.
+    fleet_rounds: int
     # Bounds every wait for a workflow outcome.
     settle_timeout_seconds: float
 
@@ -81,6 +84,7 @@ FULL = BenchConfig(
     fleet_tenants=1000,
     fleet_concurrency=4,
     fleet_large_tenants=5000,
+    fleet_rounds=1,
     settle_timeout_seconds=300.0,
 )
 
@@ -109,5 +113,6 @@ SMOKE = BenchConfig(
     fleet_tenants=12,
     fleet_concurrency=4,
     fleet_large_tenants=20,
+    fleet_rounds=1,
     settle_timeout_seconds=60.0,
 )

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer
 
-from provisioner_worker.rollout import Outcome, RolloutActivities
+from provisioner_worker.rollout import Outcome, RolloutActivities, Seen
 from provisioner_worker.worker import build_worker
 from provisioner_worker.workflows import WORKFLOWS
 from tenant_api.headers import TENANT_SLUG_HEADER
@@ -299,20 +299,25 @@ async def test_canary_stop_then_failure_limit_then_resume(
         await retire_fleet(worker_engine, ids)
 
 
+@pytest.mark.parametrize("at_once", [True, False], ids=["one-round-trip", "careful"])
 async def test_two_upgrades_racing_for_a_tenant_upgrade_it_once(
-    engine: AsyncEngine, worker_engine: AsyncEngine
+    engine: AsyncEngine, worker_engine: AsyncEngine, at_once: bool
 ) -> None:
     """Two rollouts' upgrades of one tenant, both queued on its row lock
-    (held here until both wait): one upgrades, the other finds it done."""
+    (held here until both wait): one upgrades, the other finds it done. With
+    `at_once`, both were read at t0001 by their batch and send the whole
+    transaction at once: the loser's row guard sees the winner's commit, and
+    its careful retry finds the tenant at the target."""
     (tenant_id,) = await fleet_at(worker_engine, 1, "t0001")
     first, second = await _operation_row(worker_engine), await _operation_row(worker_engine)
     activities = RolloutActivities(worker_engine)
+    seen = Seen("ACTIVE", "t0001", schema_name_for(tenant_id)) if at_once else None
     try:
         async with engine.connect() as holder:
             await holder.execute(text("SELECT 1 FROM tenants WHERE id = :i FOR UPDATE"), {"i": tenant_id})
             racing = [
-                asyncio.create_task(activities._upgrade_one(tenant_id, HEAD, first, "test")),
-                asyncio.create_task(activities._upgrade_one(tenant_id, HEAD, second, "test")),
+                asyncio.create_task(activities._upgrade_one(tenant_id, HEAD, first, "test", seen)),
+                asyncio.create_task(activities._upgrade_one(tenant_id, HEAD, second, "test", seen)),
             ]
 
             async def both_waiting() -> bool:
@@ -602,14 +607,18 @@ async def test_a_busy_tenant_is_retried_later_not_failed(
         await retire_fleet(worker_engine, ids)
 
 
-async def test_a_schema_whose_stamp_disagrees_with_its_row_is_failed_not_upgraded(worker_engine: AsyncEngine) -> None:
+@pytest.mark.parametrize("at_once", [True, False], ids=["one-round-trip", "careful"])
+async def test_a_schema_whose_stamp_disagrees_with_its_row_is_failed_not_upgraded(
+    worker_engine: AsyncEngine, at_once: bool
+) -> None:
     (tenant_id,) = await fleet_at(worker_engine, 1, "t0001")
     schema = quote_schema(schema_name_for(tenant_id))
     async with worker_engine.begin() as conn:
         await conn.execute(text(f"UPDATE {schema}.alembic_version SET version_num = 't0002'"))
     workflow_id = await _operation_row(worker_engine)
+    seen = Seen("ACTIVE", "t0001", schema_name_for(tenant_id)) if at_once else None
     try:
-        assert await RolloutActivities(worker_engine)._upgrade_one(tenant_id, HEAD, workflow_id, "test") == (
+        assert await RolloutActivities(worker_engine)._upgrade_one(tenant_id, HEAD, workflow_id, "test", seen) == (
             Outcome.FAILED
         )
         async with worker_engine.connect() as conn:
@@ -627,5 +636,33 @@ async def test_a_schema_whose_stamp_disagrees_with_its_row_is_failed_not_upgrade
             )
         assert reason == "VERSION_MISMATCH: the schema's own stamp differs from the tenant's record"
         assert (recorded, columns) == ("t0001", 0)
+    finally:
+        await retire_fleet(worker_engine, [tenant_id])
+
+
+async def test_a_tenant_changed_since_its_batch_read_it_is_upgraded_as_it_is_now(worker_engine: AsyncEngine) -> None:
+    """The batch read the tenant ACTIVE; it was suspended before its upgrade:
+    the one-round-trip transaction's row guard stops it (nothing applied), and
+    the careful path upgrades it with a SUSPENDED event."""
+    (tenant_id,) = await fleet_at(worker_engine, 1, "t0001")
+    workflow_id = await _operation_row(worker_engine)
+    async with worker_engine.begin() as conn:
+        await conn.execute(text("UPDATE tenants SET state = 'SUSPENDED' WHERE id = :t"), {"t": tenant_id})
+    seen = Seen("ACTIVE", "t0001", schema_name_for(tenant_id))
+    try:
+        outcome = await RolloutActivities(worker_engine)._upgrade_one(tenant_id, HEAD, workflow_id, "test", seen)
+        assert outcome == Outcome.UPGRADED
+        async with worker_engine.connect() as conn:
+            states = (
+                await conn.execute(
+                    text(
+                        "SELECT state FROM tenant_events WHERE tenant_id = :t AND type = 'SCHEMA_MIGRATED' "
+                        "AND operation = :w"
+                    ),
+                    {"t": tenant_id, "w": workflow_id},
+                )
+            ).scalars()
+            assert list(states) == ["SUSPENDED"]
+        assert await versions(worker_engine, [tenant_id]) == {HEAD: 1}
     finally:
         await retire_fleet(worker_engine, [tenant_id])

@@ -8,7 +8,10 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tenantry.migrations import tenant_head_revision
 from tenantry.v1 import operation_pb2, operation_service_pb2, tenant_pb2, tenant_service_pb2
 from tests.stack import (
     EXTREME_POSITIONS,
@@ -159,6 +162,63 @@ async def test_list_operations_filters_by_tenant_and_state(
     assert empty == []
 
 
+async def test_list_operations_filters_by_kind(
+    stack: Stack, worker_engine: AsyncEngine, paged_tenants: list[tenant_pb2.Tenant]
+) -> None:
+    """`kind` lists fleet rollouts (MIGRATE, no tenant) apart from tenants'
+    operations, alone or with the other filters; its page token is its own."""
+    rollouts = [f"fleet-migrate-kind-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    for workflow_id in rollouts:  # one transaction each: distinct create times
+        async with worker_engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO workflow_executions (workflow_id, kind, state, actor, target_revision) "
+                    "VALUES (:w, 'MIGRATE', 'SUCCEEDED', 'test', :t)"
+                ),
+                {"w": workflow_id, "t": tenant_head_revision()},
+            )
+    names = {f"operations/{workflow_id}" for workflow_id in rollouts}
+    migrate = operation_pb2.OPERATION_KIND_MIGRATE
+
+    listed, tokens = await _all_operation_pages(stack, page_size=1, kind=migrate)
+    assert names <= {op.name for op in listed}
+    assert all(op.kind == migrate and not op.tenant_id for op in listed)
+    assert tokens
+    # Newest first, like every listing.
+    assert [op.name for op in listed if op.name in names] == [f"operations/{w}" for w in reversed(rollouts)]
+
+    succeeded, _ = await _all_operation_pages(
+        stack, page_size=50, kind=migrate, state=operation_pb2.OPERATION_STATE_SUCCEEDED
+    )
+    assert names <= {op.name for op in succeeded}
+    running, _ = await _all_operation_pages(
+        stack, page_size=50, kind=migrate, state=operation_pb2.OPERATION_STATE_RUNNING
+    )
+    assert not names & {op.name for op in running}
+
+    tenant = paged_tenants[0]
+    provisions, _ = await _all_operation_pages(
+        stack, page_size=10, kind=operation_pb2.OPERATION_KIND_PROVISION, tenant_id=tenant.id
+    )
+    assert [op.name for op in provisions] == [f"operations/tenant-provision-{tenant.id}"]
+    deletions, _ = await _all_operation_pages(
+        stack, page_size=10, kind=operation_pb2.OPERATION_KIND_DELETE, tenant_id=tenant.id
+    )
+    assert deletions == []
+    # Unset (OPERATION_KIND_UNSPECIFIED) is any kind: the rollouts and the tenants' operations.
+    every, _ = await _all_operation_pages(stack, page_size=500)
+    assert names | {f"operations/tenant-provision-{t.id}" for t in paged_tenants} <= {op.name for op in every}
+
+    # A token of the kind=MIGRATE listing continues only that listing.
+    for other in (
+        operation_service_pb2.ListOperationsRequest(page_size=1, page_token=tokens[0]),
+        operation_service_pb2.ListOperationsRequest(
+            page_size=1, page_token=tokens[0], kind=operation_pb2.OPERATION_KIND_PROVISION
+        ),
+    ):
+        await expect_invalid_field(stack.stubs.operations.ListOperations(other, timeout=TIMEOUT), "page_token")
+
+
 async def test_list_operations_paginates_within_a_tenant(stack: Stack) -> None:
     registered = await stack.stubs.tenants.RegisterTenant(registration(), timeout=TIMEOUT)
     await wait_done(stack.stubs, registered.operation.name)
@@ -206,6 +266,8 @@ async def test_list_operations_paginates_within_a_tenant(stack: Stack) -> None:
         ({"tenant_id": LONG}, "tenant_id"),
         ({"state": 99}, "state"),
         ({"state": -1}, "state"),
+        ({"kind": 99}, "kind"),
+        ({"kind": -1}, "kind"),
         ({"page_size": -1}, "page_size"),
         ({"page_token": "garbage"}, "page_token"),
         ({"page_token": "W1tbW1tbW1tbW1tbW1tbW1tb" * 2000}, "page_token"),

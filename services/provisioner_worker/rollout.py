@@ -11,15 +11,27 @@ Per tenant, one transaction: `lock_timeout` first (a busy tenant is reported
 BUSY and retried later, never blocking the fleet), the tenant row locked, its
 state and recorded revision checked (a schema already at the target is never
 upgraded again, whoever raced for it), the schema's own alembic stamp checked
-against the row, the DDL, the row's new revision with the operation's count,
-and the SCHEMA_MIGRATED event last.
+against the row, the DDL, the row's new revision, and the SCHEMA_MIGRATED
+event last.
+
+The usual case is one round trip per tenant: the batch reads each tenant's
+state, revision and schema, and the whole transaction is sent at once, opened
+by a guard statement (rollouts.row_guard) that locks the row and fails unless
+all of that still holds. A tenant the guard (or anything else) stops is rolled
+back and taken again on the careful path, which checks step by step and says
+why. Each of the batch's `concurrency` lanes keeps one connection for its
+tenants. The operation's succeeded count is recounted from the events while
+the batch runs and at its end, not updated by each tenant's transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -36,7 +48,7 @@ from tenantry.db.events import SYSTEM_WORKER, EventRecord, append_event
 from tenantry.db.shards import Shards
 from tenantry.migrations import for_schema, revisions_before, tenant_revisions, upgrade_steps, upgrade_tenant_schema
 from tenantry.pg_errors import UNAVAILABLE_SQLSTATE_PREFIXES, pg_error
-from tenantry.schema_names import quote_schema
+from tenantry.schema_names import is_tenant_schema_name, quote_schema, schema_name_for
 from tenantry.states import OPEN_OPERATION_STATES, OperationState, TenantEventType, TenantState
 from tenantry.workflow_contract import MigrateFleetInput
 
@@ -47,6 +59,8 @@ LOCK_NOT_AVAILABLE = "55P03"
 # it gives way and is retried later.
 TENANT_LOCK_TIMEOUT = "2s"
 _ONLINE_UPGRADE_LOCK = asyncio.Lock()
+# While a batch runs, its succeeded count is recounted this often.
+PROGRESS_REFRESH_SECONDS = 0.5
 
 
 class Outcome(StrEnum):
@@ -86,6 +100,25 @@ class FinishRolloutInput:
     error_message: str = ""
 
 
+@dataclass(frozen=True)
+class Seen:
+    """A tenant as the batch read it: what its one-round-trip upgrade expects."""
+
+    state: str
+    recorded: str
+    schema: str
+
+
+@functools.cache
+def _rendered(recorded: str, target: str) -> tuple[tuple[str, ...], ...] | None:
+    """The steps' rendered statements from `recorded` to `target`, or None if
+    one cannot be rendered."""
+    steps = [step.statements for step in upgrade_steps(recorded, target)]
+    if any(statements is None for statements in steps):
+        return None
+    return tuple(statements or () for statements in steps)
+
+
 class RolloutActivities:
     def __init__(self, engine: AsyncEngine, shards: Shards | None = None) -> None:
         self._engine = engine
@@ -112,52 +145,76 @@ class RolloutActivities:
         async with self._engine.connect() as conn:
             actor = await conn.scalar(operation_sql.actor_of(workflow_id)) or SYSTEM_WORKER
             if input.tenant_ids:
-                ids = input.tenant_ids
+                rows = await conn.execute(rollout_sql.TENANTS_BY_ID, {"ids": input.tenant_ids})
             else:
-                ids = [
-                    str(row[0])
-                    for row in await conn.execute(
-                        rollout_sql.NEXT_TENANTS,
-                        {"older": older, "after": input.after, "limit": input.limit, "workflow_id": workflow_id},
-                    )
-                ]
-        fetched = len(ids)
-        gate = asyncio.Semaphore(max(1, input.concurrency))
-        done = 0
+                rows = await conn.execute(
+                    rollout_sql.NEXT_TENANTS,
+                    {"older": older, "after": input.after, "limit": input.limit, "workflow_id": workflow_id},
+                )
+            tenants = [(str(row.id), Seen(row.state, row.schema_version, row.schema_name)) for row in rows]
+        fetched = len(tenants)
+        queue = deque(tenants)
+        outcomes: dict[str, Outcome] = {}
+        stop = False
 
-        async def one(tenant_id: str) -> Outcome:
-            nonlocal done
-            async with gate:
-                outcome = await self._upgrade_one(uuid.UUID(tenant_id), target, workflow_id, actor)
-                if outcome == Outcome.BUSY and input.busy_is_failure:
-                    await self._record_failure(
-                        workflow_id,
-                        tenant_id,
-                        f"TENANT_BUSY: its locks were held longer than {TENANT_LOCK_TIMEOUT} on every attempt",
-                    )
-                    outcome = Outcome.FAILED
-                done += 1
-                activity.heartbeat(done)
-                return outcome
+        async def lane() -> None:
+            nonlocal stop
+            while queue and not stop:
+                async with self._engine.connect() as conn:
+                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    driver = await driver_of(conn)
+                    while queue and not stop:
+                        tenant_id, seen = queue.popleft()
+                        outcome = await self._upgrade_one(
+                            uuid.UUID(tenant_id), target, workflow_id, actor, seen, driver
+                        )
+                        if outcome == Outcome.BUSY and input.busy_is_failure:
+                            await self._record_failure(
+                                workflow_id,
+                                tenant_id,
+                                f"TENANT_BUSY: its locks were held longer than {TENANT_LOCK_TIMEOUT} on every attempt",
+                            )
+                            outcome = Outcome.FAILED
+                        outcomes[tenant_id] = outcome
+                        activity.heartbeat(len(outcomes))
+                        if outcome == Outcome.FAILED and input.stop_at_first_failure:
+                            stop = True
+                        if driver.is_closed() or driver.is_in_transaction():
+                            await conn.invalidate()  # a new connection for the lane's next tenant
+                            break
 
-        if input.stop_at_first_failure:
-            outcomes: list[Outcome] = []
-            for tenant_id in ids:
-                outcomes.append(await one(tenant_id))
-                if outcomes[-1] == Outcome.FAILED:
-                    ids = ids[: len(outcomes)]
-                    break
-        else:
-            outcomes = list(await asyncio.gather(*(one(tenant_id) for tenant_id in ids)))
-        async with self._engine.connect() as conn:
-            progress = (await conn.execute(rollout_sql.PROGRESS, {"workflow_id": workflow_id})).one()
+        lanes = 1 if input.stop_at_first_failure else max(1, min(input.concurrency, len(tenants)))
+        refresher = asyncio.create_task(self._refresh_progress(workflow_id))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(lanes):
+                    group.create_task(lane())
+        finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+        async with self._engine.begin() as conn:
+            progress = (await conn.execute(rollout_sql.RECOUNT_PROGRESS, {"workflow_id": workflow_id})).one()
+        # The tenants taken, in id order (canaries stop at their first failure).
+        ids = [tenant_id for tenant_id, _ in tenants if tenant_id in outcomes]
         return BatchResult(
             last_id=ids[-1] if ids else input.after,
             exhausted=not input.tenant_ids and fetched < input.limit,
-            upgraded=sum(1 for o in outcomes if o == Outcome.UPGRADED),
-            busy=[t for t, o in zip(ids, outcomes, strict=True) if o == Outcome.BUSY],
+            upgraded=sum(1 for o in outcomes.values() if o == Outcome.UPGRADED),
+            busy=[t for t in ids if outcomes[t] == Outcome.BUSY],
             failed_total=int(progress.progress_failed),
         )
+
+    async def _refresh_progress(self, workflow_id: str) -> None:
+        """The succeeded count recounted every PROGRESS_REFRESH_SECONDS while
+        a batch runs (what the command's bar and ListOperations show)."""
+        while True:
+            await asyncio.sleep(PROGRESS_REFRESH_SECONDS)
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(rollout_sql.RECOUNT_PROGRESS, {"workflow_id": workflow_id})
+            except DBAPIError as exc:  # the batch's own statements report the database
+                log.debug("rollout %s: progress not refreshed: %s", workflow_id, exc)
 
     @activity.defn(name="finish_rollout")
     async def finish_rollout(self, input: FinishRolloutInput) -> None:
@@ -168,8 +225,37 @@ class RolloutActivities:
                 )
             )
 
-    async def _upgrade_one(self, tenant_id: uuid.UUID, target: str, workflow_id: str, actor: str) -> Outcome:
+    async def _upgrade_one(
+        self,
+        tenant_id: uuid.UUID,
+        target: str,
+        workflow_id: str,
+        actor: str,
+        seen: Seen | None = None,
+        driver: asyncpg.Connection | None = None,
+    ) -> Outcome:
+        """One tenant's upgrade: in one round trip if `seen` (how the batch
+        read it) still holds, on `driver` (left out of any transaction, or
+        closed) or a connection of its own; otherwise the careful path."""
         try:
+            if seen is not None and seen.recorded in revisions_before(target):
+                steps = _rendered(seen.recorded, target)
+                if steps is not None:
+                    if driver is None:
+                        async with self._engine.connect() as conn:
+                            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                            try:
+                                outcome = await _upgrade_at_once(
+                                    await driver_of(conn), tenant_id, seen, steps, target, workflow_id, actor
+                                )
+                            finally:
+                                own = await driver_of(conn)
+                                if own.is_closed() or own.is_in_transaction():
+                                    await conn.invalidate()
+                    else:
+                        outcome = await _upgrade_at_once(driver, tenant_id, seen, steps, target, workflow_id, actor)
+                    if outcome is not None:
+                        return outcome
             if all(step.statements is not None for step in upgrade_steps(tenant_revisions()[0], target)):
                 return await self._upgrade_fast(tenant_id, target, workflow_id, actor)
             async with self._engine.begin() as conn:
@@ -284,13 +370,71 @@ async def _upgrade_in(
         else:
             async with _ONLINE_UPGRADE_LOCK:
                 await conn.run_sync(upgrade_tenant_schema, schema, step.to_revision)
-    await conn.execute(
-        rollout_sql.STAMP_UPGRADED, {"tenant_id": tenant_id, "revision": target, "workflow_id": workflow_id}
-    )
+    await conn.execute(rollout_sql.STAMP_UPGRADED, {"tenant_id": tenant_id, "revision": target})
     await append_event(
         conn, EventRecord(tenant_id, TenantEventType.SCHEMA_MIGRATED, TenantState(state), actor, workflow_id)
     )
     return Outcome.UPGRADED
+
+
+# Stand-ins in a rendered script template, replaced per tenant: a tenant id
+# and its schema name no real tenant has (rendering and validating the script
+# once per batch kind instead of per tenant keeps the worker's CPU per tenant low).
+_TEMPLATE_TENANT = str(uuid.UUID(int=0))
+_TEMPLATE_SCHEMA = schema_name_for(uuid.UUID(int=0))
+
+
+@functools.lru_cache(maxsize=64)
+def _script_template(
+    state: str, recorded: str, target: str, workflow_id: str, actor: str, steps: tuple[tuple[str, ...], ...]
+) -> str:
+    """A tenant's whole upgrade transaction for the stand-in tenant."""
+    tenant_id = uuid.UUID(_TEMPLATE_TENANT)
+    return "\n".join(
+        [
+            f"BEGIN; SET LOCAL lock_timeout = '{TENANT_LOCK_TIMEOUT}';",
+            rollout_sql.row_guard(tenant_id, _TEMPLATE_SCHEMA, recorded, TenantState(state)) + ";",
+            *(for_schema(statements, _TEMPLATE_SCHEMA) for statements in steps),
+            rollout_sql.upgraded_statement(tenant_id, target, workflow_id, TenantState(state), actor) + ";",
+            "COMMIT",
+        ]
+    )
+
+
+async def _upgrade_at_once(
+    driver: asyncpg.Connection,
+    tenant_id: uuid.UUID,
+    seen: Seen,
+    steps: tuple[tuple[str, ...], ...],
+    target: str,
+    workflow_id: str,
+    actor: str,
+) -> Outcome | None:
+    """The tenant's whole transaction in one message, opened by its row guard:
+    UPGRADED, BUSY (a lock not granted in time), or None when anything else
+    stopped it (rolled back: the careful path takes it and tells why). Raises
+    for the database being unavailable. Leaves `driver` out of a transaction
+    unless it is broken."""
+    if not is_tenant_schema_name(seen.schema):
+        return None  # the careful path refuses it with its reason
+    template = _script_template(seen.state, seen.recorded, target, workflow_id, actor, steps)
+    script = template.replace(_TEMPLATE_SCHEMA, seen.schema).replace(_TEMPLATE_TENANT, str(tenant_id))
+    try:
+        await driver.execute(script)
+        return Outcome.UPGRADED
+    except asyncpg.PostgresError as exc:
+        sqlstate = exc.sqlstate or ""
+        if sqlstate.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
+            raise
+        if sqlstate == LOCK_NOT_AVAILABLE:
+            return Outcome.BUSY
+        if sqlstate != rollout_sql.GUARD_SQLSTATE:
+            log.info("tenant %s: one-round-trip upgrade stopped (%s), taking the careful path", tenant_id, sqlstate)
+        return None
+    finally:
+        if not driver.is_closed() and driver.is_in_transaction():
+            with contextlib.suppress(Exception):  # the lane discards a connection left in one
+                await driver.execute("ROLLBACK")
 
 
 def _workflow_id() -> str:

@@ -34,6 +34,7 @@ _OPERATION_KINDS = {
     OperationKind.MIGRATE: operation_pb2.OPERATION_KIND_MIGRATE,
     OperationKind.MOVE: operation_pb2.OPERATION_KIND_MOVE,
 }
+OPERATION_KIND_FROM_PROTO = {v: k for k, v in _OPERATION_KINDS.items()}
 
 
 def _timestamp(value: datetime | None) -> Timestamp | None:

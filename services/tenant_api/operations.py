@@ -22,7 +22,7 @@ from tenant_api import pagination
 from tenant_api.errors import FieldViolation, invalid_fields, not_found, resource_exhausted
 from tenant_api.pg_listener import PgListener
 from tenantry.db.models import Operation
-from tenantry.states import DONE_OPERATION_STATES, OperationState
+from tenantry.states import DONE_OPERATION_STATES, OperationKind, OperationState
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +129,21 @@ class Operations:
         return operation
 
     async def list(
-        self, tenant_id: uuid.UUID | None, state: OperationState | None, size: int, token: str
+        self,
+        tenant_id: uuid.UUID | None,
+        state: OperationState | None,
+        size: int,
+        token: str,
+        *,
+        kind: OperationKind | None = None,
     ) -> tuple[list[Operation], str]:
-        request = pagination.PageRequest(size, token, f"operations:{tenant_id or ''}:{state or ''}", self._page_tokens)
+        # The filters are part of the page token's scope: a token only
+        # continues the listing it came from.
+        scope = f"operations:{tenant_id or ''}:{state or ''}:{kind or ''}"
+        request = pagination.PageRequest(size, token, scope, self._page_tokens)
         query = select(Operation)
+        if kind is not None:
+            query = query.where(Operation.kind == kind)
         if tenant_id is not None:
             query = query.where(Operation.tenant_id == tenant_id)
         if state is not None:

@@ -11,6 +11,7 @@ import grpc
 from tenant_api import pagination
 from tenant_api.authentication import current_actor
 from tenant_api.convert import (
+    OPERATION_KIND_FROM_PROTO,
     OPERATION_STATE_FROM_PROTO,
     event_to_proto,
     operation_to_proto,
@@ -182,8 +183,13 @@ class OperationServicer(operation_service_pb2_grpc.OperationServiceServicer):
             state = OPERATION_STATE_FROM_PROTO.get(request.state)
             if state is None:
                 raise invalid_field("state", "is not an OperationState")
+        kind = None
+        if request.kind != operation_pb2.OPERATION_KIND_UNSPECIFIED:
+            kind = OPERATION_KIND_FROM_PROTO.get(request.kind)
+            if kind is None:
+                raise invalid_field("kind", "is not an OperationKind")
         operations, next_token = await self._operations.list(
-            tenant_id, state, pagination.page_size(request.page_size), request.page_token
+            tenant_id, state, pagination.page_size(request.page_size), request.page_token, kind=kind
         )
         return operation_service_pb2.ListOperationsResponse(
             operations=[operation_to_proto(op) for op in operations], next_page_token=next_token

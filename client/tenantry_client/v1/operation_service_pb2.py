@@ -27,7 +27,7 @@ from tenantry_client.v1 import operation_pb2 as tenantry_dot_v1_dot_operation__p
 from tenantry_client.v1 import options_pb2 as tenantry_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#tenantry/v1/operation_service.proto\x12\x0btenantry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1btenantry/v1/operation.proto\x1a\x19tenantry/v1/options.proto\"#\n\x13GetOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"A\n\x14GetOperationResponse\x12)\n\toperation\x18\x01 \x01(\x0b\x32\x16.tenantry.v1.Operation\"}\n\x15ListOperationsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.tenantry.v1.OperationState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"]\n\x16ListOperationsResponse\x12*\n\noperations\x18\x01 \x03(\x0b\x32\x16.tenantry.v1.Operation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x14WaitOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"B\n\x15WaitOperationResponse\x12)\n\toperation\x18\x01 \x01(\x0b\x32\x16.tenantry.v1.Operation2\xd6\x02\n\x10OperationService\x12g\n\x0cGetOperation\x12 .tenantry.v1.GetOperationRequest\x1a!.tenantry.v1.GetOperationResponse\"\x12\x92\xb5\x18\x0eoperations.get\x12m\n\x0eListOperations\x12\".tenantry.v1.ListOperationsRequest\x1a#.tenantry.v1.ListOperationsResponse\"\x12\x92\xb5\x18\x0eoperations.get\x12j\n\rWaitOperation\x12!.tenantry.v1.WaitOperationRequest\x1a\".tenantry.v1.WaitOperationResponse\"\x12\x92\xb5\x18\x0eoperations.getb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#tenantry/v1/operation_service.proto\x12\x0btenantry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1btenantry/v1/operation.proto\x1a\x19tenantry/v1/options.proto\"#\n\x13GetOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"A\n\x14GetOperationResponse\x12)\n\toperation\x18\x01 \x01(\x0b\x32\x16.tenantry.v1.Operation\"\xa7\x01\n\x15ListOperationsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.tenantry.v1.OperationState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12(\n\x04kind\x18\x05 \x01(\x0e\x32\x1a.tenantry.v1.OperationKind\"]\n\x16ListOperationsResponse\x12*\n\noperations\x18\x01 \x03(\x0b\x32\x16.tenantry.v1.Operation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x14WaitOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"B\n\x15WaitOperationResponse\x12)\n\toperation\x18\x01 \x01(\x0b\x32\x16.tenantry.v1.Operation2\xd6\x02\n\x10OperationService\x12g\n\x0cGetOperation\x12 .tenantry.v1.GetOperationRequest\x1a!.tenantry.v1.GetOperationResponse\"\x12\x92\xb5\x18\x0eoperations.get\x12m\n\x0eListOperations\x12\".tenantry.v1.ListOperationsRequest\x1a#.tenantry.v1.ListOperationsResponse\"\x12\x92\xb5\x18\x0eoperations.get\x12j\n\rWaitOperation\x12!.tenantry.v1.WaitOperationRequest\x1a\".tenantry.v1.WaitOperationResponse\"\x12\x92\xb5\x18\x0eoperations.getb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,14 +44,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETOPERATIONREQUEST']._serialized_end=175
   _globals['_GETOPERATIONRESPONSE']._serialized_start=177
   _globals['_GETOPERATIONRESPONSE']._serialized_end=242
-  _globals['_LISTOPERATIONSREQUEST']._serialized_start=244
-  _globals['_LISTOPERATIONSREQUEST']._serialized_end=369
-  _globals['_LISTOPERATIONSRESPONSE']._serialized_start=371
-  _globals['_LISTOPERATIONSRESPONSE']._serialized_end=464
-  _globals['_WAITOPERATIONREQUEST']._serialized_start=466
-  _globals['_WAITOPERATIONREQUEST']._serialized_end=546
-  _globals['_WAITOPERATIONRESPONSE']._serialized_start=548
-  _globals['_WAITOPERATIONRESPONSE']._serialized_end=614
-  _globals['_OPERATIONSERVICE']._serialized_start=617
-  _globals['_OPERATIONSERVICE']._serialized_end=959
+  _globals['_LISTOPERATIONSREQUEST']._serialized_start=245
+  _globals['_LISTOPERATIONSREQUEST']._serialized_end=412
+  _globals['_LISTOPERATIONSRESPONSE']._serialized_start=414
+  _globals['_LISTOPERATIONSRESPONSE']._serialized_end=507
+  _globals['_WAITOPERATIONREQUEST']._serialized_start=509
+  _globals['_WAITOPERATIONREQUEST']._serialized_end=589
+  _globals['_WAITOPERATIONRESPONSE']._serialized_start=591
+  _globals['_WAITOPERATIONRESPONSE']._serialized_end=657
+  _globals['_OPERATIONSERVICE']._serialized_start=660
+  _globals['_OPERATIONSERVICE']._serialized_end=1002
 # @@protoc_insertion_point(module_scope)

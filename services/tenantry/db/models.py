@@ -229,6 +229,12 @@ class TenantEvent(Base):
     __table_args__ = (
         CheckConstraint(_in("type", TenantEventType), name="type"),
         Index("ix_tenant_events_tenant_id_sequence", "tenant_id", "sequence"),
+        # A fleet rollout's succeeded count (tenantry.db.rollouts.RECOUNT_PROGRESS).
+        Index(
+            "ix_tenant_events_schema_migrated_operation",
+            "operation",
+            postgresql_where=text("type = 'SCHEMA_MIGRATED'"),
+        ),
     )
 
     sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)

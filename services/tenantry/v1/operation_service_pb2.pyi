@@ -24,16 +24,18 @@ class GetOperationResponse(_message.Message):
     def __init__(self, operation: _Optional[_Union[_operation_pb2.Operation, _Mapping]] = ...) -> None: ...
 
 class ListOperationsRequest(_message.Message):
-    __slots__ = ("tenant_id", "state", "page_size", "page_token")
+    __slots__ = ("tenant_id", "state", "page_size", "page_token", "kind")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     state: _operation_pb2.OperationState
     page_size: int
     page_token: str
-    def __init__(self, tenant_id: _Optional[str] = ..., state: _Optional[_Union[_operation_pb2.OperationState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    kind: _operation_pb2.OperationKind
+    def __init__(self, tenant_id: _Optional[str] = ..., state: _Optional[_Union[_operation_pb2.OperationState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., kind: _Optional[_Union[_operation_pb2.OperationKind, str]] = ...) -> None: ...
 
 class ListOperationsResponse(_message.Message):
     __slots__ = ("operations", "next_page_token")
