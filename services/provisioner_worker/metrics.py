@@ -31,11 +31,6 @@ TENANT_SCHEMAS = Gauge(
     "and orphan schemas (on the shard's database, no live tenant placed there)",
     ["condition", "shard"],
 )
-SHARD_UP = Gauge(
-    "tenantry_shard_up",
-    "1 when the last reconciliation could read the shard's database, 0 when it could not",
-    ["shard"],
-)
 MOVE_SWITCH_SECONDS = Histogram(
     "tenantry_move_switch_seconds",
     "A tenant move's TENANT_MOVING window: moving = true committed to the placement switched",

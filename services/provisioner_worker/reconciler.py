@@ -20,11 +20,12 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from provisioner_worker.metrics import RECONCILER_FINDINGS, SHARD_UP, TENANT_SCHEMAS
+from provisioner_worker.metrics import RECONCILER_FINDINGS, TENANT_SCHEMAS
 from tenantry.db import operations as operation_sql
 from tenantry.db import tenants as tenant_sql
 from tenantry.db.shards import Shards
 from tenantry.migrations import tenant_head_revision
+from tenantry.observability import SHARD_UP
 from tenantry.operation_starter import OperationRef, OperationStarter
 from tenantry.schema_names import is_tenant_schema_name
 from tenantry.states import OperationKind, OperationState, TenantState

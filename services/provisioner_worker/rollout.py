@@ -36,19 +36,22 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import asyncpg
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
 
 from tenantry.db import operations as operation_sql
 from tenantry.db import rollouts as rollout_sql
+from tenantry.db import tenants as tenant_sql
 from tenantry.db.engine import driver_of
 from tenantry.db.events import SYSTEM_WORKER, EventRecord, append_event
-from tenantry.db.shards import Shards
+from tenantry.db.models import Tenant
+from tenantry.db.shards import Shards, UnknownShardError, shard_transaction
 from tenantry.migrations import for_schema, revisions_before, tenant_revisions, upgrade_steps, upgrade_tenant_schema
 from tenantry.pg_errors import UNAVAILABLE_SQLSTATE_PREFIXES, pg_error
 from tenantry.schema_names import is_tenant_schema_name, quote_schema, schema_name_for
+from tenantry.settings import DEFAULT_SHARD
 from tenantry.states import OPEN_OPERATION_STATES, OperationState, TenantEventType, TenantState
 from tenantry.workflow_contract import MigrateFleetInput
 
@@ -107,6 +110,7 @@ class Seen:
     state: str
     recorded: str
     schema: str
+    shard: str = DEFAULT_SHARD
 
 
 @functools.cache
@@ -151,7 +155,7 @@ class RolloutActivities:
                     rollout_sql.NEXT_TENANTS,
                     {"older": older, "after": input.after, "limit": input.limit, "workflow_id": workflow_id},
                 )
-            tenants = [(str(row.id), Seen(row.state, row.schema_version, row.schema_name)) for row in rows]
+            tenants = [(str(row.id), Seen(row.state, row.schema_version, row.schema_name, row.shard)) for row in rows]
         fetched = len(tenants)
         queue = deque(tenants)
         outcomes: dict[str, Outcome] = {}
@@ -236,8 +240,12 @@ class RolloutActivities:
     ) -> Outcome:
         """One tenant's upgrade: in one round trip if `seen` (how the batch
         read it) still holds, on `driver` (left out of any transaction, or
-        closed) or a connection of its own; otherwise the careful path."""
+        closed) or a connection of its own; otherwise the careful path.
+        A tenant on another database than the control plane's takes the
+        two-database path (_upgrade_remote)."""
         try:
+            if seen is not None and seen.shard in self._shards and not self._shards[seen.shard].local:
+                return await self._upgrade_remote(tenant_id, target, workflow_id, actor)
             if seen is not None and seen.recorded in revisions_before(target):
                 steps = _rendered(seen.recorded, target)
                 if steps is not None:
@@ -256,6 +264,9 @@ class RolloutActivities:
                         outcome = await _upgrade_at_once(driver, tenant_id, seen, steps, target, workflow_id, actor)
                     if outcome is not None:
                         return outcome
+            # The careful paths: the tenant may have moved since the batch read it.
+            if await self._is_remote(tenant_id):
+                return await self._upgrade_remote(tenant_id, target, workflow_id, actor)
             if all(step.statements is not None for step in upgrade_steps(tenant_revisions()[0], target)):
                 return await self._upgrade_fast(tenant_id, target, workflow_id, actor)
             async with self._engine.begin() as conn:
@@ -286,6 +297,60 @@ class RolloutActivities:
         except _TenantRefused as refused:
             await self._record_failure(workflow_id, str(tenant_id), str(refused))
             return Outcome.FAILED
+
+    async def _is_remote(self, tenant_id: uuid.UUID) -> bool:
+        """The tenant's schema is on a shard that is not the control plane's database."""
+        async with self._engine.connect() as conn:
+            shard = await conn.scalar(select(Tenant.shard).where(Tenant.id == tenant_id))
+        return shard is not None and (shard not in self._shards or not self._shards[shard].local)
+
+    async def _upgrade_remote(self, tenant_id: uuid.UUID, target: str, workflow_id: str, actor: str) -> Outcome:
+        """A tenant whose schema is on another database, by the two-database
+        protocol (tenantry.db.shards): its row locked in the control plane;
+        on its shard, in one transaction, the schema's own stamp checked and
+        the DDL (which moves the stamp); that commits; then the row's revision
+        and the SCHEMA_MIGRATED event commit in the control plane. A crash
+        between the two commits leaves the schema stamped at the target and
+        the row behind: the next attempt finds the stamp already at the target
+        and only finishes the control-plane part (never a second upgrade)."""
+        async with self._engine.begin() as conn:
+            await conn.execute(text(f"SET LOCAL lock_timeout = '{TENANT_LOCK_TIMEOUT}'"))
+            row = (await conn.execute(rollout_sql.LOCK_REMOTE_FOR_UPGRADE, {"tenant_id": tenant_id})).one_or_none()
+            if row is None:
+                return Outcome.SKIPPED
+            state, recorded, schema, shard_name, moving = row
+            if state not in rollout_sql.ROLLOUT_TENANT_STATES or recorded not in revisions_before(target):
+                return Outcome.SKIPPED  # purged, or at the target already
+            if moving:
+                return Outcome.BUSY  # its move is switching shards: later, on the shard it ends on
+            try:
+                shard = self._shards[shard_name]
+            except UnknownShardError:
+                raise _TenantRefused(
+                    f"SHARD_NOT_CONFIGURED: the tenant is on shard {shard_name}, which this worker's "
+                    "TENANTRY_SHARDS does not list"
+                ) from None
+            async with shard_transaction(conn, shard) as shard_conn:
+                await shard_conn.execute(text(f"SET LOCAL lock_timeout = '{TENANT_LOCK_TIMEOUT}'"))
+                if not await shard_conn.scalar(tenant_sql.schema_exists(schema)):
+                    raise _TenantRefused(
+                        f"SCHEMA_MISSING: the tenant is {state} but its schema {schema} does not exist "
+                        f"on shard {shard_name}"
+                    )
+                stamped = await shard_conn.scalar(
+                    text(f"SELECT version_num FROM {quote_schema(schema)}.alembic_version FOR UPDATE")
+                )
+                if stamped != target:
+                    if stamped != recorded:
+                        raise _TenantRefused(
+                            f"VERSION_MISMATCH: the schema is stamped {stamped}, the tenant records {recorded}"
+                        )
+                    await _run_steps(shard_conn, schema, recorded, target)
+            await conn.execute(rollout_sql.STAMP_UPGRADED, {"tenant_id": tenant_id, "revision": target})
+            await append_event(
+                conn, EventRecord(tenant_id, TenantEventType.SCHEMA_MIGRATED, TenantState(state), actor, workflow_id)
+            )
+            return Outcome.UPGRADED
 
     async def _upgrade_fast(self, tenant_id: uuid.UUID, target: str, workflow_id: str, actor: str) -> Outcome:
         """The same transaction as _upgrade_in in three round trips on the
@@ -363,6 +428,17 @@ async def _upgrade_in(
     stamped = await conn.scalar(text(f"SELECT version_num FROM {quote_schema(schema)}.alembic_version"))
     if stamped != recorded:
         raise _TenantRefused(f"VERSION_MISMATCH: the schema is stamped {stamped}, the tenant records {recorded}")
+    await _run_steps(conn, schema, recorded, target)
+    await conn.execute(rollout_sql.STAMP_UPGRADED, {"tenant_id": tenant_id, "revision": target})
+    await append_event(
+        conn, EventRecord(tenant_id, TenantEventType.SCHEMA_MIGRATED, TenantState(state), actor, workflow_id)
+    )
+    return Outcome.UPGRADED
+
+
+async def _run_steps(conn: AsyncConnection, schema: str, recorded: str, target: str) -> None:
+    """The lineage's steps from `recorded` to `target` on `schema`, in the
+    transaction open on `conn`: rendered ones on the driver, any other online."""
     driver = await driver_of(conn)
     for step in upgrade_steps(recorded, target):
         if step.statements is not None:
@@ -370,11 +446,6 @@ async def _upgrade_in(
         else:
             async with _ONLINE_UPGRADE_LOCK:
                 await conn.run_sync(upgrade_tenant_schema, schema, step.to_revision)
-    await conn.execute(rollout_sql.STAMP_UPGRADED, {"tenant_id": tenant_id, "revision": target})
-    await append_event(
-        conn, EventRecord(tenant_id, TenantEventType.SCHEMA_MIGRATED, TenantState(state), actor, workflow_id)
-    )
-    return Outcome.UPGRADED
 
 
 # Stand-ins in a rendered script template, replaced per tenant: a tenant id

@@ -14,7 +14,6 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import Gauge
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
@@ -36,6 +35,7 @@ from tenant_api.tenants import Tenants
 from tenantry import tracing
 from tenantry.db.engine import create_session_factory
 from tenantry.db.shards import Shards
+from tenantry.observability import SHARD_UP
 from tenantry.operation_starter import OperationStarter
 from tenantry.settings import DEFAULT_DELETION_RETENTION_SECONDS
 from tenantry.v1 import (
@@ -158,11 +158,6 @@ DATABASE_PROBE_INTERVAL_SECONDS = 2.0
 DATABASE_PROBE_TIMEOUT_SECONDS = 2.0
 # Each shard's own health service name: `tenantry.shard.<name>` (a TENANTRY_SHARDS name).
 SHARD_HEALTH_PREFIX = "tenantry.shard."
-SHARD_UP = Gauge(
-    "tenantry_shard_up",
-    "1 while this API reaches the shard's database (probed every 2 s), 0 while it cannot",
-    ["shard"],
-)
 
 
 def shard_health_name(shard: str) -> str:

@@ -9,10 +9,18 @@ import time
 from contextvars import ContextVar
 from typing import Any
 
-from prometheus_client import start_http_server
+from prometheus_client import Gauge, start_http_server
 from temporalio import activity
 
 from tenantry.tracing import current_log_fields
+
+# Both services report it (a test process imports both: one definition).
+SHARD_UP = Gauge(
+    "tenantry_shard_up",
+    "1 while this process last reached the shard's database (the API probes every 2 s, the worker at each "
+    "reconciliation), 0 while it could not",
+    ["shard"],
+)
 
 # Fields every log line of the current request (or workflow step) carries.
 log_context: ContextVar[dict[str, str]] = ContextVar("log_context", default={})  # noqa: B039 - never mutated

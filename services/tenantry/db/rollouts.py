@@ -38,7 +38,7 @@ _FAILURES = RolloutFailure.__tablename__
 # text or ''), `limit`, `workflow_id`.
 NEXT_TENANTS = text(
     f"""
-    SELECT t.id, t.state, t.schema_version, t.schema_name FROM {Tenant.__tablename__} t
+    SELECT t.id, t.state, t.schema_version, t.schema_name, t.shard FROM {Tenant.__tablename__} t
     WHERE t.state = ANY(CAST(:live AS varchar[])) AND t.schema_version = ANY(CAST(:older AS varchar[]))
       AND (CAST(:after AS text) = '' OR t.id > CAST(NULLIF(CAST(:after AS text), '') AS uuid))
       AND NOT EXISTS (SELECT 1 FROM {_FAILURES} f WHERE f.workflow_id = :workflow_id AND f.tenant_id = t.id)
@@ -49,7 +49,7 @@ NEXT_TENANTS = text(
 
 # The same for given tenants (a retry of busy ones). Parameter `ids` (uuid list).
 TENANTS_BY_ID = text(
-    f"SELECT id, state, schema_version, schema_name FROM {Tenant.__tablename__} "
+    f"SELECT id, state, schema_version, schema_name, shard FROM {Tenant.__tablename__} "
     "WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id"
 )
 
@@ -68,6 +68,15 @@ LOCK_FOR_UPGRADE = (
         Tenant.schema_name,
         exists().where(PG_NAMESPACE.c.nspname == Tenant.schema_name),
     )
+    .where(Tenant.id == bindparam("tenant_id"))
+    .with_for_update(of=Tenant)
+)
+
+# A tenant on another database: its state, recorded revision, schema, shard
+# and whether it is moving, its row locked (parameter `tenant_id`). Whether
+# the schema exists is asked on its shard.
+LOCK_REMOTE_FOR_UPGRADE = (
+    select(Tenant.state, Tenant.schema_version, Tenant.schema_name, Tenant.shard, Tenant.moving)
     .where(Tenant.id == bindparam("tenant_id"))
     .with_for_update(of=Tenant)
 )
