@@ -32,6 +32,7 @@ from temporalio.testing import ActivityEnvironment
 
 from provisioner_worker.activities import TENANT_NOT_PROVISIONABLE, TenantActivities, TenantActivityInput
 from provisioner_worker.reconciler import ReconcilerActivities, ReconcileReport
+from provisioner_worker.rollout import Outcome, RolloutActivities
 from tenantry.db.connection_budget import read_budget
 from tenantry.db.engine import asyncpg_dsn, create_engine, driver_of
 from tenantry.db.shards import Shards
@@ -46,7 +47,9 @@ from tests.stack import (
     Stack,
     by_id,
     delete_and_purge,
+    fleet_at,
     registration,
+    retire_fleet,
     running_stack,
     schema_exists,
     service_env,
@@ -54,6 +57,7 @@ from tests.stack import (
     stopping,
     wait_done,
 )
+from tests.test_fleet_migrations import migrate_tenants, migrated_events, settings_for
 
 # Leaves other tests' PENDING operations alone.
 _NO_PENDING = ReconcileInput(pending_threshold_seconds=6 * 3600)
@@ -657,3 +661,68 @@ async def test_a_worker_whose_pool_cannot_fit_on_a_shard_refuses_to_start(
     finally:
         for connection in others:
             await connection.close()
+
+
+# --- fleet rollouts over both shards ------------------------------------------------------------
+
+
+async def test_a_fleet_rollout_upgrades_the_tenants_of_both_shards_each_on_its_own_database(
+    two_shards: TwoShards, database_urls: DatabaseUrls, worker_engine: AsyncEngine, temporal_client: Client
+) -> None:
+    b_worker = two_shards.worker["b"].engine
+    on_default = await fleet_at(worker_engine, 12, "t0001")
+    on_b = await fleet_at(worker_engine, 12, "t0001", shard="b", shard_engine=b_worker)
+    try:
+        settings = settings_for(database_urls, temporal_client, two_shards.stack.task_queue)
+        code, out, err = await migrate_tenants(settings, "--canary", "2", "--concurrency", "3")
+        assert code == 0, (out, err)
+        assert "SUCCEEDED: 24 tenants upgraded" in out
+        head = tenant_head_revision()
+        # Each schema upgraded where it lives (b's on b: none of them exists on
+        # the control plane's server), its row and its event in the control plane.
+        assert [await stamp_on(two_shards.b_admin, schema_name_for(t)) for t in on_b] == [head] * 12
+        assert not any([await schema_exists(worker_engine, schema_name_for(t)) for t in on_b])
+        assert [await stamp_on(worker_engine, schema_name_for(t)) for t in on_default] == [head] * 12
+        async with worker_engine.connect() as conn:
+            recorded = (
+                await conn.execute(
+                    text("SELECT schema_version, count(*) FROM tenants WHERE id = ANY(:ids) GROUP BY 1"),
+                    {"ids": on_default + on_b},
+                )
+            ).all()
+        assert [tuple(row) for row in recorded] == [(head, 24)]
+        assert await migrated_events(worker_engine, on_default + on_b) == dict.fromkeys(on_default + on_b, 1)
+    finally:
+        await retire_fleet(worker_engine, on_default)
+        await retire_fleet(worker_engine, on_b, shard_engine=b_worker)
+
+
+async def test_a_rollout_whose_control_plane_commit_was_lost_finishes_without_a_second_upgrade(
+    two_shards: TwoShards, engine: AsyncEngine, worker_engine: AsyncEngine
+) -> None:
+    b_worker = two_shards.worker["b"].engine
+    [tenant_id] = await fleet_at(worker_engine, 1, "t0001", shard="b", shard_engine=b_worker)
+    schema, head = schema_name_for(tenant_id), tenant_head_revision()
+    rollout = RolloutActivities(worker_engine, two_shards.worker)
+    workflow_id = f"fleet-migrate-test-{uuid.uuid4().hex[:12]}"
+    try:
+        async with control_plane_commit_fails_once(engine, str(tenant_id)):
+            with pytest.raises(DBAPIError) as lost:
+                await rollout._upgrade_remote(tenant_id, head, workflow_id, "test")
+        assert is_injected(lost.value)
+        # The shard committed its DDL and stamp; the control plane still says t0001.
+        assert await stamp_on(two_shards.b_admin, schema) == head
+        async with worker_engine.connect() as conn:
+            assert await conn.scalar(text("SELECT schema_version FROM tenants WHERE id = :i"), {"i": tenant_id}) == (
+                "t0001"
+            )
+        # The retry finds the stamp at the target: it only records it (the
+        # ADD COLUMN run twice would fail with DuplicateColumn).
+        assert await rollout._upgrade_one(tenant_id, head, workflow_id, "test") == Outcome.UPGRADED
+        async with worker_engine.connect() as conn:
+            assert await conn.scalar(text("SELECT schema_version FROM tenants WHERE id = :i"), {"i": tenant_id}) == head
+        assert await migrated_events(worker_engine, [tenant_id]) == {tenant_id: 1}
+        # And a third run changes nothing: it is at the target.
+        assert await rollout._upgrade_one(tenant_id, head, workflow_id, "test") == Outcome.SKIPPED
+    finally:
+        await retire_fleet(worker_engine, [tenant_id], shard_engine=b_worker)
