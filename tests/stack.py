@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import importlib
+import io
 import json
 import os
 import pkgutil
@@ -43,11 +44,12 @@ from tenant_api.headers import TENANT_ID_HEADER
 from tenant_api.operations import MAX_WAITS
 from tenant_api.pagination import PageTokens
 from tenant_api.server import MAX_CONCURRENT_RPCS, RunningApi, start_api
+from tenantry import fleet_rollout
 from tenantry.db.engine import driver_of
 from tenantry.db.shards import Shards
-from tenantry.migrations import tenant_schema_script_at
+from tenantry.migrations import migrations_dir, tenant_schema_script_at
 from tenantry.schema_names import schema_name_for
-from tenantry.settings import DEFAULT_SHARD, AuthSettings
+from tenantry.settings import DEFAULT_SHARD, AuthSettings, MigrateTenantsSettings, TemporalTlsSettings
 from tenantry.v1 import (
     operation_pb2,
     operation_service_pb2,
@@ -58,7 +60,7 @@ from tenantry.v1 import (
     tenant_service_pb2_grpc,
 )
 from tenantry.workflow_contract import ProvisionTenantInput
-from tenantry_dev.embedded import BIN_DIR, ChildProcess, free_port, spawn_child, wait_grpc_serving
+from tenantry_dev.embedded import BIN_DIR, ChildProcess, DatabaseUrls, free_port, spawn_child, wait_grpc_serving
 from tenantry_dev.tokens import (
     ADMIN_SCOPE,
     DEV_AUDIENCE,
@@ -614,3 +616,36 @@ async def retire_fleet(
                 await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema_name_for(tenant_id)}" CASCADE'))
         async with worker_engine.begin() as conn:
             await conn.execute(text("UPDATE tenants SET state = 'DELETED' WHERE id = ANY(:ids)"), {"ids": part})
+
+
+# --- fleet rollouts ----------------------------------------------------------------------
+
+
+def settings_for(database_urls: DatabaseUrls, client: Client, task_queue: str) -> MigrateTenantsSettings:
+    return MigrateTenantsSettings(
+        database_url=database_urls.migrator,
+        migrations_dir=migrations_dir(),
+        temporal_address=client.service_client.config.target_host,
+        temporal_namespace=client.namespace,
+        task_queue=task_queue,
+        temporal_tls=TemporalTlsSettings(),
+    )
+
+
+async def migrate_tenants(settings: MigrateTenantsSettings, *argv: str) -> tuple[int, str, str]:
+    """`tenantry-migrate tenants ARGV` as its main runs it, output not a TTY."""
+    out, err = io.StringIO(), io.StringIO()
+    code = await fleet_rollout.run(fleet_rollout.parser().parse_args(list(argv)), settings, out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+async def migrated_events(engine: AsyncEngine, ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT tenant_id, count(*) FROM tenant_events WHERE type = 'SCHEMA_MIGRATED' "
+                "AND tenant_id = ANY(:ids) GROUP BY tenant_id"
+            ),
+            {"ids": ids},
+        )
+        return {tenant_id: count for tenant_id, count in rows}

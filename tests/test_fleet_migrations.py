@@ -30,14 +30,12 @@ from tenantry import fleet_rollout
 from tenantry.db.engine import driver_of
 from tenantry.db.tenants import TENANT_REVISION_PATTERN
 from tenantry.migrations import (
-    migrations_dir,
     render_tenant_step,
     tenant_head_revision,
     tenant_revisions,
     tenant_schema_script,
 )
 from tenantry.schema_names import quote_schema, schema_name_for
-from tenantry.settings import MigrateTenantsSettings, TemporalTlsSettings
 from tenantry.v1 import operation_pb2, operation_service_pb2, project_service_pb2
 from tenantry_dev.embedded import BIN_DIR, DatabaseUrls
 from tests.stack import (
@@ -46,33 +44,18 @@ from tests.stack import (
     eventually,
     expect_error,
     fleet_at,
+    migrate_tenants,
+    migrated_events,
     register_active,
     retire_fleet,
     service_env,
+    settings_for,
     spawn,
     spawn_command,
 )
 
 HEAD = tenant_head_revision()
 HISTORIES_DIR = Path(__file__).resolve().parent / "histories"
-
-
-def settings_for(database_urls: DatabaseUrls, client: Client, task_queue: str) -> MigrateTenantsSettings:
-    return MigrateTenantsSettings(
-        database_url=database_urls.migrator,
-        migrations_dir=migrations_dir(),
-        temporal_address=client.service_client.config.target_host,
-        temporal_namespace=client.namespace,
-        task_queue=task_queue,
-        temporal_tls=TemporalTlsSettings(),
-    )
-
-
-async def migrate_tenants(settings: MigrateTenantsSettings, *argv: str) -> tuple[int, str, str]:
-    """`tenantry-migrate tenants ARGV` as its main runs it, output not a TTY."""
-    out, err = io.StringIO(), io.StringIO()
-    code = await fleet_rollout.run(fleet_rollout.parser().parse_args(list(argv)), settings, out, err)
-    return code, out.getvalue(), err.getvalue()
 
 
 async def versions(engine: AsyncEngine, ids: list[uuid.UUID]) -> dict[str, int]:
@@ -87,18 +70,6 @@ async def versions(engine: AsyncEngine, ids: list[uuid.UUID]) -> dict[str, int]:
             assert recorded == stamped, tenant_id
             counts[recorded] = counts.get(recorded, 0) + 1
     return counts
-
-
-async def migrated_events(engine: AsyncEngine, ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
-    async with engine.connect() as conn:
-        rows = await conn.execute(
-            text(
-                "SELECT tenant_id, count(*) FROM tenant_events WHERE type = 'SCHEMA_MIGRATED' "
-                "AND tenant_id = ANY(:ids) GROUP BY tenant_id"
-            ),
-            {"ids": ids},
-        )
-        return {tenant_id: count for tenant_id, count in rows}
 
 
 async def operation_name(out: str) -> str:

@@ -48,16 +48,18 @@ from tests.stack import (
     by_id,
     delete_and_purge,
     fleet_at,
+    migrate_tenants,
+    migrated_events,
     registration,
     retire_fleet,
     running_stack,
     schema_exists,
     service_env,
+    settings_for,
     spawn,
     stopping,
     wait_done,
 )
-from tests.test_fleet_migrations import migrate_tenants, migrated_events, settings_for
 
 # Leaves other tests' PENDING operations alone.
 _NO_PENDING = ReconcileInput(pending_threshold_seconds=6 * 3600)
@@ -656,7 +658,7 @@ async def test_a_worker_whose_pool_cannot_fit_on_a_shard_refuses_to_start(
         plain = [line for line in log.splitlines() if not line.startswith("{")]
         assert len(plain) == 1, log
         assert plain[0].startswith(
-            f"provisioner-worker (shard b): its database pool cannot fit: it may open {pool} connections "
+            f"provisioner-worker: its database pool for shard b cannot fit: it may open {pool} connections "
         ), plain
     finally:
         for connection in others:
