@@ -231,15 +231,3 @@ def failures_of(workflow_id: str) -> Select[uuid.UUID, str]:
         .where(RolloutFailure.workflow_id == workflow_id)
         .order_by(RolloutFailure.create_time, RolloutFailure.tenant_id)
     )
-
-
-# For the reconciler: live tenants (ACTIVE, SUSPENDED) whose recorded revision
-# is not `head`, and those whose schema does not exist; a few ids of each.
-SCHEMAS_BEHIND = text(
-    f"SELECT id FROM {Tenant.__tablename__} WHERE state IN ('ACTIVE', 'SUSPENDED') "
-    "AND schema_version <> CAST(:head AS varchar) ORDER BY id"
-)
-LIVE_WITHOUT_SCHEMA = text(
-    f"SELECT t.id FROM {Tenant.__tablename__} t WHERE t.state IN ('ACTIVE', 'SUSPENDED') "
-    "AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspname = t.schema_name) ORDER BY t.id"
-)
