@@ -157,11 +157,10 @@ class RolloutActivities:
                 )
             tenants = [(str(row.id), Seen(row.state, row.schema_version, row.schema_name, row.shard)) for row in rows]
         fetched = len(tenants)
-        queue = deque(tenants)
         outcomes: dict[str, Outcome] = {}
         stop = False
 
-        async def lane() -> None:
+        async def lane(queue: deque[tuple[str, Seen]]) -> None:
             nonlocal stop
             while queue and not stop:
                 async with self._engine.connect() as conn:
@@ -187,12 +186,23 @@ class RolloutActivities:
                             await conn.invalidate()  # a new connection for the lane's next tenant
                             break
 
-        lanes = 1 if input.stop_at_first_failure else max(1, min(input.concurrency, len(tenants)))
+        if input.stop_at_first_failure:
+            # Canaries: one at a time, whatever their shards.
+            lanes = {"": (deque(tenants), 1)}
+        else:
+            # Each database (the control plane's, which its local shards share,
+            # or another shard's) gets `concurrency` lanes of its own, and the
+            # databases are rolled out in parallel.
+            by_database: dict[str, deque[tuple[str, Seen]]] = {}
+            for tenant in tenants:
+                by_database.setdefault(self._database_of(tenant[1].shard), deque()).append(tenant)
+            lanes = {name: (queue, max(1, min(input.concurrency, len(queue)))) for name, queue in by_database.items()}
         refresher = asyncio.create_task(self._refresh_progress(workflow_id))
         try:
             async with asyncio.TaskGroup() as group:
-                for _ in range(lanes):
-                    group.create_task(lane())
+                for queue, count in lanes.values():
+                    for _ in range(count):
+                        group.create_task(lane(queue))
         finally:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -297,6 +307,11 @@ class RolloutActivities:
         except _TenantRefused as refused:
             await self._record_failure(workflow_id, str(tenant_id), str(refused))
             return Outcome.FAILED
+
+    def _database_of(self, shard: str) -> str:
+        """Which database a shard's tenants are upgraded on: "" for the
+        control plane's (its local shards share it), else the shard's name."""
+        return "" if shard in self._shards and self._shards[shard].local else shard
 
     async def _is_remote(self, tenant_id: uuid.UUID) -> bool:
         """The tenant's schema is on a shard that is not the control plane's database."""

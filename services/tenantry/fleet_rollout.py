@@ -46,7 +46,9 @@ def parser() -> argparse.ArgumentParser:
     )
     parse.add_argument("--to", default="head", help="target tenant revision (default: head)")
     parse.add_argument("--canary", type=int, default=1, help="tenants upgraded first, one at a time (default 1)")
-    parse.add_argument("--concurrency", type=int, default=4, help="tenants upgraded at once, 1-16 (default 4)")
+    parse.add_argument(
+        "--concurrency", type=int, default=4, help="tenants upgraded at once per database (shard), 1-16 (default 4)"
+    )
     parse.add_argument(
         "--max-failures", type=int, default=0, help="failed tenants tolerated before the rollout stops (default 0)"
     )
