@@ -19,7 +19,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -42,12 +44,16 @@ from provisioner_worker.move import (
     AbortMoveInput,
     MoveActivities,
     MoveOutcome,
+    _checksums,
+    _pin_text_output,
+    _table_shapes,
     checkpoint_name,
     tombstone_name,
 )
 from provisioner_worker.workflows import WORKFLOWS
-from tenantry.db.engine import create_engine
+from tenantry.db.engine import create_engine, driver_of
 from tenantry.db.shards import Shards
+from tenantry.migrations import tenant_schema_script
 from tenantry.schema_names import schema_name_for
 from tenantry.v1 import (
     operation_pb2,
@@ -714,3 +720,49 @@ async def test_straggling_attempts_of_a_finished_move_touch_nothing(
     assert await _rows(b_admin, schema) == live
     assert await _placement(engine, tenant.id) == ("b", False)
     assert await _moved_events(engine, tenant.id) == 1
+
+
+async def test_the_switch_checksum_ignores_physical_order_and_sees_one_changed_value(
+    engine: AsyncEngine, b_admin: AsyncEngine
+) -> None:
+    """The same rows written in opposite orders on the two servers give the
+    same count and digest (the checksum orders by primary key, the servers'
+    text output pinned alike); one changed value, or one row fewer, does not."""
+    schema = schema_name_for(uuid.uuid4())
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [(uuid.uuid4(), f"p-{n}", "d" * (n % 7), n % 3 == 0, at, at + timedelta(seconds=n)) for n in range(300)]
+
+    async def digests(target: AsyncEngine) -> dict[str, tuple[int, bytes]]:
+        async with target.connect() as conn:
+            driver = await driver_of(conn)
+            async with driver.transaction(readonly=True):
+                await _pin_text_output(driver)
+                return await _checksums(driver, schema, await _table_shapes(driver, schema))
+
+    async def write(target: AsyncEngine, ordered: list[tuple[Any, ...]]) -> None:
+        async with target.begin() as conn:
+            driver = await driver_of(conn)
+            await driver.execute(tenant_schema_script(schema))
+            await driver.copy_records_to_table(
+                "projects",
+                schema_name=schema,
+                records=ordered,
+                columns=["id", "name", "description", "archived", "create_time", "update_time"],
+            )
+
+    try:
+        await write(engine, rows)
+        await write(b_admin, rows[::-1])
+        on_default, on_b = await digests(engine), await digests(b_admin)
+        assert on_default == on_b and on_default["projects"][0] == 300
+        async with b_admin.begin() as conn:
+            await conn.execute(text(f"UPDATE \"{schema}\".projects SET description = 'x' WHERE name = 'p-150'"))
+        changed = await digests(b_admin)
+        assert changed["projects"][0] == 300 and changed["projects"][1] != on_default["projects"][1]
+        async with b_admin.begin() as conn:
+            await conn.execute(text(f"DELETE FROM \"{schema}\".projects WHERE name = 'p-150'"))
+        assert (await digests(b_admin))["projects"][0] == 299
+    finally:
+        for target in (engine, b_admin):
+            async with target.begin() as conn:
+                await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))

@@ -10,15 +10,16 @@ back, never leaves two live copies, never loses or duplicates a committed row):
    partial target from an earlier attempt is dropped first: the target never
    serves before the switch, so that is always safe.
 2. `bulk_copy`: every tenant table streamed source -> target with COPY
-   (binary; the source's COPY TO feeds a bounded queue the target's COPY FROM
-   reads: no temporary files), one target transaction per table. The tenant
+   (binary, in primary key order; the source's COPY TO feeds a bounded queue
+   the target's COPY FROM reads: no temporary files), one target transaction
+   per table. The tenant
    serves normally meanwhile.
 3. `switch`, the short window: `moving = true` committed on the control plane
    (new calls: UNAVAILABLE TENANT_MOVING); on the source, every tenant table
    LOCKed IN EXCLUSIVE MODE (in-flight writers finish, new writes wait, reads
    go on), bounded by SWITCH_LOCK_TIMEOUT_MS; per table row count + checksum
-   of the source, compared with the target's (taken just before the window:
-   only the move writes there); in a table that differs (writes made during
+   of the source and of the target, taken concurrently (only the move writes
+   to the target); in a table that differs (writes made during
    the bulk copy) the rows that differ by primary key and row hash are copied
    again (a table other tenant tables reference: all of it, with them), then
    verified by checksum; the target commits; the source
@@ -34,10 +35,11 @@ back, never leaves two live copies, never loses or duplicates a committed row):
 the tenant serving from the source as before); after it, it finishes the
 switch instead (the target was verified before the rename committed).
 
-Checksum: per table, `sha256` over the concatenation (ordered by primary
-key) of each row's `sha256(ROW(columns)::text)`, with the session's text
-output settings pinned (UTC, ISO dates, full float digits, hex bytea) on both
-sides. Equal counts and digests mean equal rows up to a SHA-256 collision.
+Checksum: per table, the row count and SHA-256 over the table's COPY text
+output ordered by primary key (text columns of the key in "C" order), with
+the session's text output settings pinned (UTC, ISO dates, full float digits,
+hex bytea) on both sides. Equal counts and digests mean equal rows up to a
+SHA-256 collision.
 
 Guards against attempts Temporal gave up on that still run: every step
 re-checks the operation is open and the placement under the tenant's row
@@ -56,6 +58,7 @@ pauses the move exactly there.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -127,6 +130,10 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _table(schema: str, shape: _TableShape) -> str:
+    return f"{quote_schema(schema)}.{_quote_ident(shape.name)}"
+
+
 @dataclass(frozen=True)
 class PrepareResult:
     # The tenant is on the target already: an earlier run switched it.
@@ -190,6 +197,14 @@ class _TableShape:
     name: str
     columns: tuple[str, ...]
     primary_key: tuple[str, ...]
+    # Columns whose type sorts by a collation: the checksum orders them by
+    # "C" so two servers with different default collations agree.
+    collatable: frozenset[str] = frozenset()
+
+    def order_by(self) -> str:
+        return ", ".join(
+            _quote_ident(c) + (' COLLATE "C"' if c in self.collatable else "") for c in self.primary_key or self.columns
+        )
 
 
 async def _table_shapes(driver: asyncpg.Connection, schema: str) -> list[_TableShape]:
@@ -197,19 +212,21 @@ async def _table_shapes(driver: asyncpg.Connection, schema: str) -> list[_TableS
     as the catalog has them. A table there that the models do not know would
     be left behind by a move: refused."""
     rows = await driver.fetch(
-        "SELECT c.relname, array_agg(a.attname ORDER BY a.attnum) FROM pg_catalog.pg_class c "
+        "SELECT c.relname, array_agg(a.attname ORDER BY a.attnum), "
+        "array_agg(a.attname ORDER BY a.attnum) FILTER (WHERE a.attcollation <> 0) FROM pg_catalog.pg_class c "
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
         "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
         "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relname <> 'alembic_version' GROUP BY c.relname",
         schema,
     )
     present = {row[0]: tuple(row[1]) for row in rows}
+    collatable = {row[0]: frozenset(row[2] or ()) for row in rows}
     known = {t.name: t for t in tenant_tables()}
     unknown = sorted(set(present) - set(known))
     if unknown:
         raise _refused(f"schema {schema} has tables the tenant lineage does not declare: {unknown}")
     return [
-        _TableShape(t.name, present[t.name], tuple(c.name for c in t.primary_key.columns))
+        _TableShape(t.name, present[t.name], tuple(c.name for c in t.primary_key.columns), collatable[t.name])
         for t in tenant_tables()
         if t.name in present
     ]
@@ -251,7 +268,7 @@ async def _row_hashes(driver: asyncpg.Connection, schema: str, shape: _TableShap
     columns = ", ".join(_quote_ident(c) for c in shape.columns)
     rows = await driver.fetch(
         f"SELECT {_key_expression(shape)}, sha256(convert_to(ROW({columns})::text, 'UTF8')) "
-        f"FROM {quote_schema(schema)}.{_quote_ident(shape.name)}"
+        f"FROM {_table(schema, shape)}"
     )
     return {row[0]: bytes(row[1]) for row in rows}
 
@@ -264,13 +281,11 @@ async def _copy_delta(src: asyncpg.Connection, dst: asyncpg.Connection, schema: 
     source_rows, target_rows = await asyncio.gather(_row_hashes(src, schema, shape), _row_hashes(dst, schema, shape))
     stale = [key for key, digest in target_rows.items() if source_rows.get(key) != digest]
     missing = [key for key, digest in source_rows.items() if target_rows.get(key) != digest]
-    table = f"{quote_schema(schema)}.{_quote_ident(shape.name)}"
+    table = _table(schema, shape)
     if stale:
         await dst.execute(f"DELETE FROM {table} WHERE {_key_expression(shape)} = ANY($1::text[])", stale)
     if missing:
-        columns = ", ".join(_quote_ident(c) for c in shape.columns)
-        query = f"SELECT {columns} FROM {table} WHERE {_key_expression(shape)} = ANY($1::text[])"
-        await _copy_table(src, dst, schema, shape, query=(query, missing))
+        await _copy_table(src, dst, schema, shape, only_keys=missing)
     return len(missing)
 
 
@@ -278,19 +293,38 @@ async def _checksums(
     driver: asyncpg.Connection, schema: str, shapes: Sequence[_TableShape]
 ) -> dict[str, tuple[int, bytes]]:
     """(row count, digest) per table, in the caller's transaction (its text
-    output pinned: `_pin_text_output`)."""
+    output pinned: `_pin_text_output`). The digest is SHA-256 over the
+    table's COPY text output ordered by primary key, hashed here as it
+    streams: the server only formats rows (a per-row sha256 in SQL and an
+    ordered string_agg cost six times as much), and the text format, unlike
+    the binary one, carries no database-local type OIDs. The row count is
+    COPY's own command tag."""
     result: dict[str, tuple[int, bytes]] = {}
     for shape in shapes:
         columns = ", ".join(_quote_ident(c) for c in shape.columns)
-        order = ", ".join(_quote_ident(c) for c in shape.primary_key) or columns
-        row = await driver.fetchrow(
-            f"SELECT count(*), coalesce(sha256(string_agg(sha256(convert_to(ROW({columns})::text, 'UTF8')), "
-            f"''::bytea ORDER BY {order})), ''::bytea) "
-            f"FROM {quote_schema(schema)}.{_quote_ident(shape.name)}"
+        result[shape.name] = await _digest_of_copy(
+            driver,
+            f"SELECT {columns} FROM {_table(schema, shape)} ORDER BY {shape.order_by()}",
         )
-        assert row is not None
-        result[shape.name] = (int(row[0]), bytes(row[1]))
     return result
+
+
+async def _digest_of_copy(driver: asyncpg.Connection, query: str) -> tuple[int, bytes]:
+    digest = hashlib.sha256()
+
+    async def feed(chunk: bytes) -> None:
+        digest.update(chunk)
+
+    status = await driver.copy_from_query(query, output=feed)
+    return _copied_rows(status), digest.digest()
+
+
+def _copied_rows(status: str) -> int:
+    """The row count of a COPY's command tag ("COPY 123")."""
+    verb, _, count = status.partition(" ")
+    if verb != "COPY" or not count.isdigit():
+        raise RuntimeError(f"unexpected COPY status {status!r}")
+    return int(count)
 
 
 async def _copy_table(
@@ -300,20 +334,25 @@ async def _copy_table(
     shape: _TableShape,
     *,
     checkpoint: _Checkpoint | None = None,
-    query: tuple[str, list[str]] | None = None,
-) -> None:
-    """The table's rows, streamed from `source` into `target` (binary COPY,
-    bounded queue, no file). Both connections' transactions are the caller's."""
+    only_keys: list[str] | None = None,
+) -> int:
+    """The table's rows (those whose primary key, as text, is in `only_keys`
+    if given), streamed from `source` into `target` (binary COPY, bounded
+    queue, no file), in primary key order: the target's indexes then grow at
+    their right edge instead of at random pages. Both connections'
+    transactions are the caller's. Returns the rows copied."""
     queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=COPY_QUEUE_CHUNKS)
+    columns = ", ".join(_quote_ident(c) for c in shape.columns)
+    query = f"SELECT {columns} FROM {_table(schema, shape)}"
+    args: list[list[str]] = []
+    if only_keys is not None:
+        query += f" WHERE {_key_expression(shape)} = ANY($1::text[])"
+        args.append(only_keys)
+    query += f" ORDER BY {shape.order_by()}"
 
     async def produce() -> None:
         try:
-            if query is None:
-                await source.copy_from_table(
-                    shape.name, schema_name=schema, columns=list(shape.columns), output=queue.put, format="binary"
-                )
-            else:
-                await source.copy_from_query(query[0], query[1], output=queue.put, format="binary")
+            await source.copy_from_query(query, *args, output=queue.put, format="binary")
         except BaseException as exc:
             await queue.put(exc)
             raise
@@ -336,7 +375,7 @@ async def _copy_table(
 
     producer = asyncio.create_task(produce())
     try:
-        await target.copy_to_table(
+        status = await target.copy_to_table(
             shape.name, schema_name=schema, columns=list(shape.columns), source=chunks(), format="binary"
         )
         await producer
@@ -345,6 +384,7 @@ async def _copy_table(
             producer.cancel()
         # Retrieve the producer's outcome so a failure is not left unobserved.
         await asyncio.gather(producer, return_exceptions=True)
+    return _copied_rows(status)
 
 
 @dataclass(frozen=True)
@@ -514,18 +554,13 @@ class MoveActivities:
                 dst = await driver_of(target_conn)
                 await self._check_versions(src, dst, schema)
                 shapes = await _table_shapes(src, schema)
-                async with dst.transaction():
-                    await dst.execute(
-                        "TRUNCATE " + ", ".join(f"{quote_schema(schema)}.{_quote_ident(s.name)}" for s in shapes)
-                    )
+                # An earlier attempt's rows (prepare_move made the tables empty).
+                filled = [s for s in shapes if await dst.fetchval(f"SELECT EXISTS (SELECT FROM {_table(schema, s)})")]
+                if filled:
+                    await dst.execute("TRUNCATE " + ", ".join(_table(schema, s) for s in filled) + " CASCADE")
                 for shape in shapes:
                     async with src.transaction(isolation="repeatable_read", readonly=True), dst.transaction():
-                        await _copy_table(src, dst, schema, shape, checkpoint=self._checkpoint(tenant_id))
-                        rows += int(
-                            await dst.fetchval(
-                                f"SELECT count(*) FROM {quote_schema(schema)}.{_quote_ident(shape.name)}"
-                            )
-                        )
+                        rows += await _copy_table(src, dst, schema, shape, checkpoint=self._checkpoint(tenant_id))
                     activity.heartbeat()
                 await source_conn.rollback()
                 await target_conn.rollback()
@@ -553,7 +588,6 @@ class MoveActivities:
         schema = schema_name_for(tenant_id)
         tombstone = tombstone_name(schema)
         source, target = self._shard(input.source_shard), self._shard(input.target_shard)
-        target_digests = await self._target_digests(source, target, schema)
         # (a) moving = true, committed: new calls are refused from here.
         async with self._engine.begin() as conn:
             await bound_lock_waits(conn)
@@ -580,7 +614,7 @@ class MoveActivities:
                 async with source.engine.connect() as source_conn, target.engine.connect() as target_conn:
                     src, dst = await driver_of(source_conn), await driver_of(target_conn)
                     try:
-                        recopied = await self._freeze_verify_rename(src, dst, schema, tombstone, target_digests)
+                        recopied = await self._freeze_verify_rename(src, dst, schema, tombstone)
                     finally:
                         await source_conn.rollback()
                         await target_conn.rollback()
@@ -632,35 +666,20 @@ class MoveActivities:
         except Exception:
             log.exception("could not clear the moving flag of tenant %s", tenant_id)
 
-    async def _target_digests(self, source: Shard, target: Shard, schema: str) -> dict[str, tuple[int, bytes]] | None:
-        """The target copy's checksums, before the window: nothing but the
-        move writes there, so they hold until the switch copies again what
-        differs. None when there is no live source to compare with."""
-        async with source.engine.connect() as source_conn, target.engine.connect() as target_conn:
-            src, dst = await driver_of(source_conn), await driver_of(target_conn)
-            if not await _schema_exists(src, schema) or not await _schema_exists(dst, schema):
-                return None
-            shapes = await _table_shapes(src, schema)
-            async with dst.transaction(isolation="repeatable_read", readonly=True):
-                await _pin_text_output(dst)
-                digests = await _checksums(dst, schema, shapes)
-            await source_conn.rollback()
-            await target_conn.rollback()
-        return digests
-
     async def _freeze_verify_rename(
         self,
         src: asyncpg.Connection,
         dst: asyncpg.Connection,
         schema: str,
         tombstone: str,
-        target_digests: dict[str, tuple[int, bytes]] | None,
     ) -> list[str]:
-        """(b): in one source transaction, lock, verify against the target's
-        checksums (`target_digests`, computed before the window; None: here),
-        copy again what differs and verify that, commit the target, rename
-        the source, commit the source. Returns the tables copied again.
-        Source already renamed (an earlier attempt committed it): nothing to do."""
+        """(b): in one source transaction, lock, checksum the source and the
+        target concurrently (two servers: the window lasts the slower of the
+        two, not their sum; only the move writes to the target, so its copy
+        cannot change meanwhile), copy again what differs and verify that,
+        commit the target, rename the source, commit the source. Returns the
+        tables copied again. Source already renamed (an earlier attempt
+        committed it): nothing to do."""
         if not await _schema_exists(src, schema):
             if await _schema_exists(src, tombstone) and await _schema_exists(dst, schema):
                 return []
@@ -675,16 +694,14 @@ class MoveActivities:
         try:
             await src.execute(f"SET LOCAL lock_timeout = {SWITCH_LOCK_TIMEOUT_MS}")
             shapes = await _table_shapes(src, schema)
-            names = ", ".join(f"{quote_schema(schema)}.{_quote_ident(s.name)}" for s in shapes)
+            names = ", ".join(_table(schema, s) for s in shapes)
             await src.execute(f"LOCK TABLE {names} IN EXCLUSIVE MODE")
             await self._check_versions(src, dst, schema)
-            await _pin_text_output(src)
-            expected = await _checksums(src, schema, shapes)
             target_tx = dst.transaction()
             await target_tx.start()
             try:
-                await _pin_text_output(dst)
-                known = target_digests if target_digests is not None else await _checksums(dst, schema, shapes)
+                await asyncio.gather(_pin_text_output(src), _pin_text_output(dst))
+                expected, known = await asyncio.gather(_checksums(src, schema, shapes), _checksums(dst, schema, shapes))
                 differ = {name for name in expected if expected[name] != known.get(name)}
                 recopied: list[str] = []
                 if differ:
@@ -694,9 +711,7 @@ class MoveActivities:
                     whole = _referencing_closure({name for name in differ if _is_referenced(name)})
                     again = [s for s in shapes if s.name in whole]
                     if again:
-                        await dst.execute(
-                            "TRUNCATE " + ", ".join(f"{quote_schema(schema)}.{_quote_ident(s.name)}" for s in again)
-                        )
+                        await dst.execute("TRUNCATE " + ", ".join(_table(schema, s) for s in again))
                         for shape in again:
                             await _copy_table(src, dst, schema, shape)
                     for shape in shapes:
