@@ -570,7 +570,7 @@ class MoveActivities:
 
     async def _check_versions(self, src: asyncpg.Connection, dst: asyncpg.Connection, schema: str) -> None:
         query = f"SELECT version_num FROM {quote_schema(schema)}.alembic_version"
-        source_version, target_version = await src.fetchval(query), await dst.fetchval(query)
+        source_version, target_version = await asyncio.gather(src.fetchval(query), dst.fetchval(query))
         if source_version != target_version:
             raise ApplicationError(
                 f"SCHEMA_CHANGED: the source schema is at {source_version}, the copy at {target_version}",
@@ -731,8 +731,10 @@ class MoveActivities:
             except BaseException:
                 await target_tx.rollback()
                 raise
-            await src.execute(f"DROP SCHEMA IF EXISTS {_quote_ident(tombstone)} CASCADE")
-            await src.execute(f"ALTER SCHEMA {quote_schema(schema)} RENAME TO {_quote_ident(tombstone)}")
+            await src.execute(
+                f"DROP SCHEMA IF EXISTS {_quote_ident(tombstone)} CASCADE; "
+                f"ALTER SCHEMA {quote_schema(schema)} RENAME TO {_quote_ident(tombstone)}"
+            )
             finished = True
             await source_tx.commit()
         except BaseException:
