@@ -14,9 +14,13 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -32,17 +36,25 @@ from temporalio.testing import ActivityEnvironment
 
 from provisioner_worker.activities import TENANT_NOT_PROVISIONABLE, TenantActivities, TenantActivityInput
 from provisioner_worker.reconciler import ReconcilerActivities, ReconcileReport
-from provisioner_worker.rollout import Outcome, RolloutActivities
+from provisioner_worker.rollout import BatchInput, Outcome, RolloutActivities
 from tenantry.db.connection_budget import read_budget
 from tenantry.db.engine import asyncpg_dsn, create_engine, driver_of
 from tenantry.db.shards import Shards
+from tenantry.db_roles import ROLES
 from tenantry.migrations import tenant_head_revision, tenant_schema_script
 from tenantry.operation_starter import OperationStarter
 from tenantry.pg_errors import pg_error
 from tenantry.schema_names import quote_schema, schema_name_for
+from tenantry.states import OperationKind
 from tenantry.v1 import operation_pb2, project_service_pb2, tenant_pb2, tenant_service_pb2
-from tenantry.workflow_contract import MOVE_WORKFLOW, ProvisionTenantInput, ReconcileInput, provision_workflow_id
-from tenantry_dev.embedded import BIN_DIR, DatabaseUrls, free_port, role_url
+from tenantry.workflow_contract import (
+    MOVE_WORKFLOW,
+    MigrateFleetInput,
+    ProvisionTenantInput,
+    ReconcileInput,
+    provision_workflow_id,
+)
+from tenantry_dev.embedded import BIN_DIR, DatabaseUrls, free_port, role_url, start_embedded_postgres
 from tests.stack import (
     Stack,
     by_id,
@@ -549,6 +561,38 @@ def run_migrate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
     )
 
 
+async def test_tenantry_migrate_roles_creates_the_roles_on_a_brand_new_shard_server(
+    database_urls: DatabaseUrls,
+) -> None:
+    """A shard on a server that has never seen Tenantry (roles are per
+    server, so none of ours exist there): `tenantry-migrate roles` creates
+    them, able to log in and connect, and a second run changes nothing."""
+    root = Path(tempfile.mkdtemp(prefix="tenantry-test-new-shard-"))
+    url, server = start_embedded_postgres(root / "data")
+    fresh = create_engine(url)
+    query = text(
+        "SELECT rolname, rolcanlogin, has_database_privilege(rolname, current_database(), 'CONNECT') "
+        "FROM pg_catalog.pg_roles WHERE rolname = ANY(:roles) ORDER BY rolname"
+    )
+    try:
+        async with fresh.connect() as conn:
+            assert (await conn.execute(query, {"roles": list(ROLES)})).all() == []
+        env = {
+            "TENANTRY_DATABASE_URL": database_urls.admin,
+            "TENANTRY_SHARDS": json.dumps({"default": database_urls.admin, "c": url}),
+        }
+        for _ in range(2):
+            done = await asyncio.to_thread(run_migrate, env, "roles")
+            assert done.returncode == 0, done.stderr
+            async with fresh.connect() as conn:
+                found = [tuple(row) for row in await conn.execute(query, {"roles": list(ROLES)})]
+            assert found == [(role, True, True) for role in sorted(ROLES)]
+    finally:
+        await fresh.dispose()
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 async def test_tenantry_migrate_prepares_a_shard_database(
     database_urls: DatabaseUrls, shard_b_urls: DatabaseUrls, two_shards: TwoShards
 ) -> None:
@@ -728,3 +772,61 @@ async def test_a_rollout_whose_control_plane_commit_was_lost_finishes_without_a_
         assert await rollout._upgrade_one(tenant_id, head, workflow_id, "test") == Outcome.SKIPPED
     finally:
         await retire_fleet(worker_engine, [tenant_id], shard_engine=b_worker)
+
+
+async def test_a_rollout_batch_runs_the_lanes_of_both_databases_at_the_same_time(
+    two_shards: TwoShards, worker_engine: AsyncEngine
+) -> None:
+    """concurrency 1 per database, yet the two databases' lanes overlap: a
+    barrier holds the default tenant's upgrade until every b tenant is done,
+    and b's first upgrade until the default lane has started. One lane
+    serving both databases in turn would wait on itself (the timeout fails
+    the test); per-database lanes pass it."""
+    b_worker = two_shards.worker["b"].engine
+    on_default = await fleet_at(worker_engine, 1, "t0001")
+    on_b = await fleet_at(worker_engine, 3, "t0001", shard="b", shard_engine=b_worker)
+    default_started, b_finished = asyncio.Event(), asyncio.Event()
+    upgraded_on_b: set[uuid.UUID] = set()
+
+    class BarrierRollout(RolloutActivities):
+        async def _upgrade_one(self, tenant_id: uuid.UUID, *args: Any, **kwargs: Any) -> Outcome:
+            if tenant_id in on_default:
+                default_started.set()
+                await asyncio.wait_for(b_finished.wait(), 30)
+                return await super()._upgrade_one(tenant_id, *args, **kwargs)
+            await asyncio.wait_for(default_started.wait(), 30)
+            outcome = await super()._upgrade_one(tenant_id, *args, **kwargs)
+            upgraded_on_b.add(tenant_id)
+            if upgraded_on_b == set(on_b):
+                b_finished.set()
+            return outcome
+
+    head = tenant_head_revision()
+    workflow_id = f"fleet-migrate-test-{uuid.uuid4().hex[:12]}"
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, workflow_id=workflow_id)
+    batch = BatchInput(
+        MigrateFleetInput(target_revision=head), tenant_ids=[str(t) for t in on_default + on_b], concurrency=1
+    )
+    operation = {"id": workflow_id, "kind": OperationKind.MIGRATE, "head": head}
+    async with worker_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO workflow_executions (workflow_id, kind, state, actor, target_revision) "
+                "VALUES (:id, :kind, 'RUNNING', 'test', :head)"
+            ),
+            operation,
+        )
+    try:
+        result = await env.run(BarrierRollout(worker_engine, two_shards.worker).migrate_batch, batch)
+        assert result.upgraded == 4 and result.busy == [], result
+        assert [await stamp_on(two_shards.b_admin, schema_name_for(t)) for t in on_b] == [head] * 3
+        assert await stamp_on(worker_engine, schema_name_for(on_default[0])) == head
+        assert await migrated_events(worker_engine, on_default + on_b) == dict.fromkeys(on_default + on_b, 1)
+    finally:
+        async with worker_engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE workflow_executions SET state = 'SUCCEEDED' WHERE workflow_id = :id"), operation
+            )
+        await retire_fleet(worker_engine, on_default)
+        await retire_fleet(worker_engine, on_b, shard_engine=b_worker)
