@@ -12,22 +12,21 @@ back, never leaves two live copies, never loses or duplicates a committed row):
 2. `bulk_copy`: every tenant table streamed source -> target with COPY
    (binary, in primary key order; the source's COPY TO feeds a bounded queue
    the target's COPY FROM reads: no temporary files), one target transaction
-   per table. The tenant
-   serves normally meanwhile.
+   per table. The tenant serves normally meanwhile.
 3. `switch`, the short window: `moving = true` committed on the control plane
    (new calls: UNAVAILABLE TENANT_MOVING); on the source, every tenant table
    LOCKed IN EXCLUSIVE MODE (in-flight writers finish, new writes wait, reads
    go on), bounded by SWITCH_LOCK_TIMEOUT_MS; per table row count + checksum
    of the source and of the target, taken concurrently (only the move writes
-   to the target); in a table that differs (writes made during
-   the bulk copy) the rows that differ by primary key and row hash are copied
-   again (a table other tenant tables reference: all of it, with them), then
-   verified by checksum; the target commits; the source
-   schema is renamed to its tombstone (`<schema>_moved`) in the lock's
-   transaction, so from its commit the old copy cannot serve (a call blocked
-   on the lock finds its relation gone, and the gate explains that as
-   TENANT_MOVING); then, in one control-plane transaction: shard = target,
-   moving = false, version + 1, the MOVED event.
+   to the target); in a table that differs (writes made during the bulk copy)
+   the rows that differ by primary key and row hash are copied again (a table
+   other tenant tables reference: all of it, with them), then verified by
+   checksum; the target commits; the source schema is renamed to its
+   tombstone (`<schema>_moved`) in the lock's transaction, so from its commit
+   the old copy cannot serve (a call blocked on the lock finds its relation
+   gone, and the gate explains that as TENANT_MOVING); then, in one
+   control-plane transaction: shard = target, moving = false, version + 1,
+   the MOVED event.
 4. `drop_old_copy`: the tombstone dropped on the source, the operation SUCCEEDED.
 
 `abort_move` is the compensation: before the source's rename it rolls back

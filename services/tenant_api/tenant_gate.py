@@ -85,8 +85,9 @@ def _invalid(reason: str, header: str, message: str) -> ApiError:
 # How long a client should wait before retrying a call refused while its
 # tenant's move switches shards (RetryInfo).
 MOVING_RETRY_AFTER_SECONDS = 0.5
-# The gate's guesses of where remote tenants are (ids and slugs): forgotten all
-# at once beyond this many (a guess costs only a wasted BEGIN when wrong).
+# The gate's guesses of where remote tenants are (ids and slugs), at most this
+# many: beyond it the one admitted longest ago is forgotten (a missing or
+# wrong guess costs a round trip or a wasted BEGIN, never a wrong answer).
 MAX_REMOTE_HINTS = 100_000
 
 
@@ -200,8 +201,11 @@ class TenantGate:
                     async with call_transaction(conn, driver, schema_name) as session:
                         yield TenantScope(admitted_id, schema_name, session, shard.name)
                     return
+                # Re-inserted last (dicts keep insertion order): when full,
+                # the hint admitted longest ago goes, not all of them.
+                self._remote_hints.pop(key, None)
                 if len(self._remote_hints) >= MAX_REMOTE_HINTS:
-                    self._remote_hints.clear()
+                    del self._remote_hints[next(iter(self._remote_hints))]
                 self._remote_hints[key] = shard
             # Another database: the control-plane connection went back to the
             # pool before the call runs. Whatever changes meanwhile (a purge, a
