@@ -13,9 +13,10 @@ the Temporal round trips between steps, a few ms each).
 - Move throughput: N / (prepare + bulk copy + switch + drop), and the bulk
   copy's own rows/s; the median of three moves per size, after a warm-up move.
 - Floor: the same N rows of the same table streamed with asyncpg
-  copy_from_query -> copy_to_table between the same two servers (binary,
-  bounded queue), into an empty table of the same shape; the faster of table
-  order and primary key order, the median of three. Goal: move >= 0.5x.
+  copy_from_query -> copy_to_table from the first server to b just before the
+  move reads them (binary, bounded queue), into an empty table of the same
+  shape; the faster of table order and primary key order, the median of
+  three. Goal: move >= 0.5x.
 - Window: moving = true committed -> moving = false committed (the switch's
   own measurement), for a 10,000-row tenant idle and under concurrent writers
   on the source (each writer inserts in short transactions until the switch
@@ -151,19 +152,20 @@ def _median_run(runs: list[MoveTimes]) -> MoveTimes:
 
 
 async def _floor(source_dsn: str, target_dsn: str, schema: str, rows: int) -> float:
-    """Seconds to stream the tenant's projects (now on b) back into an empty
-    table of the same shape on the first server: raw COPY, nothing else. The
+    """Seconds to stream the tenant's projects, before its move, from the
+    first server into an empty table of the same shape on b: raw COPY,
+    nothing else, the move's direction and the very table it will read. The
     faster of the table's own order and primary key order (the move streams
     in key order, which spares the target's indexes random page writes; the
-    floor gets the same benefit, so the ratio is not flattered)."""
+    floor gets the same chance, so the ratio is not flattered)."""
     return min([await _raw_copy(source_dsn, target_dsn, schema, rows, by_key) for by_key in (False, True)])
 
 
 async def _raw_copy(source_dsn: str, target_dsn: str, schema: str, rows: int, by_key: bool) -> float:
-    source = await asyncpg.connect(target_dsn)  # the rows are on b after the move
-    target = await asyncpg.connect(source_dsn)
+    source = await asyncpg.connect(source_dsn)
+    target = await asyncpg.connect(target_dsn)
     try:
-        # The same shape on the first server: the lineage's script under another tenant's name.
+        # The same shape on b: the lineage's script under another tenant's name.
         floor_tenant = schema_name_for(uuid.uuid4())
         await target.execute(tenant_schema_script(floor_tenant))
         columns = [
@@ -271,11 +273,11 @@ async def run(sizes: list[int], window_rows: int, writers: int, repeats: int) ->
                 runs: list[tuple[MoveTimes, float]] = []
                 for _ in range(repeats):
                     tenant_id = await _tenant(worker, rows)
-                    times = await _move(activities, worker, tenant_id)
-                    assert times.rows == rows, (times.rows, rows)
                     floor = await _floor(
                         asyncpg_dsn(urls_a.admin), asyncpg_dsn(urls_b.admin), schema_name_for(tenant_id), rows
                     )
+                    times = await _move(activities, worker, tenant_id)
+                    assert times.rows == rows, (times.rows, rows)
                     runs.append((times, floor))
                 times = _median_run([t for t, _ in runs])
                 floor = statistics.median(f for _, f in runs)

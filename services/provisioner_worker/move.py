@@ -17,8 +17,8 @@ back, never leaves two live copies, never loses or duplicates a committed row):
    (new calls: UNAVAILABLE TENANT_MOVING); on the source, every tenant table
    LOCKed IN EXCLUSIVE MODE (in-flight writers finish, new writes wait, reads
    go on), bounded by SWITCH_LOCK_TIMEOUT_MS; per table row count + checksum
-   of the source and of the target, taken concurrently (only the move writes
-   to the target); in a table that differs (writes made during the bulk copy)
+   of the source, compared with the target's (taken just before the window:
+   only the move writes there); in a table that differs (writes made during the bulk copy)
    the rows that differ by primary key and row hash are copied again (a table
    other tenant tables reference: all of it, with them), then verified by
    checksum; the target commits; the source schema is renamed to its
@@ -587,6 +587,7 @@ class MoveActivities:
         schema = schema_name_for(tenant_id)
         tombstone = tombstone_name(schema)
         source, target = self._shard(input.source_shard), self._shard(input.target_shard)
+        target_digests = await self._target_digests(source, target, schema)
         # (a) moving = true, committed: new calls are refused from here.
         async with self._engine.begin() as conn:
             await bound_lock_waits(conn)
@@ -613,7 +614,7 @@ class MoveActivities:
                 async with source.engine.connect() as source_conn, target.engine.connect() as target_conn:
                     src, dst = await driver_of(source_conn), await driver_of(target_conn)
                     try:
-                        recopied = await self._freeze_verify_rename(src, dst, schema, tombstone)
+                        recopied = await self._freeze_verify_rename(src, dst, schema, tombstone, target_digests)
                     finally:
                         await source_conn.rollback()
                         await target_conn.rollback()
@@ -665,20 +666,38 @@ class MoveActivities:
         except Exception:
             log.exception("could not clear the moving flag of tenant %s", tenant_id)
 
+    async def _target_digests(self, source: Shard, target: Shard, schema: str) -> dict[str, tuple[int, bytes]] | None:
+        """The target copy's checksums, before the window: nothing but the
+        move writes there, so they hold until the switch copies again what
+        differs. None when there is no live source to compare with. (Taken
+        inside the window at the same time as the source's they made it
+        longer, not shorter: on two cores the two servers and the worker
+        hashing both streams contend.)"""
+        async with source.engine.connect() as source_conn, target.engine.connect() as target_conn:
+            src, dst = await driver_of(source_conn), await driver_of(target_conn)
+            if not await _schema_exists(src, schema) or not await _schema_exists(dst, schema):
+                return None
+            shapes = await _table_shapes(src, schema)
+            async with dst.transaction(isolation="repeatable_read", readonly=True):
+                await _pin_text_output(dst)
+                digests = await _checksums(dst, schema, shapes)
+            await source_conn.rollback()
+            await target_conn.rollback()
+        return digests
+
     async def _freeze_verify_rename(
         self,
         src: asyncpg.Connection,
         dst: asyncpg.Connection,
         schema: str,
         tombstone: str,
+        target_digests: dict[str, tuple[int, bytes]] | None,
     ) -> list[str]:
-        """(b): in one source transaction, lock, checksum the source and the
-        target concurrently (two servers: the window lasts the slower of the
-        two, not their sum; only the move writes to the target, so its copy
-        cannot change meanwhile), copy again what differs and verify that,
-        commit the target, rename the source, commit the source. Returns the
-        tables copied again. Source already renamed (an earlier attempt
-        committed it): nothing to do."""
+        """(b): in one source transaction, lock, verify against the target's
+        checksums (`target_digests`, computed before the window; None: here),
+        copy again what differs and verify that, commit the target, rename
+        the source, commit the source. Returns the tables copied again.
+        Source already renamed (an earlier attempt committed it): nothing to do."""
         if not await _schema_exists(src, schema):
             if await _schema_exists(src, tombstone) and await _schema_exists(dst, schema):
                 return []
@@ -696,11 +715,13 @@ class MoveActivities:
             names = ", ".join(_table(schema, s) for s in shapes)
             await src.execute(f"LOCK TABLE {names} IN EXCLUSIVE MODE")
             await self._check_versions(src, dst, schema)
+            await _pin_text_output(src)
+            expected = await _checksums(src, schema, shapes)
             target_tx = dst.transaction()
             await target_tx.start()
             try:
-                await asyncio.gather(_pin_text_output(src), _pin_text_output(dst))
-                expected, known = await asyncio.gather(_checksums(src, schema, shapes), _checksums(dst, schema, shapes))
+                await _pin_text_output(dst)
+                known = target_digests if target_digests is not None else await _checksums(dst, schema, shapes)
                 differ = {name for name in expected if expected[name] != known.get(name)}
                 recopied: list[str] = []
                 if differ:
