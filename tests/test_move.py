@@ -667,6 +667,9 @@ async def test_updates_deletes_and_inserts_made_during_the_bulk_copy_are_caught_
     assert await _rows(b_admin, schema) == final
     # seed-2, seed-20..29, seed-200..299, seed-2000 deleted.
     assert len(final) == 2000 - 112 + 50
+    # The catch-up's scratch table lived only inside the target's transaction.
+    async with b_admin.connect() as conn:
+        assert await conn.scalar(text("SELECT to_regclass(:t)"), {"t": f'"{schema}"._move_delta'}) is None
 
 
 def test_the_move_benchmark_runs(tmp_path: Path) -> None:

@@ -262,27 +262,46 @@ def _key_expression(shape: _TableShape) -> str:
     return f"ROW({', '.join(_quote_ident(c) for c in shape.primary_key or shape.columns)})::text"
 
 
-async def _row_hashes(driver: asyncpg.Connection, schema: str, shape: _TableShape) -> dict[str, bytes]:
-    """Primary key (as text) -> sha256 of the row's text, for every row."""
-    columns = ", ".join(_quote_ident(c) for c in shape.columns)
-    rows = await driver.fetch(
-        f"SELECT {_key_expression(shape)}, sha256(convert_to(ROW({columns})::text, 'UTF8')) "
-        f"FROM {_table(schema, shape)}"
-    )
-    return {row[0]: bytes(row[1]) for row in rows}
+def _row_hash_expression(shape: _TableShape) -> str:
+    return f"sha256(convert_to(ROW({', '.join(_quote_ident(c) for c in shape.columns)})::text, 'UTF8'))"
+
+
+# The catch-up's scratch table, in the target's copy of the tenant schema and
+# only inside the target's transaction (never committed: dropped before, or
+# rolled back with it).
+_DELTA_TABLE = "_move_delta"
 
 
 async def _copy_delta(src: asyncpg.Connection, dst: asyncpg.Connection, schema: str, shape: _TableShape) -> int:
     """The catch-up of one table no other tenant table references: the rows
     that differ (by primary key and row hash) deleted on the target and copied
-    again from the source; returns how many rows were copied. Both
-    transactions are the caller's, text output pinned."""
-    source_rows, target_rows = await asyncio.gather(_row_hashes(src, schema, shape), _row_hashes(dst, schema, shape))
-    stale = [key for key, digest in target_rows.items() if source_rows.get(key) != digest]
-    missing = [key for key, digest in source_rows.items() if target_rows.get(key) != digest]
-    table = _table(schema, shape)
+    again from the source; returns how many rows were copied. The source's
+    (key, row hash) pairs stream into a scratch table in the target's
+    transaction and are compared there, so the worker holds only the keys
+    that differ, however large the table. Both transactions are the caller's,
+    text output pinned on both (the key's text and the row hashes depend on it)."""
+    table, scratch = _table(schema, shape), f"{quote_schema(schema)}.{_quote_ident(_DELTA_TABLE)}"
+    key, row_hash = _key_expression(shape), _row_hash_expression(shape)
+    await dst.execute(f"CREATE TABLE {scratch} (k text NOT NULL, h bytea NOT NULL)")
+    await _stream(
+        src,
+        f"SELECT {key}, {row_hash} FROM {table}",
+        [],
+        dst,
+        schema,
+        _DELTA_TABLE,
+        ["k", "h"],
+        label=f"{schema}.{shape.name}",
+    )
+    differing = await dst.fetch(
+        f"SELECT t.k AS stale, s.k AS missing FROM (SELECT {key} AS k, {row_hash} AS h FROM {table}) t "
+        f"FULL JOIN {scratch} s ON s.k = t.k WHERE t.h IS DISTINCT FROM s.h"
+    )
+    await dst.execute(f"DROP TABLE {scratch}")
+    stale = [row["stale"] for row in differing if row["stale"] is not None]
+    missing = [row["missing"] for row in differing if row["missing"] is not None]
     if stale:
-        await dst.execute(f"DELETE FROM {table} WHERE {_key_expression(shape)} = ANY($1::text[])", stale)
+        await dst.execute(f"DELETE FROM {table} WHERE {key} = ANY($1::text[])", stale)
     if missing:
         await _copy_table(src, dst, schema, shape, only_keys=missing)
     return len(missing)
@@ -340,7 +359,6 @@ async def _copy_table(
     queue, no file), in primary key order: the target's indexes then grow at
     their right edge instead of at random pages. Both connections'
     transactions are the caller's. Returns the rows copied."""
-    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=COPY_QUEUE_CHUNKS)
     columns = ", ".join(_quote_ident(c) for c in shape.columns)
     query = f"SELECT {columns} FROM {_table(schema, shape)}"
     args: list[list[str]] = []
@@ -348,6 +366,35 @@ async def _copy_table(
         query += f" WHERE {_key_expression(shape)} = ANY($1::text[])"
         args.append(only_keys)
     query += f" ORDER BY {shape.order_by()}"
+    return await _stream(
+        source,
+        query,
+        args,
+        target,
+        schema,
+        shape.name,
+        list(shape.columns),
+        label=f"{schema}.{shape.name}",
+        checkpoint=checkpoint,
+    )
+
+
+async def _stream(
+    source: asyncpg.Connection,
+    query: str,
+    args: Sequence[object],
+    target: asyncpg.Connection,
+    schema: str,
+    table: str,
+    columns: list[str],
+    *,
+    label: str,
+    checkpoint: _Checkpoint | None = None,
+) -> int:
+    """`query`'s rows on `source` into `table` on `target`: binary COPY out
+    feeding binary COPY in through a bounded queue (no file, bounded memory);
+    returns the rows written."""
+    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=COPY_QUEUE_CHUNKS)
 
     async def produce() -> None:
         try:
@@ -364,7 +411,7 @@ async def _copy_table(
             if item is None:
                 return
             if isinstance(item, BaseException):
-                raise RuntimeError(f"reading {schema}.{shape.name} from the source failed") from item
+                raise RuntimeError(f"reading {label} from the source failed") from item
             yield item
             if activity.in_activity():
                 activity.heartbeat()
@@ -375,7 +422,7 @@ async def _copy_table(
     producer = asyncio.create_task(produce())
     try:
         status = await target.copy_to_table(
-            shape.name, schema_name=schema, columns=list(shape.columns), source=chunks(), format="binary"
+            table, schema_name=schema, columns=columns, source=chunks(), format="binary"
         )
         await producer
     finally:
