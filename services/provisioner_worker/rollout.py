@@ -160,28 +160,39 @@ class RolloutActivities:
         outcomes: dict[str, Outcome] = {}
         stop = False
 
-        async def lane(queue: deque[tuple[str, Seen]]) -> None:
+        async def remote_lane(queue: deque[tuple[str, Seen]]) -> None:
+            # Another database's tenants: each upgrade takes its own short
+            # control-plane transaction (_upgrade_remote), so the lane keeps
+            # no control-plane connection idle beside it.
+            while queue and not stop:
+                tenant_id, seen = queue.popleft()
+                await record(tenant_id, await self._upgrade_one(uuid.UUID(tenant_id), target, workflow_id, actor, seen))
+
+        async def record(tenant_id: str, outcome: Outcome) -> None:
             nonlocal stop
+            if outcome == Outcome.BUSY and input.busy_is_failure:
+                await self._record_failure(
+                    workflow_id,
+                    tenant_id,
+                    f"TENANT_BUSY: its locks were held longer than {TENANT_LOCK_TIMEOUT} on every attempt",
+                )
+                outcome = Outcome.FAILED
+            outcomes[tenant_id] = outcome
+            activity.heartbeat(len(outcomes))
+            if outcome == Outcome.FAILED and input.stop_at_first_failure:
+                stop = True
+
+        async def lane(queue: deque[tuple[str, Seen]]) -> None:
             while queue and not stop:
                 async with self._engine.connect() as conn:
                     conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                     driver = await driver_of(conn)
                     while queue and not stop:
                         tenant_id, seen = queue.popleft()
-                        outcome = await self._upgrade_one(
-                            uuid.UUID(tenant_id), target, workflow_id, actor, seen, driver
+                        await record(
+                            tenant_id,
+                            await self._upgrade_one(uuid.UUID(tenant_id), target, workflow_id, actor, seen, driver),
                         )
-                        if outcome == Outcome.BUSY and input.busy_is_failure:
-                            await self._record_failure(
-                                workflow_id,
-                                tenant_id,
-                                f"TENANT_BUSY: its locks were held longer than {TENANT_LOCK_TIMEOUT} on every attempt",
-                            )
-                            outcome = Outcome.FAILED
-                        outcomes[tenant_id] = outcome
-                        activity.heartbeat(len(outcomes))
-                        if outcome == Outcome.FAILED and input.stop_at_first_failure:
-                            stop = True
                         if driver.is_closed() or driver.is_in_transaction():
                             await conn.invalidate()  # a new connection for the lane's next tenant
                             break
@@ -200,9 +211,9 @@ class RolloutActivities:
         refresher = asyncio.create_task(self._refresh_progress(workflow_id))
         try:
             async with asyncio.TaskGroup() as group:
-                for queue, count in lanes.values():
+                for name, (queue, count) in lanes.items():
                     for _ in range(count):
-                        group.create_task(lane(queue))
+                        group.create_task(lane(queue) if name == "" else remote_lane(queue))
         finally:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -371,8 +382,8 @@ class RolloutActivities:
         """The same transaction as _upgrade_in in three round trips on the
         driver (every step rendered): BEGIN with lock_timeout; the row lock
         and its checks; then one script: the schema's stamp checked, the
-        steps' DDL, the row's revision with the operation's count and the
-        event (one statement, the event counter last), COMMIT."""
+        steps' DDL, the row's revision and the event (one statement, the
+        event counter last), COMMIT."""
         async with self._engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             driver = await driver_of(conn)
