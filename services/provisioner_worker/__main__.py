@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -46,26 +47,17 @@ async def serve(settings: WorkerSettings) -> None:
         exit_with_config_error(f"TENANTRY_SDK_METRICS_ADDRESS is not a listen address: {exc}")
     # Defaults: one connection per concurrent activity (MAX_CONCURRENT_ACTIVITIES
     # overflow), plus headroom for the reconciler.
-    engine = create_engine(
-        settings.database_url,
+    # The control plane's pool and each other shard's, alike.
+    make_engine = functools.partial(
+        create_engine,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         timeouts=settings.db_timeouts,
         # A killed worker's blocked DDL transaction ends within seconds.
         check_client_connection=True,
     )
-    shards = Shards(
-        engine,
-        settings.shards,
-        lambda url: create_engine(
-            url,
-            pool_size=settings.db_pool_size,
-            max_overflow=settings.db_max_overflow,
-            timeouts=settings.db_timeouts,
-            check_client_connection=True,
-        ),
-        control_plane_url=settings.database_url,
-    )
+    engine = make_engine(settings.database_url)
+    shards = Shards(engine, settings.shards, make_engine, control_plane_url=settings.database_url)
     try:
         client = await connect(settings, runtime=runtime)
     except RuntimeError as exc:

@@ -192,7 +192,7 @@ class TenantActivities:
         nothing)."""
         tenant_id, user_id = uuid.UUID(input.tenant_id), uuid.UUID(input.admin_user_id)
         schema = schema_name_for(tenant_id)
-        workflow_id = _workflow_id()
+        workflow_id = current_workflow_id()
         await self._mark_running(workflow_id)
         try:
             async with self._engine.begin() as conn:
@@ -270,7 +270,7 @@ class TenantActivities:
                 await shard_conn.execute(tenant_sql.drop_schema(tenant_id))
             await conn.execute(tenant_sql.revoke_memberships(tenant_id))
             elapsed = await conn.scalar(tenant_sql.mark_failed(tenant_id, message))
-            workflow_id = _workflow_id()
+            workflow_id = current_workflow_id()
             await _finish_operation(conn, workflow_id, OperationState.FAILED, message)
             await _append_event(conn, tenant_id, TenantEventType.PROVISIONING_FAILED, TenantState.FAILED, workflow_id)
         PROVISIONING_SECONDS.labels("failed").observe(float(elapsed or 0))
@@ -283,7 +283,7 @@ class TenantActivities:
         the tenant is DELETING (or already DELETED), and then marks the
         operation RUNNING; otherwise a non-retryable DELETION_NOT_REQUESTED
         error, before anything is cancelled or dropped."""
-        workflow_id = _workflow_id()
+        workflow_id = current_workflow_id()
         try:
             tenant_id = uuid.UUID(input.tenant_id)
         except ValueError:
@@ -335,7 +335,7 @@ class TenantActivities:
     async def purge_tenant(self, input: TenantActivityInput) -> None:
         """The purge of deletion workflows recorded before retention existed
         (they purge at once): see `purge_when_due`."""
-        await self._purge(uuid.UUID(input.tenant_id), _workflow_id(), when_due=False)
+        await self._purge(uuid.UUID(input.tenant_id), current_workflow_id(), when_due=False)
 
     @activity.defn(name="purge_when_due")
     async def purge_when_due(self, input: TenantActivityInput) -> PurgeOutcome:
@@ -345,7 +345,7 @@ class TenantActivities:
         transaction under the tenant's row lock. An undelete takes the same
         lock and cancels the operation, so exactly one of them wins. Not due
         yet: how long to wait. Undone (operation no longer open): done."""
-        return await self._purge(uuid.UUID(input.tenant_id), _workflow_id(), when_due=True)
+        return await self._purge(uuid.UUID(input.tenant_id), current_workflow_id(), when_due=True)
 
     async def _purge(self, tenant_id: uuid.UUID, workflow_id: str, *, when_due: bool) -> PurgeOutcome:
         elapsed = None
@@ -411,6 +411,6 @@ class TenantActivities:
             log.warning("could not mark operation %s RUNNING: %s", workflow_id, type(exc).__name__)
 
 
-def _workflow_id() -> str:
+def current_workflow_id() -> str:
     """The calling workflow's id: the id of the operation the activity works for."""
     return activity.info().workflow_id or ""

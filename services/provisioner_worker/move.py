@@ -70,6 +70,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from provisioner_worker.activities import current_workflow_id
 from provisioner_worker.metrics import MOVE_SWITCH_SECONDS
 from tenantry.db import operations as operation_sql
 from tenantry.db.engine import driver_of
@@ -484,10 +485,6 @@ async def _set_moving(conn: AsyncConnection, tenant_id: uuid.UUID, moving: bool)
     await conn.execute(update(Tenant).where(Tenant.id == tenant_id).values(moving=moving))
 
 
-def _workflow_id() -> str:
-    return activity.info().workflow_id or ""
-
-
 class MoveActivities:
     """`engine`: the control plane's; `shards`: the databases holding tenant schemas."""
 
@@ -510,7 +507,7 @@ class MoveActivities:
         SUSPENDED on the source); the target schema built fresh at the
         tenant's schema_version. Refusals end the operation FAILED."""
         tenant_id = uuid.UUID(input.tenant_id)
-        workflow_id = _workflow_id()
+        workflow_id = current_workflow_id()
         schema = schema_name_for(tenant_id)
         async with self._engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -594,7 +591,11 @@ class MoveActivities:
                 row = (
                     await guard.execute(text("SELECT shard FROM tenants WHERE id = :id"), {"id": tenant_id})
                 ).one_or_none()
-                if row is None or row.shard == input.target_shard or not await _operation_open(guard, _workflow_id()):
+                if (
+                    row is None
+                    or row.shard == input.target_shard
+                    or not await _operation_open(guard, current_workflow_id())
+                ):
                     raise _refused(f"tenant {tenant_id} is switched already or its move is over")
                 src = await driver_of(source_conn)
                 dst = await driver_of(target_conn)
@@ -630,7 +631,7 @@ class MoveActivities:
         renamed already and finishes the control-plane part, or finds the
         tenant switched and does nothing."""
         tenant_id = uuid.UUID(input.tenant_id)
-        workflow_id = _workflow_id()
+        workflow_id = current_workflow_id()
         schema = schema_name_for(tenant_id)
         tombstone = tombstone_name(schema)
         source, target = self._shard(input.source_shard), self._shard(input.target_shard)
@@ -840,7 +841,7 @@ class MoveActivities:
         async with self._engine.begin() as conn:
             await bound_lock_waits(conn)
             await conn.execute(
-                operation_sql.transition(_workflow_id(), OPEN_OPERATION_STATES, OperationState.SUCCEEDED)
+                operation_sql.transition(current_workflow_id(), OPEN_OPERATION_STATES, OperationState.SUCCEEDED)
             )
 
     @activity.defn(name="abort_move")
@@ -849,7 +850,7 @@ class MoveActivities:
         moving = false, the operation FAILED with `reason` ("rolled_back").
         After it: the switch finished instead ("switched")."""
         tenant_id = uuid.UUID(input.tenant_id)
-        workflow_id = _workflow_id()
+        workflow_id = current_workflow_id()
         schema = schema_name_for(tenant_id)
         async with self._engine.begin() as conn:
             await bound_lock_waits(conn)

@@ -41,6 +41,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
 
+from provisioner_worker.activities import current_workflow_id
 from tenantry.db import operations as operation_sql
 from tenantry.db import rollouts as rollout_sql
 from tenantry.db import tenants as tenant_sql
@@ -132,7 +133,7 @@ class RolloutActivities:
     async def begin_rollout(self, input: MigrateFleetInput) -> int:
         """RUNNING, and the total: tenants done so far plus those still below
         the target. Returns the total."""
-        workflow_id = _workflow_id()
+        workflow_id = current_workflow_id()
         async with self._engine.begin() as conn:
             await conn.execute(operation_sql.MARK_RUNNING, {"workflow_id": workflow_id})
             total = await conn.scalar(
@@ -143,7 +144,7 @@ class RolloutActivities:
 
     @activity.defn(name="migrate_batch")
     async def migrate_batch(self, input: BatchInput) -> BatchResult:
-        workflow_id = _workflow_id()
+        workflow_id = current_workflow_id()
         target = input.rollout.target_revision
         older = list(revisions_before(target))
         async with self._engine.connect() as conn:
@@ -246,7 +247,7 @@ class RolloutActivities:
         async with self._engine.begin() as conn:
             await conn.execute(
                 operation_sql.transition(
-                    _workflow_id(), OPEN_OPERATION_STATES, OperationState(input.state), input.error_message
+                    current_workflow_id(), OPEN_OPERATION_STATES, OperationState(input.state), input.error_message
                 )
             )
 
@@ -532,7 +533,3 @@ async def _upgrade_at_once(
         if not driver.is_closed() and driver.is_in_transaction():
             with contextlib.suppress(Exception):  # the lane discards a connection left in one
                 await driver.execute("ROLLBACK")
-
-
-def _workflow_id() -> str:
-    return activity.info().workflow_id or ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from datetime import timedelta
 from typing import TypedDict
 
@@ -253,21 +254,12 @@ class TenantFleetMigrationWorkflow:
         return state.value
 
 
-# A move's copy steps: a few attempts, then the move rolls back (abort_move).
-MOVE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=5,
-)
+# A move's copy steps: a few attempts (provisioning's), then the move rolls
+# back (abort_move).
+MOVE_RETRY = PROVISION_RETRY
 # The switch may find the tenant's tables busy (MoveSwitchBusy) a few times
 # before the move gives up and rolls back.
-SWITCH_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=10,
-)
+SWITCH_RETRY = dataclasses.replace(MOVE_RETRY, maximum_attempts=10)
 # The bulk copy of a large tenant takes long; it heartbeats per chunk.
 BULK_COPY_TIMEOUT = timedelta(hours=2)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -38,20 +39,15 @@ async def serve(settings: ApiSettings, credentials: grpc.ServerCredentials | Non
         ConnectionNeed(settings.db_pool_size, settings.db_max_overflow, direct=API_LISTEN_CONNECTIONS),
         settings.shards,
     )
-    engine = create_engine(
-        settings.database_url,
+    # The control plane's pool and each other shard's, alike.
+    make_engine = functools.partial(
+        create_engine,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         timeouts=settings.db_timeouts,
     )
-    shards = Shards(
-        engine,
-        settings.shards,
-        lambda url: create_engine(
-            url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow, timeouts=settings.db_timeouts
-        ),
-        control_plane_url=settings.database_url,
-    )
+    engine = make_engine(settings.database_url)
+    shards = Shards(engine, settings.shards, make_engine, control_plane_url=settings.database_url)
     # Lazy: the API serves (and records intents) even while Temporal is down.
     client = await connect(settings, lazy=True)
     try:

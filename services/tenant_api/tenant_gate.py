@@ -129,6 +129,9 @@ class TenantGate:
         # Rendered once, run by the driver. Never cached: every call reads
         # the tenant's state anew.
         self._admission = tenant_sql.AdmissionQueries.render(engine.dialect)
+        self._begin_if_active = (
+            tenant_sql.begin_if_active(oldest_revision, self._local_shards) if self._local_shards else None
+        )
         # Tenant id or slug -> the remote shard this process last admitted it
         # on. Only a guess of where to open the call's transaction while the
         # row is read: the row decides, every call.
@@ -164,12 +167,12 @@ class TenantGate:
         try:
             async with self._engine.connect() as conn:
                 driver = await unscoped_connection(conn)
-                if hint is None and isinstance(key, uuid.UUID) and self._local_shards:
+                if hint is None and isinstance(key, uuid.UUID) and self._begin_if_active is not None:
                     # The usual case in one round trip: the call's transaction
                     # opens with the admission check ("SELECT 1": ACTIVE, its
                     # schema at a revision this build serves, on this database's
                     # shard and not moving), and the call runs in it.
-                    admission = tenant_sql.begin_if_active(key, self._oldest_revision, self._local_shards)
+                    admission = self._begin_if_active(key)
                     if await open_transaction(conn, driver, admission) == "SELECT 1":
                         async with call_transaction(conn, driver, schema_name_for(key)) as session:
                             yield TenantScope(key, schema_name_for(key), session, self._local_shards[0])

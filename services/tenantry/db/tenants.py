@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -228,26 +228,32 @@ class AdmissionQueries:
 TENANT_REVISION_PATTERN = re.compile(r"t[0-9]{4}")
 
 
-def begin_if_active(tenant_id: uuid.UUID, oldest_revision: str, local_shards: Sequence[str]) -> str:
-    """Opens the call's transaction and checks the tenant is ACTIVE with its
-    schema at `oldest_revision` or later, on one of `local_shards` (the
-    shards on this database: the call runs in this very transaction) and not
-    moving, in one round trip: the simple query protocol takes several
-    statements but no parameters, and its status ("SELECT 1" or "SELECT 0")
-    is the answer. The only values in it are a uuid.UUID's canonical text (hex
-    digits and dashes), a revision id matching TENANT_REVISION_PATTERN and
-    shard names matching SHARD_NAME_PATTERN."""
-    if not isinstance(tenant_id, uuid.UUID):
-        raise TypeError("tenant_id must be a uuid.UUID")
+def begin_if_active(oldest_revision: str, local_shards: Sequence[str]) -> Callable[[uuid.UUID], str]:
+    """The statement that opens a call's transaction and checks the tenant is
+    ACTIVE with its schema at `oldest_revision` or later, on one of
+    `local_shards` (the shards on this database: the call runs in this very
+    transaction) and not moving, in one round trip: the simple query protocol
+    takes several statements but no parameters, and its status ("SELECT 1" or
+    "SELECT 0") is the answer. Checked and rendered once (per process); per
+    call only the tenant id goes in. The only values in it are a uuid.UUID's
+    canonical text (hex digits and dashes), a revision id matching
+    TENANT_REVISION_PATTERN and shard names matching SHARD_NAME_PATTERN."""
     if not TENANT_REVISION_PATTERN.fullmatch(oldest_revision):
         raise ValueError(f"not a tenant revision id: {oldest_revision!r}")
     if not local_shards or not all(SHARD_NAME_PATTERN.fullmatch(name) for name in local_shards):
         raise ValueError(f"not shard names: {local_shards!r}")
     shards = ", ".join(f"'{name}'" for name in local_shards)
-    return (
-        f"BEGIN; SELECT 1 FROM {TENANTS} WHERE id = '{tenant_id}' AND state = '{TenantState.ACTIVE.value}' "
-        f"AND schema_version >= '{oldest_revision}' AND shard IN ({shards}) AND NOT moving"
+    checks = (
+        f"AND state = '{TenantState.ACTIVE.value}' AND schema_version >= '{oldest_revision}' "
+        f"AND shard IN ({shards}) AND NOT moving"
     )
+
+    def for_tenant(tenant_id: uuid.UUID) -> str:
+        if not isinstance(tenant_id, uuid.UUID):
+            raise TypeError("tenant_id must be a uuid.UUID")
+        return f"BEGIN; SELECT 1 FROM {TENANTS} WHERE id = '{tenant_id}' {checks}"
+
+    return for_tenant
 
 
 def schema_is_behind(schema_version: str, oldest_revision: str) -> bool:
@@ -319,27 +325,16 @@ ACTIVATE = text(
     """
 )
 
-# --- the reconciler ----------------------------------------------------------
-
-# Tenant states whose schema may legitimately exist.
-SCHEMA_OWNING_STATES = (TenantState.CREATING, TenantState.ACTIVE, TenantState.SUSPENDED, TenantState.DELETING)
-
-# Tenant schemas no live tenant owns, by name.
-ORPHAN_SCHEMAS = text(
-    "SELECT n.nspname FROM pg_catalog.pg_namespace n "
-    "WHERE n.nspname ~ :schema_name_regex "
-    f"AND NOT EXISTS (SELECT 1 FROM {TENANTS} t WHERE t.schema_name = n.nspname "
-    "AND t.state = ANY(:live)) ORDER BY 1"
-).bindparams(schema_name_regex=SCHEMA_NAME_REGEX, live=[str(s) for s in SCHEMA_OWNING_STATES])
-
-
 # --- the reconciler, per shard database --------------------------------------
-#
+
 # A shard's catalog and the control plane are two databases: the reconciler
 # lists the tenant schemas of each shard database and compares them with the
 # control plane's tenants placed on that database's shards (parameter
 # `shards`, the names served by it). Tenants with an open MOVE are left out
 # on both sides: a move has a copy on two shards, then one, by design.
+
+# Tenant states whose schema may legitimately exist.
+SCHEMA_OWNING_STATES = (TenantState.CREATING, TenantState.ACTIVE, TenantState.SUSPENDED, TenantState.DELETING)
 
 # The tenant schemas in this database's catalog.
 TENANT_SCHEMAS_IN_CATALOG = text(
