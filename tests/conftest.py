@@ -62,6 +62,22 @@ def shard_b_urls() -> Iterator[DatabaseUrls]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+async def b_admin(shard_b_urls: DatabaseUrls) -> AsyncIterator[AsyncEngine]:
+    """Shard b's superuser: what is really there (catalogs, rows planted or checked by hand)."""
+    engine = create_engine(shard_b_urls.admin)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+async def b_worker(shard_b_urls: DatabaseUrls) -> AsyncIterator[AsyncEngine]:
+    """Shard b as the worker's role, which owns tenant schemas there."""
+    engine = create_engine(shard_b_urls.worker)
+    yield engine
+    await engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def database_url(database_urls: DatabaseUrls) -> str:
     """The superuser's URL: fixtures that inspect catalogs or set up by hand."""

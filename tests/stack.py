@@ -33,12 +33,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
 
 import tenantry.v1 as tenantry_v1
 from provisioner_worker.worker import activities_for, build_worker
+from provisioner_worker.workflows import WORKFLOWS
 from tenant_api.authentication import JwksKeys, TokenVerifier
 from tenant_api.headers import TENANT_ID_HEADER
 from tenant_api.operations import MAX_WAITS
@@ -71,6 +72,8 @@ from tenantry_dev.tokens import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Workflow histories every later change must replay (test_provisioning replays them all).
+HISTORIES_DIR = Path(__file__).resolve().parent / "histories"
 BUG_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 
 
@@ -263,6 +266,19 @@ async def wait_done(stubs: Stubs, name: str, timeout: float = 60.0) -> operation
     response = await stubs.operations.WaitOperation(request, timeout=timeout + 5)
     assert response.operation.done, f"{name} not done after {timeout}s: {response.operation}"
     return response.operation
+
+
+async def replay_and_record(client: Client, workflow_id: str, label: str) -> None:
+    """The workflow's history replays on the current workflow code (as
+    recorded and through the JSON form); with TENANTRY_WRITE_HISTORIES=1 the
+    first one of `label` is committed to tests/histories."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    await Replayer(workflows=WORKFLOWS).replay_workflow(history)
+    await Replayer(workflows=WORKFLOWS).replay_workflow(
+        WorkflowHistory.from_json(history.workflow_id, history.to_json())
+    )
+    if os.environ.get("TENANTRY_WRITE_HISTORIES") == "1" and not any(HISTORIES_DIR.glob(f"{label}__*.json")):
+        (HISTORIES_DIR / f"{label}__{history.workflow_id}.json").write_text(history.to_json() + "\n")
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2) -> Any:

@@ -8,22 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import re
 import signal
 import uuid
-from pathlib import Path
 
 import grpc
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import Client, WorkflowHistory
-from temporalio.worker import Replayer
+from temporalio.client import Client
 
 from provisioner_worker.rollout import Outcome, RolloutActivities, Seen
 from provisioner_worker.worker import build_worker
-from provisioner_worker.workflows import WORKFLOWS
 from tenant_api.headers import TENANT_SLUG_HEADER
 from tenant_api.tenant_gate import OLDEST_SERVED_TENANT_REVISION
 from tenantry import fleet_rollout
@@ -47,6 +43,7 @@ from tests.stack import (
     migrate_tenants,
     migrated_events,
     register_active,
+    replay_and_record,
     retire_fleet,
     service_env,
     settings_for,
@@ -55,7 +52,6 @@ from tests.stack import (
 )
 
 HEAD = tenant_head_revision()
-HISTORIES_DIR = Path(__file__).resolve().parent / "histories"
 
 
 async def versions(engine: AsyncEngine, ids: list[uuid.UUID]) -> dict[str, int]:
@@ -515,13 +511,7 @@ async def test_replay_of_a_rollout_history(
         settings = settings_for(database_urls, temporal_client, stack.task_queue)
         code, out, err = await migrate_tenants(settings, "--canary", "1", "--max-failures", "1", "--batch-size", "2")
         assert code == 1, (out, err)
-        history = await temporal_client.get_workflow_handle(await operation_name(out)).fetch_history()
-        await Replayer(workflows=WORKFLOWS).replay_workflow(history)
-        await Replayer(workflows=WORKFLOWS).replay_workflow(
-            WorkflowHistory.from_json(history.workflow_id, history.to_json())
-        )
-        if os.environ.get("TENANTRY_WRITE_HISTORIES") == "1" and not any(HISTORIES_DIR.glob("fleet-migrate__*.json")):
-            (HISTORIES_DIR / f"fleet-migrate__{history.workflow_id}.json").write_text(history.to_json() + "\n")
+        await replay_and_record(temporal_client, await operation_name(out), "fleet-migrate")
     finally:
         await retire_fleet(worker_engine, ids)
 

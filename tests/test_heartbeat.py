@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from pathlib import Path
 
 from provisioner_worker.heartbeat import heartbeat_interval
 from provisioner_worker.workflows import HEARTBEAT_TIMEOUT, PROVISION_RETRY, STEP_TIMEOUT, UNTIL_DONE_RETRY, step
-
-HISTORIES_DIR = Path(__file__).resolve().parent / "histories"
+from tests.stack import HISTORIES_DIR
 
 
 def test_heartbeat_interval_is_half_the_timeout() -> None:

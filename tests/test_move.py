@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import random
 import signal
 import subprocess
@@ -29,11 +28,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment
-from temporalio.worker import Replayer
 
 from provisioner_worker.move import (
     CHECKPOINT_BULK_COPY,
@@ -50,7 +48,6 @@ from provisioner_worker.move import (
     checkpoint_name,
     tombstone_name,
 )
-from provisioner_worker.workflows import WORKFLOWS
 from tenantry.db.engine import create_engine, driver_of
 from tenantry.db.shards import Shards
 from tenantry.migrations import tenant_schema_script
@@ -73,6 +70,7 @@ from tests.stack import (
     expect_error,
     expect_invalid_field,
     registration,
+    replay_and_record,
     running_stack,
     schema_exists,
     service_env,
@@ -84,28 +82,6 @@ from tests.stack import (
 )
 
 OPERATION_PREFIX = "operations/"
-HISTORIES_DIR = Path(__file__).resolve().parent / "histories"
-
-
-async def _replay_and_record(client: Client, operation_name: str, label: str) -> None:
-    """The move's history replays on the current workflow code (as recorded
-    and through the JSON form); TENANTRY_WRITE_HISTORIES=1 commits it to
-    tests/histories, which test_provisioning replays on every later change."""
-    history = await client.get_workflow_handle(operation_name.removeprefix(OPERATION_PREFIX)).fetch_history()
-    await Replayer(workflows=WORKFLOWS).replay_workflow(history)
-    await Replayer(workflows=WORKFLOWS).replay_workflow(
-        WorkflowHistory.from_json(history.workflow_id, history.to_json())
-    )
-    if os.environ.get("TENANTRY_WRITE_HISTORIES") == "1" and not list(HISTORIES_DIR.glob(f"{label}__*.json")):
-        (HISTORIES_DIR / f"{label}__{history.workflow_id}.json").write_text(history.to_json() + "\n")
-
-
-@pytest.fixture(scope="module")
-async def b_admin(shard_b_urls: DatabaseUrls) -> AsyncIterator[AsyncEngine]:
-    """Shard b's superuser: what is really there."""
-    engine = create_engine(shard_b_urls.admin)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +304,7 @@ async def test_a_tenant_moves_to_b_and_back_under_load_losing_nothing(
     assert operation.state == operation_pb2.OPERATION_STATE_SUCCEEDED, operation
     assert outcome.state == "SUCCEEDED" and outcome.rows >= 3000, outcome
     assert outcome.window_seconds < 5, outcome
-    await _replay_and_record(temporal_client, operation.name, "move-succeeded")
+    await replay_and_record(temporal_client, operation.name.removeprefix(OPERATION_PREFIX), "move-succeeded")
     _check_load(load, outcome)
     on_b = await _project_ids(b_admin, schema)
     assert len(on_b) == len(set(on_b)) == len(seeded) + len(load.acknowledged)
@@ -604,7 +580,7 @@ async def test_a_move_whose_source_changed_schema_rolls_back_and_the_source_serv
     operation = await wait_done(move_stack.stubs, response.operation.name, timeout=90)
     assert operation.state == operation_pb2.OPERATION_STATE_FAILED, operation
     assert operation.error_message.startswith("SCHEMA_CHANGED: "), operation.error_message
-    await _replay_and_record(temporal_client, operation.name, "move-rolled-back")
+    await replay_and_record(temporal_client, operation.name.removeprefix(OPERATION_PREFIX), "move-rolled-back")
     assert await _placement(engine, tenant.id) == ("default", False)
     assert not await schema_exists(b_admin, schema)
     assert set(await _project_ids(engine, schema)) == seeded

@@ -62,6 +62,7 @@ from tenantry.workflow_contract import (
     provision_workflow_id,
 )
 from tests.stack import (
+    HISTORIES_DIR,
     REPO_ROOT,
     Stack,
     delete_and_purge,
@@ -71,7 +72,6 @@ from tests.stack import (
     wait_done,
 )
 
-HISTORIES_DIR = Path(__file__).resolve().parent / "histories"
 WORKFLOWS_SOURCE = REPO_ROOT / "services" / "provisioner_worker" / "workflows.py"
 _TIMEOUT = timedelta(seconds=90)
 

@@ -46,22 +46,6 @@ from tests.stack import (
 # --- two servers: the control plane's (shard `default`) and b's ----------------------
 
 
-@pytest.fixture(scope="module")
-async def b_admin(shard_b_urls: DatabaseUrls) -> AsyncIterator[AsyncEngine]:
-    """b's superuser: inspects what landed on b."""
-    engine = create_engine(shard_b_urls.admin)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture(scope="module")
-async def b_worker(shard_b_urls: DatabaseUrls) -> AsyncIterator[AsyncEngine]:
-    """b as the worker's role, which owns tenant schemas there."""
-    engine = create_engine(shard_b_urls.worker)
-    yield engine
-    await engine.dispose()
-
-
 def api_shards(api_engine: AsyncEngine, database_urls: DatabaseUrls, **remote: str) -> Shards:
     """The API's TENANTRY_SHARDS: `default` on the control plane's database plus `remote` (name -> URL)."""
     return Shards(

@@ -102,8 +102,8 @@ async def two_shards(
     api_engine: AsyncEngine,
     worker_engine: AsyncEngine,
     temporal_client: Client,
+    b_admin: AsyncEngine,
 ) -> AsyncIterator[TwoShards]:
-    b_admin = create_engine(shard_b_urls.admin)
     api_shards = _shards(api_engine, database_urls.api, shard_b_urls.api)
     worker_shards = _shards(worker_engine, database_urls.worker, shard_b_urls.worker)
     try:
@@ -128,7 +128,6 @@ async def two_shards(
     finally:
         await api_shards.dispose()
         await worker_shards.dispose()
-        await b_admin.dispose()
 
 
 # --- helpers ------------------------------------------------------------------------------------
