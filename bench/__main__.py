@@ -40,11 +40,9 @@ from bench.scenarios import (
     scenario_register,
     warmup,
 )
-from bench.stack import REPO_ROOT, BenchStack
+from bench.stack import DEFAULT_OUTPUT, BenchStack
 from bench.stats import progress
 from tenantry_dev.embedded import tool_path
-
-DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results"
 
 
 def _temporal_version() -> str:

@@ -44,6 +44,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import ActivityEnvironment
 
+from bench.stack import DEFAULT_OUTPUT
 from provisioner_worker.move import AbortMoveInput, MoveActivities
 from tenantry.db import operations as operation_sql
 from tenantry.db.engine import asyncpg_dsn, create_engine, driver_of
@@ -54,8 +55,6 @@ from tenantry.states import OperationKind
 from tenantry.workflow_contract import MoveTenantInput, new_workflow_id
 from tenantry_dev.embedded import prepare_database, prepare_shard, start_embedded_postgres
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results"
 THROUGHPUT_GOAL = 0.5
 WINDOW_GOAL_SECONDS = 1.0
 

@@ -49,6 +49,8 @@ from tenantry_dev.embedded import ChildProcess as Service
 from tenantry_dev.tokens import DEV_ISSUER, SigningKey, ensure_page_token_key, ensure_signing_key, mint_token
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Where `make bench` leaves its results (latest.*, move.*).
+DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results"
 STARTUP_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 20.0
 # tenant-api-retained's deletion retention: longer than any run.
