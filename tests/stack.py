@@ -46,6 +46,7 @@ from tenant_api.operations import MAX_WAITS
 from tenant_api.pagination import PageTokens
 from tenant_api.server import MAX_CONCURRENT_RPCS, RunningApi, start_api
 from tenantry import fleet_rollout
+from tenantry.db import admission
 from tenantry.db.engine import driver_of
 from tenantry.db.shards import Shards
 from tenantry.migrations import migrations_dir, tenant_schema_script_at
@@ -322,6 +323,24 @@ async def schema_exists(engine: AsyncEngine, schema_name: str) -> bool:
     async with engine.connect() as conn:
         found = await conn.execute(text("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = :s"), {"s": schema_name})
         return found.first() is not None
+
+
+async def change_tenant_by_hand(
+    control_plane: AsyncEngine, tenant_id: uuid.UUID, assignments: str, fencing: AsyncEngine | None = None
+) -> None:
+    """`UPDATE tenants SET <assignments>` for one tenant, with its version
+    bumped, as the product's changes do. `fencing`: the shard database whose
+    admission the change takes away (a suspend, a switch away from it), fenced
+    first as the product does (tenantry.db.admission); a shard's admission
+    row would admit the tenant otherwise."""
+    async with control_plane.begin() as conn:
+        version = await conn.scalar(text("SELECT version FROM tenants WHERE id = :id FOR UPDATE"), {"id": tenant_id})
+        if fencing is not None:
+            async with fencing.begin() as shard:
+                await shard.execute(text(admission.fence(tenant_id, version + 1)))
+        await conn.execute(
+            text(f"UPDATE tenants SET {assignments}, version = version + 1 WHERE id = :id"), {"id": tenant_id}
+        )
 
 
 async def unreachable_temporal_client() -> Client:

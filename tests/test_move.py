@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import random
 import signal
@@ -292,6 +293,15 @@ def _check_load(load: Load, outcome: MoveOutcome) -> None:
     assert sum(o.code == grpc.StatusCode.OK for o in load.outcomes) > 60
 
 
+async def _admits(shard: AsyncEngine, tenant_id: str) -> bool:
+    """The shard's admission row admits the tenant (tenantry.db.admission)."""
+    async with shard.connect() as conn:
+        admit = await conn.scalar(
+            text("SELECT admit FROM tenant_admission WHERE tenant_id = :id"), {"id": uuid.UUID(tenant_id)}
+        )
+    return bool(admit)
+
+
 async def test_a_tenant_moves_to_b_and_back_under_load_losing_nothing(
     move_stack: Stack, temporal_client: Client, engine: AsyncEngine, b_admin: AsyncEngine
 ) -> None:
@@ -321,7 +331,10 @@ async def test_a_tenant_moves_to_b_and_back_under_load_losing_nothing(
             project_service_pb2.GetProjectRequest(project_id=project_id), metadata=by_id(tenant.id), timeout=10
         )
 
-    # And back to the control plane's database.
+    # b admits it by its own row now (the gate recorded the control plane's admission there).
+    assert await eventually(functools.partial(_admits, b_admin, tenant.id), timeout=10)
+
+    # And back to the control plane's database: b's row fenced by the switch.
     back, outcome_back, operation_back = await _move_under_load(move_stack, temporal_client, tenant.id, "default")
     assert operation_back.state == operation_pb2.OPERATION_STATE_SUCCEEDED, operation_back
     _check_load(back, outcome_back)
@@ -332,6 +345,7 @@ async def test_a_tenant_moves_to_b_and_back_under_load_losing_nothing(
     assert not await schema_exists(b_admin, tombstone_name(schema))
     assert await _placement(engine, tenant.id) == ("default", False)
     assert await _moved_events(engine, tenant.id) == 2
+    assert not await _admits(b_admin, tenant.id)
 
 
 # --- refusals -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ shard 'b'): these tests are about the API, not provisioning."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -24,6 +25,7 @@ from temporalio.client import Client
 
 from tenant_api.headers import TENANT_SLUG_HEADER
 from tenant_api.tenant_gate import MOVING_RETRY_AFTER_SECONDS
+from tenantry.db import admission
 from tenantry.db.engine import create_engine, driver_of
 from tenantry.db.shards import Shards
 from tenantry.migrations import tenant_head_revision, tenant_schema_script_at
@@ -34,6 +36,8 @@ from tests.stack import (
     Metadata,
     Stack,
     by_id,
+    change_tenant_by_hand,
+    eventually,
     expect_error,
     expect_invalid_field,
     fleet_at,
@@ -345,8 +349,7 @@ async def test_a_moving_tenant_is_unavailable_with_retry_info(
     tenant_id = on_b if where == "b" else on_default
     slug: Metadata = ((TENANT_SLUG_HEADER, await slug_of(engine, tenant_id)),)
     await create_project(sharded, by_id(str(tenant_id)), "before")
-    async with engine.begin() as conn:
-        await conn.execute(text("UPDATE tenants SET moving = true WHERE id = :id"), {"id": tenant_id})
+    await change_tenant_by_hand(engine, tenant_id, "moving = true", fencing=b_admin if where == "b" else engine)
     try:
         for metadata in (by_id(str(tenant_id)), slug):
             for call in project_calls(sharded, metadata):
@@ -355,8 +358,7 @@ async def test_a_moving_tenant_is_unavailable_with_retry_info(
         # The control plane still answers for it (only tenant-scoped calls wait).
         assert (await get_tenant(sharded, str(tenant_id))).state == tenant_pb2.TENANT_STATE_ACTIVE
     finally:
-        async with engine.begin() as conn:
-            await conn.execute(text("UPDATE tenants SET moving = false WHERE id = :id"), {"id": tenant_id})
+        await change_tenant_by_hand(engine, tenant_id, "moving = false")
     assert await list_names(sharded, slug) == ["before"]  # nothing written while refused
 
 
@@ -409,12 +411,13 @@ async def wait_for_lock_waiter(admin: AsyncEngine, schema: str, timeout: float =
 
 
 async def test_the_row_decides_the_shard_on_every_call(
-    sharded: Stack, on_b: uuid.UUID, engine: AsyncEngine, worker_engine: AsyncEngine
+    sharded: Stack, on_b: uuid.UUID, engine: AsyncEngine, worker_engine: AsyncEngine, b_admin: AsyncEngine
 ) -> None:
-    """The gate remembers where it last admitted a remote tenant, to open the
-    call's transaction there while it reads the row: only a guess. A
-    placement switched by hand (as a move's switch does) is followed on the
-    very next call, both ways, by id and by slug."""
+    """The gate remembers where it last admitted a remote tenant, to admit
+    it there by b's admission row (by id) or to open the call's transaction
+    there while it reads the row (by slug): only a guess. A placement
+    switched by hand (as a move's switch does: the shard it leaves fenced
+    first) is followed on the very next call, both ways, by id and by slug."""
     schema = schema_name_for(on_b)
     metadata = by_id(str(on_b))
     slug: Metadata = ((TENANT_SLUG_HEADER, await slug_of(engine, on_b)),)
@@ -431,13 +434,121 @@ async def test_the_row_decides_the_shard_on_every_call(
         )
     try:
         for shard, expected in (("default", ["on-default"]), ("b", ["on-b"]), ("default", ["on-default"])):
-            async with engine.begin() as conn:
-                await conn.execute(text("UPDATE tenants SET shard = :s WHERE id = :id"), {"s": shard, "id": on_b})
+            leaving = b_admin if shard == "default" else engine
+            await change_tenant_by_hand(engine, on_b, f"shard = '{shard}'", fencing=leaving)
             for _ in range(2):
                 assert await list_names(sharded, metadata) == expected, shard
                 assert await list_names(sharded, slug) == expected, shard
     finally:
-        async with engine.begin() as conn:
-            await conn.execute(text("UPDATE tenants SET shard = 'b' WHERE id = :id"), {"id": on_b})
+        await change_tenant_by_hand(engine, on_b, "shard = 'b'", fencing=engine)
         async with worker_engine.begin() as conn:
             await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+# --- admission on the shard itself (tenantry.db.admission) ----------------------------
+
+
+async def admission_row(shard: AsyncEngine, tenant_id: uuid.UUID) -> tuple[int, bool] | None:
+    async with shard.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT version, admit FROM tenant_admission WHERE tenant_id = :id"), {"id": tenant_id}
+            )
+        ).one_or_none()
+    return None if row is None else (row.version, row.admit)
+
+
+async def tenant_version(engine: AsyncEngine, tenant_id: uuid.UUID) -> int:
+    async with engine.connect() as conn:
+        version = await conn.scalar(text("SELECT version FROM tenants WHERE id = :id"), {"id": tenant_id})
+    assert isinstance(version, int)
+    return version
+
+
+async def admitted_on_b(engine: AsyncEngine, b_admin: AsyncEngine, tenant_id: uuid.UUID) -> bool:
+    """b's admission row admits the tenant at its current control-plane version."""
+    return await admission_row(b_admin, tenant_id) == (await tenant_version(engine, tenant_id), True)
+
+
+async def test_a_b_tenant_once_admitted_is_admitted_by_b_alone(
+    sharded: Stack, on_b: uuid.UUID, engine: AsyncEngine, b_admin: AsyncEngine
+) -> None:
+    """The first call is admitted by the control plane's row, which b's
+    admission row then records; from there a call by id is admitted on b in
+    the round trip that opens its transaction: it is served while the control
+    plane's tenants table is locked against every reader."""
+    metadata = by_id(str(on_b))
+    await create_project(sharded, metadata, "first")
+    assert await eventually(functools.partial(admitted_on_b, engine, b_admin, on_b), timeout=10)
+    async with engine.connect() as blocker:
+        await blocker.begin()
+        await blocker.execute(text("LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE"))
+        await create_project(sharded, metadata, "second")
+        assert await list_names(sharded, metadata) == ["first", "second"]
+        await blocker.rollback()
+
+
+async def test_suspend_and_delete_fence_b_before_they_commit(
+    sharded: Stack, on_b: uuid.UUID, engine: AsyncEngine, b_admin: AsyncEngine
+) -> None:
+    """Each change that stops a b tenant serving writes b's fence first: the
+    very next call is refused with the control plane's reason, never admitted
+    by b's earlier row; the changes that let it serve again need nothing on b
+    (its next admission records them)."""
+    tenants = sharded.stubs.tenants
+    metadata = by_id(str(on_b))
+    for refuse, reason, restore in (
+        (
+            lambda: tenants.SuspendTenant(
+                tenant_service_pb2.SuspendTenantRequest(tenant_id=str(on_b), reason="billing"), timeout=10
+            ),
+            "TENANT_SUSPENDED",
+            lambda: tenants.ResumeTenant(tenant_service_pb2.ResumeTenantRequest(tenant_id=str(on_b)), timeout=10),
+        ),
+        (
+            lambda: tenants.DeleteTenant(tenant_service_pb2.DeleteTenantRequest(tenant_id=str(on_b)), timeout=10),
+            "TENANT_DELETING",
+            lambda: tenants.UndeleteTenant(tenant_service_pb2.UndeleteTenantRequest(tenant_id=str(on_b)), timeout=10),
+        ),
+    ):
+        assert await list_names(sharded, metadata) == []
+        assert await eventually(functools.partial(admitted_on_b, engine, b_admin, on_b), timeout=10)
+        await refuse()
+        assert await admission_row(b_admin, on_b) == (await tenant_version(engine, on_b), False)
+        for call in project_calls(sharded, metadata):
+            await expect_error(call(), grpc.StatusCode.FAILED_PRECONDITION, reason)
+        await restore()
+    assert await list_names(sharded, metadata) == []
+
+
+async def test_a_stale_admission_never_overrides_a_fence(b_admin: AsyncEngine) -> None:
+    """The two writers of an admission row, in both orders: an admit computed
+    from a row read before a restrictive change (a lower version) loses to
+    that change's fence whether it lands before or after it; an admit from a
+    later version wins; one at the same version only refreshes an admitted row."""
+    tenant_id = uuid.uuid4()
+
+    async def run(statement: Any) -> tuple[int, bool] | None:
+        async with b_admin.begin() as conn:
+            await conn.execute(text(statement) if isinstance(statement, str) else statement)
+        return await admission_row(b_admin, tenant_id)
+
+    try:
+        assert await run(admission.admit_statement(tenant_id, 4, "t0002")) == (4, True)
+        assert await run(admission.fence(tenant_id, 5)) == (5, False)  # the admit landed first
+        assert await run(admission.admit_statement(tenant_id, 4, "t0002")) == (5, False)  # a late one
+        assert await run(admission.admit_statement(tenant_id, 5, "t0002")) == (5, False)  # same version, fenced
+        assert await run(admission.fence(tenant_id, 3)) == (5, False)  # a fence never lowers the version
+        assert await run(admission.admit_statement(tenant_id, 6, "t0002")) == (6, True)  # resumed since
+        assert await run(admission.admit_statement(tenant_id, 6, "t0003")) == (6, True)
+        async with b_admin.connect() as conn:
+            assert (
+                await conn.scalar(
+                    text("SELECT schema_version FROM tenant_admission WHERE tenant_id = :id"), {"id": tenant_id}
+                )
+                == "t0003"
+            )
+        assert await run(admission.fence(tenant_id, 7)) == (7, False)
+    finally:
+        async with b_admin.begin() as conn:
+            await conn.execute(text("DELETE FROM tenant_admission WHERE tenant_id = :id"), {"id": tenant_id})

@@ -30,9 +30,20 @@ from tenant_api.server import shard_health_name
 from tenantry.db.engine import CONNECT_TIMEOUT_SECONDS, create_engine
 from tenantry.db.shards import Shards
 from tenantry.migrations import tenant_head_revision
-from tenantry.v1 import project_service_pb2
+from tenantry.v1 import project_service_pb2, tenant_pb2, tenant_service_pb2
 from tenantry_dev.embedded import DatabaseUrls, prepare_shard, start_embedded_postgres
-from tests.stack import Metadata, Stack, by_id, error_info, eventually, fleet_at, retire_fleet, rpc_error, running_stack
+from tests.stack import (
+    Metadata,
+    Stack,
+    by_id,
+    change_tenant_by_hand,
+    error_info,
+    eventually,
+    fleet_at,
+    retire_fleet,
+    rpc_error,
+    running_stack,
+)
 
 
 @dataclass
@@ -160,6 +171,18 @@ async def test_a_shard_that_is_down_refuses_only_its_own_tenants(fleet: Fleet, d
         assert await list_projects(api, by_id(str(fleet.on_b))) == ["before"]
         assert await list_projects(api, by_id(str(fleet.on_default))) == ["before"]
 
+    # A change that stops its tenant serving cannot fence c first (tenantry.db.admission):
+    # refused, nothing changed, so c cannot admit a suspended tenant once it is back.
+    error = await rpc_error(
+        api.stubs.tenants.SuspendTenant(
+            tenant_service_pb2.SuspendTenantRequest(tenant_id=str(fleet.down), reason="c is down"),
+            timeout=CONNECT_TIMEOUT_SECONDS + 10,
+        )
+    )
+    assert (error.code(), error_info(error).reason) == (grpc.StatusCode.UNAVAILABLE, "SHARD_UNAVAILABLE")
+    got = await api.stubs.tenants.GetTenant(tenant_service_pb2.GetTenantRequest(tenant_id=str(fleet.down)), timeout=10)
+    assert got.tenant.state == tenant_pb2.TENANT_STATE_ACTIVE
+
     # Health: the API is SERVING (its control plane is up), shard c is not.
     assert await eventually(functools.partial(_health_is, api, shard_health_name("c"), NOT_SERVING), timeout=10)
     assert shard_up("c") == 0
@@ -179,18 +202,18 @@ async def _health_is(api: Stack, service: str, status: int) -> bool:
         return False
 
 
-async def test_a_tenant_on_a_shard_this_api_does_not_list_is_unavailable(fleet: Fleet, engine: AsyncEngine) -> None:
+async def test_a_tenant_on_a_shard_this_api_does_not_list_is_unavailable(
+    fleet: Fleet, engine: AsyncEngine, b_admin: AsyncEngine
+) -> None:
     """A row placed on a shard missing from this API's TENANTRY_SHARDS (a
     replica configured differently): not the caller's fault, UNAVAILABLE."""
-    async with engine.begin() as conn:
-        await conn.execute(text("UPDATE tenants SET shard = 'elsewhere' WHERE id = :id"), {"id": fleet.on_b})
+    await change_tenant_by_hand(engine, fleet.on_b, "shard = 'elsewhere'", fencing=b_admin)
     try:
         error = await rpc_error(list_projects(fleet.api, by_id(str(fleet.on_b))))
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         assert (error_info(error).reason, error_info(error).metadata["shard"]) == ("SHARD_UNAVAILABLE", "elsewhere")
     finally:
-        async with engine.begin() as conn:
-            await conn.execute(text("UPDATE tenants SET shard = 'b' WHERE id = :id"), {"id": fleet.on_b})
+        await change_tenant_by_hand(engine, fleet.on_b, "shard = 'b'")
     await fleet.api.stubs.projects.CreateProject(
         project_service_pb2.CreateProjectRequest(name="back-on-b"), metadata=by_id(str(fleet.on_b)), timeout=10
     )

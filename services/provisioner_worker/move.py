@@ -13,8 +13,9 @@ back, never leaves two live copies, never loses or duplicates a committed row):
    (binary, in primary key order; the source's COPY TO feeds a bounded queue
    the target's COPY FROM reads: no temporary files), one target transaction
    per table. The tenant serves normally meanwhile.
-3. `switch`, the short window: `moving = true` committed on the control plane
-   (new calls: UNAVAILABLE TENANT_MOVING); on the source, every tenant table
+3. `switch`, the short window: the source's admission row fenced, then
+   `moving = true` committed on the control plane (new calls: UNAVAILABLE
+   TENANT_MOVING); on the source, every tenant table
    LOCKed IN EXCLUSIVE MODE (in-flight writers finish, new writes wait, reads
    go on), bounded by SWITCH_LOCK_TIMEOUT_MS; per table row count + checksum
    of the source, compared with the target's (taken just before the window:
@@ -22,9 +23,10 @@ back, never leaves two live copies, never loses or duplicates a committed row):
    the rows that differ by primary key and row hash are copied again (a table
    other tenant tables reference: all of it, with them), then verified by
    checksum; the target commits; the source schema is renamed to its
-   tombstone (`<schema>_moved`) in the lock's transaction, so from its commit
-   the old copy cannot serve (a call blocked on the lock finds its relation
-   gone, and the gate explains that as TENANT_MOVING); then, in one
+   tombstone (`<schema>_moved`) and its admission row fenced
+   (tenantry.db.admission) in the lock's transaction, so from its commit the
+   old copy cannot serve (a call blocked on the lock finds its relation gone,
+   and the gate explains that as TENANT_MOVING); then, in one
    control-plane transaction: shard = target, moving = false, version + 1,
    the MOVED event.
 4. `drop_old_copy`: the tombstone dropped on the source, the operation SUCCEEDED.
@@ -72,11 +74,12 @@ from temporalio.exceptions import ApplicationError
 
 from provisioner_worker.activities import current_workflow_id
 from provisioner_worker.metrics import MOVE_SWITCH_SECONDS
+from tenantry.db import admission
 from tenantry.db import operations as operation_sql
 from tenantry.db.engine import driver_of
 from tenantry.db.events import SYSTEM_WORKER, EventRecord, append_event
 from tenantry.db.models import Tenant, TenantBase
-from tenantry.db.shards import Shard, Shards, UnknownShardError
+from tenantry.db.shards import Shard, Shards, UnknownShardError, shard_transaction
 from tenantry.db.timeouts import bound_lock_waits, is_lock_timeout
 from tenantry.migrations import tenant_head_revision, tenant_schema_script, tenant_schema_script_at
 from tenantry.schema_names import quote_schema, schema_name_for
@@ -458,7 +461,7 @@ async def _schema_exists(driver: asyncpg.Connection, schema: str) -> bool:
     )
 
 
-_LOCK_TENANT = "SELECT state, shard, moving, schema_version FROM tenants WHERE id = :tenant_id FOR UPDATE"
+_LOCK_TENANT = "SELECT state, shard, moving, schema_version, version FROM tenants WHERE id = :tenant_id FOR UPDATE"
 
 
 @dataclass(frozen=True)
@@ -467,13 +470,14 @@ class _Row:
     shard: str
     moving: bool
     schema_version: str
+    version: int
 
 
 async def _lock_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> _Row:
     row = (await conn.execute(text(_LOCK_TENANT), {"tenant_id": tenant_id})).one_or_none()
     if row is None:
         raise _refused(f"tenant {tenant_id} not found")
-    return _Row(row.state, row.shard, row.moving, row.schema_version)
+    return _Row(row.state, row.shard, row.moving, row.schema_version, row.version)
 
 
 async def _operation_open(conn: AsyncConnection, workflow_id: str) -> bool:
@@ -482,7 +486,9 @@ async def _operation_open(conn: AsyncConnection, workflow_id: str) -> bool:
 
 
 async def _set_moving(conn: AsyncConnection, tenant_id: uuid.UUID, moving: bool) -> None:
-    await conn.execute(update(Tenant).where(Tenant.id == tenant_id).values(moving=moving))
+    """Every flip bumps the version: a fence written for `moving = true`
+    (tenantry.db.admission) is outranked once the tenant serves again."""
+    await conn.execute(update(Tenant).where(Tenant.id == tenant_id).values(moving=moving, version=Tenant.version + 1))
 
 
 class MoveActivities:
@@ -642,6 +648,10 @@ class MoveActivities:
             row = await _lock_tenant(conn, tenant_id)
             if row.shard == input.target_shard or not await _operation_open(conn, workflow_id):
                 return SwitchResult()
+            # The source's admission row first (the shard-first protocol):
+            # it admits no call from here, as the control plane will not.
+            async with shard_transaction(conn, source) as source_conn:
+                await source_conn.execute(text(admission.fence(tenant_id, row.version + 1)))
             await _set_moving(conn, tenant_id, True)
         start_wall, start = time.time(), time.monotonic()
         recopied: list[str] = []
@@ -662,7 +672,9 @@ class MoveActivities:
                 async with source.engine.connect() as source_conn, target.engine.connect() as target_conn:
                     src, dst = await driver_of(source_conn), await driver_of(target_conn)
                     try:
-                        recopied = await self._freeze_verify_rename(src, dst, schema, tombstone, target_digests)
+                        # The version _switch_control_plane commits: the source's fence.
+                        fence = admission.fence(tenant_id, row.version + 1)
+                        recopied = await self._freeze_verify_rename(src, dst, schema, tombstone, target_digests, fence)
                     finally:
                         await source_conn.rollback()
                         await target_conn.rollback()
@@ -740,11 +752,13 @@ class MoveActivities:
         schema: str,
         tombstone: str,
         target_digests: dict[str, tuple[int, bytes]] | None,
+        fence: str,
     ) -> list[str]:
         """(b): in one source transaction, lock, verify against the target's
         checksums (`target_digests`, computed before the window; None: here),
         copy again what differs and verify that, commit the target, rename
-        the source, commit the source. Returns the tables copied again.
+        the source and `fence` its admission row (tenantry.db.admission: the
+        source admits no call from here), commit the source. Returns the tables copied again.
         Source already renamed (an earlier attempt committed it): nothing to do."""
         if not await _schema_exists(src, schema):
             if await _schema_exists(src, tombstone) and await _schema_exists(dst, schema):
@@ -801,7 +815,8 @@ class MoveActivities:
                 raise
             await src.execute(
                 f"DROP SCHEMA IF EXISTS {_quote_ident(tombstone)} CASCADE; "
-                f"ALTER SCHEMA {quote_schema(schema)} RENAME TO {_quote_ident(tombstone)}"
+                f"ALTER SCHEMA {quote_schema(schema)} RENAME TO {_quote_ident(tombstone)}; "
+                f"{fence}"
             )
             finished = True
             await source_tx.commit()

@@ -267,7 +267,7 @@ async def start_api(
     )
     starter = OperationStarter(client, task_queue)
     tenant_service_pb2_grpc.add_TenantServiceServicer_to_server(
-        TenantServicer(Tenants(engine, sessions, starter, page_tokens, deletion_retention, shards.names)), server
+        TenantServicer(Tenants(engine, sessions, starter, page_tokens, deletion_retention, shards)), server
     )
     operation_service_pb2_grpc.add_OperationServiceServicer_to_server(OperationServicer(operations), server)
     project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(Projects(page_tokens)), server)

@@ -8,12 +8,13 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from typing import Any
 
 import asyncpg
 import grpc
@@ -32,6 +33,7 @@ from tenant_api.call_transaction import (
 from tenant_api.errors import ApiError, FieldViolation, failed_precondition, not_found, unavailable
 from tenant_api.headers import TENANT_ID_HEADER, TENANT_SLUG_HEADER, metadata_value
 from tenant_api.validation import parse_uuid, slug_problem
+from tenantry.db import admission
 from tenantry.db import tenants as tenant_sql
 from tenantry.db.shards import Shard, Shards, UnknownShardError
 from tenantry.pg_errors import INVALID_SCHEMA_NAME, SCHEMA_OBJECT_MISSING_SQLSTATES, pg_error
@@ -99,6 +101,8 @@ class _Opened:
     conn: AsyncConnection | None = None
     driver: asyncpg.Connection | None = None
     error: BaseException | None = None
+    # The statement that opened it said "SELECT 1" (the shard admits the tenant).
+    admitted: bool = False
 
 
 async def _release(opened: _Opened | None) -> None:
@@ -132,12 +136,16 @@ class TenantGate:
         self._begin_if_active = (
             tenant_sql.begin_if_active(oldest_revision, self._local_shards) if self._local_shards else None
         )
+        self._begin_if_admitted = admission.begin_if_admitted(oldest_revision)
         # Tenant id or slug -> the remote shard this process last admitted it
         # on. Only a guess of where to open the call's transaction while the
         # row is read: the row decides, every call.
         self._remote_hints: dict[uuid.UUID | str, Shard] = {}
-        # Speculative transactions being rolled back (strong references).
-        self._releasing: set[asyncio.Future[None]] = set()
+        # Background work: speculative transactions being rolled back,
+        # admission rows being written (strong references).
+        self._background: set[asyncio.Future[None]] = set()
+        # Tenants whose admission row is being written (one write at a time each).
+        self._admitting: set[uuid.UUID] = set()
 
     @asynccontextmanager
     async def admitted(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> AsyncIterator[TenantScope]:
@@ -160,10 +168,23 @@ class TenantGate:
             raise _invalid(
                 "TENANT_REQUIRED", TENANT_ID_HEADER, f"name the tenant in {TENANT_ID_HEADER} or {TENANT_SLUG_HEADER}"
             )
-        # A tenant this process last admitted on another shard: its row is
-        # read and its transaction there opened at the same time (below).
         hint = self._remote_hints.get(key)
         speculation: asyncio.Future[_Opened] | None = None
+        if hint is not None and isinstance(key, uuid.UUID):
+            # A tenant this process last admitted on another shard: that
+            # shard's admission row admits it in the round trip that opens
+            # the call's transaction there (tenantry.db.admission), as a
+            # local tenant's is admitted on the control plane.
+            first = await self._begin_on(hint, self._begin_if_admitted(key))
+            if first.admitted:
+                async with self._serve_on(first, key, schema_name_for(key)) as scope:
+                    yield scope
+                return
+            if not isinstance(first.error, asyncpg.PostgresError):
+                # Not admitted there, or the shard unreachable: the row says
+                # why, and where it is admitted the transaction is open already.
+                speculation = asyncio.get_running_loop().create_future()
+                speculation.set_result(first)
         try:
             async with self._engine.connect() as conn:
                 driver = await unscoped_connection(conn)
@@ -172,25 +193,23 @@ class TenantGate:
                     # opens with the admission check ("SELECT 1": ACTIVE, its
                     # schema at a revision this build serves, on this database's
                     # shard and not moving), and the call runs in it.
-                    admission = self._begin_if_active(key)
-                    if await open_transaction(conn, driver, admission) == "SELECT 1":
+                    admission_sql = self._begin_if_active(key)
+                    if await open_transaction(conn, driver, admission_sql) == "SELECT 1":
                         async with call_transaction(conn, driver, schema_name_for(key)) as session:
                             yield TenantScope(key, schema_name_for(key), session, self._local_shards[0])
                         return
                     await abandon(conn, driver)
-                if hint is not None:
-                    # Speculatively, on the shard it was on: a BEGIN there,
-                    # nothing else unless the row admits the call there (else
-                    # it is rolled back in the background). So a remote
-                    # tenant's call costs one round trip before its work, as
-                    # a local one's does.
+                if hint is not None and speculation is None:
+                    # By slug: speculatively, on the shard it was on: a BEGIN
+                    # there, nothing else unless the row admits the call there
+                    # (else it is rolled back in the background).
                     speculation = asyncio.ensure_future(self._begin_on(hint))
                 # By slug, on another shard, or refused: read the row to admit or to say why not.
                 row = await driver_call(conn, driver, driver.fetchrow(query, key))
                 if row is None:
                     self._remote_hints.pop(key, None)
                     raise not_found("TENANT_NOT_FOUND", f"tenant {next(iter(ref.values()))} not found", **ref)
-                admitted_id, state, schema_name, purge_time, schema_version, shard_name, moving = row
+                admitted_id, state, schema_name, purge_time, schema_version, shard_name, moving, version = row
                 refused = gate_error(str(admitted_id), state, purge_time, schema_version, self._oldest_revision, moving)
                 if refused is not None:
                     self._remote_hints.pop(key, None)
@@ -210,6 +229,7 @@ class TenantGate:
                 if len(self._remote_hints) >= MAX_REMOTE_HINTS:
                     del self._remote_hints[next(iter(self._remote_hints))]
                 self._remote_hints[key] = shard
+                self._record_admission(shard, admitted_id, version, schema_version)
             # Another database: the control-plane connection went back to the
             # pool before the call runs. Whatever changes meanwhile (a purge, a
             # move's switch) shows as the schema gone or locked there:
@@ -222,20 +242,27 @@ class TenantGate:
             speculation = None
         finally:
             self._discard(speculation)
+        async with self._serve_on(opened, admitted_id, schema_name) as scope:
+            yield scope
+
+    @asynccontextmanager
+    async def _serve_on(self, opened: _Opened, tenant_id: uuid.UUID, schema_name: str) -> AsyncIterator[TenantScope]:
+        """The call, in the transaction `opened` on another shard's database."""
+        shard = opened.shard
         if opened.error is not None or opened.conn is None or opened.driver is None:
             log.warning("shard %s unreachable: %s", shard.name, opened.error)
-            raise shard_unavailable(str(admitted_id), shard.name) from opened.error
+            raise shard_unavailable(str(tenant_id), shard.name) from opened.error
         conn, driver = opened.conn, opened.driver
         try:
             async with call_transaction(conn, driver, schema_name) as session:
-                yield TenantScope(admitted_id, schema_name, session, shard.name)
+                yield TenantScope(tenant_id, schema_name, session, shard.name)
         except Exception as exc:
             # A pooled connection to a shard that went down since, or lost
             # mid-call (the pool is invalidated: the next call connects
             # anew and fails within the connect timeout while it is down).
             if connection_lost(exc):
                 log.warning("shard %s unreachable: %s", shard.name, exc)
-                raise shard_unavailable(str(admitted_id), shard.name) from exc
+                raise shard_unavailable(str(tenant_id), shard.name) from exc
             raise
         finally:
             await conn.close()
@@ -251,9 +278,32 @@ class TenantGate:
             with contextlib.suppress(Exception):
                 await _release(await speculation)
 
-        task = asyncio.ensure_future(release())
-        self._releasing.add(task)
-        task.add_done_callback(self._releasing.discard)
+        self._in_background(release())
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _record_admission(self, shard: Shard, tenant_id: uuid.UUID, version: int, schema_version: str) -> None:
+        """After the control plane admitted a call for a tenant on another
+        database: that shard's admission row says so, in the background, so
+        the tenant's next calls are admitted there in one round trip
+        (tenantry.db.admission; a fence written meanwhile wins)."""
+        if tenant_id in self._admitting:
+            return
+        self._admitting.add(tenant_id)
+
+        async def write() -> None:
+            try:
+                async with shard.engine.begin() as conn:
+                    await conn.execute(admission.admit_statement(tenant_id, version, schema_version))
+            except (DBAPIError, OSError, TimeoutError) as exc:  # the next admission tries again
+                log.debug("could not record tenant %s's admission on shard %s: %s", tenant_id, shard.name, exc)
+            finally:
+                self._admitting.discard(tenant_id)
+
+        self._in_background(write())
 
     def _shard(self, tenant_id: str, name: str) -> Shard:
         try:
@@ -264,17 +314,18 @@ class TenantGate:
             log.error("tenant %s is on shard %r, which TENANTRY_SHARDS does not list", tenant_id, name)
             raise shard_unavailable(tenant_id, name) from None
 
-    async def _begin_on(self, shard: Shard) -> _Opened:
-        """A connection to `shard` with a transaction open on it, or why not
-        (`error`: the shard cannot be reached; only its own tenants' calls
-        are refused, SHARD_UNAVAILABLE)."""
+    async def _begin_on(self, shard: Shard, sql: str = "BEGIN") -> _Opened:
+        """A connection to `shard` with a transaction open on it by `sql`
+        (`admitted`: its status was "SELECT 1"), or why not (`error`: the
+        shard cannot be reached; only its own tenants' calls are refused,
+        SHARD_UNAVAILABLE)."""
         try:
             conn = await shard.engine.connect()
         except (DBAPIError, OSError, TimeoutError) as exc:
             return _Opened(shard, error=exc)
         try:
             driver = await unscoped_connection(conn)
-            await open_transaction(conn, driver)
+            status = await open_transaction(conn, driver, sql)
         except (DBAPIError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ApiError) as exc:
             await conn.close()
             if isinstance(exc, ApiError) and not connection_lost(exc):
@@ -283,7 +334,7 @@ class TenantGate:
         except BaseException:
             await conn.close()
             raise
-        return _Opened(shard, conn, driver)
+        return _Opened(shard, conn, driver, admitted=status == "SELECT 1")
 
     async def explain_failure(self, scope: TenantScope, exc: DBAPIError) -> ApiError | None:
         """A database error inside an admitted tenant-scoped call. A schema that

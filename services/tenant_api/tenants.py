@@ -12,14 +12,14 @@ reconciler picks up; the worker's first activity marks it RUNNING.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tenant_api import pagination
@@ -27,15 +27,18 @@ from tenant_api.convert import operation_to_proto, tenant_etag, tenant_to_proto
 from tenant_api.errors import ApiError, aborted, already_exists, failed_precondition, invalid_field, not_found
 from tenant_api.operations import OPERATION_NAME_PREFIX
 from tenant_api.tenant_changes import TenantFilter, TenantUpdate
+from tenant_api.tenant_gate import connection_lost, shard_unavailable
 from tenant_api.validation import RegistrationInput
+from tenantry.db import admission
 from tenantry.db import operations as operation_sql
 from tenantry.db import tenants as tenant_sql
 from tenantry.db.events import EventRecord, append_event
 from tenantry.db.models import Operation, RequestRecord, Tenant
+from tenantry.db.shards import Shards, UnknownShardError
 from tenantry.db.tenants import TenantWithOperation
 from tenantry.operation_starter import OperationRef, OperationStarter
 from tenantry.pg_errors import UNIQUE_VIOLATION, pg_error
-from tenantry.settings import DEFAULT_DELETION_RETENTION_SECONDS, DEFAULT_SHARD, SHARD_NAME_PATTERN
+from tenantry.settings import DEFAULT_DELETION_RETENTION_SECONDS, SHARD_NAME_PATTERN
 from tenantry.states import (
     DELETABLE_TENANT_STATES,
     GONE_TENANT_STATES,
@@ -90,12 +93,13 @@ class Tenants:
         starter: OperationStarter,
         page_tokens: pagination.PageTokens,
         retention: timedelta = timedelta(seconds=DEFAULT_DELETION_RETENTION_SECONDS),
-        shard_names: Sequence[str] = (DEFAULT_SHARD,),
+        shards: Shards | None = None,
     ) -> None:
         """`retention`: how long DeleteTenant keeps an ACTIVE or SUSPENDED
-        tenant's data (TENANTRY_DELETION_RETENTION_SECONDS). `shard_names`:
-        where new tenants may be placed (TENANTRY_SHARDS)."""
-        self._shard_names = tuple(shard_names)
+        tenant's data (TENANTRY_DELETION_RETENTION_SECONDS). `shards`: where
+        new tenants may be placed (TENANTRY_SHARDS; None: the one default)."""
+        self._shards = shards or Shards.single(engine)
+        self._shard_names = tuple(self._shards.names)
         self._engine = engine
         self._sessions = sessions
         self._starter = starter
@@ -184,6 +188,7 @@ class Tenants:
                 return await self._ensure_started(TenantWithOperation(tenant, admin_email, operation))
             assert tenant.state in DELETABLE_TENANT_STATES
             _check_etag(tenant, etag)
+            await self._fence(session, tenant)
             # The deletion supersedes a provisioning still open (a CREATING
             # tenant): the deletion workflow cancels its workflow first.
             await session.execute(
@@ -416,6 +421,7 @@ class Tenants:
         event: TenantEventType,
     ) -> tenant_pb2.Tenant:
         async def apply(session: AsyncSession, tenant: Tenant) -> _Applied | None:
+            await self._fence(session, tenant)
             statement = tenant_sql.change_state(tenant_id, expected, new, message)
             changed = (await session.scalars(statement, execution_options=_REFRESH)).one_or_none()
             return None if changed is None else _Applied(changed)
@@ -490,6 +496,39 @@ class Tenants:
                     session, EventRecord(tenant_id, event, state, actor, applied.operation_name, request_id)
                 )
         return result
+
+    async def _fence(self, session: AsyncSession, tenant: Tenant) -> None:
+        """Before a change that stops an ACTIVE tenant serving (suspend,
+        delete) commits, its shard's admission row says so
+        (tenantry.db.admission): committed first on a shard of its own (the
+        protocol of tenantry.db.shards.shard_transaction), in this transaction
+        on the control plane's database. The tenant's row
+        is locked (`_locked`), so its version + 1 is the version the change
+        commits. A shard that cannot be reached refuses the change
+        (SHARD_UNAVAILABLE): committing it unfenced would let that shard
+        admit the tenant's calls once it is back."""
+        if tenant.state != TenantState.ACTIVE:
+            return
+        try:
+            shard = self._shards[tenant.shard]
+        except UnknownShardError:
+            raise shard_unavailable(str(tenant.id), tenant.shard) from None
+        if shard.local:
+            await session.execute(text(admission.fence(tenant.id, tenant.version + 1)))
+            return
+        try:
+            conn = await shard.engine.connect()
+        except (DBAPIError, OSError, TimeoutError) as exc:
+            raise shard_unavailable(str(tenant.id), shard.name) from exc
+        try:
+            async with conn.begin():
+                await conn.execute(text(admission.fence(tenant.id, tenant.version + 1)))
+        except DBAPIError as exc:
+            if not connection_lost(exc):
+                raise
+            raise shard_unavailable(str(tenant.id), shard.name) from exc
+        finally:
+            await conn.close()
 
     async def _by_request_id(self, request_id: uuid.UUID, kind: OperationKind) -> TenantWithOperation | None:
         async with self._sessions() as session:

@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tenantry.db.admission import ADMISSION_TABLE
 from tenantry.pg_errors import SCHEMA_GONE_SQLSTATES, pg_error
 from tenantry.schema_names import SCHEMA_NAME_REGEX, quote_schema
 
@@ -57,6 +58,12 @@ CONTROL_PLANE_GRANTS: Mapping[str, Mapping[str, Sequence[str]]] = {
 # are created, and to existing tables by apply_grants. A tenant schema's own
 # alembic_version stays the worker's.
 TENANT_TABLE_GRANTS: Mapping[str, Sequence[str]] = {API: DML}
+# Tables every shard database has outside tenant schemas (the control plane's
+# too), owned by the migrator: table -> role -> privileges. The gate admits
+# and the lifecycle changes fence (tenantry.db.admission); nobody deletes.
+SHARD_TABLE_GRANTS: Mapping[str, Mapping[str, Sequence[str]]] = {
+    ADMISSION_TABLE: {API: ("SELECT", "INSERT", "UPDATE"), WORKER: ("SELECT", "INSERT", "UPDATE")},
+}
 
 # The same key as migrations/control_plane/env.py: grants and migrations of
 # concurrent `tenantry-migrate` runs never interleave.
@@ -119,6 +126,10 @@ def shard_grant_statements(tenant_schemas: Sequence[str]) -> list[str]:
         f"ALTER DEFAULT PRIVILEGES FOR ROLE {worker} GRANT {_privileges(privileges)} ON TABLES TO {_ident(role)}"
         for role, privileges in TENANT_TABLE_GRANTS.items()
     ]
+    for table, grants in SHARD_TABLE_GRANTS.items():
+        statements.append(f"REVOKE ALL ON TABLE public.{_ident(table)} FROM {_ident(WORKER)}, {_ident(API)}")
+        for role, privileges in grants.items():
+            statements.append(f"GRANT {_privileges(privileges)} ON TABLE public.{_ident(table)} TO {_ident(role)}")
     for schema in tenant_schemas:
         statements += tenant_schema_access(schema)
     return statements

@@ -18,7 +18,8 @@ from sqlalchemy import pool, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tenantry.db_roles import ROLES, NotSuperuserError, apply_grants, create_roles
+from tenantry.db.admission import CREATE_ADMISSION_TABLE
+from tenantry.db_roles import MIGRATION_LOCK_KEY, ROLES, NotSuperuserError, apply_grants, create_roles
 from tenantry.migrations import upgrade_control_plane
 from tenantry.settings import MigrateSettings, load_or_exit
 
@@ -34,7 +35,8 @@ class MissingRolesError(Exception):
 async def grant_privileges(database_url: str, *, shard_only: bool = False) -> None:
     """apply_grants in a transaction of its own; MissingRolesError if
     `tenantry-migrate roles` has not run on this cluster. `shard_only`: a
-    shard's database that is not the control plane's."""
+    shard's database that is not the control plane's (its admission table is
+    created here first; the control plane's comes with its migrations)."""
     engine = create_async_engine(database_url, poolclass=pool.NullPool)
     try:
         async with engine.begin() as conn:
@@ -50,6 +52,10 @@ async def grant_privileges(database_url: str, *, shard_only: bool = False) -> No
                 raise MissingRolesError(
                     f"roles {', '.join(missing)} do not exist: run `tenantry-migrate roles` as a superuser first"
                 )
+            if shard_only:
+                # Under the lock apply_grants takes too: concurrent runs create it once.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                await conn.execute(text(CREATE_ADMISSION_TABLE))
             await apply_grants(conn, shard_only=shard_only)
     finally:
         await engine.dispose()

@@ -198,7 +198,14 @@ def holder_of_slug(query: _Query, slug: object) -> _Query:
 
 
 _ADMISSION_COLUMNS = select(
-    Tenant.id, Tenant.state, Tenant.schema_name, Tenant.purge_time, Tenant.schema_version, Tenant.shard, Tenant.moving
+    Tenant.id,
+    Tenant.state,
+    Tenant.schema_name,
+    Tenant.purge_time,
+    Tenant.schema_version,
+    Tenant.shard,
+    Tenant.moving,
+    Tenant.version,
 )
 _ADMIT_BY_ID = _ADMISSION_COLUMNS.where(Tenant.id == bindparam("key"))
 _ADMIT_BY_SLUG = holder_of_slug(_ADMISSION_COLUMNS, bindparam("key"))
@@ -208,7 +215,7 @@ _ADMIT_BY_SLUG = holder_of_slug(_ADMISSION_COLUMNS, bindparam("key"))
 class AdmissionQueries:
     """The admission reads as the driver's SQL (`$1` the tenant id or slug;
     rows `(id, state, schema_name, purge_time, schema_version, shard,
-    moving)`), rendered once per engine: admission runs on every
+    moving, version)`), rendered once per engine: admission runs on every
     tenant-scoped call, so it skips SQLAlchemy's execution layer."""
 
     by_id: str
