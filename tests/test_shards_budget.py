@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tenant_api.server import shard_health_name
 from tenantry.db.connection_budget import (
@@ -25,6 +26,7 @@ from tenantry.db.connection_budget import (
     refusal,
     server_of,
 )
+from tenantry.db.shards import Shards
 from tenantry_dev.embedded import DatabaseUrls, free_port, start_embedded_postgres
 from tests.stack import ServiceProcess, api_channel, eventually, service_env, spawn_api, stopping, wait_serving
 
@@ -111,6 +113,37 @@ async def test_an_api_whose_pool_cannot_fit_on_a_shard_refuses_to_start_naming_i
 async def test_an_api_whose_pools_fit_on_every_shard_serves(database_urls: DatabaseUrls, small_shard_url: str) -> None:
     budget = await read_budget(small_shard_url)
     api = spawn_api(_env(database_urls, {"b": small_shard_url}, pool_size=budget.free - 4, max_overflow=4))
+    with stopping(api):
+        await wait_serving(api)
+        assert api.stop() == 0
+    assert _plain_lines(api) == []
+
+
+async def test_two_shard_names_for_one_database_share_one_pool(
+    database_urls: DatabaseUrls, small_shard_url: str
+) -> None:
+    """Two TENANTRY_SHARDS names with one URL: one engine (so one pool, one
+    rollout lane group, one reconciler check) and one pool in the budget: a
+    pool that fits once serves, where two would not fit."""
+    made: list[str] = []
+
+    def make_engine(url: str) -> AsyncEngine:
+        made.append(url)
+        return create_async_engine(url)
+
+    control_plane = create_async_engine(database_urls.api)
+    shards = Shards(control_plane, {"b": small_shard_url, "b2": small_shard_url}, make_engine)
+    try:
+        assert made == [small_shard_url]
+        assert shards["b"].engine is shards["b2"].engine
+        assert shards.database_of("b") == shards.database_of("b2") != shards.database_of("default") == ""
+    finally:
+        await shards.dispose()
+        await control_plane.dispose()
+
+    budget = await read_budget(small_shard_url)
+    env = _env(database_urls, {"b": small_shard_url, "b2": small_shard_url}, pool_size=budget.free - 4, max_overflow=4)
+    api = spawn_api(env)
     with stopping(api):
         await wait_serving(api)
         assert api.stop() == 0

@@ -188,9 +188,7 @@ class ReconcilerActivities:
         same URL share one."""
         groups: dict[str, tuple[list[str], AsyncEngine]] = {}
         for name in self._shards.names:
-            shard = self._shards[name]
-            key = "" if shard.local else shard.engine.url.render_as_string(hide_password=True)
-            groups.setdefault(key, ([], shard.engine))[0].append(name)
+            groups.setdefault(self._shards.database_of(name), ([], self._shards[name].engine))[0].append(name)
         return [("+".join(sorted(names)), sorted(names), engine) for names, engine in groups.values()]
 
     async def _check_shard_database(

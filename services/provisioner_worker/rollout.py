@@ -322,8 +322,9 @@ class RolloutActivities:
 
     def _database_of(self, shard: str) -> str:
         """Which database a shard's tenants are upgraded on: "" for the
-        control plane's (its local shards share it), else the shard's name."""
-        return "" if shard in self._shards and self._shards[shard].local else shard
+        control plane's (its local shards share it), else the shard database's
+        (shards that share one share its lanes); an unknown shard by name."""
+        return self._shards.database_of(shard) if shard in self._shards else shard
 
     async def _is_remote(self, tenant_id: uuid.UUID) -> bool:
         """The tenant's schema is on a shard that is not the control plane's database."""

@@ -161,7 +161,7 @@ async def check_shard_budgets(
     """check_connection_budget for a process with one pool per database:
     the control plane's (`control_plane_need`, which the shards on the
     control plane's own URL share) and one more pool of the same size per
-    other shard (`shards`: TENANTRY_SHARDS, name -> URL). Pools on one server
+    other shard database (`shards`: TENANTRY_SHARDS, name -> URL). Pools on one server
     add up and are checked together, once per server; the first that cannot
     fit exits 1 with one line naming its shards."""
     remote = sorted((name, url) for name, url in shards.items() if url != control_plane_url)
@@ -174,10 +174,15 @@ async def check_shard_budgets(
     await check_connection_budget(
         process,
         control_plane_url,
-        dataclasses.replace(control_plane_need, pools=control_plane_need.pools + len(together)),
+        dataclasses.replace(control_plane_need, pools=control_plane_need.pools + _pools(together)),
         f"the control plane and {names}" if together else "",
     )
     shard_need = ConnectionNeed(control_plane_need.pool_size, control_plane_need.max_overflow)
     for group in servers.values():
         names = ", ".join(f"shard {name}" for name, _ in group)
-        await check_connection_budget(process, group[0][1], dataclasses.replace(shard_need, pools=len(group)), names)
+        await check_connection_budget(process, group[0][1], dataclasses.replace(shard_need, pools=_pools(group)), names)
+
+
+def _pools(shards: list[tuple[str, str]]) -> int:
+    """One pool per database (tenantry.db.shards.Shards): shards naming one URL share it."""
+    return len({url for _, url in shards})

@@ -51,11 +51,15 @@ class Shards:
     ) -> None:
         local_url = control_plane_url or control_plane.url.render_as_string(hide_password=False)
         self._shards: dict[str, Shard] = {}
+        # One pool per database: two names for one URL share it.
+        engines: dict[str, AsyncEngine] = {}
         for name, url in sorted(urls.items()):
             if url == local_url:
                 self._shards[name] = Shard(name, control_plane, local=True)
             else:
-                self._shards[name] = Shard(name, make_engine(url), local=False)
+                if url not in engines:
+                    engines[url] = make_engine(url)
+                self._shards[name] = Shard(name, engines[url], local=False)
         if DEFAULT_SHARD not in self._shards:
             self._shards[DEFAULT_SHARD] = Shard(DEFAULT_SHARD, control_plane, local=True)
 
@@ -85,10 +89,16 @@ class Shards:
     def remote(self) -> list[Shard]:
         return [s for s in self._shards.values() if not s.local]
 
+    def database_of(self, name: str) -> str:
+        """Which database holds shard `name`'s schemas: "" for the control
+        plane's, else its URL (password hidden); shards that share one say so."""
+        shard = self[name]
+        return "" if shard.local else shard.engine.url.render_as_string(hide_password=True)
+
     async def dispose(self) -> None:
         """Closes the pools this object opened (not the control plane's)."""
-        for shard in self.remote():
-            await shard.engine.dispose()
+        for engine in {id(s.engine): s.engine for s in self.remote()}.values():
+            await engine.dispose()
 
 
 def _no_engine(url: str) -> AsyncEngine:
