@@ -399,9 +399,10 @@ async def scenario_reads(bench: Bench) -> dict[str, Any]:
     tenant_id, project_ids = await _active_tenant_with_projects(bench, bench.config.read_projects)
     bench.registered.append(tenant_id)
     out = await _read_rows(bench, tenant_id, project_ids, bench.bare_projects)
-    # The same reads for a tenant on shard b (the second server): the gate
-    # reads the row in the control plane, then runs the call on b's pool;
-    # the floor is the same bare server against b.
+    # The same reads for a tenant on shard b (the second server): after its
+    # first call the gate admits it by b's admission row, in the round trip
+    # that opens the call's transaction on b's pool; the floor is the same
+    # bare server against b.
     progress(f"scenario 2, shard {SHARD_B}: the same reads for a tenant on the second server")
     assert bench.stack.shard_b_urls is not None
     b_dsn = asyncpg_dsn(bench.stack.shard_b_urls.worker)
@@ -422,8 +423,9 @@ async def scenario_reads(bench: Bench) -> dict[str, Any]:
         "header, no lookup). Both are separate OS processes with the same engine settings; the client sends the "
         "same token to both. tenant-api has two shards (TENANTRY_SHARDS: default, the control plane's database, and "
         f"{SHARD_B}, a second embedded server); `rpcs` reads a tenant on default, `rpcs_shard_b` a tenant on "
-        f"{SHARD_B} (the gate reads its row in the control plane, then runs the call on {SHARD_B}'s pool) against "
-        f"the bare server connected to {SHARD_B}.",
+        f"{SHARD_B} (admitted by {SHARD_B}'s own admission row in the round trip that opens the call's transaction "
+        f"on {SHARD_B}'s pool, as a default tenant's is by its control-plane row) against the bare server connected "
+        f"to {SHARD_B}.",
         "tenant_id": tenant_id,
         "rpcs": out,
         "tenant_id_shard_b": str(on_b),

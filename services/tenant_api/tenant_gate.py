@@ -138,8 +138,10 @@ class TenantGate:
         )
         self._begin_if_admitted = admission.begin_if_admitted(oldest_revision)
         # Tenant id or slug -> the remote shard this process last admitted it
-        # on. Only a guess of where to open the call's transaction while the
-        # row is read: the row decides, every call.
+        # on: where to ask that shard's admission row (by id), or where to
+        # open the call's transaction while the control plane's row is read
+        # (by slug). A wrong guess costs a round trip, never a wrong answer:
+        # the shard's row, or else the control plane's, decides every call.
         self._remote_hints: dict[uuid.UUID | str, Shard] = {}
         # Background work: speculative transactions being rolled back,
         # admission rows being written (strong references).
