@@ -26,8 +26,7 @@ from temporalio.client import Client
 from tenant_api.headers import TENANT_SLUG_HEADER
 from tenant_api.tenant_gate import MOVING_RETRY_AFTER_SECONDS
 from tenantry.db import admission
-from tenantry.db.engine import create_engine, driver_of
-from tenantry.db.shards import Shards
+from tenantry.db.engine import driver_of
 from tenantry.migrations import tenant_head_revision, tenant_schema_script_at
 from tenantry.schema_names import schema_name_for
 from tenantry.v1 import project_service_pb2, tenant_pb2, tenant_service_pb2
@@ -41,20 +40,15 @@ from tests.stack import (
     expect_error,
     expect_invalid_field,
     fleet_at,
+    project_names_in,
     registration,
     retire_fleet,
     running_stack,
     schema_exists,
+    shards_with_default,
 )
 
 # --- two servers: the control plane's (shard `default`) and b's ----------------------
-
-
-def api_shards(api_engine: AsyncEngine, database_urls: DatabaseUrls, **remote: str) -> Shards:
-    """The API's TENANTRY_SHARDS: `default` on the control plane's database plus `remote` (name -> URL)."""
-    return Shards(
-        api_engine, {"default": database_urls.api, **remote}, create_engine, control_plane_url=database_urls.api
-    )
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +57,7 @@ async def sharded(
 ) -> AsyncIterator[Stack]:
     """An API with the shards `default` and `b` (as the API's role on each).
     No worker: registered tenants stay CREATING; ACTIVE ones are made by hand."""
-    shards = api_shards(api_engine, database_urls, b=shard_b_urls.api)
+    shards = shards_with_default(api_engine, database_urls.api, b=shard_b_urls.api)
     try:
         async with running_stack(engine=api_engine, client=temporal_client, with_worker=False, shards=shards) as stack:
             yield stack
@@ -127,12 +121,6 @@ async def slug_of(engine: AsyncEngine, tenant_id: uuid.UUID) -> str:
     return slug
 
 
-async def project_names(engine: AsyncEngine, schema: str) -> list[str]:
-    async with engine.connect() as conn:
-        rows = await conn.execute(text(f'SELECT name FROM "{schema}".projects ORDER BY name'))
-        return list(rows.scalars())
-
-
 async def create_project(stack: Stack, metadata: Metadata, name: str) -> project_service_pb2.Project:
     request = project_service_pb2.CreateProjectRequest(name=name)
     return (await stack.stubs.projects.CreateProject(request, metadata=metadata, timeout=10)).project
@@ -193,7 +181,7 @@ async def test_without_a_hint_the_shard_with_fewest_live_tenants_wins(
     the fewest live tenants (ties to the first name). Two names for b's
     database (`b` and `c`, counted apart) with few tenants each make the
     placement alternate between them, whatever `default` holds."""
-    shards = api_shards(api_engine, database_urls, b=shard_b_urls.api, c=shard_b_urls.api)
+    shards = shards_with_default(api_engine, database_urls.api, b=shard_b_urls.api, c=shard_b_urls.api)
     try:
         async with running_stack(engine=api_engine, client=temporal_client, with_worker=False, shards=shards) as api:
             placed = []
@@ -233,7 +221,7 @@ async def test_project_calls_for_a_b_tenant_read_and_write_b(
     created = await create_project(sharded, by_id(str(on_b)), "by-id")
     await create_project(sharded, slug, "by-slug")
     # On b, and only there: the control plane's server has no such schema.
-    assert await project_names(b_admin, schema) == ["by-id", "by-slug"]
+    assert await project_names_in(b_admin, schema) == ["by-id", "by-slug"]
     assert not await schema_exists(engine, schema)
 
     for metadata in (by_id(str(on_b)), slug):
@@ -245,7 +233,7 @@ async def test_project_calls_for_a_b_tenant_read_and_write_b(
     await sharded.stubs.projects.DeleteProject(
         project_service_pb2.DeleteProjectRequest(project_id=created.id), metadata=slug, timeout=10
     )
-    assert await project_names(b_admin, schema) == ["by-slug"]
+    assert await project_names_in(b_admin, schema) == ["by-slug"]
     await expect_error(
         create_project(sharded, by_id(str(on_b)), "by-slug"), grpc.StatusCode.ALREADY_EXISTS, "PROJECT_NAME_TAKEN"
     )
@@ -303,8 +291,8 @@ async def test_a_schema_of_the_same_name_on_the_other_server_is_never_used(
         await create_project(sharded, by_id(str(on_default)), "real-default")
         assert await list_names(sharded, by_id(str(on_b))) == ["real-b"]
         assert await list_names(sharded, by_id(str(on_default))) == ["real-default"]
-        assert await project_names(b_admin, schema_name_for(on_b)) == ["real-b"]
-        assert await project_names(engine, schema_name_for(on_default)) == ["real-default"]
+        assert await project_names_in(b_admin, schema_name_for(on_b)) == ["real-b"]
+        assert await project_names_in(engine, schema_name_for(on_default)) == ["real-default"]
     finally:
         for server, schema in decoys:
             async with server.begin() as conn:
@@ -552,3 +540,32 @@ async def test_a_stale_admission_never_overrides_a_fence(b_admin: AsyncEngine) -
     finally:
         async with b_admin.begin() as conn:
             await conn.execute(text("DELETE FROM tenant_admission WHERE tenant_id = :id"), {"id": tenant_id})
+
+
+async def test_a_fence_whose_change_never_committed_costs_speed_not_service(
+    sharded: Stack, on_b: uuid.UUID, engine: AsyncEngine, b_admin: AsyncEngine
+) -> None:
+    """A suspend that fenced b and then lost its control-plane commit (a
+    crash between the two): the tenant still serves, by id and by slug,
+    through the control plane's row; the gate's later admissions cannot lift
+    a fence of a version the control plane has not reached, and the tenant's
+    next changes (here a suspend and a resume) make b admit it again."""
+    metadata = by_id(str(on_b))
+    slug: Metadata = ((TENANT_SLUG_HEADER, await slug_of(engine, on_b)),)
+    await create_project(sharded, metadata, "before")
+    assert await eventually(functools.partial(admitted_on_b, engine, b_admin, on_b), timeout=10)
+    version = await tenant_version(engine, on_b)
+    async with b_admin.begin() as conn:
+        await conn.execute(text(admission.fence(on_b, version + 1)))
+    for _ in range(3):
+        assert await list_names(sharded, metadata) == ["before"]
+        assert await list_names(sharded, slug) == ["before"]
+    await asyncio.sleep(0.2)  # the gate's admission writes, refused by the fence
+    assert await admission_row(b_admin, on_b) == (version + 1, False)
+
+    tenants = sharded.stubs.tenants
+    await tenants.SuspendTenant(tenant_service_pb2.SuspendTenantRequest(tenant_id=str(on_b), reason="heal"), timeout=10)
+    await expect_error(list_names(sharded, metadata), grpc.StatusCode.FAILED_PRECONDITION, "TENANT_SUSPENDED")
+    await tenants.ResumeTenant(tenant_service_pb2.ResumeTenantRequest(tenant_id=str(on_b)), timeout=10)
+    assert await list_names(sharded, metadata) == ["before"]
+    assert await eventually(functools.partial(admitted_on_b, engine, b_admin, on_b), timeout=10)

@@ -94,6 +94,18 @@ MAX_REMOTE_HINTS = 100_000
 
 
 @dataclass
+class _Hint:
+    """Where this process last admitted a remote tenant."""
+
+    shard: Shard
+    # Its admission row there admits it, as far as this process knows (its
+    # own write of the row applied, or the last call was admitted by it).
+    # Only then is a call by id tried there first: a fenced row would cost
+    # every call a round trip before the control plane's.
+    by_row: bool = False
+
+
+@dataclass
 class _Opened:
     """A call's transaction opened on a remote shard, or why it could not be."""
 
@@ -142,7 +154,7 @@ class TenantGate:
         # open the call's transaction while the control plane's row is read
         # (by slug). A wrong guess costs a round trip, never a wrong answer:
         # the shard's row, or else the control plane's, decides every call.
-        self._remote_hints: dict[uuid.UUID | str, Shard] = {}
+        self._remote_hints: dict[uuid.UUID | str, _Hint] = {}
         # Background work: speculative transactions being rolled back,
         # admission rows being written (strong references).
         self._background: set[asyncio.Future[None]] = set()
@@ -172,16 +184,17 @@ class TenantGate:
             )
         hint = self._remote_hints.get(key)
         speculation: asyncio.Future[_Opened] | None = None
-        if hint is not None and isinstance(key, uuid.UUID):
+        if hint is not None and hint.by_row and isinstance(key, uuid.UUID):
             # A tenant this process last admitted on another shard: that
             # shard's admission row admits it in the round trip that opens
             # the call's transaction there (tenantry.db.admission), as a
             # local tenant's is admitted on the control plane.
-            first = await self._begin_on(hint, self._begin_if_admitted(key))
+            first = await self._begin_on(hint.shard, self._begin_if_admitted(key))
             if first.admitted:
                 async with self._serve_on(first, key, schema_name_for(key)) as scope:
                     yield scope
                 return
+            hint.by_row = False
             if not isinstance(first.error, asyncpg.PostgresError):
                 # Not admitted there, or the shard unreachable: the row says
                 # why, and where it is admitted the transaction is open already.
@@ -202,10 +215,11 @@ class TenantGate:
                         return
                     await abandon(conn, driver)
                 if hint is not None and speculation is None:
-                    # By slug: speculatively, on the shard it was on: a BEGIN
-                    # there, nothing else unless the row admits the call there
+                    # By slug, or not admitted by its row there: speculatively,
+                    # on the shard it was on, a BEGIN there while the row is
+                    # read, nothing else unless the row admits the call there
                     # (else it is rolled back in the background).
-                    speculation = asyncio.ensure_future(self._begin_on(hint))
+                    speculation = asyncio.ensure_future(self._begin_on(hint.shard))
                 # By slug, on another shard, or refused: read the row to admit or to say why not.
                 row = await driver_call(conn, driver, driver.fetchrow(query, key))
                 if row is None:
@@ -227,16 +241,17 @@ class TenantGate:
                     return
                 # Re-inserted last (dicts keep insertion order): when full,
                 # the hint admitted longest ago goes, not all of them.
-                self._remote_hints.pop(key, None)
+                known = self._remote_hints.pop(key, None)
                 if len(self._remote_hints) >= MAX_REMOTE_HINTS:
                     del self._remote_hints[next(iter(self._remote_hints))]
-                self._remote_hints[key] = shard
-                self._record_admission(shard, admitted_id, version, schema_version)
+                hint_now = known if known is not None and known.shard is shard else _Hint(shard)
+                self._remote_hints[key] = hint_now
+                self._record_admission(hint_now, admitted_id, version, schema_version)
             # Another database: the control-plane connection went back to the
             # pool before the call runs. Whatever changes meanwhile (a purge, a
             # move's switch) shows as the schema gone or locked there:
             # explain_failure.
-            if speculation is not None and hint is not None and hint.name == shard.name:
+            if speculation is not None and hint is not None and hint.shard is shard:
                 opened = await speculation
             else:
                 self._discard(speculation)
@@ -287,21 +302,23 @@ class TenantGate:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _record_admission(self, shard: Shard, tenant_id: uuid.UUID, version: int, schema_version: str) -> None:
+    def _record_admission(self, hint: _Hint, tenant_id: uuid.UUID, version: int, schema_version: str) -> None:
         """After the control plane admitted a call for a tenant on another
         database: that shard's admission row says so, in the background, so
-        the tenant's next calls are admitted there in one round trip
-        (tenantry.db.admission; a fence written meanwhile wins)."""
-        if tenant_id in self._admitting:
+        the tenant's next calls by id are admitted there in one round trip
+        (tenantry.db.admission; a fence written meanwhile wins, and then the
+        hint says not `by_row`)."""
+        if hint.by_row or tenant_id in self._admitting:
             return
         self._admitting.add(tenant_id)
 
         async def write() -> None:
             try:
-                async with shard.engine.begin() as conn:
-                    await conn.execute(admission.admit_statement(tenant_id, version, schema_version))
+                async with hint.shard.engine.begin() as conn:
+                    written = await conn.execute(admission.admit_statement(tenant_id, version, schema_version))
+                hint.by_row = written.rowcount == 1
             except (DBAPIError, OSError, TimeoutError) as exc:  # the next admission tries again
-                log.debug("could not record tenant %s's admission on shard %s: %s", tenant_id, shard.name, exc)
+                log.debug("could not record tenant %s's admission on shard %s: %s", tenant_id, hint.shard.name, exc)
             finally:
                 self._admitting.discard(tenant_id)
 
