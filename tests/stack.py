@@ -15,6 +15,7 @@ import os
 import pkgutil
 import secrets
 import socket
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -47,10 +48,10 @@ from tenant_api.pagination import PageTokens
 from tenant_api.server import MAX_CONCURRENT_RPCS, RunningApi, start_api
 from tenantry import fleet_rollout
 from tenantry.db import admission
-from tenantry.db.engine import driver_of
+from tenantry.db.engine import create_engine, driver_of
 from tenantry.db.shards import Shards
 from tenantry.migrations import migrations_dir, tenant_schema_script_at
-from tenantry.schema_names import schema_name_for
+from tenantry.schema_names import quote_schema, schema_name_for
 from tenantry.settings import DEFAULT_SHARD, AuthSettings, MigrateTenantsSettings, TemporalTlsSettings
 from tenantry.v1 import (
     operation_pb2,
@@ -323,6 +324,27 @@ async def schema_exists(engine: AsyncEngine, schema_name: str) -> bool:
     async with engine.connect() as conn:
         found = await conn.execute(text("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = :s"), {"s": schema_name})
         return found.first() is not None
+
+
+def run_migrate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`tenantry-migrate *args` with `env` (TENANTRY_DATABASE_URL, ...), as an operator runs it."""
+    env = {"PATH": f"{BIN_DIR}:{os.environ.get('PATH', '')}", **env}
+    return subprocess.run(
+        [str(BIN_DIR / "tenantry-migrate"), *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def shards_with_default(control_plane: AsyncEngine, control_url: str, **remote: str) -> Shards:
+    """A process's TENANTRY_SHARDS: `default` on the control plane's database
+    (`control_url`, with the process's own role) plus `remote` (name -> URL)."""
+    return Shards(control_plane, {"default": control_url, **remote}, create_engine, control_plane_url=control_url)
+
+
+async def project_names_in(engine: AsyncEngine, schema: str) -> list[str]:
+    """The names in a tenant schema's projects table, read directly (sorted)."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(text(f"SELECT name FROM {quote_schema(schema)}.projects ORDER BY name"))
+        return list(rows.scalars())
 
 
 async def change_tenant_by_hand(

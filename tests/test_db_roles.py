@@ -6,8 +6,6 @@ lifecycle works with each process as its role (the session `stack` runs so)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import uuid
 
 import pytest
@@ -23,8 +21,8 @@ from tenantry.migrations import tenant_schema_script
 from tenantry.pg_errors import pg_error
 from tenantry.schema_names import quote_schema, schema_name_for
 from tenantry.v1 import operation_pb2, project_service_pb2, tenant_pb2
-from tenantry_dev.embedded import BIN_DIR, DatabaseUrls
-from tests.stack import Stack, by_id, delete_and_purge, eventually, register_active, schema_exists
+from tenantry_dev.embedded import DatabaseUrls
+from tests.stack import Stack, by_id, delete_and_purge, eventually, register_active, run_migrate, schema_exists
 
 INSUFFICIENT_PRIVILEGE = "42501"
 
@@ -166,22 +164,15 @@ async def test_roles_and_grants_are_idempotent_and_adopt_older_objects(
             await conn.execute(text(f"DROP SCHEMA IF EXISTS {quoted} CASCADE"))
 
 
-def run_migrate(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": f"{BIN_DIR}:{os.environ.get('PATH', '')}", "TENANTRY_DATABASE_URL": url}
-    return subprocess.run(
-        [str(BIN_DIR / "tenantry-migrate"), *args], env=env, capture_output=True, text=True, timeout=120
-    )
-
-
 async def test_tenantry_migrate_runs_as_the_migrator_and_roles_needs_a_superuser(
     database_urls: DatabaseUrls,
 ) -> None:
-    migrated = await asyncio.to_thread(run_migrate, database_urls.migrator)
+    migrated = await asyncio.to_thread(run_migrate, {"TENANTRY_DATABASE_URL": database_urls.migrator})
     assert migrated.returncode == 0, migrated.stderr
-    refused = await asyncio.to_thread(run_migrate, database_urls.api, "roles")
+    refused = await asyncio.to_thread(run_migrate, {"TENANTRY_DATABASE_URL": database_urls.api}, "roles")
     assert refused.returncode == 1
     assert "needs a superuser" in refused.stderr, refused.stderr
-    unknown = await asyncio.to_thread(run_migrate, database_urls.migrator, "nonsense")
+    unknown = await asyncio.to_thread(run_migrate, {"TENANTRY_DATABASE_URL": database_urls.migrator}, "nonsense")
     assert unknown.returncode == 2 and "usage" in unknown.stderr
 
 

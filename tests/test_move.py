@@ -49,7 +49,7 @@ from provisioner_worker.move import (
     checkpoint_name,
     tombstone_name,
 )
-from tenantry.db.engine import create_engine, driver_of
+from tenantry.db.engine import driver_of
 from tenantry.db.shards import Shards
 from tenantry.migrations import tenant_schema_script
 from tenantry.schema_names import schema_name_for
@@ -75,6 +75,7 @@ from tests.stack import (
     running_stack,
     schema_exists,
     service_env,
+    shards_with_default,
     spawn,
     stopping,
     stubs_for,
@@ -89,12 +90,7 @@ OPERATION_PREFIX = "operations/"
 async def api_shards(
     api_engine: AsyncEngine, database_urls: DatabaseUrls, shard_b_urls: DatabaseUrls
 ) -> AsyncIterator[Shards]:
-    shards = Shards(
-        api_engine,
-        {"default": database_urls.api, "b": shard_b_urls.api},
-        create_engine,
-        control_plane_url=database_urls.api,
-    )
+    shards = shards_with_default(api_engine, database_urls.api, b=shard_b_urls.api)
     yield shards
     await shards.dispose()
 
@@ -103,12 +99,7 @@ async def api_shards(
 async def worker_shards(
     worker_engine: AsyncEngine, database_urls: DatabaseUrls, shard_b_urls: DatabaseUrls
 ) -> AsyncIterator[Shards]:
-    shards = Shards(
-        worker_engine,
-        {"default": database_urls.worker, "b": shard_b_urls.worker},
-        create_engine,
-        control_plane_url=database_urls.worker,
-    )
+    shards = shards_with_default(worker_engine, database_urls.worker, b=shard_b_urls.worker)
     yield shards
     await shards.dispose()
 

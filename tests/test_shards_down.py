@@ -28,7 +28,6 @@ from temporalio.client import Client
 
 from tenant_api.server import shard_health_name
 from tenantry.db.engine import CONNECT_TIMEOUT_SECONDS, create_engine
-from tenantry.db.shards import Shards
 from tenantry.migrations import tenant_head_revision
 from tenantry.v1 import project_service_pb2, tenant_pb2, tenant_service_pb2
 from tenantry_dev.embedded import DatabaseUrls, prepare_shard, start_embedded_postgres
@@ -43,6 +42,7 @@ from tests.stack import (
     retire_fleet,
     rpc_error,
     running_stack,
+    shards_with_default,
 )
 
 
@@ -88,12 +88,7 @@ async def fleet(
     revision = tenant_head_revision()
     c_worker = create_engine(doomed.urls.worker)
     b_worker = create_engine(shard_b_urls.worker)
-    shards = Shards(
-        api_engine,
-        {"default": database_urls.api, "b": shard_b_urls.api, "c": doomed.urls.api},
-        create_engine,
-        control_plane_url=database_urls.api,
-    )
+    shards = shards_with_default(api_engine, database_urls.api, b=shard_b_urls.api, c=doomed.urls.api)
     [down] = await fleet_at(worker_engine, 1, revision, shard="c", shard_engine=c_worker)
     [on_b] = await fleet_at(worker_engine, 1, revision, shard="b", shard_engine=b_worker)
     [on_default] = await fleet_at(worker_engine, 1, revision)
@@ -238,11 +233,8 @@ async def test_a_shard_that_never_answers_is_unavailable_within_the_connect_time
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    shards = Shards(
-        api_engine,
-        {"default": database_urls.api, "hung": f"postgresql+asyncpg://tenantry_api:pw@127.0.0.1:{port}/tenantry"},
-        create_engine,
-        control_plane_url=database_urls.api,
+    shards = shards_with_default(
+        api_engine, database_urls.api, hung=f"postgresql+asyncpg://tenantry_api:pw@127.0.0.1:{port}/tenantry"
     )
     [active, suspended] = await fleet_at(worker_engine, 2, tenant_head_revision())
     async with engine.begin() as conn:

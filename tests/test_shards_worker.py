@@ -13,9 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import shutil
-import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -54,7 +52,7 @@ from tenantry.workflow_contract import (
     ReconcileInput,
     provision_workflow_id,
 )
-from tenantry_dev.embedded import BIN_DIR, DatabaseUrls, free_port, role_url, start_embedded_postgres
+from tenantry_dev.embedded import DatabaseUrls, free_port, role_url, start_embedded_postgres
 from tests.stack import (
     Stack,
     by_id,
@@ -62,12 +60,15 @@ from tests.stack import (
     fleet_at,
     migrate_tenants,
     migrated_events,
+    project_names_in,
     registration,
     retire_fleet,
+    run_migrate,
     running_stack,
     schema_exists,
     service_env,
     settings_for,
+    shards_with_default,
     spawn,
     stopping,
     wait_done,
@@ -89,12 +90,6 @@ class TwoShards:
     idle: Stack  # the same API, no worker: the test runs the activities itself
 
 
-def _shards(control_plane: AsyncEngine, control_url: str, b_url: str, **more: str) -> Shards:
-    return Shards(
-        control_plane, {"default": control_url, "b": b_url, **more}, create_engine, control_plane_url=control_url
-    )
-
-
 @pytest.fixture(scope="module")
 async def two_shards(
     database_urls: DatabaseUrls,
@@ -104,8 +99,8 @@ async def two_shards(
     temporal_client: Client,
     b_admin: AsyncEngine,
 ) -> AsyncIterator[TwoShards]:
-    api_shards = _shards(api_engine, database_urls.api, shard_b_urls.api)
-    worker_shards = _shards(worker_engine, database_urls.worker, shard_b_urls.worker)
+    api_shards = shards_with_default(api_engine, database_urls.api, b=shard_b_urls.api)
+    worker_shards = shards_with_default(worker_engine, database_urls.worker, b=shard_b_urls.worker)
     try:
         async with (
             running_stack(
@@ -193,13 +188,6 @@ async def stamp_on(engine: AsyncEngine, schema: str) -> str | None:
     return stamp
 
 
-async def project_names_on(engine: AsyncEngine, schema: str) -> list[str]:
-    async with engine.connect() as conn:
-        return list(
-            (await conn.execute(text(f"SELECT name FROM {quote_schema(schema)}.projects ORDER BY name"))).scalars()
-        )
-
-
 @contextlib.asynccontextmanager
 async def control_plane_commit_fails_once(
     engine: AsyncEngine, tenant_id: str | None = None, *, slug: str | None = None
@@ -262,7 +250,7 @@ async def test_a_tenant_placed_on_b_has_its_schema_and_data_on_b_until_purged(
         project_service_pb2.CreateProjectRequest(name="Apollo"), metadata=by_id(tenant.id), timeout=10
     )
     assert created.project.name == "Apollo"
-    assert await project_names_on(two.b_admin, tenant.schema_name) == ["Apollo"]
+    assert await project_names_in(two.b_admin, tenant.schema_name) == ["Apollo"]
 
     deletion = await delete_and_purge(two.stack.stubs, tenant.id)
     assert deletion.state == operation_pb2.OPERATION_STATE_SUCCEEDED, deletion
@@ -287,7 +275,7 @@ async def test_undelete_on_b_keeps_the_tenants_data(two_shards: TwoShards) -> No
         project_service_pb2.ListProjectsRequest(), metadata=metadata, timeout=10
     )
     assert [p.name for p in listed.projects] == ["Kept"]
-    assert await project_names_on(two.b_admin, tenant.schema_name) == ["Kept"]
+    assert await project_names_in(two.b_admin, tenant.schema_name) == ["Kept"]
     await delete_and_purge(two.stack.stubs, tenant.id)
     assert not await schema_exists(two.b_admin, tenant.schema_name)
 
@@ -336,7 +324,7 @@ async def test_lost_control_plane_commits_on_b_are_finished_by_the_retry_and_a_l
     await two.idle.stubs.projects.CreateProject(
         project_service_pb2.CreateProjectRequest(name="After the crash"), metadata=by_id(tenant.id), timeout=10
     )
-    assert await project_names_on(two.b_admin, schema) == ["After the crash"]
+    assert await project_names_in(two.b_admin, schema) == ["After the crash"]
 
     # Purge: the drop commits on b, the control plane's commit is lost.
     deleted = await two.idle.stubs.tenants.DeleteTenant(
@@ -463,7 +451,7 @@ async def test_reconciler_checks_each_shard_and_goes_on_when_one_is_down(
     async with engine.begin() as conn:
         await conn.execute(text(f"CREATE SCHEMA {quote_schema(orphan_default)}"))
     down_url = role_url(f"postgresql+asyncpg://127.0.0.1:{free_port()}/postgres", "tenantry_worker", "unused")
-    with_down = _shards(worker_engine, database_urls.worker, database_urls_b_worker(two), down=down_url)
+    with_down = shards_with_default(worker_engine, database_urls.worker, b=database_urls_b_worker(two), down=down_url)
     try:
         report = await reconcile(ReconcilerActivities(worker_engine, temporal_client, starter, two.worker))
         assert report.shards_down == []
@@ -551,13 +539,6 @@ async def test_reconciler_starts_a_stale_pending_move_with_its_shards(
 
 
 # --- tenantry-migrate on a shard ----------------------------------------------------------------
-
-
-def run_migrate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": f"{BIN_DIR}:{os.environ.get('PATH', '')}", **env}
-    return subprocess.run(
-        [str(BIN_DIR / "tenantry-migrate"), *args], env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 async def test_tenantry_migrate_roles_creates_the_roles_on_a_brand_new_shard_server(
