@@ -758,8 +758,8 @@ class MoveActivities:
         checksums (`target_digests`, computed before the window; None: here),
         copy again what differs and verify that, commit the target, rename
         the source and `fence` its admission row (tenantry.db.admission: the
-        source admits no call from here), commit the source. Returns the tables copied again.
-        Source already renamed (an earlier attempt committed it): nothing to do."""
+        source admits no call from here), commit the source. Returns the
+        tables copied again. Source already renamed (an earlier attempt committed it): nothing to do."""
         if not await _schema_exists(src, schema):
             if await _schema_exists(src, tombstone) and await _schema_exists(dst, schema):
                 return []

@@ -502,11 +502,11 @@ class Tenants:
         delete) commits, its shard's admission row says so
         (tenantry.db.admission): committed first on a shard of its own (the
         protocol of tenantry.db.shards.shard_transaction), in this transaction
-        on the control plane's database. The tenant's row
-        is locked (`_locked`), so its version + 1 is the version the change
-        commits. A shard that cannot be reached refuses the change
-        (SHARD_UNAVAILABLE): committing it unfenced would let that shard
-        admit the tenant's calls once it is back."""
+        on the control plane's database. The tenant's row is locked
+        (`_locked`), so its version + 1 is the version the change commits. A
+        shard that cannot be reached refuses the change (SHARD_UNAVAILABLE):
+        committing it unfenced would let that shard admit the tenant's calls
+        once it is back."""
         if tenant.state != TenantState.ACTIVE:
             return
         try:
