@@ -569,3 +569,32 @@ async def test_a_fence_whose_change_never_committed_costs_speed_not_service(
     await tenants.ResumeTenant(tenant_service_pb2.ResumeTenantRequest(tenant_id=str(on_b)), timeout=10)
     assert await list_names(sharded, metadata) == ["before"]
     assert await eventually(functools.partial(admitted_on_b, engine, b_admin, on_b), timeout=10)
+
+
+async def test_a_shard_without_its_admission_table_serves_and_refuses_only_what_needs_it(
+    sharded: Stack, on_b: uuid.UUID, engine: AsyncEngine, b_admin: AsyncEngine
+) -> None:
+    """A shard where `tenantry-migrate` has not run since upgrading: its
+    tenants' calls are admitted by the control plane's row as before, and a
+    suspend, which cannot fence b, is UNAVAILABLE SHARD_UNAVAILABLE with
+    nothing changed (never INTERNAL)."""
+    metadata = by_id(str(on_b))
+    await create_project(sharded, metadata, "before")
+    assert await eventually(functools.partial(admitted_on_b, engine, b_admin, on_b), timeout=10)
+    async with b_admin.begin() as conn:
+        await conn.execute(text("ALTER TABLE tenant_admission RENAME TO tenant_admission_away"))
+    try:
+        for _ in range(3):
+            assert await list_names(sharded, metadata) == ["before"]
+        await expect_error(
+            sharded.stubs.tenants.SuspendTenant(
+                tenant_service_pb2.SuspendTenantRequest(tenant_id=str(on_b), reason="no table"), timeout=10
+            ),
+            grpc.StatusCode.UNAVAILABLE,
+            "SHARD_UNAVAILABLE",
+        )
+        assert (await get_tenant(sharded, str(on_b))).state == tenant_pb2.TENANT_STATE_ACTIVE
+    finally:
+        async with b_admin.begin() as conn:
+            await conn.execute(text("ALTER TABLE tenant_admission_away RENAME TO tenant_admission"))
+    assert await list_names(sharded, metadata) == ["before"]

@@ -11,6 +11,7 @@ reconciler picks up; the worker's first activity marks it RUNNING.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from tenantry.db.models import Operation, RequestRecord, Tenant
 from tenantry.db.shards import Shards, UnknownShardError
 from tenantry.db.tenants import TenantWithOperation
 from tenantry.operation_starter import OperationRef, OperationStarter
-from tenantry.pg_errors import UNIQUE_VIOLATION, pg_error
+from tenantry.pg_errors import UNDEFINED_TABLE, UNIQUE_VIOLATION, pg_error
 from tenantry.settings import DEFAULT_DELETION_RETENTION_SECONDS, SHARD_NAME_PATTERN
 from tenantry.states import (
     DELETABLE_TENANT_STATES,
@@ -51,6 +52,8 @@ from tenantry.states import (
 )
 from tenantry.v1 import tenant_pb2, tenant_service_pb2
 from tenantry.workflow_contract import new_workflow_id
+
+log = logging.getLogger(__name__)
 
 NO_FILTER = TenantFilter(frozenset(), {})
 # MoveTenant moves tenants that can serve (a move does not care which of the two).
@@ -524,7 +527,10 @@ class Tenants:
             async with conn.begin():
                 await conn.execute(text(admission.fence(tenant.id, tenant.version + 1)))
         except DBAPIError as exc:
-            if not connection_lost(exc):
+            if pg_error(exc).sqlstate == UNDEFINED_TABLE:
+                # An operator's step missed, not the caller's fault: unavailable until it is done.
+                log.error("shard %s has no %s: run tenantry-migrate", shard.name, admission.ADMISSION_TABLE)
+            elif not connection_lost(exc):
                 raise
             raise shard_unavailable(str(tenant.id), shard.name) from exc
         finally:
