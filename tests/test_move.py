@@ -49,17 +49,19 @@ from provisioner_worker.move import (
     checkpoint_name,
     tombstone_name,
 )
+from tenantry.db import operations as operation_sql
 from tenantry.db.engine import driver_of
 from tenantry.db.shards import Shards
 from tenantry.migrations import tenant_schema_script
 from tenantry.schema_names import schema_name_for
+from tenantry.states import OperationKind
 from tenantry.v1 import (
     operation_pb2,
     project_service_pb2,
     tenant_pb2,
     tenant_service_pb2,
 )
-from tenantry.workflow_contract import MoveTenantInput, reconcile_schedule_id
+from tenantry.workflow_contract import MoveTenantInput, new_workflow_id, reconcile_schedule_id
 from tenantry_dev.embedded import DatabaseUrls
 from tests.stack import (
     Stack,
@@ -750,3 +752,36 @@ async def test_the_switch_checksum_ignores_physical_order_and_sees_one_changed_v
         for target in (engine, b_admin):
             async with target.begin() as conn:
                 await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+async def test_a_move_between_two_names_for_one_database_is_refused_before_touching_it(
+    move_stack: Stack, engine: AsyncEngine, worker_engine: AsyncEngine, database_urls: DatabaseUrls
+) -> None:
+    """`default` and `again` name the control plane's database: building the
+    target would drop the live schema. The worker refuses such a move before
+    it touches anything (the API refuses it first: test_shards_api)."""
+    tenant = await _tenant_on_default(move_stack.stubs, 20, engine)
+    schema = schema_name_for(uuid.UUID(tenant.id))
+    before = await _rows(engine, schema)
+    workflow_id = new_workflow_id(OperationKind.MOVE, uuid.UUID(tenant.id))
+    async with worker_engine.begin() as conn:
+        await conn.execute(
+            operation_sql.insert_pending(
+                workflow_id,
+                uuid.UUID(tenant.id),
+                OperationKind.MOVE,
+                None,
+                "test",
+                source_shard="default",
+                target_shard="again",
+            )
+        )
+    shards = shards_with_default(worker_engine, database_urls.worker, again=database_urls.worker)
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, workflow_id=workflow_id, heartbeat_timeout=None)
+    prepare = MoveActivities(worker_engine, shards).prepare_move
+    with pytest.raises(ApplicationError) as refused:
+        await env.run(prepare, MoveTenantInput(tenant.id, "default", "again"))
+    assert refused.value.type == MOVE_REFUSED and "SAME_DATABASE" in str(refused.value)
+    assert await _rows(engine, schema) == before
+    assert await _placement(engine, tenant.id) == ("default", False)

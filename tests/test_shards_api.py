@@ -598,3 +598,29 @@ async def test_a_shard_without_its_admission_table_serves_and_refuses_only_what_
         async with b_admin.begin() as conn:
             await conn.execute(text("ALTER TABLE tenant_admission_away RENAME TO tenant_admission"))
     assert await list_names(sharded, metadata) == ["before"]
+
+
+async def test_a_move_to_another_name_for_the_same_database_is_already_on_shard(
+    api_engine: AsyncEngine,
+    database_urls: DatabaseUrls,
+    shard_b_urls: DatabaseUrls,
+    temporal_client: Client,
+    on_b: uuid.UUID,
+    b_admin: AsyncEngine,
+) -> None:
+    """`c` names b's database too: the tenant's schema is there already, and
+    a move would build the target over the live schema. Refused, nothing started."""
+    shards = shards_with_default(api_engine, database_urls.api, b=shard_b_urls.api, c=shard_b_urls.api)
+    try:
+        async with running_stack(engine=api_engine, client=temporal_client, with_worker=False, shards=shards) as api:
+            error = await expect_error(
+                api.stubs.tenants.MoveTenant(
+                    tenant_service_pb2.MoveTenantRequest(tenant_id=str(on_b), target_shard="c"), timeout=10
+                ),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "ALREADY_ON_SHARD",
+            )
+            assert "same database" in (error.details() or "")
+    finally:
+        await shards.dispose()
+    assert await schema_exists(b_admin, schema_name_for(on_b))

@@ -534,6 +534,9 @@ class MoveActivities:
                 problem = f"SHARD_CHANGED: tenant {tenant_id} is on shard {row.shard}, not {input.source_shard}"
             elif input.target_shard not in self._shards or input.source_shard not in self._shards:
                 problem = f"SHARD_NOT_CONFIGURED: this worker's TENANTRY_SHARDS lacks {input.target_shard!r}"
+            elif self._shards.database_of(input.source_shard) == self._shards.database_of(input.target_shard):
+                # Building the target would drop the live schema: it is the same one.
+                problem = f"SAME_DATABASE: shards {input.source_shard} and {input.target_shard} are one database"
             if problem is None:
                 # A run restarted from scratch (its workflow lost) after an
                 # earlier run renamed the source: the target is the only

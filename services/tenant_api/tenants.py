@@ -269,6 +269,17 @@ class Tenants:
                     tenant_id=str(tenant_id),
                     shard=target_shard,
                 )
+            if tenant.shard in self._shards and self._shards.database_of(tenant.shard) == self._shards.database_of(
+                target_shard
+            ):
+                # Two names for one database: its schema is there already (a
+                # move would build the target over the live schema).
+                raise failed_precondition(
+                    "ALREADY_ON_SHARD",
+                    f"tenant {tenant_id} is on shard {tenant.shard}, the same database as {target_shard}",
+                    tenant_id=str(tenant_id),
+                    shard=target_shard,
+                )
             workflow_id = new_workflow_id(OperationKind.MOVE, tenant_id)
             operation = await _insert_operation(
                 session,
