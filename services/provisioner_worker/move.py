@@ -716,15 +716,17 @@ class MoveActivities:
         leaves the flag; its tenant could not be served anyway)."""
         schema = schema_name_for(tenant_id)
         try:
-            async with source.engine.connect() as source_conn:
-                live = await _schema_exists(await driver_of(source_conn), schema)
-                await source_conn.rollback()
-            if not live:
-                return
             async with self._engine.begin() as conn:
                 await bound_lock_waits(conn)
+                # The row lock first: another attempt that holds it may be
+                # renaming the source right now; once we hold it, it is done.
                 row = await _lock_tenant(conn, tenant_id)
-                if row.shard != target_shard and row.moving:
+                if row.shard == target_shard or not row.moving:
+                    return
+                async with source.engine.connect() as source_conn:
+                    live = await _schema_exists(await driver_of(source_conn), schema)
+                    await source_conn.rollback()
+                if live:
                     await _set_moving(conn, tenant_id, False)
         except Exception:
             log.exception("could not clear the moving flag of tenant %s", tenant_id)
