@@ -624,3 +624,31 @@ async def test_a_move_to_another_name_for_the_same_database_is_already_on_shard(
     finally:
         await shards.dispose()
     assert await schema_exists(b_admin, schema_name_for(on_b))
+
+
+async def test_a_call_failed_by_a_stale_admission_row_asks_the_control_plane_next_time(
+    sharded: Stack, on_b: uuid.UUID, engine: AsyncEngine, worker_engine: AsyncEngine, b_admin: AsyncEngine
+) -> None:
+    """A row on b that admits a tenant who is no longer there (no fence: as
+    after restoring b from a backup): the call it admits fails on b, is
+    explained (TENANT_MOVING: the control plane places it elsewhere), and the
+    next call is admitted by the control plane's row, on its real shard."""
+    schema = schema_name_for(on_b)
+    metadata = by_id(str(on_b))
+    await create_project(sharded, metadata, "on-b")
+    assert await eventually(functools.partial(admitted_on_b, engine, b_admin, on_b), timeout=10)
+    assert await list_names(sharded, metadata) == ["on-b"]  # admitted by b's row from here
+    async with worker_engine.begin() as conn:
+        await (await driver_of(conn)).execute(tenant_schema_script_at(schema, tenant_head_revision()))
+    try:
+        await change_tenant_by_hand(engine, on_b, "shard = 'default'")  # b not fenced
+        async with b_admin.begin() as conn:
+            await conn.execute(text(f'ALTER SCHEMA "{schema}" RENAME TO "{schema}_away"'))
+        await expect_error(list_names(sharded, metadata), grpc.StatusCode.UNAVAILABLE, "TENANT_MOVING")
+        assert await list_names(sharded, metadata) == []  # default's copy
+    finally:
+        await change_tenant_by_hand(engine, on_b, "shard = 'b'", fencing=engine)
+        async with b_admin.begin() as conn:
+            await conn.execute(text(f'ALTER SCHEMA "{schema}_away" RENAME TO "{schema}"'))
+        async with worker_engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))

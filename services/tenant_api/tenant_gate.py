@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import grpc
 from google.protobuf import descriptor_pool
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from tenant_api.call_transaction import (
@@ -91,6 +91,10 @@ MOVING_RETRY_AFTER_SECONDS = 0.5
 # many: beyond it the one admitted longest ago is forgotten (a missing or
 # wrong guess costs a round trip or a wasted BEGIN, never a wrong answer).
 MAX_REMOTE_HINTS = 100_000
+# Admission rows being written at once, at most (the rest are skipped: the
+# tenant's next call through the control plane tries again), so a burst of
+# first calls after a start does not take the shards' pools from the calls.
+MAX_ADMISSION_WRITES = 4
 
 
 @dataclass
@@ -103,6 +107,9 @@ class _Hint:
     # Only then is a call by id tried there first: a fenced row would cost
     # every call a round trip before the control plane's.
     by_row: bool = False
+    # The highest version whose admit that row refused (a fence at or above
+    # it): no write is tried again for it.
+    fenced_through: int = 0
 
 
 @dataclass
@@ -191,6 +198,9 @@ class TenantGate:
             # local tenant's is admitted on the control plane.
             first = await self._begin_on(hint.shard, self._begin_if_admitted(key))
             if first.admitted:
+                # Last in the map again: the busiest tenants are forgotten last.
+                if self._remote_hints.pop(key, None) is not None:
+                    self._remote_hints[key] = hint
                 async with self._serve_on(first, key, schema_name_for(key)) as scope:
                     yield scope
                 return
@@ -308,7 +318,12 @@ class TenantGate:
         the tenant's next calls by id are admitted there in one round trip
         (tenantry.db.admission; a fence written meanwhile wins, and then the
         hint says not `by_row`)."""
-        if hint.by_row or tenant_id in self._admitting:
+        if (
+            hint.by_row
+            or version <= hint.fenced_through
+            or tenant_id in self._admitting
+            or len(self._admitting) >= MAX_ADMISSION_WRITES
+        ):
             return
         self._admitting.add(tenant_id)
 
@@ -317,7 +332,9 @@ class TenantGate:
                 async with hint.shard.engine.begin() as conn:
                     written = await conn.execute(admission.admit_statement(tenant_id, version, schema_version))
                 hint.by_row = written.rowcount == 1
-            except (DBAPIError, OSError, TimeoutError) as exc:  # the next admission tries again
+                if not hint.by_row:
+                    hint.fenced_through = version
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:  # the next admission tries again
                 log.debug("could not record tenant %s's admission on shard %s: %s", tenant_id, hint.shard.name, exc)
             finally:
                 self._admitting.discard(tenant_id)
@@ -362,6 +379,15 @@ class TenantGate:
         (TENANT_SCHEMA_OUTDATED), never "deleted". Otherwise the tenant's
         current state explains the error, or None when the tenant is still
         ACTIVE and the error is another matter."""
+        explained = await self._explain(scope, exc)
+        if explained is not None:
+            # Admitted by a shard's row that no longer holds (a restored
+            # backup, a move or purge under the call): ask the control plane
+            # again next time.
+            self._remote_hints.pop(scope.tenant_id, None)
+        return explained
+
+    async def _explain(self, scope: TenantScope, exc: DBAPIError) -> ApiError | None:
         tenant_id = str(scope.tenant_id)
         sqlstate = pg_error(exc).sqlstate
         try:

@@ -527,25 +527,27 @@ class Tenants:
             shard = self._shards[tenant.shard]
         except UnknownShardError:
             raise shard_unavailable(str(tenant.id), tenant.shard) from None
-        if shard.local:
-            await session.execute(text(admission.fence(tenant.id, tenant.version + 1)))
-            return
+        fence = text(admission.fence(tenant.id, tenant.version + 1))
         try:
-            conn = await shard.engine.connect()
-        except (DBAPIError, OSError, TimeoutError) as exc:
-            raise shard_unavailable(str(tenant.id), shard.name) from exc
-        try:
-            async with conn.begin():
-                await conn.execute(text(admission.fence(tenant.id, tenant.version + 1)))
+            if shard.local:
+                await session.execute(fence)
+                return
+            try:
+                conn = await shard.engine.connect()
+            except (DBAPIError, OSError, TimeoutError) as exc:
+                raise shard_unavailable(str(tenant.id), shard.name) from exc
+            try:
+                async with conn.begin():
+                    await conn.execute(fence)
+            finally:
+                await conn.close()
         except DBAPIError as exc:
             if pg_error(exc).sqlstate == UNDEFINED_TABLE:
                 # An operator's step missed, not the caller's fault: unavailable until it is done.
                 log.error("shard %s has no %s: run tenantry-migrate", shard.name, admission.ADMISSION_TABLE)
-            elif not connection_lost(exc):
+            elif shard.local or not connection_lost(exc):
                 raise
             raise shard_unavailable(str(tenant.id), shard.name) from exc
-        finally:
-            await conn.close()
 
     async def _by_request_id(self, request_id: uuid.UUID, kind: OperationKind) -> TenantWithOperation | None:
         async with self._sessions() as session:
