@@ -102,7 +102,6 @@ class Tenants:
         tenant's data (TENANTRY_DELETION_RETENTION_SECONDS). `shards`: where
         new tenants may be placed (TENANTRY_SHARDS; None: the one default)."""
         self._shards = shards or Shards.single(engine)
-        self._shard_names = tuple(self._shards.names)
         self._engine = engine
         self._sessions = sessions
         self._starter = starter
@@ -112,7 +111,7 @@ class Tenants:
     async def register(self, request: RegistrationInput, actor: str) -> TenantWithOperation:
         # No pre-read of request_id: a replay collides on the slug (or the
         # request_id) and is resolved below, so first attempts pay nothing.
-        if request.shard is not None and request.shard not in self._shard_names:
+        if request.shard is not None and request.shard not in self._shards:
             raise invalid_field("shard", "not a configured shard")
         try:
             async with self._engine.connect() as conn:
@@ -127,7 +126,7 @@ class Tenants:
                     request_id=request.request_id,
                     actor=actor,
                     labels=request.labels,
-                    shards=(request.shard,) if request.shard is not None else self._shard_names,
+                    shards=(request.shard,) if request.shard is not None else self._shards.names,
                 )
         except IntegrityError as exc:
             # A replay, or a concurrent call with the same request_id, won the slug.
@@ -251,7 +250,7 @@ class Tenants:
         (or a deletion while the move is open) with OPERATION_IN_PROGRESS."""
         if not SHARD_NAME_PATTERN.fullmatch(target_shard):
             raise invalid_field("target_shard", "not a shard name")
-        if target_shard not in self._shard_names:
+        if target_shard not in self._shards:
             raise invalid_field("target_shard", "not a configured shard")
         async with self._sessions() as session, session.begin():
             tenant, admin_email = await _locked(session, tenant_id)
